@@ -1,0 +1,71 @@
+"""Types shared by every glimpse model: the rollout record and the state a policy sees.
+
+Seam 1 of foveal: ``model.rollout(images, num_glimpses, *, policy=None, forced_locations=None)``
+returns a :class:`Rollout`, always the same type, for training, validation and evaluation alike.
+
+Locations are ``(row, col)`` pairs in ``[-1, 1]``: the *centre* of the glimpse, ``-1`` the top (left)
+edge of the image and ``+1`` the bottom (right) edge. :mod:`foveal.retina` converts to pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Rollout:
+    """What one unrolled glimpse sequence produced.
+
+    Attributes:
+        locations: ``[B, T, 2]`` glimpse centres, (row, col) in [-1, 1], the ones actually looked at.
+        log_prob: ``[B, T]`` log-probability of ``locations[:, t]`` under the model's own location
+            distribution at step t (also for forced or policy-given locations: that is what
+            supervision sequences maximise).
+        logits: ``[B, T, C]`` class logits after each glimpse; ``logits[:, -1]`` is the prediction.
+        baseline: ``[B, T]`` learned estimate of the reward, from the state in which ``locations[:, t]``
+            was chosen (so it does not depend on that choice: an unbiased control variate).
+        indices: ``[B, T]`` grid cell indices for models with a discrete location grid, else ``None``.
+        entropy: ``[B, T]`` entropy of the location distribution at each step.
+    """
+
+    locations: Tensor
+    log_prob: Tensor
+    logits: Tensor
+    baseline: Tensor
+    indices: Optional[Tensor] = None
+    entropy: Optional[Tensor] = None
+
+    @property
+    def num_glimpses(self) -> int:
+        return self.locations.shape[1]
+
+    def prediction(self) -> Tensor:
+        """``[B]`` class predicted after the last glimpse."""
+        return self.logits[:, -1].argmax(-1)
+
+
+@dataclass
+class PolicyState:
+    """What a policy may look at when choosing the glimpse of step ``t`` (0-based).
+
+    Attributes:
+        t: index of the glimpse being chosen.
+        hidden: ``[B, H]`` the model's recurrent state before this glimpse (detached).
+        locations: ``[B, t, 2]`` locations already visited.
+        distribution: the model's own location distribution at this step, if it has one.
+    """
+
+    t: int
+    hidden: Optional[Tensor]
+    locations: Tensor
+    distribution: Optional[torch.distributions.Distribution] = None
+
+
+class Policy(Protocol):
+    """Seam 3: ``policy(state, images) -> locations [B, 2]`` in [-1, 1], (row, col)."""
+
+    def __call__(self, state: PolicyState, images: Tensor) -> Tensor: ...
