@@ -1,0 +1,7 @@
+"""Glimpse models and their registry. Importing this package registers every built-in model."""
+
+from foveal.models.base import PolicyState, Rollout
+from foveal.models.registry import create_model, list_models, model_spec, register_model
+from foveal.models import ram as _ram  # noqa: F401  (registers "ram")
+
+__all__ = ["PolicyState", "Rollout", "create_model", "list_models", "model_spec", "register_model"]

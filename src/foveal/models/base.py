@@ -10,10 +10,13 @@ edge of the image and ``+1`` the bottom (right) edge. :mod:`foveal.retina` conve
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from foveal.retina import LocationGrid
 
 
 @dataclass
@@ -56,13 +59,17 @@ class PolicyState:
         t: index of the glimpse being chosen.
         hidden: ``[B, H]`` the model's recurrent state before this glimpse (detached).
         locations: ``[B, t, 2]`` locations already visited.
-        distribution: the model's own location distribution at this step, if it has one.
+        distribution: the model's own location distribution at this step, if it has one
+            (a ``Normal`` over (row, col), or a ``Categorical`` over the cells of ``grid``).
+        grid: the model's discrete location grid, if it has one (a
+            :class:`foveal.retina.LocationGrid`); policies should then return cell centres.
     """
 
     t: int
     hidden: Optional[Tensor]
     locations: Tensor
     distribution: Optional[torch.distributions.Distribution] = None
+    grid: Optional["LocationGrid"] = None
 
 
 class Policy(Protocol):

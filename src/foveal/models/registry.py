@@ -1,0 +1,61 @@
+"""The model registry: every glimpse model is a name plus a one-line keyword-only builder.
+
+    @register_model("ram")
+    def ram(**config) -> RAM:
+        return RAM(RAMConfig(**config))
+
+Models carry their settings as a frozen dataclass in ``model.config``; :func:`model_spec` turns a
+model into ``{"name": ..., "config": {...}}`` (JSON), which checkpoints store so that
+``create_model(**spec)`` rebuilds the same network without pickles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from torch import nn
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator adding a builder under ``name``; a second builder of the same name is an error."""
+
+    def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _BUILDERS:
+            raise ValueError(f"model registry: the name {name!r} is already registered by {_BUILDERS[name].__module__}")
+        _BUILDERS[name] = builder
+        return builder
+
+    return add
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(_BUILDERS)
+
+
+def create_model(name: str, **config: Any) -> nn.Module:
+    """Build a registered model from its settings (see each model's config dataclass)."""
+    if name not in _BUILDERS:
+        raise ValueError(f"model: expected one of {list_models()}, found {name!r}")
+    model = _BUILDERS[name](**config)
+    model.registry_name = name
+    return model
+
+
+def model_spec(model: nn.Module) -> dict[str, Any]:
+    """``{"name", "config"}`` of a model built by :func:`create_model`, JSON-serialisable."""
+    name = getattr(model, "registry_name", None)
+    if name is None or not dataclasses.is_dataclass(getattr(model, "config", None)):
+        raise ValueError(f"model_spec: {type(model).__name__} was not built by create_model or has no config dataclass")
+    return {"name": name, "config": _jsonable(dataclasses.asdict(model.config))}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value

@@ -1,0 +1,117 @@
+"""Registry-wide checks: every registered model rolls out with the right shapes, and every
+parameter that should learn gets a gradient; plus RAM's stop-gradients."""
+
+import pytest
+import torch
+
+from foveal.models import create_model, list_models, model_spec, register_model
+from foveal.policies import ReplayPolicy, make_policy
+from foveal.training.reinforce import Reinforce, ReinforceConfig
+
+SMALL = {"in_channels": 2, "num_classes": 3, "image_size": (20, 24), "glimpse_size": 6, "hidden_size": 16,
+         "glimpse_hidden": 8, "location_hidden": 8, "feature_size": 16}
+EXTRA = {"ram-grid": {"grid": (3, 4)}}
+
+
+def build(name, **over):
+    return create_model(name, **{**SMALL, **EXTRA.get(name, {}), **over})
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_rollout_shapes_and_every_parameter_learns(name):
+    torch.manual_seed(0)
+    model = build(name)
+    images, labels = torch.rand(5, 2, 20, 24), torch.tensor([0, 1, 2, 0, 1])
+    ro = model.rollout(images, 4)
+    assert ro.locations.shape == (5, 4, 2) and ro.log_prob.shape == (5, 4)
+    assert ro.logits.shape == (5, 4, 3) and ro.baseline.shape == (5, 4)
+    assert ro.locations.abs().max() <= 1
+    out = Reinforce(ReinforceConfig(num_glimpses=4)).loss(model, {"image": images, "label": labels})
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, f"{pname} got a zero gradient"
+
+
+@pytest.mark.parametrize("core", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("glimpse_net", ["mlp", "conv"])
+def test_cores_and_glimpse_nets(core, glimpse_net):
+    model = build("ram", core=core, glimpse_net=glimpse_net, num_scales=2)
+    assert model.rollout(torch.rand(2, 2, 20, 24), 3).logits.shape == (2, 3, 3)
+
+
+def test_spec_rebuilds_identical_model():
+    model = build("ram-grid")
+    spec = model_spec(model)
+    clone = create_model(spec["name"], **spec["config"])
+    clone.load_state_dict(model.state_dict())
+    torch.manual_seed(1)
+    a = model.rollout(torch.ones(1, 2, 20, 24), 2)
+    torch.manual_seed(1)
+    b = clone.rollout(torch.ones(1, 2, 20, 24), 2)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.indices, b.indices)
+
+
+def test_registry_rejects_duplicates_and_unknown_names():
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("ram")(lambda **kw: None)
+    with pytest.raises(ValueError, match="expected one of"):
+        create_model("no-such-model")
+    with pytest.raises(ValueError, match="RAMConfig.core"):
+        build("ram", core="transformer")
+    with pytest.raises(ValueError, match="grid"):
+        build("ram", location="categorical")
+
+
+def test_wrong_image_shape_names_expected_and_found():
+    with pytest.raises(ValueError, match=r"expected images \[B, 2, 20, 24\], found \[1, 1, 20, 24\]"):
+        build("ram").rollout(torch.rand(1, 1, 20, 24), 2)
+
+
+def test_forced_locations_are_used_and_scored():
+    model = build("ram")
+    forced = torch.tensor([[[0.5, -0.5], [float("nan"), float("nan")]]]).repeat(3, 1, 1)
+    ro = model.rollout(torch.rand(3, 2, 20, 24), 2, forced_locations=forced)
+    assert torch.equal(ro.locations[:, 0], forced[:, 0])
+    dist = model.location_distribution(torch.zeros(3, 16))
+    assert torch.allclose(ro.log_prob[:, 0], dist.log_prob(forced[:, 0]))
+    # the supervised log-likelihood reaches the location net, and only through log_prob
+    (-ro.log_prob[:, 0].sum()).backward()
+    assert model.location_net.weight.grad is not None
+    assert all(p.grad is None for p in model.core.parameters())
+
+
+def test_grid_model_snaps_forced_locations_to_cells():
+    model = build("ram-grid")
+    cell = model.grid.locations()[5]
+    forced = (cell + 0.01).view(1, 1, 2)
+    ro = model.rollout(torch.rand(1, 2, 20, 24), 1, forced_locations=forced)
+    assert ro.indices.item() == 5 and torch.equal(ro.locations[0, 0], cell)
+
+
+def test_no_gradient_flows_through_locations_into_the_policy_except_log_prob():
+    torch.manual_seed(0)
+    model = build("ram")
+    ro = model.rollout(torch.rand(4, 2, 20, 24), 3)
+    ro.logits[:, -1].sum().backward()  # a classification-only loss
+    assert model.location_net.weight.grad is None  # stop-gradients 1 and 2
+    assert model.baseline_net.weight.grad is None
+    assert model.core.cell.weight_hh.grad is not None
+
+
+def test_policies():
+    torch.manual_seed(0)
+    images = torch.rand(4, 2, 20, 24)
+    model = build("ram")
+    ro = model.rollout(images, 2, policy=make_policy("center"))
+    assert torch.equal(ro.locations, torch.zeros(4, 2, 2))
+    greedy = model.rollout(images, 2, policy=make_policy("greedy"))
+    assert torch.equal(greedy.locations[:, 0], torch.tanh(model.location_net.bias).expand(4, 2))
+    replay = torch.rand(4, 2, 2) * 2 - 1
+    assert torch.equal(model.rollout(images, 2, policy=ReplayPolicy(replay)).locations, replay)
+    grid_model = build("ram-grid")
+    rnd = grid_model.rollout(images, 3, policy=make_policy("random"))
+    assert torch.equal(rnd.locations, grid_model.grid.locations()[rnd.indices])
+    with pytest.raises(ValueError, match="expected one of"):
+        make_policy("psychic")
