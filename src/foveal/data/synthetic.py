@@ -1,0 +1,132 @@
+"""Translated and cluttered variants of a base dataset (Mnih et al. 2014, "Recurrent Models of Visual Attention").
+
+``translated-<base>``
+    Each base image (``h x w``, e.g. 28x28) is placed at a uniformly random position
+    ``top in [0, canvas - h]``, ``left in [0, canvas - w]`` on a zero ``canvas x canvas`` image
+    (option ``canvas``, default 60; 100 as in the paper's larger task works too).
+
+``cluttered-<base>``
+    The translated image plus ``clutter`` pieces of ``piece x piece`` pixels (default 8), each cut at a
+    uniformly random position from a uniformly random OTHER image of the same split of the base, and
+    pasted at a uniformly random position on the canvas. The default count follows the paper's two
+    settings, 4 pieces on 60x60 and 8 on 100x100, and grows linearly with the canvas area in between
+    and beyond: ``clutter = round(4 + (canvas**2 - 3600) / 1600)``.
+
+    Pieces are combined with the canvas by a pixel-wise **max**: clutter may brighten the background
+    inside the object's box but never darkens (erases) a stroke of the object, and overlapping pieces
+    do not cut each other either. (The paper does not say how pieces combine; max keeps the label's
+    evidence intact, which is what a "cluttered" benchmark means to test.)
+
+Any base with images no larger than the canvas works (``translated-mnist5k``, ``cluttered-fashion-mnist``,
+``cluttered-imagefolder`` with ``image_size=28``, ...); options other than ``canvas``, ``clutter`` and
+``piece`` go to the base. Labels, classes and split membership are the base's; item ``i`` is built from
+base item ``i``.
+
+Randomness is per item: the draws for item ``index`` come from
+``PCG64(SeedSequence([seed, split_id, index]))`` (``split_id``: train 0, val 1, test 2, annotate 3) as raw
+64-bit words mapped to ``[0, n)`` by ``(word * n) >> 64``, in the order object (top, left), then per piece
+(source image, source top, source left, target top, target left). SeedSequence and the PCG64 bit stream are
+fixed by numpy, so an item is identical on every machine; nothing is precomputed, each item is drawn in
+``__getitem__``. ``translated-X`` and ``cluttered-X`` with the same seed place the object identically.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from foveal.data.base import SPLIT_IDS, DataError, FovealDataset, as_positive_int
+
+DEFAULT_CANVAS, DEFAULT_PIECE = 60, 8
+
+
+def default_clutter(canvas: int) -> int:
+    """4 pieces on 60x60, 8 on 100x100 (Mnih et al. 2014), linear in the canvas area."""
+    return max(0, round(4 + (canvas * canvas - 3600) / 1600))
+
+
+def uniform_ints(words: np.ndarray, bounds: list[int]) -> list[int]:
+    """Map raw uint64 ``words [K]`` to integers ``0 <= v_k < bounds[k]`` by ``(word * n) >> 64``."""
+    return [(int(w) * n) >> 64 for w, n in zip(words, bounds)]
+
+
+class PlacedDataset(FovealDataset):
+    """A base dataset's images placed on a larger zero canvas, optionally with clutter.
+
+    Args:
+        base: the dataset whose items are placed; its images are ``[C, h, w]`` with ``h, w <= canvas``.
+        kind: ``"translated"`` or ``"cluttered"``.
+        canvas: side of the square output image; items are ``[C, canvas, canvas]``.
+        clutter: number of clutter pieces (``"cluttered"`` only); ``None`` = :func:`default_clutter`.
+        piece: side of a square clutter piece, ``<= min(h, w)``.
+        seed: non-negative int that, with the split and the index, fixes every random draw.
+    """
+
+    def __init__(self, base: FovealDataset, kind: str, *, canvas: int = DEFAULT_CANVAS,
+                 clutter: Optional[int] = None, piece: int = DEFAULT_PIECE, seed: int = 0):
+        if kind not in ("translated", "cluttered"):
+            raise DataError(f"kind: expected 'translated' or 'cluttered', found {kind!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise DataError(f"seed: expected a non-negative int, found {seed!r}")
+        self.base, self.kind, self.seed = base, kind, int(seed)
+        self.canvas = as_positive_int(canvas, "canvas")
+        c, h, w = base.image_shape
+        if h > self.canvas or w > self.canvas:
+            raise DataError(f"canvas: expected at least the {base.name} image size {h}x{w}, found {self.canvas}")
+        if kind == "cluttered":
+            self.piece = as_positive_int(piece, "piece")
+            if self.piece > min(h, w):
+                raise DataError(f"piece: expected at most the {base.name} image size {h}x{w}, found {self.piece}")
+            self.clutter = default_clutter(self.canvas) if clutter is None else clutter
+            if isinstance(self.clutter, bool) or not isinstance(self.clutter, (int, np.integer)) or self.clutter < 0:
+                raise DataError(f"clutter: expected a non-negative int, found {clutter!r}")
+            self.clutter = int(self.clutter)
+            if self.clutter and len(base) < 2:
+                raise DataError(f"{base.name} {base.split}: expected at least 2 images to cut clutter from "
+                                f"other images, found {len(base)}")
+        else:
+            self.piece, self.clutter = 0, 0
+        self.name = f"{kind}-{base.name}"
+        self.split = base.split
+        self.labels = base.labels
+        self.num_classes, self.class_names = base.num_classes, list(base.class_names)
+        self.image_shape = (c, self.canvas, self.canvas)
+
+    def _draws(self, index: int) -> tuple[int, int, list[tuple[int, int, int, int, int]]]:
+        """``(top, left, pieces)`` for item ``index``; a piece is ``(source, src_top, src_left, top, left)``."""
+        _, h, w = self.base.image_shape
+        n, s, p = len(self.base), self.canvas, self.piece
+        bits = np.random.PCG64(np.random.SeedSequence([self.seed, SPLIT_IDS[self.split], index]))
+        words = bits.random_raw(2 + 5 * self.clutter)
+        top, left = uniform_ints(words[:2], [s - h + 1, s - w + 1])
+        pieces = []
+        for k in range(self.clutter):
+            source, src_top, src_left, dst_top, dst_left = uniform_ints(
+                words[2 + 5 * k: 7 + 5 * k], [n - 1, h - p + 1, w - p + 1, s - p + 1, s - p + 1])
+            source += source >= index  # any image but this one
+            pieces.append((source, src_top, src_left, dst_top, dst_left))
+        return top, left, pieces
+
+    def object_box(self, index: int) -> tuple[int, int, int, int]:
+        """``(top, left, height, width)`` of the base image inside item ``index``'s canvas, in pixels."""
+        i = self.check_index(index)
+        top, left, _ = self._draws(i)
+        return top, left, self.base.image_shape[1], self.base.image_shape[2]
+
+    def clutter_boxes(self, index: int) -> list[tuple[int, int, int, int, int]]:
+        """``[(source_index, top, left, piece, piece), ...]``: where item ``index``'s clutter pieces were pasted."""
+        i = self.check_index(index)
+        return [(src, t, l, self.piece, self.piece) for src, _, _, t, l in self._draws(i)[2]]
+
+    def load(self, index: int) -> torch.Tensor:
+        top, left, pieces = self._draws(index)
+        c, h, w = self.base.image_shape
+        p = self.piece
+        image = torch.zeros(c, self.canvas, self.canvas)  # [C, S, S]
+        image[:, top:top + h, left:left + w] = self.base[index]["image"]
+        for source, src_top, src_left, dst_top, dst_left in pieces:
+            cut = self.base[source]["image"][:, src_top:src_top + p, src_left:src_left + p]  # [C, p, p]
+            region = image[:, dst_top:dst_top + p, dst_left:dst_left + p]
+            region.copy_(torch.maximum(region, cut))  # max: clutter never erases the object
+        return image
