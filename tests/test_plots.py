@@ -1,0 +1,260 @@
+"""Saved records (glimpse .npz, metrics.csv) and the figures made from them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from foveal.evaluation import (
+    GlimpseRecord,
+    glimpse_coverage,
+    load_glimpse_record,
+    plot_accuracy_vs,
+    plot_curves,
+    plot_glimpse_examples,
+    plot_glimpse_heatmaps,
+    plot_speedup,
+    plot_training_summary,
+    read_metrics,
+    save_glimpse_record,
+)
+from foveal.evaluation.plots import speedup_over_reference
+from foveal.retina import observation_mask
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+METRICS_CSV = """iteration,split,name,value
+0,train,loss,2.5
+0,train,accuracy,0.1
+10,train,loss,2.0
+10,val,accuracy,0.3
+10,val,ce,1.9
+20,train,loss,1.5
+20,val,accuracy,0.6
+20,val,ce,1.1
+"""
+
+
+def record_kwargs(channels: int = 1, num_scales: int = 2) -> dict:
+    rng = np.random.default_rng(0)
+    N, T, H, W = 6, 3, 16, 20
+    labels = rng.integers(0, 3, N)
+    return dict(
+        locations=rng.uniform(-1, 1, (N, T, 2)).astype(np.float32), labels=labels,
+        predictions=np.where(np.arange(N) % 2 == 0, labels, (labels + 1) % 3), image_size=(H, W),
+        glimpse_size=4, num_scales=num_scales, factor=2,
+        images=rng.random((4, channels, H, W)).astype(np.float32), class_names=["cat", "dog", "a very long class name"],
+        log_prob=rng.normal(size=(N, T)).astype(np.float32), extra={"probs": rng.random((N, T, 3))},
+    )
+
+
+@pytest.fixture
+def record_path(tmp_path: Path) -> Path:
+    return save_glimpse_record(tmp_path / "records" / "glimpses_test.npz", **record_kwargs())
+
+
+@pytest.fixture
+def metrics_path(tmp_path: Path) -> Path:
+    path = tmp_path / "run" / "metrics.csv"
+    path.parent.mkdir()
+    path.write_text(METRICS_CSV)
+    return path
+
+
+def assert_png(path: Path) -> None:
+    import matplotlib.image
+
+    assert path.exists(), path
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    assert path.stat().st_size > 5000
+    pixels = matplotlib.image.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+    assert pixels[..., :3].var() > 0  # not a blank canvas
+
+
+# ------------------------------------------------------------------------------------------- coverage
+
+
+def test_glimpse_coverage_exact_on_two_8x8_images():
+    # 4 px glimpses on 8x8 images: centre c = (l + 1) / 2 * 8, top-left floor(c - 2 + 0.5).
+    locations = np.array([
+        [[0.0, 0.0], [0.0, 0.0], [1.0, -1.0]],      # image A: rows/cols 2..5, 2..5, then rows 6..9 x cols -2..1
+        [[-1.0, -1.0], [-0.25, -0.25], [1.0, 1.0]],  # image B: -2..1 (off the border), 1..4, then 6..9 x 6..9
+    ], dtype=np.float32)
+    expected = np.zeros((3, 8, 8))
+    expected[0, 2:6, 2:6] += 0.5
+    expected[0, 0:2, 0:2] += 0.5  # only the on-image quarter of B's first glimpse counts
+    expected[1, 2:6, 2:6] += 0.5
+    expected[1, 1:5, 1:5] += 0.5  # overlap 2..4 x 2..4 reaches 1.0
+    expected[2, 6:8, 0:2] += 0.5
+    expected[2, 6:8, 6:8] += 0.5
+    coverage = glimpse_coverage(locations, (8, 8), 4)
+    np.testing.assert_array_equal(coverage, expected)
+    assert coverage[1, 3, 3] == 1.0 and coverage[1, 1, 1] == 0.5 and coverage[1, 5, 5] == 0.5
+    # The same geometry as the retina's observation mask, one step at a time.
+    for t in range(3):
+        mask = observation_mask(torch.from_numpy(locations[:, t : t + 1]), (8, 8), 4)  # [2, 1, 8, 8]
+        np.testing.assert_array_equal(coverage[t], mask.mean(0)[0].numpy())
+
+
+def test_glimpse_coverage_shapes_and_empty():
+    assert glimpse_coverage(torch.zeros(3, 5, 2), (6, 7), 2).shape == (5, 6, 7)
+    assert not glimpse_coverage(np.zeros((0, 2, 2)), (4, 4), 2).any()
+    with pytest.raises(ValueError, match=r"\[N, T, 2\]"):
+        glimpse_coverage(np.zeros((3, 2)), (4, 4), 2)
+
+
+# ------------------------------------------------------------------------------------------- records
+
+
+def test_record_round_trip_without_pickles(tmp_path: Path):
+    kwargs = record_kwargs(channels=3, num_scales=3)
+    kwargs["locations"] = torch.from_numpy(kwargs["locations"])  # torch inputs are accepted too
+    path = save_glimpse_record(tmp_path / "r.npz", **kwargs)
+    rec = load_glimpse_record(path)
+    np.testing.assert_array_equal(rec.locations, kwargs["locations"].numpy())
+    assert rec.locations.dtype == np.float32 and rec.labels.dtype == np.int64 and rec.predictions.dtype == np.int64
+    for name in ("labels", "predictions", "images", "log_prob"):
+        np.testing.assert_array_equal(getattr(rec, name), kwargs[name])
+    np.testing.assert_array_equal(rec.extra["probs"], kwargs["extra"]["probs"])
+    assert (rec.image_size, rec.glimpse_size, rec.num_scales, rec.factor) == ((16, 20), 4, 3, 2)
+    assert rec.class_names == kwargs["class_names"]
+    assert (rec.num_images, rec.num_glimpses) == (6, 3) and rec.accuracy == 0.5
+    with np.load(path, allow_pickle=False) as data:  # nothing in the file needs pickle
+        assert data["class_names"].dtype.kind == "U"
+        assert data["glimpse_size"].shape == ()
+        for key in data.files:
+            assert data[key].dtype != object
+
+
+def test_record_optional_fields_and_suffix(tmp_path: Path):
+    kwargs = {k: v for k, v in record_kwargs().items() if k in ("locations", "labels", "predictions", "image_size")}
+    path = save_glimpse_record(tmp_path / "deep" / "r.glimpses", glimpse_size=4, **kwargs)
+    assert path.exists()  # no ".npz" appended to another suffix
+    rec = load_glimpse_record(path)
+    assert rec.images is None and rec.class_names is None and rec.log_prob is None and rec.extra == {}
+    assert (rec.num_scales, rec.factor) == (1, 2) and rec.class_name(2) == "2"
+
+
+def test_record_shape_errors(tmp_path: Path):
+    kwargs = record_kwargs()
+    kwargs["labels"] = kwargs["labels"][:-1]
+    with pytest.raises(ValueError, match="labels.*expected shape \\(6,\\)"):
+        save_glimpse_record(tmp_path / "r.npz", **kwargs)
+
+
+def test_record_missing_key_names_file_and_key(tmp_path: Path):
+    path = tmp_path / "broken.npz"
+    np.savez(path, locations=np.zeros((2, 3, 2), np.float32), predictions=np.zeros(2, np.int64))
+    with pytest.raises(ValueError) as err:
+        load_glimpse_record(path)
+    message = str(err.value)
+    assert str(path) in message and "'labels'" in message and "found ['locations', 'predictions']" in message
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+def test_read_metrics(metrics_path: Path):
+    metrics = read_metrics(metrics_path)
+    assert sorted(metrics) == ["train", "val"] and sorted(metrics["val"]) == ["accuracy", "ce"]
+    iterations, values = metrics["train"]["loss"]
+    np.testing.assert_array_equal(iterations, [0, 10, 20])
+    np.testing.assert_array_equal(values, [2.5, 2.0, 1.5])
+    assert iterations.dtype == np.int64 and values.dtype == np.float64
+    np.testing.assert_array_equal(metrics["val"]["accuracy"][1], [0.3, 0.6])
+
+
+def test_read_metrics_bad_header_names_file_and_headers(tmp_path: Path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,split,metric,value\n0,train,loss,1.0\n")
+    with pytest.raises(ValueError) as err:
+        read_metrics(path)
+    message = str(err.value)
+    assert str(path) in message and "'iteration,split,name,value'" in message and "'step,split,metric,value'" in message
+
+
+# ------------------------------------------------------------------------------------------- figures
+
+
+@pytest.mark.parametrize("channels", [1, 3, 2])
+def test_glimpse_figures(tmp_path: Path, channels: int):
+    record_path = save_glimpse_record(tmp_path / "r.npz", **record_kwargs(channels=channels))
+    assert_png(plot_glimpse_heatmaps(record_path, tmp_path / "figs" / "heat.png"))
+    assert_png(plot_glimpse_examples(record_path, tmp_path / "figs" / "examples.png", max_images=3, ncols=2))
+
+
+def test_glimpse_figures_accept_a_record_without_images(tmp_path: Path, record_path: Path):
+    rec = load_glimpse_record(record_path)
+    rec.images = None
+    assert isinstance(rec, GlimpseRecord)
+    assert_png(plot_glimpse_heatmaps(rec, tmp_path / "heat.png", title="custom title"))
+    with pytest.raises(ValueError, match="no images"):
+        plot_glimpse_examples(rec, tmp_path / "examples.png")
+
+
+def test_examples_without_images_names_the_file(tmp_path: Path):
+    kwargs = record_kwargs()
+    del kwargs["images"]
+    path = save_glimpse_record(tmp_path / "no_images.npz", **kwargs)
+    with pytest.raises(ValueError, match="no_images.npz.*no images"):
+        plot_glimpse_examples(path, tmp_path / "examples.png")
+
+
+def test_curve_figures(tmp_path: Path, metrics_path: Path):
+    assert_png(plot_training_summary(metrics_path, tmp_path / "summary.png"))
+    assert_png(plot_curves(metrics_path, tmp_path / "one.png"))
+    other = read_metrics(metrics_path)
+    other["val"]["accuracy"] = (other["val"]["accuracy"][0], other["val"]["accuracy"][1] * 0.5)
+    assert_png(plot_curves({"REINFORCE": metrics_path, "partial supervision": other}, tmp_path / "two.png",
+                           metric="ce"))
+    with pytest.raises(ValueError, match="run 'b'.*'val' metric 'top5'"):
+        plot_curves({"b": metrics_path}, tmp_path / "bad.png", metric="top5")
+
+
+def test_training_summary_without_validation(tmp_path: Path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("iteration,split,name,value\n0,train,ce,2.0\n5,train,ce,1.0\n")
+    assert_png(plot_training_summary(path, tmp_path / "summary.png"))
+
+
+RESULTS = [
+    {"label": "per-sample loop, batch 32", "batch_size": 32, "ms_per_batch": 40.0},
+    {"label": "batched gather, batch 32", "batch_size": 32, "ms_per_batch": 0.5},
+    {"label": "batched gather, batch 128", "batch_size": 128, "ms_per_batch": 2.0},
+    {"label": "per-sample loop, batch 128", "batch_size": 128, "ms_per_batch": 160.0},
+]
+
+
+def test_speedup_reference_is_the_loop_of_the_same_batch_size():
+    assert speedup_over_reference(RESULTS) == [None, 80.0, 80.0, None]
+    no_loop = [{"label": "a", "batch_size": 1, "ms_per_batch": 3.0},
+               {"label": "b", "batch_size": 1, "ms_per_batch": 6.0}]
+    assert speedup_over_reference(no_loop) == [2.0, None]  # the slowest is the reference
+
+
+def test_speedup_figure(tmp_path: Path):
+    assert_png(plot_speedup(RESULTS[:2], tmp_path / "list.png"))
+    json_path = tmp_path / "retina.json"
+    json_path.write_text(json.dumps({"meta": {"setting": "60x60 images"}, "results": RESULTS}))
+    assert_png(plot_speedup(json_path, tmp_path / "json.png"))
+    with pytest.raises(ValueError, match="lacks \\['ms_per_batch'\\]"):
+        plot_speedup([{"label": "x", "batch_size": 1}], tmp_path / "bad.png")
+
+
+def test_accuracy_vs_figure(tmp_path: Path):
+    lines = {"RAM": ([1, 2, 3], [0.3, 0.5, 0.6]), "near-optimal": ([1, 2, 3], [0.4, 0.6, 0.7])}
+    assert_png(plot_accuracy_vs(lines, tmp_path / "acc.png", xlabel="glimpses"))
+    with pytest.raises(ValueError, match="'RAM' has 2 x values and 1 y values"):
+        plot_accuracy_vs({"RAM": ([1, 2], [0.5])}, tmp_path / "bad.png", xlabel="glimpses")
+
+
+def test_figures_leave_no_pyplot_state(tmp_path: Path, record_path: Path):
+    import matplotlib.pyplot as plt
+
+    before = plt.get_backend()
+    plot_glimpse_heatmaps(record_path, tmp_path / "heat.png")
+    assert plt.get_fignums() == [] and plt.get_backend() == before
