@@ -1,0 +1,212 @@
+"""A run, end to end: config -> data, model, algorithm -> engine -> test evaluation -> records -> figures.
+
+This is what ``foveal train``, ``foveal evaluate`` and ``foveal demo`` call, and what benchmarks
+call, so that every number foveal reports is made by the same code. A run folder holds::
+
+    config.yaml          the resolved config (a resumed run must match it)
+    metrics.csv          iteration,split,name,value (training and validation)
+    tensorboard/         the same scalars for TensorBoard
+    checkpoints/         best.* and last.* (safetensors + JSON)
+    results.json         the final numbers, machine-readable
+    records/             glimpses_<split>.npz: where the model looked on every evaluated image
+    figures/             glimpse heatmaps per step, example glimpses, validation curve (PNG)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from foveal import __version__
+from foveal.checkpoint import load_checkpoint, read_checkpoint_info
+from foveal.config import config_differences, dump_config, split_name
+from foveal.data import build_dataset
+from foveal.models import create_model, model_spec
+from foveal.training import TrainConfig, evaluate, fit
+from foveal.training.algorithms import build_algorithm
+
+
+@dataclass
+class Experiment:
+    """The pieces a config describes, built and ready."""
+
+    config: dict[str, Any]
+    model: torch.nn.Module
+    algorithm: Any
+    data: dict[str, Dataset]
+
+
+def build_data(cfg: dict[str, Any], splits: tuple[str, ...]) -> dict[str, Dataset]:
+    name, settings = split_name(cfg["data"])
+    root, seed = settings.pop("root", None), settings.pop("seed", 0)
+    return {s: build_dataset(name, s, root=root, seed=seed, **settings) for s in splits}
+
+
+def build_model(cfg: dict[str, Any], dataset: Dataset) -> torch.nn.Module:
+    name, settings = split_name(cfg["model"])
+    for key in ("in_channels", "num_classes", "image_size"):
+        if key in settings:
+            raise ValueError(f"model.{key}: comes from the data ({dataset.name}), remove it from the config")
+    C, H, W = dataset.image_shape
+    return create_model(name, in_channels=C, num_classes=dataset.num_classes, image_size=(H, W), **settings)
+
+
+def build_experiment(cfg: dict[str, Any], splits: tuple[str, ...] = ("train", "val", "test")) -> Experiment:
+    data = build_data(cfg, splits)
+    name, settings = split_name(cfg["algorithm"])
+    return Experiment(cfg, build_model(cfg, data[splits[0]]), build_algorithm(name, **settings), data)
+
+
+def prepare_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
+    """Create the folder and save the config; resuming into a folder made with another config is an error."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = run_dir / "config.yaml"
+    if saved.exists():
+        import yaml
+
+        old = yaml.safe_load(saved.read_text())
+        diff = config_differences(old, cfg)
+        if diff:
+            raise ValueError(f"{saved}: this run folder was made with another config; differing fields: "
+                             + "; ".join(diff[:8]) + ". Use a new --run-dir, or the same config to resume.")
+    else:
+        dump_config(cfg, saved)
+
+
+def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable] = None,
+              stop_after: Optional[int] = None) -> Optional[dict[str, Any]]:
+    """Train (resuming if the folder has a last checkpoint), then evaluate the best checkpoint.
+
+    Returns the results dict (also written to ``results.json``), or None if ``stop_after`` stopped
+    the run early.
+    """
+    run_dir = Path(run_dir)
+    prepare_run_dir(cfg, run_dir)
+    exp = build_experiment(cfg)
+    info = {"config": cfg, "model": model_spec(exp.model), "foveal_version": __version__}
+    train_cfg = TrainConfig(**cfg["train"])
+    result = fit(exp.model, exp.algorithm, exp.data["train"], exp.data["val"], train_cfg, run_dir,
+                 info=info, progress=progress, stop_after=stop_after)
+    if result.iterations < train_cfg.iterations:
+        return None
+    training = {"iterations": result.iterations, "best_iteration": result.best_iteration,
+                "best_validation": result.best_value, "wall_time_s": result.wall_time,
+                "iterations_per_s": result.iterations_per_second}
+    return evaluate_run(result.best_checkpoint, run_dir, dataset=exp.data[cfg["evaluate"]["split"]],
+                        training=training)
+
+
+def load_model(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild a model from a checkpoint's JSON (registry name + config) and load its weights."""
+    info = read_checkpoint_info(checkpoint)
+    for key in ("config", "model"):
+        if key not in info:
+            raise ValueError(f"{checkpoint}: checkpoint info has no field {key!r}; was it written by foveal train?")
+    model = create_model(info["model"]["name"], **info["model"]["config"])
+    load_checkpoint(checkpoint, model=model)
+    return model, info
+
+
+def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dataset] = None,
+                 split: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
+                 training: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Test a checkpoint: metrics, accuracy after each glimpse, a glimpse record and figures.
+
+    Args:
+        checkpoint: prefix of a foveal checkpoint (``run/checkpoints/best``).
+        out_dir: where results.json, records/ and figures/ go.
+        dataset: the split to test on (default: the config's ``evaluate.split``).
+        overrides: algorithm settings to change for this evaluation (e.g. ``test_samples``).
+        training: numbers from training to store beside the test numbers.
+    """
+    model, info = load_model(checkpoint)
+    cfg = info["config"]
+    split = split or cfg["evaluate"]["split"]
+    if dataset is None:
+        dataset = build_data(cfg, (split,))[split]
+    name, settings = split_name(cfg["algorithm"])
+    algorithm = build_algorithm(name, **{**settings, **(overrides or {})})
+    device = torch.device("cuda" if cfg["train"].get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    model.to(device)
+    batch_size = int(cfg["evaluate"]["batch_size"])
+    torch.manual_seed(int(cfg["train"].get("seed", 0)))
+    start = time.perf_counter()
+    metrics = evaluate(model, algorithm, dataset, batch_size=batch_size, device=device)
+    record = collect_glimpses(model, algorithm, dataset, batch_size, device, int(cfg["evaluate"]["examples"]))
+    per_glimpse = (record["probs"].argmax(-1) == record["labels"][:, None]).mean(0)
+    results = {
+        "dataset": dataset.name, "split": split, "num_images": len(dataset),
+        "model": info["model"]["name"], "algorithm": name, "checkpoint": str(checkpoint),
+        "num_glimpses": int(record["locations"].shape[1]),
+        "test_accuracy": metrics["accuracy"], "test_error": 1 - metrics["accuracy"], "test_ce": metrics["ce"],
+        "accuracy_per_glimpse": [float(a) for a in per_glimpse],
+        "eval_policy": algorithm.config.eval_policy, "test_samples": algorithm.config.test_samples,
+        "eval_time_s": time.perf_counter() - start, "foveal_version": __version__,
+    }
+    if training:
+        results["training"] = training
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    record_path = save_record(record, model, dataset, out_dir / "records" / f"glimpses_{split}.npz")
+    if cfg["evaluate"].get("figures", True):
+        results["figures"] = [str(p) for p in make_figures(record_path, out_dir)]
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+@torch.no_grad()
+def collect_glimpses(model, algorithm, dataset: Dataset, batch_size: int, device: torch.device,
+                     examples: int) -> dict[str, np.ndarray]:
+    """Where the model looks on every image of ``dataset`` (evaluation policy), with its predictions."""
+    model.eval()
+    # Example images spread evenly over the split (splits can be sorted by class). The record's
+    # first rows must match its images, so the examples' rows are moved to the front.
+    picks = np.unique(np.linspace(0, len(dataset) - 1, min(examples, len(dataset))).round().astype(int))
+    out: dict[str, list] = {"probs": [], "locations": [], "labels": []}
+    images = []
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        probs, locations = algorithm.predict(model, batch["image"].to(device))
+        out["probs"].append(probs.cpu().numpy())
+        out["locations"].append(locations.cpu().numpy())
+        out["labels"].append(batch["label"].numpy())
+        in_batch = np.isin(batch["index"].numpy(), picks)
+        images.append(batch["image"][torch.from_numpy(in_batch)].numpy())
+    record = {k: np.concatenate(v) for k, v in out.items()}
+    order = np.concatenate([picks, np.setdiff1d(np.arange(len(dataset)), picks)])
+    record = {k: v[order] for k, v in record.items()}
+    record["images"] = np.concatenate(images)
+    return record
+
+
+def save_record(record: dict[str, np.ndarray], model, dataset: Dataset, path: Path) -> Path:
+    from foveal.evaluation.records import save_glimpse_record
+
+    cfg = model.config
+    save_glimpse_record(
+        path, locations=record["locations"].astype(np.float32), labels=record["labels"].astype(np.int64),
+        predictions=record["probs"][:, -1].argmax(-1).astype(np.int64), image_size=tuple(cfg.image_size),
+        glimpse_size=cfg.glimpse_size, num_scales=cfg.num_scales, factor=cfg.scale_factor,
+        images=record["images"].astype(np.float32), class_names=list(dataset.class_names),
+    )
+    return path
+
+
+def make_figures(record_path: Path, run_dir: Path) -> list[Path]:
+    """The run's figures, from its saved records only."""
+    from foveal.evaluation import plots
+
+    figures = run_dir / "figures"
+    paths = [plots.plot_glimpse_heatmaps(record_path, figures / "glimpse_heatmaps.png"),
+             plots.plot_glimpse_examples(record_path, figures / "glimpse_examples.png")]
+    metrics = run_dir / "metrics.csv"
+    if metrics.exists():
+        paths.append(plots.plot_training_summary(metrics, figures / "training_curves.png"))
+    return paths
