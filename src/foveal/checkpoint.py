@@ -1,0 +1,306 @@
+"""Checkpoints as safetensors + JSON: nothing in them can execute code when loaded.
+
+A checkpoint ``<dir>/<name>`` is two files:
+
+``<name>.safetensors``
+    every tensor: the model's state under ``model.<key>``, the optimizer's tensors (Adam moments,
+    ``step``) under ``optim.<...>``, RNG states as uint8 tensors under ``rng.<...>``, the caller's
+    extra tensors under ``extra.<key>``.
+``<name>.json``
+    everything else: format and version, iteration, the caller's free-form ``info`` (e.g. the resolved
+    run config and the model's registry name + config, enough to rebuild the model), ``metrics`` at
+    that point, ``extra_state``, the optimizer's non-tensor state and ``param_groups``, Python's
+    ``random`` state, and the SHA-256 of the safetensors file.
+
+Both files are written to a temporary name and moved into place with ``os.replace``, the JSON last,
+and the JSON records the hash of the tensors it belongs with: a checkpoint whose JSON is missing is
+not a checkpoint, and one whose tensors do not match its JSON (a crash between the two renames) is
+reported as such instead of being loaded half-old, half-new.
+
+Nested Python values are stored in JSON with three markers, so optimizer state round-trips exactly:
+``{"__tensor__": name}`` (a tensor in the safetensors file), ``{"__tuple__": [...]}`` and
+``{"__items__": [[key, value], ...]}`` (a dict with non-string keys, such as optimizer state keyed by
+parameter index).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+from torch import Tensor, nn
+
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "read_checkpoint_info", "checkpoint_paths"]
+
+FORMAT = "foveal-checkpoint"
+VERSION = 1
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class Checkpoint:
+    """What :func:`load_checkpoint` read.
+
+    Attributes:
+        path: the JSON file.
+        iteration: training iteration at which it was saved.
+        info: the caller's free-form ``info`` dict.
+        metrics: the caller's metrics at that point.
+        extra_state: the caller's ``extra_state``.
+        model_state: the model's state dict (keys without the ``model.`` prefix).
+        extra_tensors: the caller's ``extra_tensors`` (keys without the ``extra.`` prefix).
+    """
+
+    path: Path
+    iteration: int
+    info: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra_state: dict[str, Any] = field(default_factory=dict)
+    model_state: dict[str, Tensor] = field(default_factory=dict)
+    extra_tensors: dict[str, Tensor] = field(default_factory=dict)
+
+
+def checkpoint_paths(path_prefix: PathLike) -> tuple[Path, Path]:
+    """``run/ckpt/best``, ``best.json`` or ``best.safetensors`` -> ``(best.safetensors, best.json)``."""
+    path = Path(path_prefix)
+    for suffix in (".json", ".safetensors"):
+        if path.name.endswith(suffix):
+            path = path.with_name(path.name[: -len(suffix)])
+    return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
+
+
+def save_checkpoint(path_prefix: PathLike, *, model: Optional[nn.Module],
+                    optimizer: Optional[torch.optim.Optimizer] = None, rng: bool = True, iteration: int = 0, info: Optional[dict[str, Any]] = None,
+                    metrics: Optional[dict[str, Any]] = None, extra_tensors: Optional[dict[str, Tensor]] = None,
+                    extra_state: Optional[dict[str, Any]] = None) -> None:
+    """Write ``<path_prefix>.safetensors`` and ``<path_prefix>.json`` atomically (the JSON last).
+
+    Args:
+        path_prefix: checkpoint path without suffix (a ``.json`` / ``.safetensors`` suffix is dropped).
+        model: its ``state_dict()`` is saved (parameters and persistent buffers); None saves none.
+        optimizer: its full state (moments, step counts, param_groups), if given.
+        rng: save the torch CPU (and CUDA, if initialised) RNG states and Python's ``random`` state.
+        iteration: the training iteration this checkpoint belongs to.
+        info: free-form JSON-able dict, e.g. the run config and the model's registry spec.
+        metrics: JSON-able metrics at this point.
+        extra_tensors: more tensors to keep, stored under ``extra.<key>``.
+        extra_state: more JSON-able state (tuples and tensors inside it are kept too).
+    """
+    st_path, json_path = checkpoint_paths(path_prefix)
+    tensors: dict[str, Tensor] = {}
+    header: dict[str, Any] = {"format": FORMAT, "version": VERSION, "iteration": int(iteration),
+                              "tensors_file": st_path.name}
+    if model is not None:
+        tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
+        header["model_keys"] = len(tensors)
+    header["optimizer"] = None if optimizer is None else _encode(optimizer.state_dict(), "optim", tensors)
+    header["rng"] = _capture_rng(tensors) if rng else None
+    tensors.update({f"extra.{k}": v for k, v in (extra_tensors or {}).items()})
+    header["extra_state"] = _encode(extra_state or {}, "state", tensors)
+    header["info"] = info or {}
+    header["metrics"] = metrics or {}
+
+    blob = save_tensors(_plain_cpu_tensors(tensors), metadata={"format": "pt"})
+    header["tensors_sha256"] = hashlib.sha256(blob).hexdigest()
+    try:
+        text = json.dumps(header, indent=1)
+    except TypeError as err:
+        raise TypeError(f"{json_path}: info, metrics and extra_state must be JSON-able: {err}") from None
+    st_path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(st_path, blob)
+    _atomic_write(json_path, text.encode())
+
+
+def read_checkpoint_info(path_prefix: PathLike) -> dict[str, Any]:
+    """The ``info`` dict of a checkpoint, from its JSON alone (no tensors are read)."""
+    return _read_header(checkpoint_paths(path_prefix)[1])["info"]
+
+
+def load_checkpoint(path_prefix: PathLike, *, model: Optional[nn.Module] = None,
+                    optimizer: Optional[torch.optim.Optimizer] = None, restore_rng: bool = False,
+                    map_location: Union[str, torch.device] = "cpu") -> Checkpoint:
+    """Read a checkpoint; optionally load it into ``model`` / ``optimizer`` and restore the RNG states.
+
+    Loading into a model is strict: any missing, unexpected or shape-mismatched key raises a
+    ``ValueError`` naming the file and the keys. Optimizer tensors are moved to the parameters' devices
+    by ``optimizer.load_state_dict``; ``map_location`` places the returned ``model_state`` and
+    ``extra_tensors``.
+
+    Raises:
+        FileNotFoundError: a file of the checkpoint is missing.
+        ValueError: corrupt or mismatched files, or a checkpoint that does not fit ``model``/``optimizer``.
+    """
+    st_path, json_path = checkpoint_paths(path_prefix)
+    header = _read_header(json_path)
+    if not st_path.exists():
+        raise FileNotFoundError(f"{st_path}: checkpoint tensors not found (its JSON {json_path.name} exists)")
+    blob = st_path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != header.get("tensors_sha256"):
+        raise ValueError(f"{st_path}: does not match {json_path.name} (SHA-256 differs): the file is corrupt or "
+                         "was replaced while the checkpoint was being written")
+    try:
+        tensors = load_tensors(blob)
+    except Exception as err:  # safetensors raises its own error type
+        raise ValueError(f"{st_path}: not a readable safetensors file: {err}") from None
+
+    model_state = _strip(tensors, "model.")
+    if model is not None:
+        if header.get("model_keys") is None:
+            raise ValueError(f"{json_path}: this checkpoint holds no model state")
+        _load_model_strict(model, model_state, st_path)
+    if optimizer is not None:
+        if header.get("optimizer") is None:
+            raise ValueError(f"{json_path}: this checkpoint holds no optimizer state")
+        try:
+            optimizer.load_state_dict(_decode(header["optimizer"], tensors))
+        except (ValueError, KeyError) as err:
+            raise ValueError(f"{json_path}: optimizer state does not fit this optimizer: {err}") from None
+    if restore_rng:
+        if header.get("rng") is None:
+            raise ValueError(f"{json_path}: this checkpoint holds no RNG state (saved with rng=False)")
+        _restore_rng(header["rng"], tensors)
+
+    device = torch.device(map_location)
+    return Checkpoint(
+        path=json_path, iteration=int(header["iteration"]), info=header["info"], metrics=header["metrics"],
+        extra_state=_decode(header["extra_state"], tensors),
+        model_state={k: v.to(device) for k, v in model_state.items()},
+        extra_tensors={k: v.to(device) for k, v in _strip(tensors, "extra.").items()},
+    )
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _read_header(json_path: Path) -> dict[str, Any]:
+    if not json_path.exists():
+        raise FileNotFoundError(f"{json_path}: checkpoint not found")
+    try:
+        header = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{json_path}: corrupt checkpoint JSON: {err}") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ValueError(f"{json_path}: not a foveal checkpoint (expected \"format\": {FORMAT!r})")
+    if header.get("version") != VERSION:
+        raise ValueError(f"{json_path}: checkpoint format version {header.get('version')!r}; "
+                         f"this foveal reads version {VERSION}")
+    return header
+
+
+def _plain_cpu_tensors(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Detached, contiguous CPU tensors; safetensors refuses tensors sharing memory, so copy repeats."""
+    out, seen = {}, set()
+    for name, t in tensors.items():
+        if not isinstance(t, Tensor):
+            raise TypeError(f"checkpoint tensor {name!r}: expected a torch.Tensor, found {type(t).__name__}")
+        t = t.detach().cpu()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen and t.numel() > 0:
+            t = t.clone()
+        seen.add(ptr)
+        out[name] = t.contiguous()
+    return out
+
+
+def _strip(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def _load_model_strict(model: nn.Module, state: dict[str, Tensor], st_path: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{k}: expected {list(expected[k].shape)} (model), found {list(state[k].shape)} (checkpoint)"
+              for k in sorted(set(expected) & set(state)) if expected[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{label} ({len(keys)}): {_head(keys)}" for label, keys in
+                 (("missing keys, in the model but not the checkpoint", missing),
+                  ("unexpected keys, in the checkpoint but not the model", unexpected),
+                  ("shape mismatches", shapes)) if keys]
+        raise ValueError(f"{st_path}: checkpoint does not fit {type(model).__name__}; " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def _head(items: list[str], n: int = 10) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (f", ... and {len(items) - n} more" if len(items) > n else "")
+
+
+# ----------------------------------------------------------------------------- RNG
+
+
+def _capture_rng(tensors: dict[str, Tensor]) -> dict[str, Any]:
+    tensors["rng.torch"] = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    for i, state in enumerate(cuda):
+        tensors[f"rng.cuda.{i}"] = state
+    version, internal, gauss_next = random.getstate()
+    return {"cuda_devices": len(cuda), "python": [version, list(internal), gauss_next]}
+
+
+def _restore_rng(rng: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    n = rng.get("cuda_devices", 0)
+    if n and torch.cuda.is_available() and torch.cuda.device_count() == n:
+        torch.cuda.set_rng_state_all([tensors[f"rng.cuda.{i}"] for i in range(n)])
+    version, internal, gauss_next = rng["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+# ----------------------------------------------------------------------------- nested values <-> JSON
+
+
+def _encode(value: Any, name: str, tensors: dict[str, Tensor]) -> Any:
+    """A nested value -> JSON, moving tensors into ``tensors`` under dotted names (module docstring)."""
+    if isinstance(value, Tensor):
+        tensors[name] = value
+        return {"__tensor__": name}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value):
+            return {k: _encode(v, f"{name}.{k}", tensors) for k, v in value.items()}
+        return {"__items__": [[k, _encode(v, f"{name}.{k}", tensors)] for k, v in value.items()]}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, f"{name}.{i}", tensors) for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_encode(v, f"{name}.{i}", tensors) for i, v in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"checkpoint value {name!r}: cannot store a {type(value).__name__} (not a tensor or JSON value)")
+
+
+def _decode(value: Any, tensors: dict[str, Tensor]) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__tensor__"}:
+            return tensors[value["__tensor__"]]
+        if set(value) == {"__tuple__"}:
+            return tuple(_decode(v, tensors) for v in value["__tuple__"])
+        if set(value) == {"__items__"}:
+            return {k: _decode(v, tensors) for k, v in value["__items__"]}
+        return {k: _decode(v, tensors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    return value

@@ -1,0 +1,356 @@
+"""The one training loop of foveal: iterations, validation, metrics, checkpoints, exact resume.
+
+Every algorithm trains through :func:`fit`, and validation and the final test use :func:`evaluate`.
+The engine knows no model: it calls ``algorithm.loss(model, batch) -> LossOutput`` to train and
+``algorithm.metrics(model, batch) -> dict`` to evaluate (:mod:`foveal.training.base`).
+
+A run folder::
+
+    metrics.csv                   iteration,split,name,value   (split "train" or "val")
+    tensorboard/                  the same scalars, plus train/it_per_s
+    checkpoints/last.{json,safetensors}   model, optimizer, RNG states, iteration, best so far
+    checkpoints/best.{json,safetensors}   the model at the best validation ``monitor`` value
+
+Exact resume. Everything the loop does at iteration ``i`` is a function of ``i`` and of the state
+in ``last``: the data order (:class:`foveal.training.loop.IterationBatches`), the learning rate
+(:func:`foveal.training.loop.lr_factor`), the log window's partial sums, the global torch and Python
+RNG states (which dropout and glimpse sampling consume). So calling :func:`fit` again on a run folder
+with ``checkpoints/last.json`` continues from it, after cutting ``metrics.csv`` back to that
+iteration, and on CPU produces the same ``metrics.csv`` and weights, bit for bit, as a run that was
+never stopped. (On CUDA, bit-equality also needs deterministic kernels; data-loader workers get
+fresh seeds on resume, which matters only for random augmentation inside a dataset.) Timing is kept
+out of ``metrics.csv`` and checkpoints for that reason: ``it_per_s`` goes to TensorBoard and to
+``progress`` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from foveal.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
+from foveal.training.base import Algorithm, LossOutput
+from foveal.training.loop import (IterationBatches, LogWindow, MetricsLog, batch_size_of, check_finite, lr_factor,
+                                  to_device)
+
+__all__ = ["TrainConfig", "FitResult", "fit", "evaluate", "resolve_device"]
+
+Progress = Callable[[int, int, dict[str, float]], None]
+# Settings that change the training trajectory: a resumed run must keep them.
+_TRAJECTORY_FIELDS = ("batch_size", "lr", "weight_decay", "optimizer", "momentum", "lr_schedule", "grad_clip",
+                      "log_every", "seed")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of :func:`fit`.
+
+    Attributes:
+        iterations: optimizer steps in the whole run.
+        batch_size: training batch size; each epoch drops its last partial batch.
+        lr: base learning rate.
+        weight_decay: L2 penalty (``adam``, ``sgd``) or decoupled decay (``adamw``).
+        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
+        momentum: SGD momentum (unused by Adam).
+        lr_schedule: ``"constant"`` or ``"cosine"`` (from ``lr`` at iteration 1 towards 0 at the end).
+        grad_clip: maximum global gradient norm, or None for no clipping.
+        val_every: validate every this many iterations, and at the last one.
+        val_batches: validate on the first this many batches of the val set; None for all of it.
+        checkpoint_every: save ``last`` every this many iterations (also at every validation and at
+            the end); None means ``val_every``.
+        log_every: write train metrics every this many iterations, averaged over them.
+        seed: seeds torch and Python ``random`` at the start of a fresh run, and the data order.
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        num_workers: DataLoader worker processes.
+        monitor: validation metric that picks ``best`` (``"val/<name>"``).
+        monitor_mode: ``"max"`` or ``"min"``: whether a larger or a smaller ``monitor`` is better.
+        tensorboard: also write TensorBoard scalars.
+        eval_batch_size: validation batch size; None means ``batch_size``.
+    """
+
+    iterations: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    lr_schedule: str = "constant"
+    grad_clip: Optional[float] = None
+    val_every: int = 500
+    val_batches: Optional[int] = None
+    checkpoint_every: Optional[int] = None
+    log_every: int = 50
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    monitor: str = "val/accuracy"
+    monitor_mode: str = "max"
+    tensorboard: bool = True
+    eval_batch_size: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "batch_size", "val_every", "log_every"):
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in ("val_batches", "checkpoint_every", "eval_batch_size"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), minimum=1)
+        _check_int("num_workers", self.num_workers, minimum=0)
+        _check_int("seed", self.seed, minimum=None)
+        _check_number("lr", self.lr, "a positive number", lambda v: v > 0)
+        _check_number("weight_decay", self.weight_decay, "a number >= 0", lambda v: v >= 0)
+        _check_number("momentum", self.momentum, "a number in [0, 1)", lambda v: 0 <= v < 1)
+        if self.grad_clip is not None:
+            _check_number("grad_clip", self.grad_clip, "None or a positive number", lambda v: v > 0)
+        _check_choice("optimizer", self.optimizer, ("adam", "adamw", "sgd"))
+        _check_choice("lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        _check_choice("monitor_mode", self.monitor_mode, ("max", "min"))
+        if not isinstance(self.monitor, str) or not self.monitor.startswith("val/"):
+            raise ValueError(f"TrainConfig.monitor: expected a validation metric 'val/<name>', found {self.monitor!r}")
+        if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda")
+                                                    or self.device.startswith("cuda:")):
+            raise ValueError(f"TrainConfig.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', found {self.device!r}")
+        if not isinstance(self.tensorboard, bool):
+            raise ValueError(f"TrainConfig.tensorboard: expected true or false, found {self.tensorboard!r}")
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did.
+
+    Attributes:
+        iterations: iterations done so far in the run (including those before a resume).
+        best_value: best ``monitor`` value so far (None before the first validation).
+        best_iteration: iteration of ``best_value``.
+        best_checkpoint: prefix of the best checkpoint (``run_dir/checkpoints/best``).
+        last_checkpoint: prefix of the last checkpoint (``run_dir/checkpoints/last``).
+        val_metrics: the latest validation metrics, with the ``val/`` prefix.
+        wall_time: seconds spent in this call.
+        iterations_per_second: iterations done in this call / ``wall_time``.
+    """
+
+    iterations: int
+    best_value: Optional[float]
+    best_iteration: Optional[int]
+    best_checkpoint: Path
+    last_checkpoint: Path
+    val_metrics: dict[str, float]
+    wall_time: float
+    iterations_per_second: float
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA if available, else CPU; asking for CUDA without it is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"TrainConfig.device: {name!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+    return device
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, algorithm: Algorithm, dataset: Dataset, *, batch_size: int,
+             device: torch.device | str, max_batches: Optional[int] = None, num_workers: int = 0) -> dict[str, float]:
+    """Mean of ``algorithm.metrics`` over ``dataset`` in order, weighted by batch size.
+
+    Runs in eval mode without gradients and restores the model's previous mode. Uses its own data
+    generator, so the global RNG is consumed only by the algorithm (e.g. glimpse sampling).
+
+    Args:
+        max_batches: stop after this many batches (the first ones); None for the whole dataset.
+    """
+    device = torch.device(device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda", generator=torch.Generator())
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    weights: dict[str, int] = {}
+    try:
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            n = batch_size_of(batch)
+            for name, value in algorithm.metrics(model, to_device(batch, device)).items():
+                sums[name] = sums.get(name, 0.0) + float(value) * n
+                weights[name] = weights.get(name, 0) + n
+    finally:
+        model.train(was_training)
+    return {name: total / weights[name] for name, total in sums.items()}
+
+
+@dataclass
+class _RunState:
+    """What ``last`` restores besides model, optimizer and RNG."""
+
+    iteration: int = 0
+    best_value: Optional[float] = None
+    best_iteration: Optional[int] = None
+    val_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    train_logs: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def fit(model: nn.Module, algorithm: Algorithm, train_set: Dataset, val_set: Dataset, config: TrainConfig,
+        run_dir: str | Path, *, info: Optional[dict[str, Any]] = None, progress: Optional[Progress] = None,
+        stop_after: Optional[int] = None) -> FitResult:
+    """Train ``model`` with ``algorithm`` for ``config.iterations`` iterations, resuming if possible.
+
+    Args:
+        run_dir: the run folder (module docstring); if ``checkpoints/last.json`` exists there, training
+            continues from it.
+        info: free-form JSON-able dict stored in every checkpoint (e.g. run config and model spec).
+        progress: ``progress(iteration, total, logs)``, called after every iteration with the latest
+            train averages (and ``it_per_s``) and validation metrics (``val/...``); must not modify ``logs``.
+        stop_after: return after this iteration as if the process were killed there (no extra
+            checkpoint), e.g. to train in chunks.
+    """
+    if stop_after is not None:
+        _check_int("stop_after", stop_after, minimum=0, owner="fit")
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    last_path, best_path = run_dir / "checkpoints" / "last", run_dir / "checkpoints" / "best"
+    device = resolve_device(config.device)
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{type(model).__name__}: no trainable parameters")
+    optimizer = _build_optimizer(params, config)
+    window = LogWindow(device)
+    if checkpoint_paths(last_path)[1].exists():
+        state = _resume(last_path, model, optimizer, window, config)
+    else:
+        state = _RunState()
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+    start = state.iteration
+    end = config.iterations if stop_after is None else min(config.iterations, stop_after)
+    loader = _train_loader(train_set, config, start, end, device)
+    shown: dict[str, float] = {f"val/{k}": v for k, v in state.val_metrics.items()}
+
+    def save_last(iteration: int) -> None:
+        extra = {"best_value": state.best_value, "best_iteration": state.best_iteration,
+                 "window": window.state_dict(), "train_config": dataclasses.asdict(config)}
+        save_checkpoint(last_path, model=model, optimizer=optimizer, rng=True, iteration=iteration, info=info,
+                        metrics={"val": state.val_metrics, "train": state.train_logs}, extra_state=extra)
+
+    log = MetricsLog(run_dir, keep_until=start, tensorboard=config.tensorboard)
+    try:
+        model.train()
+        for it, batch in enumerate(loader, start=start + 1):
+            window.add(_train_step(model, algorithm, optimizer, params, to_device(batch, device), config, it))
+            state.iteration = it
+            final = it == config.iterations
+            if it % config.log_every == 0 or final:
+                state.train_logs, rate = window.averages()
+                check_finite(it, state.train_logs)
+                log.write(it, "train", state.train_logs)
+                log.write(it, "train", {"it_per_s": rate}, csv_rows=False)
+                shown.update(state.train_logs, it_per_s=rate)
+            validated = it % config.val_every == 0 or final
+            if validated:
+                _validate(model, algorithm, val_set, config, device, state, it)
+                log.write(it, "val", state.val_metrics)
+                shown.update({f"val/{k}": v for k, v in state.val_metrics.items()})
+                if state.best_iteration == it:
+                    save_checkpoint(best_path, model=model, rng=False, iteration=it, info=info,
+                                    metrics={"val": state.val_metrics})
+            if validated or it % (config.checkpoint_every or config.val_every) == 0:
+                save_last(it)
+            if progress is not None:
+                progress(it, config.iterations, shown)
+    finally:
+        log.close()
+
+    wall = time.perf_counter() - started
+    return FitResult(iterations=state.iteration, best_value=state.best_value, best_iteration=state.best_iteration,
+                     best_checkpoint=best_path, last_checkpoint=last_path,
+                     val_metrics={f"val/{k}": v for k, v in state.val_metrics.items()}, wall_time=wall,
+                     iterations_per_second=(state.iteration - start) / max(wall, 1e-9))
+
+
+def _train_loader(train_set: Dataset, config: TrainConfig, start: int, end: int, device: torch.device) -> DataLoader:
+    """Batches for iterations ``start + 1 .. end``; its own generator keeps the global RNG untouched."""
+    batches = IterationBatches(len(train_set), config.batch_size, config.seed, start, end)
+    return DataLoader(train_set, batch_sampler=batches, num_workers=config.num_workers,
+                      pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(config.seed + start))
+
+
+def _train_step(model: nn.Module, algorithm: Algorithm, optimizer: torch.optim.Optimizer,
+                params: list[nn.Parameter], batch: dict[str, Any], config: TrainConfig, iteration: int) -> LossOutput:
+    for group in optimizer.param_groups:
+        group["lr"] = config.lr * lr_factor(config.lr_schedule, iteration, config.iterations)
+    out = algorithm.loss(model, batch)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    if config.grad_clip is not None:
+        nn.utils.clip_grad_norm_(params, config.grad_clip)
+    optimizer.step()
+    return out
+
+
+def _validate(model: nn.Module, algorithm: Algorithm, val_set: Dataset, config: TrainConfig, device: torch.device,
+              state: _RunState, iteration: int) -> None:
+    """Evaluate on ``val_set``, store the metrics in ``state`` and note a new best there."""
+    state.val_metrics = evaluate(model, algorithm, val_set, batch_size=config.eval_batch_size or config.batch_size,
+                                 device=device, max_batches=config.val_batches, num_workers=config.num_workers)
+    name = config.monitor[len("val/"):]
+    if name not in state.val_metrics:
+        raise ValueError(f"TrainConfig.monitor: {config.monitor!r} is not among the validation metrics "
+                         f"{sorted('val/' + k for k in state.val_metrics)}")
+    value = float(state.val_metrics[name])
+    best = state.best_value
+    if best is None or math.isnan(best) or (value > best if config.monitor_mode == "max" else value < best):
+        state.best_value, state.best_iteration = value, iteration
+
+
+def _resume(last_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, window: LogWindow,
+            config: TrainConfig) -> _RunState:
+    ckpt = load_checkpoint(last_path, model=model, optimizer=optimizer, restore_rng=True)
+    extra = ckpt.extra_state
+    saved = extra.get("train_config", {})
+    changed = [f"TrainConfig.{k}={saved[k]!r} there, {getattr(config, k)!r} now"
+               for k in _TRAJECTORY_FIELDS if k in saved and saved[k] != getattr(config, k)]
+    if config.lr_schedule == "cosine" and saved.get("iterations", config.iterations) != config.iterations:
+        changed.append(f"TrainConfig.iterations={saved['iterations']!r} there, {config.iterations!r} now "
+                       "(the cosine schedule depends on it)")
+    if changed:
+        raise ValueError(f"{ckpt.path}: cannot resume with other training settings ({'; '.join(changed)}); "
+                         "use a new run folder or the same settings")
+    if ckpt.iteration > config.iterations:
+        raise ValueError(f"{ckpt.path}: the run is at iteration {ckpt.iteration}, past "
+                         f"TrainConfig.iterations={config.iterations}")
+    window.load_state_dict(extra["window"])
+    return _RunState(iteration=ckpt.iteration, best_value=extra["best_value"], best_iteration=extra["best_iteration"],
+                     val_metrics=dict(ckpt.metrics.get("val", {})), train_logs=dict(ckpt.metrics.get("train", {})))
+
+
+def _build_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _check_int(name: str, value: Any, *, minimum: Optional[int], owner: str = "TrainConfig") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        kind = {None: "an integer", 0: "an integer >= 0", 1: "a positive integer"}[minimum]
+        raise ValueError(f"{owner}.{name}: expected {kind}, found {value!r}")
+
+
+def _check_number(name: str, value: Any, expected: str, ok: Callable[[float], bool]) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise ValueError(f"TrainConfig.{name}: expected {expected}, found {value!r}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"TrainConfig.{name}: expected one of {list(choices)}, found {value!r}")

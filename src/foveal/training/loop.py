@@ -1,0 +1,188 @@
+"""The stateless parts of the training loop: data order, learning rate, log windows, metrics files.
+
+Each is a function of the iteration number (or carries a small JSON-able state), which is what lets
+:func:`foveal.training.engine.fit` resume a killed run exactly from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Sampler
+
+from foveal.training.base import LossOutput
+
+METRICS_HEADER = ("iteration", "split", "name", "value")
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit seed for the shuffle of ``epoch``: the same on every machine (no ``hash()``)."""
+    return _splitmix64(_splitmix64(seed & _MASK64) ^ epoch) >> 1
+
+
+class IterationBatches(Sampler[list[int]]):
+    """Index batches for iterations ``start + 1 .. end`` of an endless, deterministic shuffle.
+
+    Iteration ``i`` (1-based) takes batch ``b = i - 1``: epoch ``b // per_epoch``, position
+    ``b % per_epoch`` in ``torch.randperm(num_items)`` drawn from a generator seeded with
+    :func:`epoch_seed`. The last partial batch of each epoch is dropped. Nothing but ``start`` is
+    needed to resume, and the global RNG is never touched.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, start: int, end: int):
+        if num_items < batch_size:
+            raise ValueError(f"the train set has {num_items} items, fewer than TrainConfig.batch_size={batch_size}")
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.per_epoch = num_items // batch_size
+        self.start, self.end = start, max(start, end)
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __iter__(self):
+        perm, perm_epoch = None, -1
+        for b in range(self.start, self.end):
+            epoch, pos = divmod(b, self.per_epoch)
+            if epoch != perm_epoch:
+                generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+                perm, perm_epoch = torch.randperm(self.num_items, generator=generator), epoch
+            yield perm[pos * self.batch_size:(pos + 1) * self.batch_size].tolist()
+
+
+def lr_factor(schedule: str, iteration: int, iterations: int) -> float:
+    """Multiplier of the base learning rate at ``iteration`` (1-based); cosine decays from 1 towards 0."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * (iteration - 1) / iterations))
+    raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', found {schedule!r}")
+
+
+class LogWindow:
+    """Sums of the loss and of ``LossOutput.logs`` since the last train row.
+
+    The loss is summed on its own device in float64 (no host sync per iteration); the sums go into
+    the last checkpoint (:meth:`state_dict`), so a resumed run writes the same averages.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self._timed, self._t0 = 0, time.perf_counter()
+
+    def add(self, out: LossOutput) -> None:
+        self.loss += out.loss.detach().double()
+        for name, value in out.logs.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+        self.count += 1
+        self._timed += 1
+
+    def averages(self) -> tuple[dict[str, float], float]:
+        """``({"loss": ..., **logs}, iterations per second)`` over the window; then starts a new one."""
+        logs = {"loss": float(self.loss) / self.count, **{k: v / self.count for k, v in self.sums.items()}}
+        rate = self._timed / max(time.perf_counter() - self._t0, 1e-9)
+        self.reset()
+        return logs, rate
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss": float(self.loss), "sums": dict(self.sums), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reset()
+        self.loss = torch.tensor(state["loss"], dtype=torch.float64, device=self.device)
+        self.sums, self.count = dict(state["sums"]), int(state["count"])
+
+
+class MetricsLog:
+    """``metrics.csv`` (long format, flushed row by row) and, optionally, TensorBoard scalars.
+
+    Opening it keeps only the rows with ``iteration <= keep_until`` (the checkpoint being resumed
+    from; 0 for a fresh run), so a resumed run appends exactly what an uninterrupted one would have.
+    """
+
+    def __init__(self, run_dir: Path, *, keep_until: int, tensorboard: bool):
+        self.path = Path(run_dir) / "metrics.csv"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        truncate_metrics(self.path, keep_until)
+        self._file = open(self.path, "a", newline="")
+        self._csv = csv.writer(self._file, lineterminator="\n")
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # lazy: slow to import
+
+            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"),
+                                     purge_step=keep_until + 1 if keep_until > 0 else None)
+
+    def write(self, iteration: int, split: str, values: dict[str, float], *, csv_rows: bool = True) -> None:
+        if csv_rows:
+            self._csv.writerows([iteration, split, name, repr(float(v))] for name, v in values.items())
+            self._file.flush()
+        if self._tb is not None:
+            for name, v in values.items():
+                self._tb.add_scalar(f"{split}/{name}", v, iteration)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def truncate_metrics(path: Path, keep_until: int) -> None:
+    """Rewrite ``path`` (atomically) with the header and its rows of ``iteration <= keep_until``."""
+    header = ",".join(METRICS_HEADER) + "\n"
+    if not path.exists() or path.stat().st_size == 0:
+        path.write_text(header)
+        return
+    with open(path, newline="") as f:
+        lines = f.readlines()
+    if lines[0] != header:
+        raise ValueError(f"{path}: expected the header {header.strip()!r}, found {lines[0].strip()!r}; "
+                         "is this a foveal run folder?")
+    kept = [line for line in lines[1:] if line.strip() and int(line.split(",", 1)[0]) <= keep_until]
+    if len(kept) == len(lines) - 1:
+        return
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(header + "".join(kept))
+    os.replace(tmp, path)
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Every tensor value of ``batch`` on ``device``; other values unchanged."""
+    non_blocking = device.type == "cuda"
+    return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def batch_size_of(batch: dict[str, Any]) -> int:
+    """Number of examples in a batch dict: the length of ``label``, else of its first tensor."""
+    value = batch.get("label")
+    if not isinstance(value, Tensor):
+        value = next((v for v in batch.values() if isinstance(v, Tensor)), None)
+    if value is None or value.dim() == 0:
+        raise ValueError(f"batch with keys {sorted(batch)}: no tensor with a batch dimension")
+    return int(value.shape[0])
+
+
+def check_finite(iteration: int, logs: dict[str, float]) -> None:
+    if not math.isfinite(logs["loss"]):
+        raise FloatingPointError(f"iteration {iteration}: the training loss is {logs['loss']}; "
+                                 "lower TrainConfig.lr or set TrainConfig.grad_clip (the last checkpoint is intact)")
