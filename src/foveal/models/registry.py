@@ -17,23 +17,30 @@ from typing import Any, Callable
 from torch import nn
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+_KINDS: dict[str, str] = {}
+# "glimpse": has rollout(images, T, *, policy, forced_locations) -> Rollout.
+# "posterior": reads a masked image and its mask (foveal.boed).
+KINDS = ("glimpse", "posterior")
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register_model(name: str, *, kind: str = "glimpse") -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator adding a builder under ``name``; a second builder of the same name is an error."""
+    if kind not in KINDS:
+        raise ValueError(f"register_model({name!r}): kind expected one of {KINDS}, found {kind!r}")
 
     def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _BUILDERS:
             raise ValueError(f"model registry: the name {name!r} is already registered by {_BUILDERS[name].__module__}")
         _BUILDERS[name] = builder
+        _KINDS[name] = kind
         return builder
 
     return add
 
 
-def list_models() -> list[str]:
-    """Registered model names, sorted."""
-    return sorted(_BUILDERS)
+def list_models(kind: str | None = None) -> list[str]:
+    """Registered model names, sorted; only those of one ``kind`` if given."""
+    return sorted(n for n in _BUILDERS if kind is None or _KINDS[n] == kind)
 
 
 def create_model(name: str, **config: Any) -> nn.Module:

@@ -1,0 +1,263 @@
+r"""Expected posterior entropy (EPE) and the greedy near-optimal glimpse sequence.
+
+Sequential Bayesian optimal experimental design (Harvey et al., "Near-optimal glimpse sequences for
+improved hard attention neural network training", 2021, sections 3-4) picks, at step ``t``, the glimpse
+location :math:`l_t` that minimises the entropy of the label posterior we *expect* to have after looking
+there. With a glimpse a deterministic function of the image, the expectation can be taken over images
+consistent with what was seen so far (Eq. 5):
+
+.. math::
+
+    \mathrm{EPE}(l_t) = \mathbb{E}_{p(I \mid y_{1:t-1}, l_{1:t-1})}
+        H\big[p(\theta \mid f(I, l_{1:t}))\big].
+
+Two approximations make it computable (Eq. 6):
+
+* a **posterior** :math:`q(\theta \mid \text{glimpses})` (the attentional variational posterior CNN,
+  :mod:`foveal.boed.posterior`; any :class:`Posterior`), and
+* a **completion sampler** :math:`r(I \mid y_{1:t-1}, l_{1:t-1})` giving weighted images consistent with
+  the observation (the image bank, :mod:`foveal.boed.bank`; any :class:`CompletionSampler`).
+
+.. math::
+
+    \mathrm{EPE}(l) \approx \sum_{n=1}^{N} w_n\,
+        H\big[q(\theta \mid I^{(n)} \text{ seen through } m_{t-1} \cup m(l))\big],
+    \qquad \sum_n w_n = 1,
+
+where :math:`m_{t-1}` is the union of the glimpses taken so far and :math:`m(l)` the pixels of the
+glimpse at grid cell ``l``. The posterior sees the *completion's* pixels under the whole mask, as in
+Eq. 6 (a completion that matches the observation only approximately is not patched with the true
+pixels). :func:`greedy_sequence` repeats: sample completions given the true image's pixels under
+:math:`m_{t-1}`, score every cell, take the arg-min, for ``t = 1..T``. At ``t = 1`` nothing is seen, so
+the first choice is the same for every image of a task: compute it once with :func:`first_glimpse`.
+
+Entropy (nats): categorical :math:`-\sum_k p_k \log p_k`; multi-attribute Bernoulli outputs (one logit
+per binary attribute, assumed independent given the glimpses) use the sum of the per-attribute binary
+entropies.
+
+References: Chaloner & Verdinelli (1995), Bayesian experimental design: a review; Foster et al. (2019),
+Variational Bayesian optimal experimental design; Harvey et al. (2021), arXiv:1906.05462.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from foveal.retina import LocationGrid
+
+__all__ = ["Posterior", "CompletionSampler", "posterior_entropy", "posterior_log_prob", "cell_masks",
+           "expected_posterior_entropy", "FirstGlimpse", "GlimpseSequence", "first_glimpse", "greedy_sequence"]
+
+
+@runtime_checkable
+class Posterior(Protocol):
+    """Seam 4, first half: :math:`q(\\theta \\mid \\text{glimpses})` as logits.
+
+    Attributes:
+        multilabel: False: ``logits`` are categorical (softmax over K classes); True: K independent
+            Bernoulli attributes (sigmoid each).
+    """
+
+    multilabel: bool
+
+    def logits(self, images: Tensor, masks: Tensor) -> Tensor:
+        """Logits of the label posterior given the pixels of ``images`` under ``masks``.
+
+        Args:
+            images: ``[B, C, H, W]``; pixels outside the mask must not influence the result.
+            masks: ``[B, 1, H, W]`` in {0, 1}, 1 = observed.
+
+        Returns:
+            ``[B, K]`` logits; a categorical posterior may return ``log p`` with ``-inf`` for impossible
+            classes (at least one finite per row).
+        """
+        ...
+
+
+@runtime_checkable
+class CompletionSampler(Protocol):
+    """Seam 4, second half: images consistent with an observation, :math:`r(I \\mid y_{1:t}, l_{1:t})`."""
+
+    def sample(self, image: Tensor, mask: Tensor, n: int, *,
+               generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+        """Weighted completions of ``image`` seen through ``mask``.
+
+        Args:
+            image: ``[C, H, W]``; only the pixels under ``mask`` may be used.
+            mask: ``[1, H, W]`` in {0, 1}; all zero = nothing seen (sample the prior).
+            n: number of completions wanted (an exact sampler may return its whole support instead).
+            generator: source of randomness, for reproducible sequences.
+
+        Returns:
+            ``(completions [N, C, H, W], weights [N])`` with the weights summing to one.
+        """
+        ...
+
+
+def posterior_entropy(logits: Tensor, multilabel: bool = False) -> Tensor:
+    """``[B, K]`` logits -> ``[B]`` entropy in nats (sum of binary entropies if ``multilabel``)."""
+    if multilabel:
+        p = torch.sigmoid(logits)
+        return (torch.special.entr(p) + torch.special.entr(torch.sigmoid(-logits))).sum(-1)
+    return torch.special.entr(torch.softmax(logits, dim=-1)).sum(-1)  # entr(0) = 0: -inf logits are fine
+
+
+def posterior_log_prob(logits: Tensor, labels: Tensor, multilabel: bool = False) -> Tensor:
+    """``log q(labels | glimpses)``: ``[B, K]`` logits and ``[B]`` classes (or ``[B, K]`` 0/1 attributes) -> ``[B]``."""
+    if multilabel:
+        return -torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none").sum(-1)
+    return torch.log_softmax(logits, dim=-1).gather(-1, labels.long()[:, None])[:, 0]
+
+
+def cell_masks(grid: LocationGrid, device: Optional[torch.device] = None) -> Tensor:
+    """``[G, 1, H, W]`` float masks of the pixels each grid cell's glimpse sees (row-major cells)."""
+    H, W = grid.image_size
+    corners = grid.corners().to(device)  # [G, 2]
+    rows = torch.arange(H, device=device)
+    cols = torch.arange(W, device=device)
+    in_r = (rows >= corners[:, :1]) & (rows < corners[:, :1] + grid.glimpse_size)  # [G, H]
+    in_c = (cols >= corners[:, 1:]) & (cols < corners[:, 1:] + grid.glimpse_size)  # [G, W]
+    return (in_r[:, :, None] & in_c[:, None, :])[:, None].float()
+
+
+def _check_mask(mask: Tensor, grid: LocationGrid, name: str) -> None:
+    if mask.shape != (1, *grid.image_size):
+        raise ValueError(f"{name}: expected shape (1, {grid.image_size[0]}, {grid.image_size[1]}) "
+                         f"(the grid's image size), found {tuple(mask.shape)}")
+
+
+@torch.no_grad()
+def expected_posterior_entropy(posterior: Posterior, completions: Tensor, weights: Tensor, observed_mask: Tensor,
+                               grid: LocationGrid, *, batch_size: int = 256,
+                               allowed: Optional[Tensor] = None) -> Tensor:
+    """Eq. 6 for every cell of ``grid``: the weighted mean entropy of ``posterior`` over completions.
+
+    All (cell, completion) pairs are flattened and sent to the posterior ``batch_size`` at a time, so
+    one call scores up to ``batch_size`` masked images.
+
+    Args:
+        posterior: the label posterior.
+        completions: ``[N, C, H, W]`` images from the completion sampler.
+        weights: ``[N]`` their normalised weights.
+        observed_mask: ``[1, H, W]`` union of the glimpses taken so far.
+        grid: the candidate locations (cells).
+        batch_size: masked images per posterior call.
+        allowed: optional ``[G]`` bool; cells that are not allowed are not scored and get ``+inf``.
+
+    Returns:
+        ``[G]`` EPE per cell (nats), ``+inf`` where not allowed.
+    """
+    N = completions.shape[0]
+    if completions.dim() != 4 or completions.shape[2:] != grid.image_size:
+        raise ValueError(f"completions: expected [N, C, {grid.image_size[0]}, {grid.image_size[1]}], "
+                         f"found {list(completions.shape)}")
+    if weights.shape != (N,):
+        raise ValueError(f"weights: expected shape ({N},) (one per completion), found {tuple(weights.shape)}")
+    if not torch.isclose(weights.sum(), weights.new_tensor(1.0), atol=1e-4):
+        raise ValueError(f"weights: expected to sum to 1, found a sum of {weights.sum().item():.6f}")
+    _check_mask(observed_mask, grid, "observed_mask")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected >= 1, found {batch_size}")
+    device = completions.device
+    G = len(grid)
+    candidates = torch.arange(G, device=device)
+    if allowed is not None:
+        if allowed.shape != (G,):
+            raise ValueError(f"allowed: expected shape ({G},) (one per grid cell), found {tuple(allowed.shape)}")
+        candidates = candidates[allowed.to(device)]
+    masks = torch.maximum(cell_masks(grid, device), observed_mask.to(device)[None])  # [G, 1, H, W]
+    pair_cell = candidates.repeat_interleave(N)  # [P], P = len(candidates) * N, cell-major
+    pair_image = torch.arange(N, device=device).repeat(len(candidates))  # [P]
+    entropy = completions.new_empty(pair_cell.shape[0])  # [P]
+    for start in range(0, pair_cell.shape[0], batch_size):
+        cell, image = pair_cell[start:start + batch_size], pair_image[start:start + batch_size]
+        m = masks[cell]  # [b, 1, H, W]
+        logits = posterior.logits(completions[image] * m, m)  # unobserved pixels zeroed before the call
+        entropy[start:start + batch_size] = posterior_entropy(logits.float(), posterior.multilabel)
+    epe = completions.new_full((G,), float("inf"))
+    epe[candidates] = (entropy.view(len(candidates), N) * weights.to(device)).sum(1)
+    return epe
+
+
+class FirstGlimpse(NamedTuple):
+    """The image-independent first choice of a task: ``cell`` (int) and its ``epe_map [G]``."""
+
+    cell: int
+    epe_map: Tensor
+
+
+class GlimpseSequence(NamedTuple):
+    """A greedy sequence: ``cells [T]`` int64 grid indices, and ``epe_maps [T, G]`` if kept, else None."""
+
+    cells: Tensor
+    epe_maps: Optional[Tensor]
+
+
+def first_glimpse(posterior: Posterior, sampler: CompletionSampler, grid: LocationGrid, channels: int, *,
+                  n_completions: int, batch_size: int = 256, generator: Optional[torch.Generator] = None,
+                  device: Optional[torch.device] = None) -> FirstGlimpse:
+    """The first glimpse of every image of a task: nothing is observed, so completions are prior samples.
+
+    Args:
+        channels: C of the images (the sampler is called with an all-zero ``[C, H, W]`` image and mask).
+    """
+    H, W = grid.image_size
+    empty = torch.zeros(1, H, W, device=device)
+    completions, weights = sampler.sample(torch.zeros(channels, H, W, device=device), empty, n_completions,
+                                          generator=generator)
+    epe = expected_posterior_entropy(posterior, completions, weights, empty.to(completions.device), grid,
+                                     batch_size=batch_size)
+    return FirstGlimpse(int(epe.argmin()), epe)
+
+
+def greedy_sequence(image: Tensor, posterior: Posterior, sampler: CompletionSampler, grid: LocationGrid,
+                    num_glimpses: int, *, n_completions: int, first_location: Optional[int | FirstGlimpse] = None,
+                    keep_maps: bool = False, batch_size: int = 256,
+                    generator: Optional[torch.Generator] = None) -> GlimpseSequence:
+    """Greedy sequential BOED for one image (section 4's pipeline, steps 1-3 repeated T times).
+
+    At step t the observed mask is the union of the cells chosen so far, applied to the TRUE image;
+    the sampler completes the image from those pixels; every cell is scored by
+    :func:`expected_posterior_entropy`; the arg-min (lowest index on ties) is taken. The same cell may
+    be chosen twice (it then adds no information, so its EPE is rarely the lowest).
+
+    Args:
+        image: ``[C, H, W]``, the image to annotate.
+        num_glimpses: T.
+        n_completions: completions asked of the sampler per step.
+        first_location: the task's first cell (an int, or :func:`first_glimpse`'s result, whose map is
+            then kept as row 0); None computes it here.
+        keep_maps: also return every step's EPE map (row 0 is NaN if ``first_location`` is a bare int).
+
+    Returns:
+        :class:`GlimpseSequence` (unpacks as ``cells, epe_maps``).
+    """
+    if image.dim() != 3 or image.shape[1:] != grid.image_size:
+        raise ValueError(f"image: expected [C, {grid.image_size[0]}, {grid.image_size[1]}], found {list(image.shape)}")
+    if num_glimpses < 1:
+        raise ValueError(f"num_glimpses: expected >= 1, found {num_glimpses}")
+    G = len(grid)
+    masks = cell_masks(grid, image.device)  # [G, 1, H, W]
+    observed = torch.zeros(1, *grid.image_size, device=image.device)
+    cells: list[int] = []
+    maps = image.new_full((num_glimpses, G), float("nan")) if keep_maps else None
+    for t in range(num_glimpses):
+        if t == 0 and first_location is not None:
+            cell = int(first_location.cell if isinstance(first_location, FirstGlimpse) else first_location)
+            if not 0 <= cell < G:
+                raise ValueError(f"first_location: expected a cell index in [0, {G}), found {cell}")
+            if maps is not None and isinstance(first_location, FirstGlimpse):
+                maps[0] = first_location.epe_map.to(maps)
+        else:
+            completions, weights = sampler.sample(image * observed, observed, n_completions, generator=generator)
+            epe = expected_posterior_entropy(posterior, completions, weights, observed.to(completions.device), grid,
+                                             batch_size=batch_size)
+            cell = int(epe.argmin())
+            if maps is not None:
+                maps[t] = epe.to(maps)
+        cells.append(cell)
+        observed = torch.maximum(observed, masks[cell])
+    return GlimpseSequence(torch.tensor(cells, dtype=torch.long), maps)
