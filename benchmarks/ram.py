@@ -80,9 +80,11 @@ def table(rows: list[dict]) -> str:
     for (setting, policy), rs in groups.items():
         errs = [100 * r["test_error"] for r in rs]
         sd = statistics.stdev(errs) if len(errs) > 1 else 0.0
+        timed = [r for r in rs if r["it_per_s"] is not None]  # runs resumed from old checkpoints have no total
+        speed = f"{statistics.mean(r['it_per_s'] for r in timed):.1f}" if timed else "n/a"
+        wall = f"{statistics.mean(r['wall_time_s'] for r in timed) / 60:.1f} min" if timed else "n/a"
         lines.append(f"| {setting} | {policy} | {len(rs)} | {statistics.mean(errs):.2f} ± {sd:.2f} | "
-                     f"{', '.join(f'{e:.2f}' for e in errs)} | {statistics.mean(r['it_per_s'] for r in rs):.1f} | "
-                     f"{statistics.mean(r['wall_time_s'] for r in rs) / 60:.1f} min |")
+                     f"{', '.join(f'{e:.2f}' for e in errs)} | {speed} | {wall} |")
     return "\n".join(lines) + "\n"
 
 

@@ -97,8 +97,9 @@ def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable
     if result.iterations < train_cfg.iterations:
         return None
     training = {"iterations": result.iterations, "best_iteration": result.best_iteration,
-                "best_validation": result.best_value, "wall_time_s": result.wall_time,
-                "iterations_per_s": result.iterations_per_second}
+                "best_validation": result.best_value, "wall_time_s": result.run_time,
+                "iterations_per_s": result.run_iterations_per_second,
+                "this_call": {"wall_time_s": result.wall_time, "iterations_per_s": result.iterations_per_second}}
     return evaluate_run(result.best_checkpoint, run_dir, dataset=exp.data[cfg["evaluate"]["split"]],
                         training=training)
 

@@ -135,6 +135,9 @@ class FitResult:
         val_metrics: the latest validation metrics, with the ``val/`` prefix.
         wall_time: seconds spent in this call.
         iterations_per_second: iterations done in this call / ``wall_time``.
+        run_time: seconds the whole run has trained for, over all calls (a killed call counts up to its
+            last checkpoint; None for runs resumed from checkpoints that predate this field).
+        run_iterations_per_second: ``iterations / run_time`` (None with ``run_time``).
     """
 
     iterations: int
@@ -145,6 +148,8 @@ class FitResult:
     val_metrics: dict[str, float]
     wall_time: float
     iterations_per_second: float
+    run_time: Optional[float] = None
+    run_iterations_per_second: Optional[float] = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -197,6 +202,7 @@ class _RunState:
     best_iteration: Optional[int] = None
     val_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     train_logs: dict[str, float] = dataclasses.field(default_factory=dict)
+    seconds_before: Optional[float] = 0.0  # training time of earlier calls (None: unknown, old checkpoint)
 
 
 def fit(model: nn.Module, algorithm: Algorithm, train_set: Dataset, val_set: Dataset, config: TrainConfig,
@@ -236,9 +242,13 @@ def fit(model: nn.Module, algorithm: Algorithm, train_set: Dataset, val_set: Dat
     loader = _train_loader(train_set, config, start, end, device)
     shown: dict[str, float] = {f"val/{k}": v for k, v in state.val_metrics.items()}
 
+    def run_seconds() -> Optional[float]:
+        return None if state.seconds_before is None else state.seconds_before + time.perf_counter() - started
+
     def save_last(iteration: int) -> None:
         extra = {"best_value": state.best_value, "best_iteration": state.best_iteration,
-                 "window": window.state_dict(), "train_config": dataclasses.asdict(config)}
+                 "window": window.state_dict(), "train_config": dataclasses.asdict(config),
+                 "train_seconds": run_seconds()}
         save_checkpoint(last_path, model=model, optimizer=optimizer, rng=True, iteration=iteration, info=info,
                         metrics={"val": state.val_metrics, "train": state.train_logs}, extra_state=extra)
 
@@ -271,10 +281,12 @@ def fit(model: nn.Module, algorithm: Algorithm, train_set: Dataset, val_set: Dat
         log.close()
 
     wall = time.perf_counter() - started
+    total = run_seconds()
     return FitResult(iterations=state.iteration, best_value=state.best_value, best_iteration=state.best_iteration,
                      best_checkpoint=best_path, last_checkpoint=last_path,
                      val_metrics={f"val/{k}": v for k, v in state.val_metrics.items()}, wall_time=wall,
-                     iterations_per_second=(state.iteration - start) / max(wall, 1e-9))
+                     iterations_per_second=(state.iteration - start) / max(wall, 1e-9), run_time=total,
+                     run_iterations_per_second=None if total is None else state.iteration / max(total, 1e-9))
 
 
 def _train_loader(train_set: Dataset, config: TrainConfig, start: int, end: int, device: torch.device) -> DataLoader:
@@ -330,7 +342,8 @@ def _resume(last_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                          f"TrainConfig.iterations={config.iterations}")
     window.load_state_dict(extra["window"])
     return _RunState(iteration=ckpt.iteration, best_value=extra["best_value"], best_iteration=extra["best_iteration"],
-                     val_metrics=dict(ckpt.metrics.get("val", {})), train_logs=dict(ckpt.metrics.get("train", {})))
+                     val_metrics=dict(ckpt.metrics.get("val", {})), train_logs=dict(ckpt.metrics.get("train", {})),
+                     seconds_before=extra.get("train_seconds"))
 
 
 def _build_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
