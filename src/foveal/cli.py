@@ -58,7 +58,21 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("overrides", nargs="*", metavar="section.key=value")
 
     sub.add_parser("list", help="list built-in configs, datasets, models, algorithms and policies")
+    for module in _command_modules():
+        module.add_parsers(sub)
     return p
+
+
+# Further commands live beside the code they drive. Each module is light to import (no torch at
+# module level) and has ``add_parsers(sub)``, whose parsers ``set_defaults(handler=fn)`` with
+# ``fn(args) -> int`` (exit status).
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _command_modules():
+    import importlib
+
+    return [importlib.import_module(name) for name in COMMAND_MODULES]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _speed_up_allocator()
     try:
-        return {"train": _train, "evaluate": _evaluate, "demo": _demo, "list": _list}[args.command](args)
+        handlers = {"train": _train, "evaluate": _evaluate, "demo": _demo, "list": _list}
+        return (handlers.get(args.command) or args.handler)(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"foveal {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -82,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _progress(quiet: bool):
+def progress_bar(quiet: bool):
     if quiet or not sys.stderr.isatty() and os.environ.get("FOVEAL_PROGRESS") != "1":
         return None, lambda: None
     from tqdm import tqdm
@@ -99,10 +114,10 @@ def _progress(quiet: bool):
     return update, bar.close
 
 
-def _run_training(cfg: dict, run_dir: Path, quiet: bool) -> dict | None:
+def run_training(cfg: dict, run_dir: Path, quiet: bool) -> dict | None:
     from foveal.experiment import train_run
 
-    progress, close = _progress(quiet)
+    progress, close = progress_bar(quiet)
     print(f"run folder: {run_dir}", file=sys.stderr)
     try:
         results = train_run(cfg, run_dir, progress=progress)
@@ -111,7 +126,7 @@ def _run_training(cfg: dict, run_dir: Path, quiet: bool) -> dict | None:
     return results
 
 
-def _report(results: dict, out_dir: Path) -> None:
+def report(results: dict, out_dir: Path) -> None:
     print(f"test accuracy: {results['test_accuracy']:.4f}  (error {100 * results['test_error']:.2f} %, "
           f"{results['num_images']} {results['split']} images of {results['dataset']}, "
           f"{results['num_glimpses']} glimpses)")
@@ -137,9 +152,9 @@ def _train(args) -> int:
         extra.append(f"train.device={args.device}")
     cfg = apply_overrides(cfg, extra)
     run_dir = args.run_dir or Path("runs") / f"{Path(str(args.config)).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    results = _run_training(cfg, run_dir, args.quiet)
+    results = run_training(cfg, run_dir, args.quiet)
     if results:
-        _report(results, run_dir)
+        report(results, run_dir)
     return 0
 
 
@@ -147,9 +162,9 @@ def _demo(args) -> int:
     from foveal.config import apply_overrides, load_config
 
     cfg = apply_overrides(load_config("demo"), list(args.overrides))
-    results = _run_training(cfg, args.run_dir, args.quiet)
+    results = run_training(cfg, args.run_dir, args.quiet)
     if results:
-        _report(results, args.run_dir)
+        report(results, args.run_dir)
     return 0
 
 
@@ -165,7 +180,7 @@ def _evaluate(args) -> int:
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     out = args.out or run_dir / f"eval-{args.split or 'default'}"
     results = evaluate_run(checkpoint, out, split=args.split, overrides=overrides)
-    _report(results, out)
+    report(results, out)
     return 0
 
 
