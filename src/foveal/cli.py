@@ -134,8 +134,9 @@ def report(results: dict, out_dir: Path) -> None:
     print(f"accuracy after each glimpse: {per}")
     if "training" in results:
         tr = results["training"]
-        print(f"training: {tr['iterations']} iterations in {tr['wall_time_s']:.0f} s ({tr['iterations_per_s']:.1f} it/s), "
-              f"best validation at iteration {tr['best_iteration']}")
+        speed = (f" in {tr['wall_time_s']:.0f} s ({tr['iterations_per_s']:.1f} it/s)"
+                 if tr.get("wall_time_s") is not None else "")
+        print(f"training: {tr['iterations']} iterations{speed}, best validation at iteration {tr['best_iteration']}")
     print(f"results: {out_dir / 'results.json'}")
     for fig in results.get("figures", []):
         print(f"figure: {fig}")
