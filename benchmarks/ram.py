@@ -43,6 +43,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--threads", type=int, help="torch threads (1 when running two benchmarks side by side)")
     ap.add_argument("--tag", default="ram", help="name of the result files: results/<tag>.{md,json}")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: tabulate the finished runs' results.json (e.g. after running the "
+                         "policies as two processes side by side)")
     ap.add_argument("overrides", nargs="*", help="extra config overrides for every run")
     args = ap.parse_args()
     _speed_up_allocator()
@@ -57,9 +60,17 @@ def main() -> None:
                     extra.append(f"train.iterations={args.iterations}")
                 cfg = apply_overrides(load_config(SETTINGS[setting]), extra)
                 run_dir = args.runs / f"{setting}-{policy}-seed{seed}"
-                print(f"== {setting} / {policy} / seed {seed} -> {run_dir}", file=sys.stderr, flush=True)
-                res = train_run(cfg, run_dir)
-                tr = res["training"]
+                if args.report_only:
+                    if not (run_dir / "results.json").exists():
+                        print(f"-- {run_dir}: not finished, left out", file=sys.stderr)
+                        continue
+                    res = json.loads((run_dir / "results.json").read_text())
+                else:
+                    print(f"== {setting} / {policy} / seed {seed} -> {run_dir}", file=sys.stderr, flush=True)
+                    res = train_run(cfg, run_dir)
+                tr = dict(res["training"])
+                if "this_call" not in tr:  # written before training time added up over resumed calls
+                    tr["iterations_per_s"] = tr["wall_time_s"] = None
                 rows.append({"setting": setting, "policy": policy, "seed": seed, "test_error": res["test_error"],
                              "iterations": tr["iterations"], "it_per_s": tr["iterations_per_s"],
                              "wall_time_s": tr["wall_time_s"], "run_dir": str(run_dir)})
