@@ -1,0 +1,132 @@
+r"""How fast a run converged: iterations until a validation curve first comes close to its best.
+
+The near-optimal-glimpse-sequences paper (Harvey et al. 2021, section 6 and Table 1) counts the
+training iterations until the first validation whose
+
+* cross-entropy is within 0.01 (nats) of the lowest validation cross-entropy of the run (CelebA-HQ), or
+* accuracy is within 1 percentage point of the highest validation accuracy of the run (CUB).
+
+With a curve :math:`v_1, \dots, v_n` measured at iterations :math:`i_1 < \dots < i_n` and
+:math:`v^\star` its best value,
+
+.. math::
+
+    \text{iterations to converge} = \min \{ i_k : |v_k - v^\star| \le \text{tolerance} \}.
+
+Both criteria are read from a run's ``metrics.csv`` (the engine's long format, split ``val``,
+names ``ce`` and ``accuracy``; accuracy is a fraction in [0, 1], so one point is ``0.01``).
+Values that are NaN are ignored. The best is taken over the whole run, so the number depends on
+how long the run was trained: compare runs of equal length.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from foveal.evaluation.records import PathLike, read_metrics
+
+__all__ = ["iterations_to_converge", "Convergence", "run_convergence", "mean_and_spread", "CE_TOLERANCE",
+           "ACCURACY_TOLERANCE"]
+
+CE_TOLERANCE = 0.01  # nats: the paper's CelebA-HQ criterion
+ACCURACY_TOLERANCE = 0.01  # one percentage point: the paper's CUB criterion
+
+
+def iterations_to_converge(iterations: Sequence[int], values: Sequence[float], *, tolerance: float,
+                           mode: str) -> Optional[int]:
+    """The first iteration whose value is within ``tolerance`` of the best value of the curve.
+
+    Args:
+        iterations: ``[n]`` iterations of the validations, increasing.
+        values: ``[n]`` the metric at each; NaN entries are skipped.
+        tolerance: how close to the best counts as converged (>= 0).
+        mode: ``"min"`` (lower is better, e.g. cross-entropy) or ``"max"`` (e.g. accuracy).
+
+    Returns:
+        The iteration, or None when the curve has no finite value.
+    """
+    if mode not in ("min", "max"):
+        raise ValueError(f"iterations_to_converge: mode: expected 'min' or 'max', found {mode!r}")
+    if not tolerance >= 0:
+        raise ValueError(f"iterations_to_converge: tolerance: expected >= 0, found {tolerance!r}")
+    its = np.asarray(iterations, dtype=np.int64)
+    vals = np.asarray(values, dtype=np.float64)
+    if its.shape != vals.shape or its.ndim != 1:
+        raise ValueError(f"iterations_to_converge: expected two 1-d sequences of equal length, found shapes "
+                         f"{its.shape} and {vals.shape}")
+    if len(its) > 1 and (np.diff(its) <= 0).any():
+        raise ValueError("iterations_to_converge: iterations: expected increasing values, found "
+                         f"{its[1:][np.diff(its) <= 0][0]} after a larger or equal one")
+    finite = np.isfinite(vals)
+    if not finite.any():
+        return None
+    its, vals = its[finite], vals[finite]
+    best = vals.min() if mode == "min" else vals.max()
+    close = np.abs(vals - best) <= tolerance + 1e-12  # the slack absorbs float noise in the CSV round trip
+    return int(its[np.argmax(close)])
+
+
+@dataclass
+class Convergence:
+    """Convergence numbers of one run (None where the run has no such validation curve).
+
+    Attributes:
+        ce_iterations: first iteration with validation cross-entropy within ``ce_tolerance`` of its best.
+        accuracy_iterations: first iteration with validation accuracy within ``accuracy_tolerance`` of its best.
+        best_ce, best_accuracy: the best values of the curves.
+        last_iteration: the last validated iteration (how long the curve is).
+    """
+
+    ce_iterations: Optional[int]
+    accuracy_iterations: Optional[int]
+    best_ce: Optional[float]
+    best_accuracy: Optional[float]
+    last_iteration: Optional[int]
+    ce_tolerance: float = CE_TOLERANCE
+    accuracy_tolerance: float = ACCURACY_TOLERANCE
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_convergence(metrics: Union[PathLike, dict], *, ce_tolerance: float = CE_TOLERANCE,
+                    accuracy_tolerance: float = ACCURACY_TOLERANCE, split: str = "val") -> Convergence:
+    """Both criteria of the module docstring for one run.
+
+    Args:
+        metrics: a run's ``metrics.csv`` (or its :func:`foveal.evaluation.records.read_metrics` dict).
+        split: the split of the curves (``"val"``).
+    """
+    data = metrics if isinstance(metrics, dict) else read_metrics(metrics)
+    curves = data.get(split, {})
+    out: dict = {}
+    last = None
+    for name, mode, tol in (("ce", "min", ce_tolerance), ("accuracy", "max", accuracy_tolerance)):
+        if name not in curves:
+            out[name] = (None, None)
+            continue
+        its, vals = curves[name]
+        order = np.argsort(its, kind="stable")
+        its, vals = its[order], vals[order]
+        finite = vals[np.isfinite(vals)]
+        best = None if not len(finite) else float(finite.min() if mode == "min" else finite.max())
+        out[name] = (iterations_to_converge(its, vals, tolerance=tol, mode=mode), best)
+        if len(its):
+            last = int(its[-1]) if last is None else max(last, int(its[-1]))
+    return Convergence(ce_iterations=out["ce"][0], accuracy_iterations=out["accuracy"][0], best_ce=out["ce"][1],
+                       best_accuracy=out["accuracy"][1], last_iteration=last, ce_tolerance=ce_tolerance,
+                       accuracy_tolerance=accuracy_tolerance)
+
+
+def mean_and_spread(values: Sequence[Optional[float]]) -> tuple[float, float, int]:
+    """``(mean, sample standard deviation, n)`` of the values that are not None / NaN (NaN, NaN, 0 if none;
+    spread 0 for a single value)."""
+    xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not xs:
+        return float("nan"), float("nan"), 0
+    arr = np.asarray(xs)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, len(arr)
