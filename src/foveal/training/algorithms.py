@@ -40,3 +40,5 @@ def build_algorithm(name: str, **settings: Any):
 register_algorithm("reinforce", Reinforce, ReinforceConfig)
 from foveal.boed.training import PosteriorTraining, PosteriorTrainingConfig  # noqa: E402  (after the registry exists)
 register_algorithm("posterior", PosteriorTraining, PosteriorTrainingConfig)
+from foveal.training.partial_supervision import PartialSupervision, PartialSupervisionConfig  # noqa: E402
+register_algorithm("partial-supervision", PartialSupervision, PartialSupervisionConfig)

@@ -1,0 +1,258 @@
+r"""Partial supervision by glimpse sequences (Harvey et al. 2021, section 5, Eq. 8).
+
+Some training images come with a *supervision sequence* :math:`l^i_{1:T}` (near-optimal, from a
+trained policy, hand-crafted...: any file of :mod:`foveal.boed.sequences`). The objective is the
+joint log-likelihood of labels and sequences,
+
+.. math::
+
+    \mathcal{L} = \sum_{i \in \text{sup}} \log q_\phi(\theta^i, l^i_{1:T} \mid I^i)
+                + \sum_{i \in \text{unsup}} \log q_\phi(\theta^i \mid I^i),
+
+maximised as follows (the loss below is its negative, per image, averaged over the batch of B):
+
+* **supervised image** (it has a sequence): the rollout is *forced* to the sequence's locations,
+  and its loss is :math:`w_{ce}\,\mathrm{CE}(y_T, \theta) - w_{seq} \sum_t \log \pi(l_t \mid h_{t-1})`.
+  The location network reads :math:`h_{t-1}` detached (stop-gradient 2 of :mod:`foveal.models.ram`)
+  and the forced location is a constant (stop-gradient 1), so the sequence term reaches the location
+  network only through the log-probability of the forced locations, and nothing else.
+* **unsupervised image**: Mnih et al.'s hybrid loss, :class:`foveal.training.reinforce.Reinforce`
+  (cross-entropy, REINFORCE with the learned baseline, baseline regression), on those images only.
+
+So the classifier, core and glimpse network learn by cross-entropy on every image; the location
+network by likelihood on supervised images and by REINFORCE on the others; the baseline only from
+unsupervised images. Each group's mean loss is weighted by its share of the batch
+(:math:`n_{sup}/B`, :math:`n_{unsup}/B`): the total is the batch mean of the per-image losses, an
+unbiased estimate of the objective's per-image average. The two groups are two rollouts on the two
+halves of the batch (one forced, one sampled); a batch of only one kind runs one rollout. The logged
+``sequence_nll``, ``reinforce``, ``baseline_mse`` and ``entropy`` are each term's contribution to the
+loss (already weighted by its share), so their window averages stay meaningful when a batch has
+none of one kind; ``ce`` and ``accuracy`` are over the whole batch.
+
+Which images are supervised, and how many per batch. The batch's ``index`` field is looked up in the
+file (:meth:`GlimpseSequences.lookup`); ``num_sequences`` keeps only the file's first n. By default
+the engine's ordinary shuffle decides how many supervised images a batch holds (on average
+``B * n_sup / N``; the paper's setting, e.g. 600 of 27,000 CelebA-HQ images). ``supervised_fraction
+= f`` oversamples them instead: :meth:`PartialSupervision.prepare` returns the training set as an
+:class:`OversampledDataset` in which every supervised image appears ``k`` times per epoch (``k``
+the integer making the share nearest ``f``), so a fraction :math:`\approx f` of every batch is
+supervised *in expectation* (the count per batch is hypergeometric, not fixed). The wrapper is a
+pure function of the index, so the engine's :class:`~foveal.training.loop.IterationBatches` (a pure
+function of seed and iteration) keeps resuming exactly.
+
+:meth:`PartialSupervision.prepare` also checks the sequences against the training set (dataset
+name, split, image size, index range, ids). The training entry point must call it: ``foveal
+compare`` does; a pipeline that does not gets only the per-batch checks (image size, grid).
+
+Grid models. On a model with a location grid (``ram-grid``) the forced locations must be cells of
+that grid (RAM would otherwise snap them to the nearest cell silently): a file made on another grid
+is an error, unless ``off_grid="snap"`` accepts the snapping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from foveal.training.base import LossOutput
+from foveal.training.reinforce import Reinforce, ReinforceConfig
+
+__all__ = ["PartialSupervisionConfig", "PartialSupervision", "OversampledDataset", "oversampling_repeats"]
+
+
+@dataclass(frozen=True)
+class PartialSupervisionConfig(ReinforceConfig):
+    """Settings of :class:`PartialSupervision`: those of :class:`ReinforceConfig` (used for the
+    unsupervised images and for evaluation) and the supervision's.
+
+    Attributes:
+        sequences: path of the glimpse-sequence file (``<name>`` or ``<name>.json``).
+        sequence_weight: :math:`w_{seq}`, the weight of the sequences' negative log-likelihood.
+        num_sequences: use only the file's first n sequences (None: all).
+        supervised_fraction: oversample supervised images to about this share of each batch (see the
+            module docstring); None keeps the dataset's own share.
+        off_grid: ``"error"`` or ``"snap"``: what to do when a grid model's grid does not hold the
+            sequences' locations.
+    """
+
+    sequences: Optional[str] = None
+    sequence_weight: float = 1.0
+    num_sequences: Optional[int] = None
+    supervised_fraction: Optional[float] = None
+    off_grid: str = "error"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.sequences, str) or not self.sequences:
+            raise ValueError("PartialSupervisionConfig.sequences: expected the path of a glimpse-sequence file, "
+                             f"found {self.sequences!r}")
+        if not self.sequence_weight >= 0:
+            raise ValueError(f"PartialSupervisionConfig.sequence_weight: expected >= 0, found {self.sequence_weight!r}")
+        if self.num_sequences is not None and (isinstance(self.num_sequences, bool) or not isinstance(
+                self.num_sequences, int) or self.num_sequences < 0):
+            raise ValueError(f"PartialSupervisionConfig.num_sequences: expected None or an integer >= 0, "
+                             f"found {self.num_sequences!r}")
+        f = self.supervised_fraction
+        if f is not None and not (isinstance(f, (int, float)) and 0 < f <= 1):
+            raise ValueError(f"PartialSupervisionConfig.supervised_fraction: expected None or a number in (0, 1], "
+                             f"found {f!r}")
+        if self.off_grid not in ("error", "snap"):
+            raise ValueError(f"PartialSupervisionConfig.off_grid: expected 'error' or 'snap', found {self.off_grid!r}")
+        if self.train_policy != "sample":
+            raise ValueError("PartialSupervisionConfig.train_policy: expected 'sample' (REINFORCE needs the model's "
+                             f"own samples on unsupervised images), found {self.train_policy!r}")
+
+
+def oversampling_repeats(num_supervised: int, num_unsupervised: int, fraction: float) -> int:
+    """The ``k >= 1`` whose share ``k n_s / (n_u + k n_s)`` of supervised items is nearest ``fraction``
+    (``n_u = 0`` or ``fraction = 1``: 1, only supervised images remain)."""
+    if num_supervised < 1:
+        raise ValueError("supervised_fraction: the sequence file covers no image of the training set")
+    if num_unsupervised == 0 or fraction >= 1:
+        return 1
+    exact = fraction * num_unsupervised / ((1 - fraction) * num_supervised)
+    candidates = {max(1, int(exact)), max(1, int(exact) + 1)}
+    return min(candidates, key=lambda k: (abs(k * num_supervised / (num_unsupervised + k * num_supervised) - fraction), k))
+
+
+class OversampledDataset(Dataset):
+    """A training set in which the supervised images appear ``repeats`` times.
+
+    Item ``v`` is ``base[items[v]]`` with ``items`` = the unsupervised positions in order, then the
+    supervised positions repeated ``repeats`` times (``fraction = 1``: the supervised ones only). Items
+    keep the base's ``index`` field, so sequence lookup is unchanged. Dataset attributes (``name``,
+    ``split``, ``image_shape``, ...) are the base's; ``labels`` follows ``items``.
+    """
+
+    def __init__(self, base: Dataset, supervised: Tensor, repeats: int, *, keep_unsupervised: bool = True) -> None:
+        self.base = base
+        is_sup = torch.zeros(len(base), dtype=torch.bool)
+        is_sup[supervised.long()] = True
+        sup = is_sup.nonzero().flatten()
+        unsup = (~is_sup).nonzero().flatten() if keep_unsupervised else sup[:0]
+        self.items = torch.cat([unsup, sup.repeat(repeats)])  # [len]
+        self.repeats = repeats
+
+    def __len__(self) -> int:
+        return self.items.shape[0]
+
+    def __getitem__(self, v: int) -> dict[str, Any]:
+        return self.base[int(self.items[v])]
+
+    @property
+    def labels(self):
+        return self.base.labels[self.items.numpy()]
+
+    def __getattr__(self, name: str):  # name, split, num_classes, image_shape, class_names, image_id, ...
+        if name in ("base", "items", "repeats"):
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+
+class PartialSupervision:
+    """Eq. 8: sequence likelihood on supervised images, REINFORCE on the others (module docstring)."""
+
+    def __init__(self, config: PartialSupervisionConfig) -> None:
+        self.config = config
+        self.reinforce = Reinforce(ReinforceConfig(**{f.name: getattr(config, f.name)
+                                                      for f in dataclasses.fields(ReinforceConfig)}))
+        self._sequences = None  # loaded on first use: evaluating a finished run does not need the file
+        self._checked_models: set[int] = set()
+
+    @property
+    def sequences(self):
+        """The :class:`~foveal.boed.sequences.GlimpseSequences` used (the file's first ``num_sequences``)."""
+        if self._sequences is None:
+            from foveal.boed.sequences import GlimpseSequences
+
+            seqs = GlimpseSequences.load(self.config.sequences)
+            if self.config.num_sequences is not None:
+                seqs = seqs.subset(self.config.num_sequences)
+            if seqs.num_glimpses < self.config.num_glimpses:
+                raise ValueError(f"{seqs.source}: the sequences have {seqs.num_glimpses} glimpses, fewer than "
+                                 f"algorithm.num_glimpses={self.config.num_glimpses}")
+            self._sequences = seqs
+        return self._sequences
+
+    def prepare(self, train_set: Dataset) -> Dataset:
+        """Check the sequences against the training set; return it, oversampled if ``supervised_fraction``.
+
+        Raises:
+            foveal.data.DataError: the file does not belong to this dataset split (see ``validate``).
+        """
+        seqs = self.sequences
+        seqs.validate(train_set)
+        f = self.config.supervised_fraction
+        if f is None:
+            return train_set
+        n_sup = len(seqs)
+        repeats = oversampling_repeats(n_sup, len(train_set) - n_sup, f)
+        return OversampledDataset(train_set, seqs.indices, repeats, keep_unsupervised=f < 1)
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> LossOutput:
+        cfg = self.config
+        images, labels = batch["image"], batch["label"]
+        B, T = images.shape[0], cfg.num_glimpses
+        self._check(model, images)
+        forced, has = self.sequences.lookup(batch["index"])  # [B, T_seq, 2] with NaN rows, [B]
+        sup = has.to(images.device).nonzero().flatten()
+        unsup = (~has).to(images.device).nonzero().flatten()
+        n_sup, n_unsup = sup.numel(), unsup.numel()
+        loss = images.new_zeros(())
+        ce_sum = correct = 0.0
+        logs = {"sequence_nll": 0.0, "reinforce": 0.0, "baseline_mse": 0.0, "entropy": 0.0}
+        if n_unsup:
+            out = self.reinforce.loss(model, {k: v[unsup] if isinstance(v, Tensor) else v for k, v in batch.items()})
+            share = n_unsup / B
+            loss = loss + share * out.loss
+            ce_sum += out.logs["ce"] * n_unsup
+            correct += out.logs["accuracy"] * n_unsup
+            for name in ("reinforce", "baseline_mse", "entropy"):
+                logs[name] = share * out.logs.get(name, 0.0)
+        if n_sup:
+            ro = model.rollout(images[sup], T, forced_locations=forced[sup, :T].to(images))
+            final = ro.logits[:, -1]  # [n_sup, C]
+            ce = F.cross_entropy(final, labels[sup])
+            nll = -ro.log_prob.sum(1).mean()  # -sum_t log pi(l_t | h_{t-1}) of the forced locations
+            share = n_sup / B
+            loss = loss + share * (cfg.ce_weight * ce + cfg.sequence_weight * nll)
+            ce_sum += ce.item() * n_sup
+            correct += (final.argmax(-1) == labels[sup]).float().sum().item()
+            logs["sequence_nll"] = share * nll.item()
+        logs.update(ce=ce_sum / B, accuracy=correct / B, supervised=n_sup / B)
+        return LossOutput(loss, logs)
+
+    def _check(self, model: nn.Module, images: Tensor) -> None:
+        """Per-batch image size; once per model, that a grid model's grid holds the sequences' locations."""
+        seqs = self.sequences
+        if tuple(images.shape[2:]) != seqs.image_size:
+            raise ValueError(f"{seqs.source}: the sequences are for {seqs.image_size[0]}x{seqs.image_size[1]} images, "
+                             f"the batch has {images.shape[2]}x{images.shape[3]}")
+        grid = getattr(model, "grid", None)
+        if grid is None or id(model) in self._checked_models:
+            return
+        locations = seqs.locations()[:, :self.config.num_glimpses]  # [N, T, 2]
+        snapped = grid.locations()[grid.nearest_index(locations)]
+        off = (snapped - locations).abs().amax(-1) > 1e-4  # [N, T]
+        if off.any() and self.config.off_grid == "error":
+            n, t = (int(v) for v in off.nonzero()[0])
+            raise ValueError(f"{seqs.source}: glimpse {t} of image {int(seqs.indices[n])} (top-left "
+                             f"{seqs.corners[n, t].tolist()}) is not a cell of the model's grid (rows {grid.rows[:4]}..., "
+                             f"cols {grid.cols[:4]}..., {grid.glimpse_size} px); make the model's grid match the "
+                             "file's, or set algorithm.off_grid=snap")
+        self._checked_models.add(id(model))
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: Tensor, num_glimpses: Optional[int] = None) -> tuple[Tensor, Tensor]:
+        """As :meth:`Reinforce.predict`: the model's own policy (sequences are for training only)."""
+        return self.reinforce.predict(model, images, num_glimpses)
+
+    @torch.no_grad()
+    def metrics(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
+        return self.reinforce.metrics(model, batch)

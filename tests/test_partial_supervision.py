@@ -1,0 +1,204 @@
+"""Partial supervision (Eq. 8): where each term's gradient goes, mixed / pure batches, files, oversampling."""
+
+import pytest
+import torch
+
+from foveal.boed.sequences import GlimpseSequences
+from foveal.data import DataError
+from foveal.models import create_model
+from foveal.policies import ReplayPolicy
+from foveal.retina import LocationGrid
+from foveal.training.loop import IterationBatches
+from foveal.training.partial_supervision import (OversampledDataset, PartialSupervision, PartialSupervisionConfig,
+                                                 oversampling_repeats)
+from foveal.training.reinforce import Reinforce, ReinforceConfig
+
+SIZE, G, T = (16, 16), 4, 3
+GRID = LocationGrid.from_stride(SIZE, G, 4)  # 4 x 4 cells
+SMALL = dict(glimpse_size=G, hidden_size=8, glimpse_hidden=8, location_hidden=8, feature_size=8)
+
+
+class Toy:
+    """A split as the sequence files see it: name, split, image shape, length."""
+
+    name, split, image_shape = "toy", "train", (1, *SIZE)
+
+    def __init__(self, n=12):
+        self.labels = torch.arange(n) % 3
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"image": torch.full((1, *SIZE), i / 10), "label": self.labels[i], "index": i}
+
+
+def grid_model(seed=0):
+    torch.manual_seed(seed)
+    return create_model("ram-grid", in_channels=1, num_classes=3, image_size=SIZE, grid_stride=4, **SMALL)
+
+
+def sequence_file(tmp_path, indices=(0, 2, 5, 7), T_seq=T, grid=GRID, name="seqs"):
+    cells = torch.arange(len(indices) * T_seq).view(len(indices), T_seq) * 5 % len(grid)
+    seqs = GlimpseSequences("toy", "train", SIZE, G, torch.tensor(indices), grid.corners()[cells], grid=grid,
+                            method="random")
+    seqs.save(tmp_path / name)
+    return str(tmp_path / name)
+
+
+def batch(indices):
+    idx = torch.tensor(indices)
+    g = torch.Generator().manual_seed(1)
+    return {"image": torch.rand(len(idx), 1, *SIZE, generator=g), "label": idx % 3, "index": idx}
+
+
+def algorithm(path, **kw):
+    return PartialSupervision(PartialSupervisionConfig(num_glimpses=T, sequences=path, **kw))
+
+
+def grads(model):
+    return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in model.named_parameters()}
+
+
+def nonzero_groups(model):
+    return {n.split(".")[0] for n, g in grads(model).items() if g.abs().sum() > 0}
+
+
+def test_sequence_term_reaches_only_the_location_net_through_forced_log_prob(tmp_path):
+    model = grid_model()
+    alg = algorithm(sequence_file(tmp_path), ce_weight=0.0, sequence_weight=1.0)
+    b = batch([0, 2, 5, 7])  # all supervised
+    out = alg.loss(model, b)
+    out.loss.backward()
+    assert nonzero_groups(model) == {"location_net"}  # not the core, glimpse net, classifier or baseline
+    forced, has = alg.sequences.lookup(b["index"])
+    assert has.all()
+    replay = model.rollout(b["image"], T, policy=ReplayPolicy(forced))  # the same locations, chosen by a policy
+    assert out.loss.item() == pytest.approx(-replay.log_prob.sum(1).mean().item(), rel=1e-6)
+    assert out.logs["supervised"] == 1.0 and out.logs["sequence_nll"] == pytest.approx(out.loss.item(), rel=1e-6)
+    assert out.logs["reinforce"] == 0.0 and out.logs["baseline_mse"] == 0.0
+
+
+def test_reinforce_gets_no_gradient_from_supervised_images(tmp_path):
+    path = sequence_file(tmp_path)
+    model = grid_model()
+    # Only supervised images and no sequence term: nothing may reach the location net or the baseline.
+    alg = algorithm(path, sequence_weight=0.0)
+    alg.loss(model, batch([0, 2, 5])).loss.backward()
+    assert "location_net" not in nonzero_groups(model) and "baseline_net" not in nonzero_groups(model)
+    # Mixed batch: the location-net and baseline gradients are those of REINFORCE on the unsupervised
+    # images alone, scaled by their share; relabelling the supervised images (their reward) changes nothing.
+    mixed = batch([0, 1, 2, 3, 4, 5])  # 0, 2, 5 supervised; 1, 3, 4 not
+    results = []
+    for labels in (mixed["label"], torch.tensor([1, 1, 2, 0, 1, 0])):  # second: supervised images relabelled
+        model.zero_grad()
+        torch.manual_seed(7)
+        alg.loss(model, {**mixed, "label": labels}).loss.backward()
+        results.append(grads(model))
+    model.zero_grad()
+    torch.manual_seed(7)
+    keep = torch.tensor([1, 3, 4])
+    alone = Reinforce(ReinforceConfig(num_glimpses=T)).loss(model, {k: v[keep] for k, v in mixed.items()})
+    (0.5 * alone.loss).backward()
+    expected = grads(model)
+    for name in expected:
+        if name.startswith(("location_net", "baseline_net")):
+            assert torch.allclose(results[0][name], expected[name], atol=1e-7), name
+            assert torch.allclose(results[1][name], expected[name], atol=1e-7), name
+    assert expected["location_net.weight"].abs().sum() > 0  # the check is not vacuous
+
+
+def test_pure_and_mixed_batches(tmp_path):
+    path = sequence_file(tmp_path)
+    model = grid_model()
+    alg = algorithm(path, sequence_weight=2.0)
+    # only unsupervised: exactly the REINFORCE hybrid loss
+    torch.manual_seed(3)
+    out = alg.loss(model, batch([1, 3, 4]))
+    torch.manual_seed(3)
+    ref = Reinforce(ReinforceConfig(num_glimpses=T)).loss(model, batch([1, 3, 4]))
+    assert out.loss.item() == pytest.approx(ref.loss.item(), rel=1e-6)
+    assert out.logs["supervised"] == 0.0 and out.logs["sequence_nll"] == 0.0
+    assert out.logs["reinforce"] == pytest.approx(ref.logs["reinforce"], rel=1e-6)
+    # only supervised: CE + 2 * NLL of the forced locations
+    sup = batch([0, 2, 5, 7])
+    out = alg.loss(model, sup)
+    forced, _ = alg.sequences.lookup(sup["index"])
+    ro = model.rollout(sup["image"], T, forced_locations=forced)
+    ce = torch.nn.functional.cross_entropy(ro.logits[:, -1], sup["label"])
+    assert out.loss.item() == pytest.approx(ce.item() + 2.0 * -ro.log_prob.sum(1).mean().item(), rel=1e-5)
+    assert torch.isfinite(out.loss)
+    # mixed: batch mean of the per-image losses, each group weighted by its share
+    mixed = batch([0, 1, 2, 3])
+    out = alg.loss(model, mixed)
+    out.loss.backward()
+    assert out.logs["supervised"] == 0.5 and torch.isfinite(out.loss)
+    assert {"location_net", "baseline_net", "classifier", "core", "glimpse"} <= nonzero_groups(model)
+
+
+def test_gaussian_model_learns_the_sequence_locations(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("ram", in_channels=1, num_classes=3, image_size=SIZE, location_std=0.2, **SMALL)
+    alg = algorithm(sequence_file(tmp_path), ce_weight=0.0)
+    b = batch([0, 2, 5, 7])
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    first = None
+    for _ in range(30):
+        out = alg.loss(model, b)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        first = first if first is not None else out.loss.item()
+    assert out.loss.item() < first - 1.0  # the policy moves towards the supervision sequences
+
+
+def test_files_grids_and_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="sequences: expected the path"):
+        PartialSupervisionConfig()
+    with pytest.raises(ValueError, match="supervised_fraction"):
+        PartialSupervisionConfig(sequences="x", supervised_fraction=0.0)
+    with pytest.raises(ValueError, match="train_policy"):
+        PartialSupervisionConfig(sequences="x", train_policy="random")
+    with pytest.raises(FileNotFoundError):
+        algorithm(str(tmp_path / "missing")).loss(grid_model(), batch([0]))
+    short = sequence_file(tmp_path, T_seq=2, name="short")
+    with pytest.raises(ValueError, match="2 glimpses, fewer than algorithm.num_glimpses=3"):
+        algorithm(short).loss(grid_model(), batch([0]))
+    other = sequence_file(tmp_path, grid=LocationGrid.from_stride(SIZE, G, 6), name="other")  # rows 0, 6, 12
+    with pytest.raises(ValueError, match="off_grid=snap"):
+        algorithm(other).loss(grid_model(), batch([0, 1]))
+    assert torch.isfinite(algorithm(other, off_grid="snap").loss(grid_model(), batch([0, 1])).loss)
+    with pytest.raises(ValueError, match="16x16 images"):
+        algorithm(sequence_file(tmp_path)).loss(grid_model(), {**batch([0]), "image": torch.rand(1, 1, 8, 8)})
+
+
+def test_prepare_validates_against_the_training_set(tmp_path):
+    path = sequence_file(tmp_path)
+    alg = algorithm(path)
+    train = Toy()
+    assert alg.prepare(train) is train
+    val = Toy()
+    val.split = "val"
+    with pytest.raises(DataError, match="'split'"):
+        alg.prepare(val)
+    with pytest.raises(DataError, match="positions < 4"):
+        alg.prepare(Toy(n=4))  # index 7 is past the end
+    assert len(algorithm(path, num_sequences=2).sequences) == 2
+
+
+def test_oversampling_is_deterministic_and_reaches_the_fraction(tmp_path):
+    assert oversampling_repeats(10, 990, 0.5) == 99 and oversampling_repeats(10, 990, 0.01) == 1
+    assert oversampling_repeats(3, 0, 0.2) == 1
+    alg = algorithm(sequence_file(tmp_path), supervised_fraction=0.5)  # 4 supervised of 12
+    data = alg.prepare(Toy())
+    assert isinstance(data, OversampledDataset) and data.repeats == 2 and len(data) == 8 + 8
+    assert data.name == "toy" and data.image_shape == (1, *SIZE) and len(data.labels) == 16
+    served = [data[v]["index"] for v in range(len(data))]
+    assert sorted(served) == sorted([i for i in range(12) if i not in (0, 2, 5, 7)] + [0, 2, 5, 7] * 2)
+    batches = list(IterationBatches(len(data), 4, seed=0, start=0, end=40))
+    share = sum(data[v]["index"] in (0, 2, 5, 7) for b in batches for v in b) / (40 * 4)
+    assert share == pytest.approx(0.5, abs=1e-9)  # whole epochs: exactly half
+    again = list(IterationBatches(len(data), 4, seed=0, start=20, end=40))
+    assert again == batches[20:]  # resuming at iteration 20 serves the same items
+    only = algorithm(sequence_file(tmp_path), supervised_fraction=1.0).prepare(Toy())
+    assert sorted(only[v]["index"] for v in range(len(only))) == [0, 2, 5, 7]
