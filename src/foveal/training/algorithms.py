@@ -42,3 +42,5 @@ from foveal.boed.training import PosteriorTraining, PosteriorTrainingConfig  # n
 register_algorithm("posterior", PosteriorTraining, PosteriorTrainingConfig)
 from foveal.training.partial_supervision import PartialSupervision, PartialSupervisionConfig  # noqa: E402
 register_algorithm("partial-supervision", PartialSupervision, PartialSupervisionConfig)
+from foveal.training.wake_sleep import WakeSleep, WakeSleepConfig  # noqa: E402
+register_algorithm("wake-sleep", WakeSleep, WakeSleepConfig)
