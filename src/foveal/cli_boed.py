@@ -1,0 +1,301 @@
+"""Commands of the near-optimal glimpse-sequence annotator: ``foveal build-bank``, ``foveal annotate``,
+``foveal sequences info|validate|export|import|merge``. No torch at module level (see foveal.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+ANNOTATE_EPILOG = """examples:
+  foveal build-bank fashion-mnist --split train --out banks/fmnist.npy
+  foveal annotate --dataset fashion-mnist --split val --count 1000 --posterior runs/post/checkpoints/best \\
+      --bank banks/fmnist.npy --glimpse-size 8 --grid-stride 4 --num-glimpses 5 --out runs/nogs-fmnist
+  foveal annotate --config annotate.yaml --shard 0/4 num_glimpses=3   (a YAML of AnnotateConfig fields + overrides)
+  foveal sequences merge runs/nogs-fmnist            (after copying every shard's result there)
+Run the same command again to resume a killed run: finished chunks are kept."""
+
+
+def _yaml_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text) if text != "" else None
+
+
+def _key_values(items: list[str], what: str) -> dict[str, Any]:
+    out = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{what} {item!r}: expected key=value")
+        out[key] = _yaml_value(raw)
+    return out
+
+
+def _data_arguments(p: argparse.ArgumentParser, dataset: bool = True) -> None:
+    if dataset:
+        p.add_argument("--dataset", help="dataset name (foveal list)")
+        p.add_argument("--split", help="split (train, val, test, annotate)")
+    p.add_argument("--data-root", help="dataset root folder or file")
+    p.add_argument("--data-seed", type=int, help="dataset seed (translated / cluttered placement)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="dataset option, e.g. canvas=60 (repeatable)")
+
+
+def add_parsers(sub) -> None:
+    b = sub.add_parser("build-bank", help="write a dataset split's images to an image bank (.npy + .json)")
+    b.add_argument("dataset", help="dataset name")
+    b.add_argument("--out", type=Path, required=True, help="bank file, e.g. banks/fmnist.npy")
+    b.add_argument("--split", default="train", help="default: %(default)s")
+    b.add_argument("--no-flips", action="store_true", help="do not add the horizontally mirrored images")
+    b.add_argument("--dtype", choices=["uint8", "float16"], default="uint8", help="storage (default: %(default)s)")
+    b.add_argument("--limit", type=int, help="only the first LIMIT images")
+    b.add_argument("--quiet", action="store_true")
+    _data_arguments(b, dataset=False)
+    b.set_defaults(handler=_build_bank)
+
+    a = sub.add_parser("annotate", help="near-optimal glimpse sequences for a split (resumable, shardable)",
+                       epilog=ANNOTATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("--config", type=Path, help="YAML file of AnnotateConfig fields")
+    a.add_argument("--out", type=Path, help="output folder (default: runs/annotate-<dataset>-<split>)")
+    _data_arguments(a)
+    a.add_argument("--posterior", help="posterior checkpoint prefix (foveal train-posterior)")
+    a.add_argument("--bank", help="image bank .npy (foveal build-bank)")
+    a.add_argument("--start", type=int, help="first position of the split")
+    a.add_argument("--count", type=int, help="number of images (default: to the end)")
+    a.add_argument("--shard", help="I/N: this worker's share, I counted from 0 (e.g. 0/4)")
+    a.add_argument("--shard-mode", choices=["round-robin", "contiguous"])
+    a.add_argument("--glimpse-size", type=int)
+    a.add_argument("--grid", type=int, help="cells per axis, spread evenly")
+    a.add_argument("--grid-stride", type=int, help="cells every GRID_STRIDE pixels (default: 1)")
+    a.add_argument("--num-glimpses", type=int, help="T")
+    a.add_argument("--completions", type=int, dest="n_completions", help="completions per step")
+    a.add_argument("--pca-components", type=int)
+    a.add_argument("--proposals", type=int, dest="n_proposals")
+    a.add_argument("--sigma2", help="sigma^2 schedule, comma-separated (after 1, 2, ... glimpses)")
+    a.add_argument("--target-ess", type=float, help="instead of --sigma2: ESS fraction in (0, 1]")
+    a.add_argument("--keep-maps", action="store_true", default=None, help="store every EPE map")
+    a.add_argument("--seed", type=int)
+    a.add_argument("--chunk-size", type=int, help="images per part file")
+    a.add_argument("--batch-size", type=int, help="masked images per posterior call")
+    a.add_argument("--device", help="cpu, cuda or auto")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.add_argument("overrides", nargs="*", metavar="key=value", help="AnnotateConfig fields, e.g. n_completions=50")
+    a.set_defaults(handler=_annotate)
+
+    s = sub.add_parser("sequences", help="glimpse-sequence files: info, validate, export, import, merge")
+    ss = s.add_subparsers(dest="action", metavar="ACTION", required=True)
+    i = ss.add_parser("info", help="summary of a file")
+    i.add_argument("path")
+    i.set_defaults(handler=_info)
+    v = ss.add_parser("validate", help="check a file against its dataset split")
+    v.add_argument("path")
+    _data_arguments(v, dataset=False)
+    v.set_defaults(handler=_validate)
+    e = ss.add_parser("export", help="write the released text format: one <id>.txt per image, lines 'r, c'")
+    e.add_argument("path")
+    e.add_argument("folder", type=Path)
+    e.set_defaults(handler=_export)
+    m = ss.add_parser("import", help="read the released text format into a sequence file")
+    m.add_argument("folder", type=Path)
+    m.add_argument("out", help="sequence file to write (prefix)")
+    _data_arguments(m)
+    m.add_argument("--image-size", help="H,W (default: the dataset's)")
+    m.add_argument("--glimpse-size", type=int, required=True)
+    m.add_argument("--grid", type=int, help="check corners on this grid (cells per axis)")
+    m.add_argument("--grid-stride", type=int, help="check corners on this grid (stride)")
+    m.add_argument("--no-dataset", action="store_true", help="do not build the dataset (files named <index>.txt)")
+    m.set_defaults(handler=_import)
+    g = ss.add_parser("merge", help="combine shard results: a folder (merge_shards) or files with --out")
+    g.add_argument("paths", nargs="+")
+    g.add_argument("--out", help="merged file (when merging files)")
+    g.set_defaults(handler=_merge)
+
+
+# ------------------------------------------------------------------------------------------ progress
+def _bar(quiet: bool, unit: str):
+    if quiet or not sys.stderr.isatty() and os.environ.get("FOVEAL_PROGRESS") != "1":
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit=unit, dynamic_ncols=True, file=sys.stderr)
+
+    def update(done: int, total: int, logs: Optional[dict] = None) -> None:
+        bar.total, bar.n = total, done
+        if logs and "images_per_min" in logs:
+            bar.set_postfix({"images/min": f"{logs['images_per_min']:.3g}"}, refresh=False)
+        bar.refresh()
+
+    return update, bar.close
+
+
+def _build(name: str, split: str, args, defaults: Optional[dict] = None):
+    from foveal.data import build_dataset
+
+    defaults = defaults or {}
+    root = args.data_root if args.data_root is not None else defaults.get("data_root")
+    seed = args.data_seed if args.data_seed is not None else defaults.get("data_seed", 0)
+    options = {**(defaults.get("data_options") or {}), **_key_values(args.option, "--option")}
+    return build_dataset(name, split, root=root, seed=seed, **options)
+
+
+# ------------------------------------------------------------------------------------------ commands
+def _build_bank(args) -> int:
+    from foveal.boed.bank import ImageBank
+
+    dataset = _build(args.dataset, args.split, args)
+    count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    update, close = _bar(args.quiet, "img")
+
+    class Counted:  # ticks the bar as ImageBank.build reads the images
+        name, split = dataset.name, dataset.split
+
+        def __len__(self):
+            return len(dataset)
+
+        def __getitem__(self, i):
+            if update is not None and ((i + 1) % 256 == 0 or i + 1 == count):
+                update(i + 1, count)
+            return dataset[i]
+
+    try:
+        bank = ImageBank.build(Counted(), args.out, flips=not args.no_flips, dtype=args.dtype, limit=args.limit)
+    finally:
+        close()
+    print(f"bank: {args.out} (+ {args.out.with_suffix('.json').name}): {bank.stored} images of {bank.image_shape}"
+          f"{' + flips' if bank.flips else ''}, {args.dtype}, from {bank.source}")
+    return 0
+
+
+def _annotate_config(args):
+    import yaml
+
+    from foveal.boed.annotate import AnnotateConfig
+
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        if not args.config.is_file():
+            raise FileNotFoundError(f"{args.config}: annotate config file not found")
+        values = yaml.safe_load(args.config.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{args.config}: expected a mapping of AnnotateConfig fields, "
+                             f"found {type(values).__name__}")
+    flags = {k: getattr(args, k) for k in ("dataset", "split", "data_root", "data_seed", "posterior", "bank", "start",
+                                           "count", "shard_mode", "glimpse_size", "grid", "grid_stride", "num_glimpses",
+                                           "n_completions", "pca_components", "n_proposals", "target_ess", "keep_maps",
+                                           "seed", "chunk_size", "batch_size", "device")}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if args.option:
+        values["data_options"] = {**(values.get("data_options") or {}), **_key_values(args.option, "--option")}
+    if args.sigma2:
+        try:
+            values["sigma2_schedule"] = [float(s) for s in args.sigma2.split(",")]
+        except ValueError:
+            raise ValueError(f"--sigma2: expected comma-separated numbers, found {args.sigma2!r}") from None
+    if args.shard:
+        i, sep, n = args.shard.partition("/")
+        if not (sep and i.strip().isdigit() and n.strip().isdigit()):
+            raise ValueError(f"--shard: expected I/N with 0 <= I < N (e.g. 0/4), found {args.shard!r}")
+        values["shard_index"], values["num_shards"] = int(i), int(n)
+    values.update(_key_values(args.overrides, "override"))
+    return AnnotateConfig.from_dict(values)
+
+
+def _annotate(args) -> int:
+    import json
+
+    from foveal.boed.annotate import annotate
+
+    cfg = _annotate_config(args)
+    out = args.out or Path("runs") / f"annotate-{cfg.dataset}-{cfg.split}"
+    print(f"output folder: {out}", file=sys.stderr)
+    update, close = _bar(args.quiet, "img")
+    try:
+        path = annotate(cfg, out, progress=update)
+    finally:
+        close()
+    timing = json.loads(path.with_name(path.name + ".json").read_text())["provenance"]["timing"]
+    print(f"sequences: {path}.json (+ .safetensors): {timing['images']} images, {timing['seconds']:.1f} s of "
+          f"compute, {timing['sequences_per_min'] or 0:.3g} sequences/min")
+    if cfg.num_shards > 1:
+        print(f"shard {cfg.shard_index} of {cfg.num_shards}: when every shard is done, collect the "
+              f"sequences-shard-*-of-{cfg.num_shards} files in one folder and run: foveal sequences merge FOLDER")
+    return 0
+
+
+def _info(args) -> int:
+    from foveal.boed.sequences import GlimpseSequences
+
+    s = GlimpseSequences.load(args.path)
+    print(f"{s.source}: {len(s)} sequences of {s.num_glimpses} glimpses ({s.glimpse_size} px) on {s.dataset}/{s.split} "
+          f"{s.image_size[0]}x{s.image_size[1]}, method {s.method}" + (f", task {s.task}" if s.task else ""))
+    if len(s):
+        print(f"indices: {int(s.indices.min())}..{int(s.indices.max())}")
+    print(f"grid: {'none' if s.grid is None else f'{s.grid.shape[0]}x{s.grid.shape[1]} cells'}; EPE maps: "
+          f"{'yes' if s.epe_maps is not None else 'no'}; ids: {'yes' if s.ids is not None else 'no'}")
+    p = s.provenance
+    if "posterior" in p:
+        print(f"posterior: {p['posterior'].get('checkpoint')} (sha256 {str(p['posterior'].get('sha256'))[:12]})")
+    if "timing" in p and p["timing"].get("sequences_per_min"):
+        print(f"timing: {p['timing']['seconds']:.1f} s, {p['timing']['sequences_per_min']:.3g} sequences/min")
+    return 0
+
+
+def _validate(args) -> int:
+    from foveal.boed.sequences import GlimpseSequences
+
+    s = GlimpseSequences.load(args.path)
+    dataset = _build(s.dataset, s.split, args, s.provenance.get("config"))
+    s.validate(dataset)
+    print(f"{s.source}: valid for {s.dataset}/{s.split} ({len(s)} of {len(dataset)} images)")
+    return 0
+
+
+def _export(args) -> int:
+    from foveal.boed.sequences import GlimpseSequences, export_official
+
+    paths = export_official(GlimpseSequences.load(args.path), args.folder)
+    print(f"{len(paths)} files written to {args.folder}")
+    return 0
+
+
+def _import(args) -> int:
+    from foveal.boed.sequences import import_official
+    from foveal.retina import LocationGrid
+
+    if not args.dataset or not args.split:
+        raise ValueError("sequences import: expected --dataset and --split (the split the files belong to)")
+    dataset = None if args.no_dataset else _build(args.dataset, args.split, args)
+    if args.image_size:
+        image_size = tuple(int(v) for v in args.image_size.replace("x", ",").split(","))
+        image_size = image_size * 2 if len(image_size) == 1 else image_size
+    elif dataset is not None:
+        image_size = tuple(dataset.image_shape[1:])
+    else:
+        raise ValueError("sequences import: expected --image-size H,W when --no-dataset is given")
+    grid = None
+    if args.grid is not None:
+        grid = LocationGrid.from_count(image_size, args.glimpse_size, args.grid)
+    elif args.grid_stride is not None:
+        grid = LocationGrid.from_stride(image_size, args.glimpse_size, args.grid_stride)
+    seqs = import_official(args.folder, dataset_name=args.dataset, split=args.split, image_size=image_size,
+                           glimpse_size=args.glimpse_size, dataset=dataset, grid=grid)
+    seqs.save(args.out)
+    print(f"{len(seqs)} sequences of {seqs.num_glimpses} glimpses: {args.out}")
+    return 0
+
+
+def _merge(args) -> int:
+    from foveal.boed.annotate import merge_shards
+    from foveal.boed.sequences import GlimpseSequences
+
+    if len(args.paths) == 1 and Path(args.paths[0]).is_dir():
+        path = merge_shards(args.paths[0])
+    else:
+        if not args.out:
+            raise ValueError("sequences merge: expected --out when merging files (or one folder of shard results)")
+        GlimpseSequences.merge([GlimpseSequences.load(p) for p in args.paths]).save(args.out)
+        path = args.out
+    print(f"merged: {path}")
+    return 0

@@ -1,0 +1,199 @@
+"""The annotator on a tiny problem: resumption, sharding, equality with greedy_sequence, kept EPE maps."""
+
+import json
+
+import pytest
+import torch
+
+from foveal.boed import first_glimpse, greedy_sequence
+from foveal.boed.annotate import AnnotateConfig, annotate, image_generator, load_posterior, merge_shards, select_indices
+from foveal.boed.bank import ImageBank
+from foveal.boed.completion import BankSampler
+from foveal.boed.sequences import GlimpseSequences, sequence_paths
+from foveal.checkpoint import save_checkpoint
+from foveal.models import create_model, model_spec
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class ToySplit:
+    """10 random 8x8 images; counts how many images were read."""
+
+    name, split, image_shape, num_classes = "toy", "train", (1, 8, 8), 3
+
+    def __init__(self):
+        self.images = torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+        self.reads = 0
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return {"image": self.images[i], "label": torch.tensor(i % 3), "index": i}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("annotate")
+    g = torch.Generator().manual_seed(1)
+    ImageBank.from_generator(lambda b: torch.rand(b, 1, 8, 8, generator=g), 30, root / "bank.npy", flips=True)
+    torch.manual_seed(2)
+    net = create_model("posterior-cnn", in_channels=1, num_classes=3, image_size=(8, 8), widths=(4,), strides=(1,))
+    with torch.no_grad():
+        net.first_conv.weight.normal_()  # mask channel too: the maps then depend on where one looks
+    save_checkpoint(root / "posterior", model=net, info={"model": model_spec(net)}, rng=False)
+    return root
+
+
+def config(files, **changes):
+    settings = dict(dataset="toy", posterior=str(files / "posterior"), bank=str(files / "bank.npy"), count=8,
+                    glimpse_size=4, grid_stride=2, num_glimpses=2, n_completions=4, n_proposals=10,
+                    pca_components=4, chunk_size=3, seed=7)
+    return AnnotateConfig(**{**settings, **changes})
+
+
+def read(prefix):
+    json_path, st_path = sequence_paths(prefix)
+    header = json.loads(json_path.read_text())
+    header["provenance"].pop("timing")
+    return header, st_path.read_bytes()
+
+
+def test_resume_after_a_kill_is_identical_and_recomputes_nothing(files, tmp_path):
+    data = ToySplit()
+    cfg = config(files)
+    assert annotate(cfg, tmp_path / "a", dataset=data, stop_after=1) is None
+    parts = tmp_path / "a" / "parts" / "shard-0-of-1"
+    assert sorted(p.name for p in parts.iterdir()) == ["part-00000.json", "part-00000.safetensors"]
+    assert data.reads == 3 and (tmp_path / "a" / "first-glimpse.json").exists()
+    stamp = (parts / "part-00000.json").stat().st_mtime_ns
+    first_stamp = (tmp_path / "a" / "first-glimpse.json").stat().st_mtime_ns
+    seen = []
+    path = annotate(cfg, tmp_path / "a", dataset=data, progress=lambda done, total, logs: seen.append((done, total)))
+    assert data.reads == 8 and (parts / "part-00000.json").stat().st_mtime_ns == stamp  # chunk 0 not redone
+    assert (tmp_path / "a" / "first-glimpse.json").stat().st_mtime_ns == first_stamp  # cached, reused
+    assert seen == [(4, 8), (5, 8), (6, 8), (7, 8), (8, 8)]
+    assert path == tmp_path / "a" / "sequences"
+
+    whole = annotate(cfg, tmp_path / "b", dataset=ToySplit())
+    assert read(path) == read(whole)  # byte-identical tensors, same header apart from timing
+    seqs = GlimpseSequences.load(path, dataset=data)
+    assert seqs.indices.tolist() == list(range(8)) and seqs.corners.shape == (8, 2, 2) and seqs.method == "nogs"
+    timing = seqs.provenance["timing"]
+    assert timing["images"] == 8 and timing["seconds"] > 0 and timing["sequences_per_min"] > 0
+    assert seqs.provenance["posterior"]["sha256"] and seqs.provenance["config"]["n_completions"] == 4
+    assert (seqs.corners[:, 0] == seqs.corners[0, 0]).all()  # the task's first glimpse, shared
+
+    with pytest.raises(ValueError, match="other settings; differing: config.n_completions: 4 vs 5"):
+        annotate(config(files, n_completions=5), tmp_path / "a", dataset=data)
+
+
+def test_shards_merged_equal_the_unsharded_run(files, tmp_path):
+    whole = annotate(config(files), tmp_path / "one", dataset=ToySplit())
+    for mode in ("round-robin", "contiguous"):
+        out = tmp_path / mode
+        for i in (1, 0):
+            path = annotate(config(files, num_shards=2, shard_index=i, shard_mode=mode, chunk_size=2), out,
+                            dataset=ToySplit())
+            assert path.name == f"sequences-shard-{i}-of-2"
+        shard0 = GlimpseSequences.load(out / "sequences-shard-0-of-2")
+        assert shard0.indices.tolist() == ([0, 2, 4, 6] if mode == "round-robin" else [0, 1, 2, 3])
+        merged = merge_shards(out)
+        assert sequence_paths(merged)[1].read_bytes() == sequence_paths(whole)[1].read_bytes()
+        prov = GlimpseSequences.load(merged).provenance
+        assert prov["timing"]["images"] == 8 and prov["shards"] == ["sequences-shard-0-of-2.json",
+                                                                    "sequences-shard-1-of-2.json"]
+    sequence_paths(tmp_path / "contiguous" / "sequences-shard-1-of-2")[0].unlink()
+    with pytest.raises(FileNotFoundError, match=r"shard\(s\) \[1\]"):
+        merge_shards(tmp_path / "contiguous")
+
+
+def test_equals_greedy_sequence_with_the_same_generators_and_keeps_maps(files, tmp_path):
+    data = ToySplit()
+    cfg = config(files, keep_maps=True, start=2, count=4)
+    seqs = GlimpseSequences.load(annotate(cfg, tmp_path, dataset=data))
+
+    posterior, _ = load_posterior(cfg.posterior, torch.device("cpu"))
+    grid = cfg.make_grid((8, 8))
+    sampler = BankSampler(ImageBank.open(cfg.bank), grid, pca_components=4, n_proposals=10)
+    first = first_glimpse(posterior, sampler, grid, 1, n_completions=4, generator=image_generator(7, None))
+    for row, i in enumerate(range(2, 6)):
+        cells, maps = greedy_sequence(data.images[i], posterior, sampler, grid, 2, n_completions=4,
+                                      first_location=first, keep_maps=True, generator=image_generator(7, i))
+        assert torch.equal(seqs.corners[row], grid.corners()[cells])
+        assert torch.equal(seqs.epe_maps[row].flatten(1), maps)
+    maps = seqs.epe_maps  # [4, 2, 3, 3]
+    assert maps.shape == (4, 2, 3, 3) and not torch.isnan(maps).any()
+    assert torch.equal(grid.corner_to_index(seqs.corners), maps.flatten(2).argmin(-1))  # the chosen cell is the arg-min
+    assert torch.equal(maps[:, 0], first.epe_map.view(1, 3, 3).expand(4, 3, 3))
+    assert maps[:, 1].flatten(1).std(1).gt(0).all()  # the second step's maps are informative
+
+
+def test_selection_and_config_errors(files):
+    cfg = config(files, start=1, count=7, num_shards=3, shard_index=2)
+    assert select_indices(cfg, 10).tolist() == [3, 6]
+    assert select_indices(config(files, start=1, count=7, num_shards=3, shard_index=0, shard_mode="contiguous"),
+                          10).tolist() == [1, 2, 3]
+    with pytest.raises(ValueError, match="within the split's 10 images, found 5..12"):
+        select_indices(config(files, start=5), 10)
+    with pytest.raises(ValueError, match="shard_index: expected 0 <= shard_index < num_shards = 2.*found 2"):
+        config(files, num_shards=2, shard_index=2)
+    with pytest.raises(ValueError, match="at most one of grid, grid_stride"):
+        config(files, grid=3)
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['glimpses'\]"):
+        AnnotateConfig.from_dict({"dataset": "x", "posterior": "p", "bank": "b", "glimpses": 3})
+    seeds = [image_generator(0, i).initial_seed() for i in (5, 5, 6)] + [image_generator(0, None).initial_seed()]
+    assert seeds[0] == seeds[1] and len(set(seeds)) == 3
+
+
+def test_cli_build_bank_annotate_and_sequences_commands(files, tmp_path, capsys):
+    from foveal.cli import main
+
+    bank = tmp_path / "bank.npy"
+    assert main(["build-bank", "mnist5k", "--split", "val", "--limit", "40", "--no-flips", "--out", str(bank),
+                 "--quiet"]) == 0
+    assert f"bank: {bank}" in capsys.readouterr().out and ImageBank.open(bank).image_shape == (1, 28, 28)
+    torch.manual_seed(3)
+    net = create_model("posterior-cnn", in_channels=1, num_classes=10, image_size=(28, 28), widths=(4,), strides=(2,))
+    save_checkpoint(tmp_path / "post", model=net, info={"model": model_spec(net)}, rng=False)
+    config_file = tmp_path / "annotate.yaml"
+    config_file.write_text("dataset: mnist5k\nsplit: test\nglimpse_size: 8\ngrid: 3\nnum_glimpses: 2\n")
+    command = ["annotate", "--config", str(config_file), "--posterior", str(tmp_path / "post"), "--bank", str(bank),
+               "--count", "3", "--completions", "4", "--proposals", "10", "--pca-components", "4", "--chunk-size", "2",
+               "--out", str(tmp_path / "run"), "--quiet", "seed=1"]
+    assert main(command) == 0
+    out = capsys.readouterr().out
+    result = tmp_path / "run" / "sequences"
+    assert f"sequences: {result}.json" in out and "sequences/min" in out
+    seqs = GlimpseSequences.load(result)
+    assert seqs.indices.tolist() == [0, 1, 2] and seqs.grid.rows == (0, 10, 20)
+    assert seqs.provenance["config"]["seed"] == 1
+    assert main(command) == 0  # a rerun of a finished annotation only rewrites the result
+    assert GlimpseSequences.load(result).corners.equal(seqs.corners)
+    capsys.readouterr()
+
+    assert main(["sequences", "validate", str(result)]) == 0
+    assert "valid for mnist5k/test (3 of 500 images)" in capsys.readouterr().out
+    assert main(["sequences", "info", str(result) + ".json"]) == 0
+    assert "3 sequences of 2 glimpses (8 px) on mnist5k/test 28x28, method nogs" in capsys.readouterr().out
+    assert main(["sequences", "export", str(result), str(tmp_path / "txt")]) == 0
+    assert sorted(p.name for p in (tmp_path / "txt").iterdir()) == ["0.txt", "1.txt", "2.txt"]
+    assert main(["sequences", "import", str(tmp_path / "txt"), str(tmp_path / "imported"), "--dataset", "mnist5k",
+                 "--split", "test", "--glimpse-size", "8", "--grid", "3"]) == 0
+    assert GlimpseSequences.load(tmp_path / "imported").corners.equal(seqs.corners)
+    assert main(["sequences", "merge", str(tmp_path / "run")]) == 2  # no shard results there
+    assert "expected shard results" in capsys.readouterr().err
+
+    assert main(command[:-1] + ["--shard", "2/2"]) == 2
+    assert "shard_index: expected 0 <= shard_index < num_shards = 2" in capsys.readouterr().err
+    assert main(command[:-1] + ["--shard", "first"]) == 2
+    assert "--shard: expected I/N" in capsys.readouterr().err
+    assert main(command[:-1] + ["n_completions=5"]) == 2  # another setting into the same folder
+    assert "other settings" in capsys.readouterr().err
