@@ -44,3 +44,5 @@ from foveal.training.partial_supervision import PartialSupervision, PartialSuper
 register_algorithm("partial-supervision", PartialSupervision, PartialSupervisionConfig)
 from foveal.training.wake_sleep import WakeSleep, WakeSleepConfig  # noqa: E402
 register_algorithm("wake-sleep", WakeSleep, WakeSleepConfig)
+from foveal.training.salience_pretraining import SaliencePretraining, SaliencePretrainingConfig  # noqa: E402
+register_algorithm("salience-pretraining", SaliencePretraining, SaliencePretrainingConfig)
