@@ -10,6 +10,10 @@ call, so that every number foveal reports is made by the same code. A run folder
     results.json         the final numbers, machine-readable
     records/             glimpses_<split>.npz: where the model looked on every evaluated image
     figures/             glimpse heatmaps per step, example glimpses, validation curve (PNG)
+
+A posterior run (a model of kind "posterior", :mod:`foveal.boed`) has no glimpse policy to record:
+its evaluation reports accuracy and entropy after t = 0..T uniformly random glimpses on the
+algorithm's grid (records/posterior_curves_<split>.json, figures/posterior_curves.png).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from foveal import __version__
 from foveal.checkpoint import load_checkpoint, read_checkpoint_info
 from foveal.config import config_differences, dump_config, split_name
 from foveal.data import build_dataset
-from foveal.models import create_model, model_spec
+from foveal.models import create_model, list_models, model_spec
 from foveal.training import TrainConfig, evaluate, fit
 from foveal.training.algorithms import build_algorithm
 
@@ -139,6 +143,12 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
     batch_size = int(cfg["evaluate"]["batch_size"])
     torch.manual_seed(int(cfg["train"].get("seed", 0)))
     start = time.perf_counter()
+    if info["model"]["name"] in list_models("posterior"):
+        results = evaluate_posterior(model, algorithm, dataset, batch_size=batch_size, device=device,
+                                     seed=int(cfg["train"].get("seed", 0)))
+        results.update({"split": split, "model": info["model"]["name"], "algorithm": name, "checkpoint": str(checkpoint),
+                        "eval_time_s": time.perf_counter() - start, "foveal_version": __version__})
+        return _write_posterior_results(results, Path(out_dir), split, cfg, training)
     metrics = evaluate(model, algorithm, dataset, batch_size=batch_size, device=device)
     record = collect_glimpses(model, algorithm, dataset, batch_size, device, int(cfg["evaluate"]["examples"]))
     per_glimpse = (record["probs"].argmax(-1) == record["labels"][:, None]).mean(0)
@@ -160,6 +170,50 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
     if cfg["evaluate"].get("figures", True):
         results["figures"] = [str(p) for p in make_figures(record_path, out_dir)]
         (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def evaluate_posterior(model, algorithm, dataset: Dataset, *, batch_size: int, device: torch.device,
+                       seed: int) -> dict[str, Any]:
+    """A posterior network's numbers: the algorithm's metrics, and accuracy / entropy after t = 0..T random glimpses.
+
+    ``test_accuracy`` is the accuracy after T random glimpses; ``accuracy_per_glimpse`` lists it after
+    each glimpse t = 1..T (as for glimpse models), ``curves`` gives t = 0..T.
+    """
+    from foveal.boed.training import posterior_curves
+
+    metrics = evaluate(model, algorithm, dataset, batch_size=batch_size, device=device)
+    T = algorithm.config.num_glimpses
+    grid = algorithm.config.make_grid(tuple(dataset.image_shape[1:]))
+    curves = {k: [float(v) for v in c] for k, c in posterior_curves(model, dataset, grid, T, batch_size=batch_size,
+                                                                     seed=seed, device=device).items()}
+    return {"dataset": dataset.name, "num_images": len(dataset), "num_glimpses": T,
+            "grid": {"rows": list(grid.rows), "cols": list(grid.cols), "glimpse_size": grid.glimpse_size},
+            "test_accuracy": curves["accuracy"][-1], "test_error": 1 - curves["accuracy"][-1],
+            "test_ce": curves["ce"][-1], "accuracy_per_glimpse": curves["accuracy"][1:],
+            "random_t_metrics": metrics, "curves": {"random": curves}}
+
+
+def _write_posterior_results(results: dict[str, Any], out_dir: Path, split: str, cfg: dict[str, Any],
+                             training: Optional[dict[str, Any]]) -> dict[str, Any]:
+    if training:
+        results["training"] = training
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = out_dir / "records" / f"posterior_curves_{split}.json"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    keys = ("dataset", "split", "num_images", "num_glimpses", "grid", "curves", "checkpoint")
+    record.write_text(json.dumps({k: results[k] for k in keys}, indent=2))
+    if cfg["evaluate"].get("figures", True):
+        from foveal.evaluation.boed_plots import plot_posterior_curves
+
+        figures = [plot_posterior_curves(record, out_dir / "figures" / "posterior_curves.png")]
+        metrics = out_dir / "metrics.csv"
+        if metrics.exists():
+            from foveal.evaluation import plots
+
+            figures.append(plots.plot_training_summary(metrics, out_dir / "figures" / "training_curves.png"))
+        results["figures"] = [str(p) for p in figures]
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
 
