@@ -31,6 +31,16 @@ pixels). :func:`greedy_sequence` repeats: sample completions given the true imag
 :math:`m_{t-1}`, score every cell, take the arg-min, for ``t = 1..T``. At ``t = 1`` nothing is seen, so
 the first choice is the same for every image of a task: compute it once with :func:`first_glimpse`.
 
+Saving work (:class:`SearchConfig`; the defaults are the plain method, every cell scored with every
+completion, ``N x |grid|`` posterior calls per step):
+
+* ``screen_completions`` / ``screen_top_k`` (pruning): score every cell with the ``screen_completions``
+  completions of largest weight (renormalised), then re-score only the ``screen_top_k`` lowest cells with
+  all N and take the arg-min among them. Cost per step ``n_s |grid| + k N`` instead of ``N |grid|``;
+  with ``k = |grid|`` the choice is the plain one exactly.
+* ``skip_seen``: a cell whose glimpse holds no unseen pixel gives the posterior nothing new; it is not
+  scored (``+inf``). Changes the choice only when such a cell would have been the arg-min.
+
 Entropy (nats): categorical :math:`-\sum_k p_k \log p_k`; multi-attribute Bernoulli outputs (one logit
 per binary attribute, assumed independent given the glimpses) use the sum of the per-attribute binary
 entropies.
@@ -41,6 +51,7 @@ Variational Bayesian optimal experimental design; Harvey et al. (2021), arXiv:19
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple, Optional, Protocol, runtime_checkable
 
 import torch
@@ -49,7 +60,8 @@ from torch import Tensor
 from foveal.retina import LocationGrid
 
 __all__ = ["Posterior", "CompletionSampler", "posterior_entropy", "posterior_log_prob", "cell_masks",
-           "expected_posterior_entropy", "FirstGlimpse", "GlimpseSequence", "first_glimpse", "greedy_sequence"]
+           "expected_posterior_entropy", "SearchConfig", "FirstGlimpse", "GlimpseSequence", "first_glimpse",
+           "greedy_sequence", "search_step"]
 
 
 @runtime_checkable
@@ -182,6 +194,74 @@ def expected_posterior_entropy(posterior: Posterior, completions: Tensor, weight
     return epe
 
 
+@dataclass(frozen=True)
+class SearchConfig:
+    """How each greedy step searches for the arg-min cell (see the module docstring); defaults = the plain method.
+
+    Attributes:
+        screen_completions: pruning: first score every cell with only this many completions (the ones of
+            largest weight, renormalised); None = no pruning.
+        screen_top_k: with pruning, how many of the lowest-scoring cells are re-scored with all completions.
+        skip_seen: do not score cells whose glimpse adds no unseen pixel.
+    """
+
+    screen_completions: Optional[int] = None
+    screen_top_k: int = 8
+    skip_seen: bool = False
+
+    def __post_init__(self) -> None:
+        if self.screen_completions is not None and self.screen_completions < 1:
+            raise ValueError(f"SearchConfig.screen_completions: expected None or >= 1, found {self.screen_completions}")
+        if self.screen_top_k < 1:
+            raise ValueError(f"SearchConfig.screen_top_k: expected >= 1, found {self.screen_top_k}")
+
+    @property
+    def plain(self) -> bool:
+        return self.screen_completions is None and not self.skip_seen
+
+
+def _unseen_cells(cells: Tensor, observed: Tensor) -> Tensor:
+    """``[G]`` bool: the cells whose glimpse holds at least one pixel outside ``observed [1, H, W]``."""
+    return (cells * (1 - observed.to(cells))[None]).flatten(1).amax(1) > 0
+
+
+def search_step(posterior: Posterior, completions: Tensor, weights: Tensor, observed: Tensor, grid: LocationGrid,
+                search: SearchConfig = SearchConfig(), *, batch_size: int = 256,
+                cells: Optional[Tensor] = None) -> tuple[int, Tensor]:
+    """One greedy step: the chosen cell and the ``[G]`` EPE map, searched as ``search`` says.
+
+    With pruning the map holds the full estimate for the re-scored cells and the screening estimate
+    (fewer completions) elsewhere; the chosen cell is the arg-min of the full estimates (lowest index on
+    ties). Cells not scored are ``+inf``.
+
+    Args:
+        completions, weights, observed: as for :func:`expected_posterior_entropy`.
+        cells: ``[G, 1, H, W]`` :func:`cell_masks` of ``grid`` if already made (saves making them per step).
+    """
+    allowed = None
+    if search.skip_seen:
+        allowed = _unseen_cells(cell_masks(grid, completions.device) if cells is None else cells, observed)
+        if not allowed.any():
+            allowed = None  # everything seen: any cell is as good, score them all
+    N = completions.shape[0]
+    if search.screen_completions is None or search.screen_completions >= N:
+        epe = expected_posterior_entropy(posterior, completions, weights, observed, grid, batch_size=batch_size,
+                                         allowed=allowed)
+        return int(epe.argmin()), epe
+    # Screening set: the largest weights (stable order on ties), renormalised. No random draw, so the
+    # caller's generator is consumed exactly as by the plain method.
+    keep = torch.sort(weights, descending=True, stable=True).indices[:search.screen_completions]
+    screen = expected_posterior_entropy(posterior, completions[keep], weights[keep] / weights[keep].sum(), observed,
+                                        grid, batch_size=batch_size, allowed=allowed)
+    finite = int(torch.isfinite(screen).sum())
+    top = torch.topk(screen, min(search.screen_top_k, finite), largest=False).indices  # [k]
+    rescore = torch.zeros(len(grid), dtype=torch.bool, device=screen.device)
+    rescore[top] = True
+    full = expected_posterior_entropy(posterior, completions, weights, observed, grid, batch_size=batch_size,
+                                      allowed=rescore)
+    return int(full.argmin()), torch.where(rescore, full, screen)
+
+
 class FirstGlimpse(NamedTuple):
     """The image-independent first choice of a task: ``cell`` (int) and its ``epe_map [G]``."""
 
@@ -201,6 +281,8 @@ def first_glimpse(posterior: Posterior, sampler: CompletionSampler, grid: Locati
                   device: Optional[torch.device] = None) -> FirstGlimpse:
     """The first glimpse of every image of a task: nothing is observed, so completions are prior samples.
 
+    Always the plain search (it is made once per task; a larger ``n_completions`` than per image is cheap here).
+
     Args:
         channels: C of the images (the sampler is called with an all-zero ``[C, H, W]`` image and mask).
     """
@@ -215,7 +297,7 @@ def first_glimpse(posterior: Posterior, sampler: CompletionSampler, grid: Locati
 
 def greedy_sequence(image: Tensor, posterior: Posterior, sampler: CompletionSampler, grid: LocationGrid,
                     num_glimpses: int, *, n_completions: int, first_location: Optional[int | FirstGlimpse] = None,
-                    keep_maps: bool = False, batch_size: int = 256,
+                    keep_maps: bool = False, batch_size: int = 256, search: SearchConfig = SearchConfig(),
                     generator: Optional[torch.Generator] = None) -> GlimpseSequence:
     """Greedy sequential BOED for one image (section 4's pipeline, steps 1-3 repeated T times).
 
@@ -231,6 +313,7 @@ def greedy_sequence(image: Tensor, posterior: Posterior, sampler: CompletionSamp
         first_location: the task's first cell (an int, or :func:`first_glimpse`'s result, whose map is
             then kept as row 0); None computes it here.
         keep_maps: also return every step's EPE map (row 0 is NaN if ``first_location`` is a bare int).
+        search: the savings to use at each step (:class:`SearchConfig`); the default is the plain method.
 
     Returns:
         :class:`GlimpseSequence` (unpacks as ``cells, epe_maps``).
@@ -253,9 +336,8 @@ def greedy_sequence(image: Tensor, posterior: Posterior, sampler: CompletionSamp
                 maps[0] = first_location.epe_map.to(maps)
         else:
             completions, weights = sampler.sample(image * observed, observed, n_completions, generator=generator)
-            epe = expected_posterior_entropy(posterior, completions, weights, observed.to(completions.device), grid,
-                                             batch_size=batch_size)
-            cell = int(epe.argmin())
+            cell, epe = search_step(posterior, completions, weights, observed.to(completions.device), grid, search,
+                                    batch_size=batch_size, cells=masks.to(completions.device))
             if maps is not None:
                 maps[t] = epe.to(maps)
         cells.append(cell)
