@@ -40,6 +40,10 @@ completion, ``N x |grid|`` posterior calls per step):
   with ``k = |grid|`` the choice is the plain one exactly.
 * ``skip_seen``: a cell whose glimpse holds no unseen pixel gives the posterior nothing new; it is not
   scored (``+inf``). Changes the choice only when such a cell would have been the arg-min.
+* ``local_updates``: the posterior computes each pair by updating only the window of every feature
+  map that the glimpse changes (:mod:`foveal.boed.local`); the same numbers up to float rounding.
+  Needs a posterior with ``cell_logits`` (:class:`~foveal.boed.posterior.NetworkPosterior` around a
+  :class:`~foveal.boed.posterior.PosteriorCNN`).
 
 Entropy (nats): categorical :math:`-\sum_k p_k \log p_k`; multi-attribute Bernoulli outputs (one logit
 per binary attribute, assumed independent given the glimpses) use the sum of the per-attribute binary
@@ -144,7 +148,7 @@ def _check_mask(mask: Tensor, grid: LocationGrid, name: str) -> None:
 @torch.no_grad()
 def expected_posterior_entropy(posterior: Posterior, completions: Tensor, weights: Tensor, observed_mask: Tensor,
                                grid: LocationGrid, *, batch_size: int = 256,
-                               allowed: Optional[Tensor] = None) -> Tensor:
+                               allowed: Optional[Tensor] = None, local_updates: bool = False) -> Tensor:
     """Eq. 6 for every cell of ``grid``: the weighted mean entropy of ``posterior`` over completions.
 
     All (cell, completion) pairs are flattened and sent to the posterior ``batch_size`` at a time, so
@@ -158,6 +162,7 @@ def expected_posterior_entropy(posterior: Posterior, completions: Tensor, weight
         grid: the candidate locations (cells).
         batch_size: masked images per posterior call.
         allowed: optional ``[G]`` bool; cells that are not allowed are not scored and get ``+inf``.
+        local_updates: score the pairs with ``posterior.cell_logits`` (module docstring).
 
     Returns:
         ``[G]`` EPE per cell (nats), ``+inf`` where not allowed.
@@ -180,15 +185,23 @@ def expected_posterior_entropy(posterior: Posterior, completions: Tensor, weight
         if allowed.shape != (G,):
             raise ValueError(f"allowed: expected shape ({G},) (one per grid cell), found {tuple(allowed.shape)}")
         candidates = candidates[allowed.to(device)]
-    masks = torch.maximum(cell_masks(grid, device), observed_mask.to(device)[None])  # [G, 1, H, W]
     pair_cell = candidates.repeat_interleave(N)  # [P], P = len(candidates) * N, cell-major
     pair_image = torch.arange(N, device=device).repeat(len(candidates))  # [P]
-    entropy = completions.new_empty(pair_cell.shape[0])  # [P]
-    for start in range(0, pair_cell.shape[0], batch_size):
-        cell, image = pair_cell[start:start + batch_size], pair_image[start:start + batch_size]
-        m = masks[cell]  # [b, 1, H, W]
-        logits = posterior.logits(completions[image] * m, m)  # unobserved pixels zeroed before the call
-        entropy[start:start + batch_size] = posterior_entropy(logits.float(), posterior.multilabel)
+    if local_updates:
+        if not hasattr(posterior, "cell_logits"):
+            raise ValueError(f"local_updates: expected a posterior with cell_logits (a NetworkPosterior around a "
+                             f"PosteriorCNN), found {type(posterior).__name__}")
+        logits = posterior.cell_logits(completions, observed_mask.to(device), grid, pair_cell, pair_image,
+                                       batch_size=batch_size)
+        entropy = posterior_entropy(logits.float(), posterior.multilabel)  # [P]
+    else:
+        masks = torch.maximum(cell_masks(grid, device), observed_mask.to(device)[None])  # [G, 1, H, W]
+        entropy = completions.new_empty(pair_cell.shape[0])  # [P]
+        for start in range(0, pair_cell.shape[0], batch_size):
+            cell, image = pair_cell[start:start + batch_size], pair_image[start:start + batch_size]
+            m = masks[cell]  # [b, 1, H, W]
+            logits = posterior.logits(completions[image] * m, m)  # unobserved pixels zeroed before the call
+            entropy[start:start + batch_size] = posterior_entropy(logits.float(), posterior.multilabel)
     epe = completions.new_full((G,), float("inf"))
     epe[candidates] = (entropy.view(len(candidates), N) * weights.to(device)).sum(1)
     return epe
@@ -203,11 +216,13 @@ class SearchConfig:
             largest weight, renormalised); None = no pruning.
         screen_top_k: with pruning, how many of the lowest-scoring cells are re-scored with all completions.
         skip_seen: do not score cells whose glimpse adds no unseen pixel.
+        local_updates: compute each pair by local updates of the posterior's feature maps.
     """
 
     screen_completions: Optional[int] = None
     screen_top_k: int = 8
     skip_seen: bool = False
+    local_updates: bool = False
 
     def __post_init__(self) -> None:
         if self.screen_completions is not None and self.screen_completions < 1:
@@ -217,7 +232,7 @@ class SearchConfig:
 
     @property
     def plain(self) -> bool:
-        return self.screen_completions is None and not self.skip_seen
+        return self.screen_completions is None and not self.skip_seen and not self.local_updates
 
 
 def _unseen_cells(cells: Tensor, observed: Tensor) -> Tensor:
@@ -246,19 +261,20 @@ def search_step(posterior: Posterior, completions: Tensor, weights: Tensor, obse
     N = completions.shape[0]
     if search.screen_completions is None or search.screen_completions >= N:
         epe = expected_posterior_entropy(posterior, completions, weights, observed, grid, batch_size=batch_size,
-                                         allowed=allowed)
+                                         allowed=allowed, local_updates=search.local_updates)
         return int(epe.argmin()), epe
     # Screening set: the largest weights (stable order on ties), renormalised. No random draw, so the
     # caller's generator is consumed exactly as by the plain method.
     keep = torch.sort(weights, descending=True, stable=True).indices[:search.screen_completions]
     screen = expected_posterior_entropy(posterior, completions[keep], weights[keep] / weights[keep].sum(), observed,
-                                        grid, batch_size=batch_size, allowed=allowed)
+                                        grid, batch_size=batch_size, allowed=allowed,
+                                        local_updates=search.local_updates)
     finite = int(torch.isfinite(screen).sum())
     top = torch.topk(screen, min(search.screen_top_k, finite), largest=False).indices  # [k]
     rescore = torch.zeros(len(grid), dtype=torch.bool, device=screen.device)
     rescore[top] = True
     full = expected_posterior_entropy(posterior, completions, weights, observed, grid, batch_size=batch_size,
-                                      allowed=rescore)
+                                      allowed=rescore, local_updates=search.local_updates)
     return int(full.argmin()), torch.where(rescore, full, screen)
 
 

@@ -128,6 +128,20 @@ class NetworkPosterior:
         self.multilabel = bool(getattr(network, "multilabel", False) if multilabel is None else multilabel)
         self.device = device if device is not None else next(network.parameters()).device
 
+    def cell_logits(self, images: Tensor, observed: Tensor, grid, cells: Tensor, image_index: Tensor, *,
+                    batch_size: int = 256) -> Tensor:
+        """Logits of every (cell, image) pair by local updates (:func:`foveal.boed.local.cell_logits`).
+
+        ``[N, C, H, W]`` images, ``[1, H, W]`` observed mask, ``[P]`` cells and image indices -> ``[P, K]``
+        (float32, on ``images.device``); equal to :meth:`logits` of the pairs up to float rounding. Needs a
+        :class:`PosteriorCNN`.
+        """
+        from foveal.boed.local import cell_logits
+
+        out = cell_logits(self.network, images.to(self.device), observed.to(self.device), grid, cells.to(self.device),
+                          image_index.to(self.device), batch_size=batch_size)
+        return out.float().to(images.device)
+
     @torch.no_grad()
     def logits(self, images: Tensor, masks: Tensor) -> Tensor:
         """``[B, C, H, W]``, ``[B, 1, H, W]`` -> ``[B, K]`` logits (float32, on ``images.device``)."""
