@@ -20,7 +20,9 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _KINDS: dict[str, str] = {}
 # "glimpse": has rollout(images, T, *, policy, forced_locations) -> Rollout.
 # "posterior": reads a masked image and its mask (foveal.boed).
-KINDS = ("glimpse", "posterior")
+# "grid": rollout on a grid of locations read from one feature map (BagNet, Saccader; foveal.models.bagnet).
+# "classifier": a plain image (or patch) classifier, ``[B, C, H, W] -> [B, K]`` logits.
+KINDS = ("glimpse", "posterior", "grid", "classifier")
 
 
 def register_model(name: str, *, kind: str = "glimpse") -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:

@@ -46,3 +46,7 @@ from foveal.training.wake_sleep import WakeSleep, WakeSleepConfig  # noqa: E402
 register_algorithm("wake-sleep", WakeSleep, WakeSleepConfig)
 from foveal.training.salience_pretraining import SaliencePretraining, SaliencePretrainingConfig  # noqa: E402
 register_algorithm("salience-pretraining", SaliencePretraining, SaliencePretrainingConfig)
+from foveal.training import saccader_stages as _sac  # noqa: E402  (the Saccader's three stages)
+register_algorithm("saccader-representation", _sac.RepresentationPretraining, _sac.RepresentationConfig)
+register_algorithm("saccader-location", _sac.LocationPretraining, _sac.LocationConfig)
+register_algorithm("saccader-reinforce", _sac.SaccaderReinforce, _sac.SaccaderReinforceConfig)

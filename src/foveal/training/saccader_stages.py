@@ -1,0 +1,343 @@
+r"""The Saccader's three training stages (Elsayed et al. 2019, Sec. 3.2) as engine algorithms.
+
+Each is an ordinary algorithm (``loss(model, batch) -> LossOutput``, ``metrics``, ``predict``), so the
+engine trains, validates, checkpoints and resumes it like any other. A stage starts from the previous
+stage's weights through the model builder's ``init_from`` (config ``model.init_from``); see
+``foveal train-saccader``, which chains the three run folders.
+
+**1. Representation pretraining** (``saccader-representation``, Eq. 4). With ``z_{ij}`` the logits of
+cell (i, j) of the ``h x w`` grid, the class distribution is the normalised geometric mean of the cells'
+(``P_{ij} = softmax(z_{ij})``):
+
+.. math::
+
+    J(\theta) = -\log \mathrm{softmax}_y\Big(\frac{1}{hw}\sum_{ij} \log P_{ij}\Big)
+                + \frac{\lambda}{2}\sum \theta^2
+
+**2. Location pretraining** (``saccader-location``, Eq. 5). Targets are the cells sorted by their
+largest logit, ``l^1`` the highest; the cell is unrolled for ``T = 12`` steps *towards* them (the memory
+``C^{t-1}`` marks ``l^1..l^{t-1}``):
+
+.. math:: J(\eta) = -\sum_{t=1}^{T} \log \pi(l^t \mid X, C^{t-1}) + \frac{\nu}{2}\sum \eta^2
+
+The representation network is frozen here: it runs under ``torch.no_grad()`` (stop-gradient: Eq. 5
+trains only the attention network, the mixing conv and the cell, η) and in eval mode (so its
+BatchNorm running statistics do not drift either).
+
+**3. REINFORCE fine-tuning** (``saccader-reinforce``, Eq. 6). ``S = 2`` trajectories are sampled per image
+from the cell's policy; the reward ``r = 1[prediction after T glimpses is right]``; the baseline ``b``
+is the mean reward of the minibatch (all S x B trajectories; a number, so no gradient); the prediction
+averages the logits of the T cells read:
+
+.. math::
+
+    J = -\frac{1}{B}\sum_{b}\sum_{s=1}^{S}\Big(\sum_{t=1}^{T}\log\pi(l^t_{s} \mid X, C^{t-1}_s)\Big)(r_s - b)
+        + \mathrm{CE}\Big(\frac{1}{T}\sum_t z_{l^t_s}, y\Big) + \frac{\nu}{2}\sum\eta^2 + \frac{\lambda}{2}\sum\theta^2
+
+with the cross-entropy averaged over the S x B trajectories. Unlike :mod:`foveal.training.reinforce`
+(RAM's hybrid loss: a learned baseline and only the last step's classifier), nothing here learns a
+baseline and every glimpse's logits enter the prediction. The L2 terms sum the squares of the
+*weights* (tensors with more than one dimension: conv kernels, the cell's ``a`` is a vector and is
+left out, as are biases and BatchNorm parameters); ``l2`` / ``l2_location`` set λ and ν.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from foveal.training.base import LossOutput
+
+__all__ = ["RepresentationConfig", "RepresentationPretraining", "LocationConfig", "LocationPretraining",
+           "SaccaderReinforceConfig", "SaccaderReinforce", "l2_penalty", "sorted_logit_targets", "resolve_policy",
+           "STAGES", "run_stages", "train_without_test"]
+
+
+def resolve_policy(name: str, model: nn.Module):
+    """A policy by name for a grid model: :mod:`foveal.grid_policies` names first (their ``random`` never
+    repeats a cell), then :mod:`foveal.policies` (``greedy``: the model's own arg-max, ``sample``)."""
+    from foveal.grid_policies import GRID_POLICIES, make_grid_policy
+    from foveal.policies import make_policy, policy_names
+
+    if name in GRID_POLICIES:
+        return make_grid_policy(name, model)
+    if name in policy_names():
+        return make_policy(name)
+    raise ValueError(f"eval_policy: expected one of {sorted(set(GRID_POLICIES) | set(policy_names()))}, found {name!r}")
+
+
+def _check_policy_name(owner: str, name: str) -> None:
+    from foveal.grid_policies import GRID_POLICIES
+    from foveal.policies import policy_names
+
+    if name not in GRID_POLICIES and name not in policy_names():
+        raise ValueError(f"{owner}.eval_policy: expected one of {sorted(set(GRID_POLICIES) | set(policy_names()))}, "
+                         f"found {name!r}")
+
+
+def _check_settings(owner: str, config, positive: tuple[str, ...], nonnegative: tuple[str, ...]) -> None:
+    for name in positive:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{owner}.{name}: expected a positive integer, found {value!r}")
+    for name in nonnegative:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(f"{owner}.{name}: expected a number >= 0, found {value!r}")
+    _check_policy_name(owner, config.eval_policy)
+
+
+def l2_penalty(modules: list[nn.Module], weight: float) -> Tensor:
+    """``weight / 2 * sum of squares`` of the modules' weight tensors (``dim > 1``); 0 when ``weight == 0``."""
+    params = [p for m in modules for p in m.parameters() if p.dim() > 1 and p.requires_grad]
+    if weight == 0 or not params:
+        return torch.zeros(())
+    return weight / 2 * sum(p.square().sum() for p in params)
+
+
+def _representation(model: nn.Module) -> nn.Module:
+    return getattr(model, "representation", model)
+
+
+def _location_modules(model: nn.Module) -> list[nn.Module]:
+    return [model.attention, model.mix, model.cell]
+
+
+def sorted_logit_targets(logit_map: Tensor, steps: int) -> Tensor:
+    """``[B, K, h, w]`` logits -> ``[B, steps]`` cells by their largest logit, highest first (Eq. 5 targets)."""
+    return logit_map.flatten(2).amax(1).argsort(dim=-1, descending=True, stable=True)[:, :steps]
+
+
+class _GreedyEvaluation:
+    """``metrics`` and ``predict`` shared by the stages: the model rolled out under ``eval_policy``."""
+
+    config: "RepresentationConfig | LocationConfig | SaccaderReinforceConfig"
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: Tensor, num_glimpses: Optional[int] = None) -> tuple[Tensor, Tensor]:
+        """Class probabilities ``[B, T, K]`` after each glimpse and the locations ``[B, T, 2]``."""
+        ro = model.rollout(images, num_glimpses or self.config.num_glimpses,
+                           policy=resolve_policy(self.config.eval_policy, model))
+        return ro.logits.softmax(-1), ro.locations
+
+    @torch.no_grad()
+    def metrics(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
+        probs, _ = self.predict(model, batch["image"])
+        final, labels = probs[:, -1], batch["label"]
+        return {"accuracy": (final.argmax(-1) == labels).float().mean().item(),
+                "ce": F.nll_loss(final.clamp_min(1e-12).log(), labels).item()}
+
+
+@dataclass(frozen=True)
+class RepresentationConfig:
+    """Settings of :class:`RepresentationPretraining`.
+
+    Attributes:
+        l2: λ of Eq. 4, on the representation network's weights.
+        num_glimpses, eval_policy, test_samples: how ``predict`` rolls the model out for glimpse records
+            (``test_samples`` is kept for :func:`foveal.experiment.evaluate_run` and must be 1).
+    """
+
+    l2: float = 0.0
+    num_glimpses: int = 6
+    eval_policy: str = "ordered-logits"
+    test_samples: int = 1
+
+    def __post_init__(self) -> None:
+        _check_settings("RepresentationConfig", self, ("num_glimpses", "test_samples"), ("l2",))
+
+
+class RepresentationPretraining(_GreedyEvaluation):
+    """Stage 1, Eq. 4 (module docstring); works on a ``bagnet`` or a ``saccader`` model."""
+
+    def __init__(self, config: RepresentationConfig = RepresentationConfig()) -> None:
+        self.config = config
+
+    @staticmethod
+    def average_log_probs(model: nn.Module, images: Tensor) -> Tensor:
+        """``[B, K]`` mean over all cells of the cells' log-probabilities."""
+        logits = model.encode(images).logits  # [B, K, h, w]
+        return logits.log_softmax(1).mean((2, 3))
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> LossOutput:
+        avg = self.average_log_probs(model, batch["image"])
+        ce = F.cross_entropy(avg, batch["label"])  # log-softmax of the mean log-probabilities: Eq. 4
+        l2 = l2_penalty([_representation(model)], self.config.l2).to(ce)
+        accuracy = (avg.argmax(-1) == batch["label"]).float().mean()
+        return LossOutput(ce + l2, {"ce": ce.item(), "l2": l2.item(), "accuracy": accuracy.item()})
+
+    @torch.no_grad()
+    def metrics(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
+        """Accuracy and CE of the all-cells average (Eq. 4's classifier), and of ``eval_policy``'s T glimpses."""
+        avg = self.average_log_probs(model, batch["image"])
+        labels = batch["label"]
+        glimpses = super().metrics(model, batch)
+        return {"accuracy": (avg.argmax(-1) == labels).float().mean().item(),
+                "ce": F.cross_entropy(avg, labels).item(),
+                "glimpse_accuracy": glimpses["accuracy"], "glimpse_ce": glimpses["ce"]}
+
+
+@dataclass(frozen=True)
+class LocationConfig:
+    """Settings of :class:`LocationPretraining`.
+
+    Attributes:
+        steps: T of Eq. 5 (12 in the paper).
+        l2: ν of Eq. 5, on the location network's weights.
+        num_glimpses, eval_policy, test_samples: validation and ``predict`` (the greedy policy, T glimpses).
+    """
+
+    steps: int = 12
+    l2: float = 0.0
+    num_glimpses: int = 6
+    eval_policy: str = "greedy"
+    test_samples: int = 1
+
+    def __post_init__(self) -> None:
+        _check_settings("LocationConfig", self, ("steps", "num_glimpses", "test_samples"), ("l2",))
+
+
+class LocationPretraining(_GreedyEvaluation):
+    """Stage 2, Eq. 5 (module docstring); needs a ``saccader`` model."""
+
+    def __init__(self, config: LocationConfig = LocationConfig()) -> None:
+        self.config = config
+
+    def target_nll(self, model: nn.Module, images: Tensor) -> Tensor:
+        """``[B]`` ``-sum_t log pi(l^t | X, C^{t-1})`` over the ``steps`` sorted-logit targets."""
+        rep = model.representation
+        was_training = rep.training
+        rep.eval()
+        try:
+            with torch.no_grad():  # stop-gradient: Eq. 5 trains the location network only
+                maps = model.encode(images)
+        finally:
+            rep.train(was_training)
+        G = maps.logits.shape[2] * maps.logits.shape[3]
+        if self.config.steps > G:
+            raise ValueError(f"LocationConfig.steps: expected at most the {G} cells of the grid, "
+                             f"found {self.config.steps}")
+        targets = sorted_logit_targets(maps.logits, self.config.steps)  # [B, T]
+        mixed = model.mixed_features(maps)
+        visited = mixed.new_zeros(images.shape[0], G)
+        nll = mixed.new_zeros(images.shape[0])
+        for t in range(self.config.steps):
+            logp = model.cell(mixed, visited).log_softmax(-1)  # [B, G]
+            nll = nll - logp.gather(1, targets[:, t:t + 1]).squeeze(1)
+            visited = visited.scatter(1, targets[:, t:t + 1], 1.0)
+        return nll
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> LossOutput:
+        nll = self.target_nll(model, batch["image"]).mean()
+        l2 = l2_penalty(_location_modules(model), self.config.l2).to(nll)
+        return LossOutput(nll + l2, {"location_nll": nll.item(), "l2": l2.item()})
+
+
+@dataclass(frozen=True)
+class SaccaderReinforceConfig:
+    """Settings of :class:`SaccaderReinforce`; the loss weights live here and nowhere else.
+
+    Attributes:
+        num_glimpses: T (6 in the paper).
+        samples: S trajectories per image (2).
+        reinforce_weight, ce_weight: weights of the policy-gradient and cross-entropy terms.
+        l2: λ on the representation network's weights; l2_location: ν on the location network's.
+        eval_policy, test_samples: validation and ``predict``.
+    """
+
+    num_glimpses: int = 6
+    samples: int = 2
+    reinforce_weight: float = 1.0
+    ce_weight: float = 1.0
+    l2: float = 0.0
+    l2_location: float = 0.0
+    eval_policy: str = "greedy"
+    test_samples: int = 1
+
+    def __post_init__(self) -> None:
+        _check_settings("SaccaderReinforceConfig", self, ("num_glimpses", "samples", "test_samples"),
+                        ("reinforce_weight", "ce_weight", "l2", "l2_location"))
+
+
+class SaccaderReinforce(_GreedyEvaluation):
+    """Stage 3, Eq. 6 (module docstring); needs a ``saccader`` model."""
+
+    def __init__(self, config: SaccaderReinforceConfig = SaccaderReinforceConfig()) -> None:
+        self.config = config
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> LossOutput:
+        cfg = self.config
+        S, B = cfg.samples, batch["image"].shape[0]
+        images = batch["image"].repeat(S, 1, 1, 1)  # [S * B, C, H, W], sample s of image b at s * B + b
+        labels = batch["label"].repeat(S)
+        ro = model.rollout(images, cfg.num_glimpses)  # policy=None: cells sampled from the cell's policy
+        final = ro.logits[:, -1]  # [S * B, K]: logits averaged over the T glimpses
+        ce = F.cross_entropy(final, labels)
+        reward = (final.argmax(-1) == labels).float()  # [S * B]
+        baseline = reward.mean()  # the minibatch's accuracy: a number, no gradient
+        policy_gradient = -(ro.log_prob.sum(1) * (reward - baseline)).sum() / B
+        l2 = (l2_penalty([model.representation], cfg.l2) + l2_penalty(_location_modules(model), cfg.l2_location)).to(ce)
+        loss = cfg.ce_weight * ce + cfg.reinforce_weight * policy_gradient + l2
+        return LossOutput(loss, {"ce": ce.item(), "accuracy": baseline.item(), "reinforce": policy_gradient.item(),
+                                 "l2": l2.item(), "entropy": ro.entropy.sum(1).mean().item()})
+
+
+STAGES = ("representation", "location", "reinforce")
+
+
+def run_stages(configs: dict[str, dict], run_dir, *, stages: tuple[str, ...] = STAGES, progress=None,
+               on_stage=None, test: bool = True) -> dict[str, Optional[dict]]:
+    """Train the stages in order, each in ``run_dir/<stage>``, each starting from the previous one's best.
+
+    A stage whose config has no ``model.init_from`` gets the previous stage's
+    ``run_dir/<previous>/checkpoints/best`` (a stage run earlier, or in this call). Every stage is an
+    ordinary run folder: calling this again resumes where it stopped and skips finished stages'
+    training (the engine finds them at their last iteration), re-evaluating their best checkpoint.
+
+    Args:
+        configs: a full run config (:mod:`foveal.config`) per stage name in ``stages``.
+        progress: passed to :func:`foveal.experiment.train_run`.
+        on_stage: ``on_stage(stage, run_folder)`` before each stage starts.
+        test: evaluate each stage's best checkpoint on the config's ``evaluate.split`` (the whole split)
+            as :func:`foveal.experiment.train_run` does; False only trains (and validates).
+
+    Returns:
+        ``{stage: results dict of train_run}``, or ``{stage: None}`` without ``test``.
+    """
+    from pathlib import Path
+
+    from foveal.experiment import train_run
+
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"stages: expected some of {STAGES}, found {unknown}")
+    run_dir = Path(run_dir)
+    results = {}
+    for stage in stages:
+        cfg = {k: dict(v) for k, v in configs[stage].items()}
+        previous = STAGES.index(stage) - 1
+        if previous >= 0 and not cfg["model"].get("init_from"):
+            cfg["model"]["init_from"] = str(run_dir / STAGES[previous] / "checkpoints" / "best")
+        if on_stage is not None:
+            on_stage(stage, run_dir / stage)
+        results[stage] = train_run(cfg, run_dir / stage, progress=progress) if test else \
+            train_without_test(cfg, run_dir / stage, progress)
+    return results
+
+
+def train_without_test(cfg: dict, run_dir, progress=None) -> None:
+    """:func:`foveal.experiment.train_run` without the final test evaluation."""
+    from foveal import __version__
+    from foveal.experiment import build_experiment, prepare_run_dir
+    from foveal.models import model_spec
+    from foveal.training.engine import TrainConfig, fit
+
+    prepare_run_dir(cfg, run_dir)
+    exp = build_experiment(cfg, ("train", "val"))
+    info = {"config": cfg, "model": model_spec(exp.model), "foveal_version": __version__}
+    fit(exp.model, exp.algorithm, exp.data["train"], exp.data["val"], TrainConfig(**cfg["train"]), run_dir,
+        info=info, progress=progress)
