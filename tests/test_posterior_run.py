@@ -98,3 +98,14 @@ def test_epe_sequence_figure_from_a_sequence_file(tmp_path):
     no_maps = GlimpseSequences("mnist5k", "val", (16, 16), 4, torch.tensor([7]), grid.corners()[cells], grid=grid)
     with pytest.raises(ValueError, match="expected sequences made on a grid with epe_maps kept"):
         plot_epe_sequence(no_maps, image, tmp_path / "x.png")
+
+
+def test_plot_epe_command_reads_the_image_from_the_split(tmp_path, capsys):
+    grid = LocationGrid.from_stride((28, 28), 8, 10)
+    seqs = GlimpseSequences("mnist5k", "val", (28, 28), 8, torch.tensor([3, 9]), grid.corners()[torch.tensor([[4, 0]] * 2)],
+                            grid=grid, method="nogs", epe_maps=torch.rand(2, 2, 3, 3))
+    seqs.save(tmp_path / "nogs")
+    assert main(["plot-epe", str(tmp_path / "nogs.json"), "--row", "1"]) == 0
+    assert (tmp_path / "nogs-epe-1.png").read_bytes()[:8] == PNG
+    assert main(["plot-epe", str(tmp_path / "nogs"), "--row", "2"]) == 2
+    assert "--row: expected in [0, 2), found 2" in capsys.readouterr().err
