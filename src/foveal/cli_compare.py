@@ -1,0 +1,82 @@
+"""``foveal compare``: train several methods on one dataset with several seeds, then the paper's Table 1,
+Figs. 4-6 (:mod:`foveal.evaluation.compare`). No torch import at module level."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  foveal compare --estimate 300 inputs.nogs=runs/nogs/train      time every method, estimate the total
+  foveal compare inputs.nogs=runs/nogs/train inputs.posterior=runs/posterior/checkpoints/best
+  foveal compare --methods RAM,PS-NOGS --seeds 0               a part of it (two processes can split the work)
+  foveal compare --report-only                                  the table and figures of what has finished
+  foveal compare --quick --out runs/compare-smoke               a tiny smoke run of the whole pipeline
+Run the same command again to resume: finished runs are skipped, interrupted ones continue.
+"""
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("compare", help="the paper's comparison: RAM, RAM+, WSRAM, PS-RAM, PS-NOGS, PS-HGS (resumable)",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="compare-cluttered-fashion-mnist",
+                   help="comparison YAML or built-in compare-* name (default: %(default)s)")
+    p.add_argument("--out", type=Path, help="comparison folder (default: runs/<config>[-quick])")
+    p.add_argument("--quick", action="store_true", help="merge the config's quick: section (tiny smoke settings)")
+    p.add_argument("--methods", help="comma-separated method names to train (default: all)")
+    p.add_argument("--seeds", help="comma-separated seeds to train (default: the config's)")
+    p.add_argument("--estimate", type=int, metavar="N",
+                   help="time N iterations of every method and print the estimated total time; trains nothing else")
+    p.add_argument("--report-only", action="store_true", help="write the table and figures; train nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="run-config overrides (train.iterations=2000) or comparison ones (seeds=[0,1], inputs.nogs=...)")
+    p.set_defaults(handler=_compare)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def _compare(args) -> int:
+    from foveal.cli import progress_bar
+    from foveal.evaluation.compare import load_compare_config, run_comparison
+
+    cfg = load_compare_config(args.config, tuple(args.overrides), quick=args.quick)
+    out = args.out or Path("runs") / f"{Path(str(args.config)).stem}{'-quick' if args.quick else ''}"
+    if args.estimate is not None:
+        from foveal.evaluation.compare_estimate import estimate_comparison
+
+        est = estimate_comparison(cfg, out, iterations=args.estimate, log=_log)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "estimate.json").write_text(json.dumps(est, indent=2))
+        print(f"{'method':<12} {'it/s':>7} {'iterations':>11} {'per run':>9} {'runs':>5} {'total':>9}")
+        for row in est["methods"]:
+            if row.get("skipped"):
+                print(f"{row['method']:<12} skipped (no inputs for it on this data)")
+                continue
+            print(f"{row['method']:<12} {row['it_per_s']:>7.2f} {row['iterations']:>11,} "
+                  f"{_hours(row['seconds_per_run']):>9} {row['runs']:>5} {_hours(row['seconds']):>9}")
+        print(f"salience maps (RAM+): {_hours(est['salience_s'])}; one test evaluation: {est['test_evaluation_s']:.0f} s")
+        print(f"estimated total, one process, {est['torch_threads']} torch thread(s): {_hours(est['total_s'])} "
+              f"({out / 'estimate.json'})")
+        return 0
+    skipped = {}
+    if not args.report_only:
+        methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else None
+        seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
+        skipped = run_comparison(cfg, out, log=_log, progress=lambda: progress_bar(args.quiet), methods=methods,
+                                 seeds=seeds)
+    from foveal.evaluation.compare_report import write_report
+
+    report = write_report(cfg, out, skipped)
+    print(report["paths"]["table_md"].read_text())
+    for name, path in report["paths"].items():
+        print(f"{name}: {path}")
+    return 0

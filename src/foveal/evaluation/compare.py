@@ -1,0 +1,366 @@
+"""``foveal compare``: the near-optimal-glimpse-sequences paper's comparison (Table 1, Figs. 4-6), resumable.
+
+Several training methods, one network, one dataset, several seeds (Harvey et al. 2021, section 6):
+
+=========  ======================================================================================
+kind       what a run is
+=========  ======================================================================================
+ram        REINFORCE with a learned baseline (Mnih et al. 2014), the run config's own algorithm
+ram+       a salience pretraining stage (:mod:`foveal.training.salience_pretraining`), then ``ram``
+           started from its weights
+wsram      wake-sleep training (:mod:`foveal.training.wake_sleep`); the model gets an inference
+           network (``ram-grid`` -> ``ram-grid-ws``), the test-time network is unchanged
+ps         partial supervision (:mod:`foveal.training.partial_supervision`) by the sequences named in
+           ``sequences``: ``nogs`` (the annotator's file), ``ps-ram`` (sampled from the RAM run of the
+           same seed, or from ``inputs.ps_ram_source``), ``hgs`` (CUB parts, or ``inputs.hgs_points``),
+           or a path
+=========  ======================================================================================
+
+A comparison config (YAML, ``compare-*.yaml`` among the built-in configs)::
+
+    run: ram-cluttered-fashion-mnist     # the shared run config: a built-in name, a path or a mapping
+    run_overrides: [model.name=ram-grid, model.grid_stride=4, ...]
+    seeds: [0, 1, 2]
+    methods: [{name: RAM, kind: ram}, {name: PS-NOGS, kind: ps, sequences: nogs, algorithm: {...}}, ...]
+    inputs: {nogs: null, posterior: null, ps_ram_source: auto, hgs_points: null, num_sequences: 1000,
+             pretrain_iterations: 1000, salience_mode: linear, uniform_mix: 0.1, salience_stride: null,
+             stand_ins: false}
+    convergence: {ce_tolerance: 0.01, accuracy_tolerance: 0.01}
+    quick: {run_overrides: [...], seeds: [0], inputs: {...}}   # merged in by --quick (smoke runs)
+
+Layout of the output folder: ``runs/<method>/seed-<s>/`` are ordinary run folders (``ram+`` adds
+``pretrain/`` inside); ``inputs/`` holds generated sequence files and salience maps; the report is
+``table.md``, ``table.csv``, ``runs.csv``, ``summary.json`` and ``figures/``
+(:mod:`foveal.evaluation.compare_report`). Running again resumes: a run with ``results.json`` is
+finished and skipped, an interrupted one continues from its last checkpoint, generated inputs are
+reused. ``inputs.stand_ins: true`` (smoke runs only) replaces a missing NOGS file by random sequences on
+the model's grid and missing salience maps by random ones, so that the pipeline runs before any
+annotation exists; the report then says so. Runs go seed by seed (every method with seed 0 first), so a partial comparison is already a
+table. Supervised methods all use the same images: the first ``num_sequences`` of the NOGS file (or
+a fixed random subset of the training split when there is none).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import yaml
+
+from foveal.config import SECTIONS, apply_overrides, check_config, load_config, split_name
+
+__all__ = ["MethodSpec", "CompareConfig", "RunTask", "load_compare_config", "plan_runs", "slug", "KINDS"]
+
+KINDS = ("ram", "ram+", "wsram", "ps")
+SEQUENCE_SOURCES = ("nogs", "ps-ram", "hgs")
+WAKE_SLEEP_MODELS = {"ram": "ram-ws", "ram-grid": "ram-grid-ws"}
+_TOP_KEYS = ("run", "run_overrides", "seeds", "methods", "inputs", "convergence", "quick")
+_INPUT_DEFAULTS = {"nogs": None, "posterior": None, "ps_ram_source": "auto", "hgs_points": None,
+                   "num_sequences": 1000, "pretrain_iterations": 1000, "salience_mode": "linear", "uniform_mix": 0.1,
+                   "salience_stride": None, "stand_ins": False}
+
+
+def slug(name: str) -> str:
+    """``"RAM+"`` -> ``"ram-plus"``, ``"PS-NOGS"`` -> ``"ps-nogs"``: a folder name for a method."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower().replace("+", "-plus")).strip("-") or "method"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One row of the table.
+
+    Attributes:
+        name: the label (``"PS-NOGS"``).
+        kind: one of :data:`KINDS`.
+        sequences: for ``ps``: ``nogs``, ``ps-ram``, ``hgs`` or a sequence-file path.
+        algorithm: settings that override the method's algorithm settings.
+        overrides: run-config overrides (``section.key=value``) for this method only.
+    """
+
+    name: str
+    kind: str
+    sequences: Optional[str] = None
+    algorithm: dict = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"methods: {self.name!r}: kind: expected one of {KINDS}, found {self.kind!r}")
+        if (self.kind == "ps") != (self.sequences is not None):
+            raise ValueError(f"methods: {self.name!r}: sequences: expected one of {SEQUENCE_SOURCES} or a path for "
+                             f"kind ps (and nothing for other kinds), found {self.sequences!r}")
+        if not isinstance(self.algorithm, dict):
+            raise ValueError(f"methods: {self.name!r}: algorithm: expected a mapping of settings, found {self.algorithm!r}")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """A resolved comparison config (see the module docstring)."""
+
+    run: dict
+    methods: tuple[MethodSpec, ...]
+    seeds: tuple[int, ...]
+    inputs: dict
+    ce_tolerance: float = 0.01
+    accuracy_tolerance: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: expected a non-empty list of distinct integers, found {list(self.seeds)}")
+        names = [m.name for m in self.methods]
+        if not names or len({slug(n) for n in names}) != len(names):
+            raise ValueError(f"methods: expected at least one method and distinct names, found {names}")
+        unknown = set(self.inputs) - set(_INPUT_DEFAULTS)
+        if unknown:
+            raise ValueError(f"inputs: unknown key(s) {sorted(unknown)}; expected some of {sorted(_INPUT_DEFAULTS)}")
+        alg, _ = split_name(self.run["algorithm"])
+        if alg != "reinforce":
+            raise ValueError(f"run: algorithm.name: expected 'reinforce' (RAM, the baseline every method varies), "
+                             f"found {alg!r}")
+        n = self.inputs["num_sequences"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"inputs.num_sequences: expected a positive integer, found {n!r}")
+        p = self.inputs["pretrain_iterations"]
+        if isinstance(p, bool) or not isinstance(p, int) or p < 1:
+            raise ValueError(f"inputs.pretrain_iterations: expected a positive integer, found {p!r}")
+
+    def method(self, name: str) -> MethodSpec:
+        return next(m for m in self.methods if m.name == name)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    """``extra`` over ``base``: mappings merge, ``run_overrides`` lists append, other values replace."""
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        elif key == "run_overrides":
+            out[key] = list(out.get(key) or []) + list(value or [])
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(name_or_path: str | Path) -> tuple[dict, str]:
+    from importlib import resources
+
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"comparison config {path} does not exist")
+        return yaml.safe_load(path.read_text()) or {}, str(path)
+    ref = resources.files("foveal.configs").joinpath(f"{name_or_path}.yaml")
+    if not ref.is_file():
+        raise FileNotFoundError(f"comparison config: expected a YAML file or a built-in compare-* name, found "
+                                f"{name_or_path!r}")
+    return yaml.safe_load(ref.read_text()) or {}, f"built-in config {name_or_path!r}"
+
+
+def load_compare_config(name_or_path: str | Path, overrides: tuple[str, ...] = (), *, quick: bool = False) -> CompareConfig:
+    """Read a comparison config; ``overrides`` are ``section.key=value`` for the run config (as for
+    ``foveal train``) or ``seeds=[0,1]`` / ``inputs.nogs=path`` / ``convergence.x=v`` for the comparison."""
+    raw, where = _read_yaml(name_or_path)
+    if not isinstance(raw, dict) or set(raw) - set(_TOP_KEYS):
+        found = sorted(set(raw) - set(_TOP_KEYS)) if isinstance(raw, dict) else type(raw).__name__
+        raise ValueError(f"{where}: expected the keys {_TOP_KEYS}, found {found}")
+    if quick:
+        raw = _merge(raw, raw.get("quick") or {})
+    run_overrides = list(raw.get("run_overrides") or [])
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        head = key.split(".")[0]
+        if not sep:
+            raise ValueError(f"override {item!r}: expected key=value")
+        if head in SECTIONS:
+            run_overrides.append(item)
+        elif head in ("seeds", "inputs", "convergence"):
+            node = raw
+            parts = key.split(".")
+            for p in parts[:-1]:
+                node = node.setdefault(p, {})
+            node[parts[-1]] = yaml.safe_load(value) if value != "" else None
+        else:
+            raise ValueError(f"override {item!r}: expected a run-config key ({', '.join(SECTIONS)}) or seeds / inputs.* / "
+                             "convergence.*")
+    run = raw.get("run")
+    run_cfg = check_config(copy.deepcopy(run), f"{where}: run") if isinstance(run, dict) else load_config(run)
+    run_cfg = apply_overrides(run_cfg, run_overrides)
+    methods = tuple(MethodSpec(**{**m, "overrides": tuple(m.get("overrides") or ())}) for m in raw.get("methods") or [])
+    conv = {"ce_tolerance": 0.01, "accuracy_tolerance": 0.01, **(raw.get("convergence") or {})}
+    return CompareConfig(run=run_cfg, methods=methods, seeds=tuple(int(s) for s in raw.get("seeds") or [0]),
+                         inputs={**_INPUT_DEFAULTS, **(raw.get("inputs") or {})}, **conv)
+
+
+@dataclass
+class RunTask:
+    """One run of the plan: its config (sequence / salience paths filled in by :meth:`resolve`), its folder,
+    and, for the second stage of ``ram+``, the checkpoint it starts from."""
+
+    method: str
+    kind: str
+    seed: int
+    stage: str  # "train" or "pretrain"
+    run_dir: Path
+    config: dict
+    init_from: Optional[Path] = None
+    needs: Optional[str] = None  # the input to make first: "nogs", "ps-ram", "hgs", "salience" or None
+
+    @property
+    def done(self) -> bool:
+        return (self.run_dir / "results.json").exists()
+
+
+def method_config(cfg: CompareConfig, method: MethodSpec, seed: int, stage: str = "train") -> dict:
+    """The run config of one method, seed and stage (input paths are placeholders until resolved)."""
+    run = apply_overrides(copy.deepcopy(cfg.run), list(method.overrides))
+    run["train"]["seed"] = seed
+    _, base = split_name(run["algorithm"])
+    T = base.get("num_glimpses", 6)
+    if method.kind == "wsram":
+        name = run["model"]["name"]
+        if name not in WAKE_SLEEP_MODELS:
+            raise ValueError(f"methods: {method.name!r}: wake-sleep needs a model of {sorted(WAKE_SLEEP_MODELS)}, "
+                             f"found {name!r}")
+        run["model"]["name"] = WAKE_SLEEP_MODELS[name]
+        keep = {k: base[k] for k in ("eval_policy", "test_samples") if k in base}
+        run["algorithm"] = {"name": "wake-sleep", "num_glimpses": T, **keep, **method.algorithm}
+    elif method.kind == "ps":
+        run["algorithm"] = {"name": "partial-supervision", **base, "sequences": "<resolved>",
+                            "num_sequences": cfg.inputs["num_sequences"], **method.algorithm}
+    elif method.kind == "ram+" and stage == "pretrain":
+        iterations = cfg.inputs["pretrain_iterations"]
+        run["algorithm"] = {"name": "salience-pretraining", "num_glimpses": T, "salience": "<resolved>",
+                            "uniform_mix": cfg.inputs["uniform_mix"]}
+        run["train"].update(iterations=iterations, val_every=min(run["train"].get("val_every", 500), iterations))
+        run["evaluate"]["figures"] = False
+    else:
+        run["algorithm"] = {"name": "reinforce", **base, **method.algorithm}
+    return run
+
+
+def plan_runs(cfg: CompareConfig, out: Path) -> list[RunTask]:
+    """Every run of the comparison in the order they are trained: seed by seed, methods in config order."""
+    tasks = []
+    for seed in cfg.seeds:
+        for m in cfg.methods:
+            folder = out / "runs" / slug(m.name) / f"seed-{seed}"
+            if m.kind == "ram+":
+                pre = folder / "pretrain"
+                tasks.append(RunTask(m.name, m.kind, seed, "pretrain", pre, method_config(cfg, m, seed, "pretrain"),
+                                     needs="salience"))
+                tasks.append(RunTask(m.name, m.kind, seed, "train", folder, method_config(cfg, m, seed),
+                                     init_from=pre / "checkpoints" / "last"))
+                continue
+            needs = None
+            if m.kind == "ps":
+                needs = m.sequences if m.sequences in SEQUENCE_SOURCES else "file"
+            tasks.append(RunTask(m.name, m.kind, seed, "train", folder, method_config(cfg, m, seed), needs=needs))
+    return tasks
+
+
+def train_task(task: RunTask, *, progress: Optional[Callable] = None, stop_after: Optional[int] = None) -> Optional[dict]:
+    """Train one planned run (resuming it if interrupted) and evaluate it; the results dict, or None
+    when ``stop_after`` stopped it first.
+
+    This is :func:`foveal.experiment.train_run` with two hooks the comparison needs: the algorithm's
+    ``prepare(train_set)`` (sequence / salience files checked against the training set, optional
+    oversampling) and, for a fresh ``ram+`` second stage, the weights of ``init_from`` (a resumed run
+    loads its own last checkpoint over them, as ``fit`` always does).
+    """
+    import dataclasses as _dc
+
+    from foveal import __version__
+    from foveal.checkpoint import load_checkpoint
+    from foveal.experiment import build_experiment, evaluate_run, prepare_run_dir
+    from foveal.models import model_spec
+    from foveal.training import TrainConfig, fit
+
+    cfg, run_dir = task.config, task.run_dir
+    prepare_run_dir(cfg, run_dir)
+    exp = build_experiment(cfg)
+    prepare = getattr(exp.algorithm, "prepare", None)
+    train_set = prepare(exp.data["train"]) if prepare is not None else exp.data["train"]
+    if task.init_from is not None:
+        load_checkpoint(task.init_from, model=exp.model)
+    info = {"config": cfg, "model": model_spec(exp.model), "foveal_version": __version__,
+            "init_from": None if task.init_from is None else str(task.init_from)}
+    train_cfg = TrainConfig(**cfg["train"])
+    result = fit(exp.model, exp.algorithm, train_set, exp.data["val"], train_cfg, run_dir, info=info,
+                 progress=progress, stop_after=stop_after)
+    if result.iterations < train_cfg.iterations:
+        return None
+    training = {"iterations": result.iterations, "best_iteration": result.best_iteration,
+                "best_validation": result.best_value, "wall_time_s": result.run_time,
+                "iterations_per_s": result.run_iterations_per_second,
+                "this_call": {"wall_time_s": result.wall_time, "iterations_per_s": result.iterations_per_second},
+                "train_config": _dc.asdict(train_cfg)}
+    return evaluate_run(result.best_checkpoint, run_dir, dataset=exp.data[cfg["evaluate"]["split"]], training=training)
+
+
+def run_comparison(cfg: CompareConfig, out: Path, *, log: Callable[[str], None] = lambda message: None,
+                   progress: Optional[Callable[[], tuple[Optional[Callable], Callable[[], None]]]] = None,
+                   methods: Optional[tuple[str, ...]] = None, seeds: Optional[tuple[int, ...]] = None,
+                   stop_after: Optional[int] = None) -> dict[str, str]:
+    """Train every planned run that is not finished yet (module docstring); returns the skipped methods
+    with the reason (e.g. PS-HGS without part annotations).
+
+    Args:
+        log: receives one line per event (inputs made, run started / skipped / finished).
+        progress: makes ``(callback, close)`` for each run's training (the CLI's progress bar).
+        methods, seeds: train only these (the report still covers every finished run).
+        stop_after: stop each run after this iteration (timing, smoke tests).
+    """
+    from foveal.evaluation.compare_inputs import ComparisonInputs
+
+    out = Path(out)
+    save_compare_config(cfg, out)
+    unknown = set(methods or ()) - {m.name for m in cfg.methods}
+    if unknown:
+        raise ValueError(f"--methods: unknown method(s) {sorted(unknown)}; the config has {[m.name for m in cfg.methods]}")
+    inputs = ComparisonInputs(cfg, out, log)
+    inputs.preflight()
+    skipped: dict[str, str] = {}
+    for task in plan_runs(cfg, out):
+        if (methods and task.method not in methods) or (seeds and task.seed not in seeds) or task.method in skipped:
+            continue
+        what = f"{task.method} seed {task.seed}" + (" (pretraining)" if task.stage == "pretrain" else "")
+        if task.done:
+            log(f"finished already: {what}")
+            continue
+        reason = inputs.resolve(task)
+        if reason is not None:
+            skipped[task.method] = reason
+            log(f"skipping {task.method}: {reason}")
+            continue
+        log(f"training {what} in {task.run_dir}")
+        callback, close = progress() if progress is not None else (None, lambda: None)
+        try:
+            results = train_task(task, progress=callback, stop_after=stop_after)
+        finally:
+            close()
+        if results is not None:
+            log(f"finished {what}: test accuracy {results['test_accuracy']:.4f}")
+    return skipped
+
+
+def save_compare_config(cfg: CompareConfig, out: Path) -> None:
+    """Write ``compare.yaml`` (the resolved comparison); a folder made with another one is an error."""
+    from foveal.config import config_differences
+
+    resolved = {"run": cfg.run, "seeds": list(cfg.seeds), "inputs": dict(cfg.inputs),
+                "methods": [{"name": m.name, "kind": m.kind, "sequences": m.sequences, "algorithm": dict(m.algorithm),
+                             "overrides": list(m.overrides)} for m in cfg.methods],
+                "convergence": {"ce_tolerance": cfg.ce_tolerance, "accuracy_tolerance": cfg.accuracy_tolerance}}
+    path = out / "compare.yaml"
+    out.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        old = yaml.safe_load(path.read_text()) or {}
+        shared = {k: old.get(k) for k in ("run", "inputs")}
+        diff = config_differences(shared, {k: resolved[k] for k in ("run", "inputs")})
+        if diff:
+            raise ValueError(f"{path}: this comparison folder was made with another config; differing fields: "
+                             + "; ".join(diff[:6]) + ". Use a new --out, or the same config to resume.")
+    path.write_text(yaml.safe_dump(resolved, sort_keys=False))

@@ -1,0 +1,143 @@
+"""How long a comparison will take: measured training speed of every method, times the plan.
+
+:func:`estimate_comparison` trains each method for a few hundred iterations (the first seed, in
+``<out>/estimate/``, deleted first), timing iterations ``2..N`` through the engine's progress callback
+(so data loading, validation every ``val_every`` and checkpoints count; building the experiment does
+not), then adds up::
+
+    total = sum over methods and seeds of  iterations / (it/s of the method)
+          + one test evaluation per run (timed once: evaluate + glimpse record, twice the metric pass)
+          + RAM+: pretrain_iterations / (it/s of the pretraining stage) per seed, and the salience maps once
+            (their per-image cost timed on a few batches, times the training split's size)
+
+Inputs that do not exist yet are replaced by stand-ins of the same cost: random sequences on the model's
+grid for NOGS and PS-RAM (a supervised image costs the same whatever its sequence), random salience maps
+for RAM+'s pretraining, and an untrained ``posterior-cnn`` (or ``inputs.posterior`` if given) to time
+the salience computation. The speed is the machine's at the time of measurement with the torch
+thread count in force (``OMP_NUM_THREADS``), which the result records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from foveal.evaluation.compare import CompareConfig, method_config, plan_runs, train_task
+from foveal.evaluation.compare_inputs import ComparisonInputs
+
+__all__ = ["estimate_comparison"]
+
+
+class _Timer:
+    """Progress callback recording when iteration 1 and the last iteration ended."""
+
+    def __init__(self) -> None:
+        self.first = self.last = None
+        self.iterations = 0
+
+    def __call__(self, iteration: int, total: int, logs: dict) -> None:
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+        self.last, self.iterations = now, iteration
+
+    @property
+    def rate(self) -> float:
+        return (self.iterations - 1) / max(self.last - self.first, 1e-9) if self.iterations > 1 else float("nan")
+
+
+def _rate_key(cfg: CompareConfig, name: str, stage: str) -> str:
+    """Which measured speed a stage uses: RAM+'s second stage is RAM's (same algorithm and network)."""
+    method = cfg.method(name)
+    if stage == "pretrain":
+        return f"{name} (pretraining)"
+    if method.kind == "ram+":
+        plain = next((m.name for m in cfg.methods if m.kind == "ram" and not m.algorithm and not m.overrides), None)
+        return plain or name
+    return name
+
+
+def estimate_comparison(cfg: CompareConfig, out: Path, *, iterations: int = 300,
+                        log: Callable[[str], None] = lambda message: None) -> dict:
+    """Measure each method's speed and estimate the comparison's total time (module docstring)."""
+    from foveal.experiment import build_experiment
+    from foveal.training import evaluate
+    from foveal.training.salience_pretraining import salience
+
+    if iterations < 3:
+        raise ValueError(f"--estimate: expected at least 3 iterations to time, found {iterations}")
+    scratch = Path(out) / "estimate"
+    shutil.rmtree(scratch, ignore_errors=True)
+    # Stand-ins of the same cost for inputs that may not exist yet (module docstring).
+    stand_in = dataclasses.replace(cfg, inputs={**cfg.inputs, "posterior": None, "stand_ins": True})
+    inputs = ComparisonInputs(stand_in, scratch, log)
+    rates: dict[str, float] = {}
+    seed = cfg.seeds[0]
+    for task in plan_runs(stand_in, scratch):
+        key = _rate_key(cfg, task.method, task.stage)
+        if task.seed != seed or key in rates:
+            continue
+        if task.needs == "ps-ram":  # no RAM run to sample from yet: a supervised image costs the same anyway
+            task.needs = "nogs"
+        if inputs.resolve(task) is not None:
+            continue  # e.g. PS-HGS without part annotations: not part of the comparison
+        task.config["train"]["iterations"] = max(task.config["train"]["iterations"], iterations)
+        task.init_from = None
+        timer = _Timer()
+        log(f"timing {iterations} iterations of {task.method}" + (" (pretraining)" if task.stage == "pretrain" else ""))
+        train_task(task, progress=timer, stop_after=iterations)
+        rates[key] = timer.rate
+        log(f"  {rates[key]:.2f} it/s")
+    # one test evaluation and the salience maps
+    exp = build_experiment(method_config(cfg, cfg.methods[0], seed), splits=("train", cfg.run["evaluate"]["split"]))
+    test = exp.data[cfg.run["evaluate"]["split"]]
+    start = time.perf_counter()
+    evaluate(exp.model, exp.algorithm, test, batch_size=int(cfg.run["evaluate"]["batch_size"]), device="cpu")
+    eval_s = 2 * (time.perf_counter() - start) + 3.0  # + the glimpse record pass and figures
+    salience_s = 0.0
+    if any(m.kind == "ram+" for m in cfg.methods):
+        network = _posterior_for_timing(cfg, inputs)
+        images = torch.stack([inputs.train_set[i]["image"] for i in range(64)])
+        grid = inputs.grid()
+        salience(network, images, grid, mode=cfg.inputs["salience_mode"])  # warm-up
+        start = time.perf_counter()
+        salience(network, images, grid, mode=cfg.inputs["salience_mode"])
+        salience_s = (time.perf_counter() - start) / 64 * len(inputs.train_set)
+    return _total(cfg, rates, eval_s, salience_s, iterations)
+
+
+def _posterior_for_timing(cfg: CompareConfig, inputs: ComparisonInputs):
+    from foveal.models import create_model
+
+    if cfg.inputs["posterior"] is not None:
+        from foveal.experiment import load_model
+
+        return load_model(cfg.inputs["posterior"])[0]
+    C, H, W = inputs.train_set.image_shape
+    return create_model("posterior-cnn", in_channels=C, num_classes=inputs.train_set.num_classes, image_size=(H, W))
+
+
+def _total(cfg: CompareConfig, rates: dict[str, float], eval_s: float, salience_s: float, timed: int) -> dict:
+    rows, total = [], salience_s
+    for m in cfg.methods:
+        run_iterations = method_config(cfg, m, cfg.seeds[0])["train"]["iterations"]
+        key = _rate_key(cfg, m.name, "train")
+        if key not in rates:
+            rows.append({"method": m.name, "skipped": True})
+            continue
+        per_run = run_iterations / rates[key] + eval_s
+        if m.kind == "ram+":
+            per_run += cfg.inputs["pretrain_iterations"] / rates[_rate_key(cfg, m.name, "pretrain")] + eval_s
+        seconds = per_run * len(cfg.seeds)
+        total += seconds
+        rows.append({"method": m.name, "it_per_s": rates[key],
+                     "pretrain_it_per_s": rates.get(_rate_key(cfg, m.name, "pretrain")) if m.kind == "ram+" else None,
+                     "iterations": run_iterations, "seconds_per_run": per_run, "runs": len(cfg.seeds), "seconds": seconds})
+    return {"methods": rows, "test_evaluation_s": eval_s, "salience_s": salience_s, "total_s": total,
+            "total_h": total / 3600, "timed_iterations": timed, "torch_threads": torch.get_num_threads()}
+

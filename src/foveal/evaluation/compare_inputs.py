@@ -1,0 +1,254 @@
+"""The inputs a comparison's methods need, made once and kept in ``<out>/inputs/``.
+
+* ``nogs`` - the annotator's sequence file (``inputs.nogs``), checked against the training split and the
+  model's grid before any run starts.
+* ``ps-ram-seed<s>-n<n>`` - sequences sampled from the policy of the finished RAM run of seed ``s``
+  (``inputs.ps_ram_source: auto``), or ``ps-ram-n<n>`` from a given checkpoint.
+* ``hgs-n<n>`` - hand-crafted sequences from CUB parts, or from the points of ``inputs.hgs_points``.
+* ``salience-<mode>.npz`` - RAM+'s salience maps of the training split, from ``inputs.posterior``.
+
+Supervised methods share their images: the first ``num_sequences`` of the NOGS file, or, without one, a
+fixed random subset (seed 0) of the training split. Files are written atomically and reused when they
+exist (their names carry what would make them differ).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from foveal.evaluation.compare import CompareConfig, RunTask, slug
+
+__all__ = ["ComparisonInputs"]
+
+
+class ComparisonInputs:
+    """Makes and checks the inputs of one comparison (module docstring); ``log(message)`` reports progress."""
+
+    def __init__(self, cfg: CompareConfig, out: Path, log: Callable[[str], None] = lambda message: None) -> None:
+        self.cfg, self.out, self.log = cfg, Path(out), log
+        self.folder = self.out / "inputs"
+        self._train = self._model = self._nogs = None
+
+    # ------------------------------------------------------------------------------- shared pieces
+    @property
+    def train_set(self):
+        if self._train is None:
+            from foveal.experiment import build_data
+
+            self._train = build_data(self.cfg.run, ("train",))["train"]
+        return self._train
+
+    @property
+    def model(self):
+        """An untrained model of the comparison's architecture (for its grid, glimpse size, ...)."""
+        if self._model is None:
+            from foveal.experiment import build_model
+
+            self._model = build_model(self.cfg.run, self.train_set)
+        return self._model
+
+    @property
+    def num_glimpses(self) -> int:
+        return int(self.cfg.run["algorithm"].get("num_glimpses", 6))
+
+    @property
+    def n(self) -> int:
+        return int(self.cfg.inputs["num_sequences"])
+
+    def nogs(self):
+        """The NOGS file, checked against the training split, the model's grid and T (or None)."""
+        path = self.cfg.inputs["nogs"]
+        if path is None and self.cfg.inputs["stand_ins"]:
+            path = self._stand_in_sequences()
+        if path is None:
+            return None
+        if self._nogs is None:
+            from foveal.boed.sequences import GlimpseSequences
+
+            seqs = GlimpseSequences.load(path, dataset=self.train_set)
+            self._check_sequences(seqs, "inputs.nogs")
+            self._nogs = seqs
+        return self._nogs
+
+    def _check_sequences(self, seqs, what: str) -> None:
+        if seqs.num_glimpses < self.num_glimpses:
+            raise ValueError(f"{what} ({seqs.source}): {seqs.num_glimpses} glimpses per image, fewer than the run "
+                             f"config's algorithm.num_glimpses={self.num_glimpses}")
+        grid = getattr(self.model, "grid", None)
+        if grid is not None:
+            locations = seqs.locations()[:, :self.num_glimpses]
+            snapped = grid.locations()[grid.nearest_index(locations)]
+            if (snapped - locations).abs().max() > 1e-4:
+                made_on = "" if seqs.grid is None else f" (made on rows {seqs.grid.rows[:4]}..., {seqs.grid.glimpse_size} px)"
+                raise ValueError(f"{what} ({seqs.source}): its glimpses are not cells of the model's grid (rows "
+                                 f"{grid.rows[:4]}..., {grid.glimpse_size} px){made_on}; set model.grid_stride / "
+                                 "model.grid / model.glimpse_size in run_overrides to the file's grid")
+
+    def _stand_in_sequences(self) -> Path:
+        """Random sequences on the model's grid for a fixed random subset: a smoke-run stand-in for NOGS."""
+        from foveal.boed.sequences import GlimpseSequences, sequence_paths
+
+        path = self.folder / f"stand-in-nogs-n{self.n}"
+        if not sequence_paths(path)[0].exists():
+            train, grid = self.train_set, self.grid()
+            N = len(train)
+            indices = torch.randperm(N, generator=torch.Generator().manual_seed(0))[:min(self.n, N)].sort().values
+            cells = torch.randint(len(grid), (len(indices), self.num_glimpses), generator=torch.Generator().manual_seed(1))
+            GlimpseSequences(train.name, train.split, tuple(train.image_shape[1:]), grid.glimpse_size, indices,
+                             grid.corners()[cells], grid=grid, method="random",
+                             provenance={"stand_in": "random sequences in place of NOGS (inputs.stand_ins)"}).save(path)
+            self.log(f"stand-in: random sequences in place of NOGS at {path}")
+        return path
+
+    def grid(self):
+        """The model's grid, or for a model without one a grid of glimpses ``salience_stride`` px apart."""
+        from foveal.retina import LocationGrid
+
+        grid = getattr(self.model, "grid", None)
+        if grid is None:
+            g = self.model.config.glimpse_size
+            stride = self.cfg.inputs["salience_stride"] or max(1, g // 2)
+            grid = LocationGrid.from_stride(tuple(self.train_set.image_shape[1:]), g, stride)
+        return grid
+
+    def indices(self) -> torch.Tensor:
+        """int64 ``[n]`` training positions every supervised method uses."""
+        nogs = self.nogs()
+        if nogs is not None:
+            return nogs.subset(self.n).indices
+        N = len(self.train_set)
+        return torch.randperm(N, generator=torch.Generator().manual_seed(0))[:min(self.n, N)].sort().values
+
+    # ---------------------------------------------------------------------------------- generated
+    def ps_ram(self, seed: int) -> Path:
+        from foveal.boed.sequences import sequence_paths
+        from foveal.experiment import load_model
+        from foveal.sequence_sources import policy_sequences
+
+        source = self.cfg.inputs["ps_ram_source"]
+        if source == "auto":
+            ram = next((m for m in self.cfg.methods if m.kind == "ram"), None)
+            if ram is None:
+                raise ValueError("inputs.ps_ram_source: 'auto' samples PS-RAM's sequences from the comparison's RAM "
+                                 "runs, but no method has kind ram; add one or give a checkpoint")
+            run = self.out / "runs" / slug(ram.name) / f"seed-{seed}"
+            if not (run / "results.json").exists():
+                raise ValueError(f"PS-RAM (seed {seed}) samples from the finished run {run}, which is not finished; "
+                                 f"list {ram.name!r} before the PS-RAM method")
+            checkpoint, path = run / "checkpoints" / "best", self.folder / f"ps-ram-seed{seed}-n{self.n}"
+        else:
+            checkpoint, path = Path(source), self.folder / f"ps-ram-n{self.n}"
+        if not sequence_paths(path)[0].exists():
+            self.log(f"sampling PS-RAM sequences for {self.n} images from {checkpoint}")
+            model, _ = load_model(checkpoint)
+            seqs = policy_sequences(model, self.train_set, self.indices().tolist(), self.num_glimpses,
+                                    seed=seed, provenance={"source": str(checkpoint)})
+            self._check_sequences(seqs, "PS-RAM")
+            seqs.save(path)
+        return path
+
+    def hgs(self) -> Optional[Path]:
+        """The PS-HGS file, or None when the data has neither part annotations nor ``inputs.hgs_points``."""
+        from foveal.boed.sequences import sequence_paths
+        from foveal.sequence_sources import hgs_sequences, points_sequences
+
+        points = self.cfg.inputs["hgs_points"]
+        has_parts = bool(getattr(self.train_set, "part_names", None))
+        if points is None and not has_parts:
+            return None
+        path = self.folder / f"hgs-n{self.n}"
+        if not sequence_paths(path)[0].exists():
+            grid = getattr(self.model, "grid", None)
+            g = self.model.config.glimpse_size
+            if points is not None:
+                seqs = points_sequences(points, self.train_set, glimpse_size=g, grid=grid, method="hgs")
+            else:
+                self.log(f"making PS-HGS sequences from part annotations for {self.n} images")
+                seqs = hgs_sequences(self.train_set, self.indices().tolist(), glimpse_size=g, grid=grid)
+            self._check_sequences(seqs, "PS-HGS")
+            seqs.save(path)
+        return path
+
+    def salience(self) -> Path:
+        from foveal.experiment import load_model
+        from foveal.training.salience_pretraining import SalienceMaps, compute_salience
+
+        posterior = self.cfg.inputs["posterior"]
+        mode = self.cfg.inputs["salience_mode"]
+        path = self.folder / f"salience-{mode}.npz"
+        if path.exists():
+            return path
+        grid = self.grid()
+        if posterior is None and self.cfg.inputs["stand_ins"]:
+            train = self.train_set
+            maps = SalienceMaps(torch.rand(len(train), len(grid), generator=torch.Generator().manual_seed(0)), grid,
+                                train.name, train.split, mode, {"stand_in": "random maps (inputs.stand_ins)"})
+            self.log("stand-in: random salience maps in place of a posterior's")
+            return maps.save(path)
+        if posterior is None:
+            raise ValueError("RAM+ needs a trained posterior network for its salience maps: set "
+                             "inputs.posterior=<checkpoint> (e.g. from foveal train --config posterior-...)")
+        network, _ = load_model(posterior)
+        total = len(self.train_set)
+        self.log(f"computing {mode} salience maps of {total} training images on a {grid.shape[0]}x{grid.shape[1]} grid")
+        shown = [0]
+
+        def progress(done: int, total: int) -> None:  # a line per tenth
+            if done * 10 // total > shown[0]:
+                shown[0] = done * 10 // total
+                self.log(f"  salience: {done}/{total} images")
+
+        maps = compute_salience(network, self.train_set, grid, mode=mode, progress=progress,
+                                provenance={"posterior": str(posterior)})
+        return maps.save(path)
+
+    # ---------------------------------------------------------------------------------- per task
+    def preflight(self) -> None:
+        """Fail before any training when a method's inputs are missing or do not fit."""
+        kinds = {m.kind for m in self.cfg.methods}
+        sources = {m.sequences for m in self.cfg.methods if m.kind == "ps"}
+        if "nogs" in sources and self.nogs() is None:
+            raise ValueError("a PS-NOGS method needs the NOGS sequence file: set inputs.nogs=<file> (foveal annotate)")
+        if "ram+" in kinds and self.cfg.inputs["posterior"] is None and not self.cfg.inputs["stand_ins"] and not (
+                self.folder / f"salience-{self.cfg.inputs['salience_mode']}.npz").exists():
+            raise ValueError("RAM+ needs a trained posterior network for its salience maps: set "
+                             "inputs.posterior=<checkpoint>")
+        if "ps-ram" in sources and self.cfg.inputs["ps_ram_source"] == "auto":
+            order = [m.kind for m in self.cfg.methods]
+            first_ps_ram = next(i for i, m in enumerate(self.cfg.methods) if m.sequences == "ps-ram")
+            if "ram" not in order[:first_ps_ram]:
+                raise ValueError("PS-RAM samples from the comparison's RAM runs (inputs.ps_ram_source: auto): list a "
+                                 "method of kind ram before it, or give a checkpoint")
+        for m in self.cfg.methods:
+            if m.kind == "ps" and m.sequences not in ("nogs", "ps-ram", "hgs"):
+                from foveal.boed.sequences import GlimpseSequences
+
+                self._check_sequences(GlimpseSequences.load(m.sequences, dataset=self.train_set), f"{m.name} sequences")
+
+    def resolve(self, task: RunTask) -> Optional[str]:
+        """Fill the task's input paths in its config (making the inputs); a reason to skip it, or None."""
+        alg = task.config["algorithm"]
+        if task.needs == "salience":
+            alg["salience"] = str(self.salience().resolve())
+        elif task.needs == "nogs":
+            seqs = self.nogs()
+            if seqs is None:
+                raise ValueError(f"{task.method}: needs the NOGS sequence file: set inputs.nogs=<file> (foveal annotate)")
+            alg["sequences"] = str(Path(seqs.source).resolve())
+        elif task.needs == "ps-ram":
+            alg["sequences"] = str(self.ps_ram(task.seed).resolve())
+        elif task.needs == "hgs":
+            path = self.hgs()
+            if path is None:
+                return "no part annotations in the data and no inputs.hgs_points"
+            alg["sequences"] = str(path.resolve())
+        elif task.needs == "file":
+            from foveal.boed.sequences import GlimpseSequences
+
+            spec = self.cfg.method(task.method).sequences
+            self._check_sequences(GlimpseSequences.load(spec, dataset=self.train_set), f"{task.method} sequences")
+            alg["sequences"] = str(Path(spec).resolve())
+        return None

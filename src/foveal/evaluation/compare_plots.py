@@ -1,0 +1,147 @@
+"""Figures of a comparison (``foveal compare``), from saved records only.
+
+* :func:`plot_method_curves` - validation curves of every method on one plot, mean over seeds with the
+  range as a band (the paper's Fig. 6);
+* :func:`plot_iterations_per_seed` - iterations to converge of every run, one marker series per method
+  (Fig. 5, with seeds in place of CelebA-HQ's 40 tasks);
+* :func:`plot_heatmaps_by_method` - where each method looked at every step, one row per method
+  (Fig. 4), from the runs' glimpse records (:mod:`foveal.evaluation.records`).
+
+As in :mod:`foveal.evaluation.plots`, figures are bare matplotlib ``Figure`` objects on the Agg canvas
+(no pyplot state), written as PNG; each function returns the path it wrote.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from foveal.evaluation.records import PathLike, as_record, glimpse_coverage
+
+__all__ = ["plot_method_curves", "plot_iterations_per_seed", "plot_heatmaps_by_method"]
+
+Series = tuple[np.ndarray, np.ndarray]
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(path, dpi=130, format="png", facecolor="white")
+    finally:
+        fig.clear()
+    return path
+
+
+def _mean_and_range(curves: Sequence[Series]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Curves of possibly different lengths -> (iterations, mean, min, max) over the seeds that reached each."""
+    its = np.unique(np.concatenate([c[0] for c in curves]))
+    table = np.full((len(curves), len(its)), np.nan)
+    for k, (x, y) in enumerate(curves):
+        table[k, np.searchsorted(its, x)] = y
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a column of NaN values only (a NaN metric) stays NaN
+        return its, np.nanmean(table, 0), np.nanmin(table, 0), np.nanmax(table, 0)
+
+
+def plot_method_curves(curves: Mapping[str, Sequence[Series]], path: PathLike, *, ylabel: str,
+                       title: Optional[str] = None, percent: bool = False) -> Path:
+    """One line per method: the mean over its seeds' curves, with their range shaded.
+
+    Args:
+        curves: ``{method: [(iterations, values) per seed]}``; methods without curves are left out.
+        percent: multiply values by 100 (accuracy as %).
+    """
+    fig = _figure(7.5, 4.6)
+    ax = fig.subplots()
+    scale = 100.0 if percent else 1.0
+    drawn = 0
+    for k, (method, series) in enumerate(curves.items()):
+        series = [s for s in series if len(s[0])]
+        if not series:
+            continue
+        x, mean, lo, hi = _mean_and_range(series)
+        colour = f"C{k % 10}"
+        ax.plot(x, mean * scale, color=colour, linewidth=1.7, label=f"{method} ({len(series)} seed{'s' * (len(series) > 1)})")
+        if len(series) > 1:
+            ax.fill_between(x, lo * scale, hi * scale, color=colour, alpha=0.15, linewidth=0)
+        drawn += 1
+    if not drawn:
+        ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.legend(fontsize=9)
+    ax.set_xlabel("training iteration")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or f"{ylabel} during training (mean over seeds, range shaded)", fontsize=11)
+    return _save(fig, path)
+
+
+def plot_iterations_per_seed(iterations: Mapping[str, Mapping[int, Optional[int]]], path: PathLike, *,
+                             criterion: str) -> Path:
+    """Iterations to converge of each run: x = seed, one marker series per method, means as dashed lines."""
+    fig = _figure(7.0, 4.4)
+    ax = fig.subplots()
+    seeds = sorted({s for runs in iterations.values() for s in runs})
+    markers = "osD^v<>pXh"
+    width = 0.6 / max(1, len(iterations))
+    for k, (method, runs) in enumerate(iterations.items()):
+        xs = [seeds.index(s) - 0.3 + (k + 0.5) * width for s in seeds if runs.get(s) is not None]
+        ys = [runs[s] for s in seeds if runs.get(s) is not None]
+        if not ys:
+            continue
+        colour = f"C{k % 10}"
+        ax.scatter(xs, ys, marker=markers[k % len(markers)], color=colour, s=36, label=method, zorder=3)
+        ax.axhline(float(np.mean(ys)), color=colour, linestyle="--", linewidth=1, alpha=0.7)
+    ax.set_xticks(range(len(seeds)), [f"seed {s}" for s in seeds])
+    ax.set_ylabel("iterations to converge")
+    ax.grid(alpha=0.3, axis="y")
+    if any(v is not None for runs in iterations.values() for v in runs.values()):
+        ax.legend(fontsize=9)
+    ax.set_title(f"Iterations until {criterion} (dashed: method mean)", fontsize=11)
+    return _save(fig, path)
+
+
+def plot_heatmaps_by_method(records: Mapping[str, Union[PathLike, object]], path: PathLike) -> Path:
+    """Fraction of test images whose glimpse t covered each pixel: rows = methods, columns = t = 1..T.
+
+    Each row has its own colour scale (a method that always looks at one place would otherwise wash
+    out the others); the first column shows the mean test image when the record holds images.
+    """
+    recs = {method: as_record(r) for method, r in records.items()}
+    if not recs:
+        raise ValueError("plot_heatmaps_by_method: expected at least one record, found none")
+    T = max(r.num_glimpses for r in recs.values())
+    side = 1.7
+    fig = _figure(side * (T + 1) + 0.8, side * len(recs) + 0.7)
+    axes = fig.subplots(len(recs), T + 1, squeeze=False)
+    for row, (method, rec) in enumerate(recs.items()):
+        coverage = glimpse_coverage(rec.locations, rec.image_size, rec.glimpse_size)  # [T, H, W]
+        for ax in axes[row]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if rec.images is not None and len(rec.images):
+            mean = rec.images.mean(0)
+            axes[row, 0].imshow(mean.transpose(1, 2, 0) if mean.shape[0] == 3 else mean[0], cmap="gray")
+        axes[row, 0].set_ylabel(f"{method}\n{100 * rec.accuracy:.1f}%", fontsize=9)
+        vmax = max(float(coverage.max()), 1e-12)
+        for t in range(rec.num_glimpses):
+            axes[row, t + 1].imshow(coverage[t], cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
+            if row == 0:
+                axes[row, t + 1].set_title(f"t = {t + 1}", fontsize=10)
+    axes[0, 0].set_title("mean image", fontsize=10)
+    fig.suptitle("Where each method looked at each glimpse (fraction of test images)", fontsize=11)
+    return _save(fig, path)
+

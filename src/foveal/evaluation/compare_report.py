@@ -1,0 +1,179 @@
+"""The report of a comparison: the Table 1 analogue, per-run numbers and figures, from run folders only.
+
+For every method and seed the run folder (``runs/<method>/seed-<s>/``) gives:
+
+* iterations to converge by both of the paper's criteria (:mod:`foveal.evaluation.convergence`) from
+  its ``metrics.csv``: validation cross-entropy within ``ce_tolerance`` of its best, validation
+  accuracy within ``accuracy_tolerance`` of its best;
+* test accuracy and training speed from its ``results.json``.
+
+Written to the comparison folder: ``table.md`` and ``table.csv`` (one row per method: mean, sample
+standard deviation and number of finished seeds), ``runs.csv`` (one row per run), ``summary.json``,
+and ``figures/``: ``val_accuracy.png`` and ``val_ce.png`` (Fig. 6), ``iterations_ce.png`` and
+``iterations_accuracy.png`` (Fig. 5), ``heatmaps.png`` (Fig. 4: all methods, first finished seed) and
+``heatmaps_<method>.png`` (:func:`foveal.evaluation.plots.plot_glimpse_heatmaps` of that run).
+Unfinished runs are listed but left out of the means; ``ram+`` iterations are those of the second
+stage (its pretraining iterations are reported beside them).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+from foveal.evaluation.compare import CompareConfig, slug
+from foveal.evaluation.convergence import mean_and_spread, run_convergence
+
+__all__ = ["collect_runs", "summarise", "markdown_table", "write_report"]
+
+_RUN_FIELDS = ("method", "seed", "status", "ce_iterations", "accuracy_iterations", "best_val_ce", "best_val_accuracy",
+               "test_accuracy", "iterations", "pretrain_iterations", "iterations_per_s", "train_time_s")
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def collect_runs(cfg: CompareConfig, out: Path) -> list[dict[str, Any]]:
+    """One dict per (method, seed) of the config with the fields of ``runs.csv``."""
+    rows = []
+    for method in cfg.methods:
+        for seed in cfg.seeds:
+            run = Path(out) / "runs" / slug(method.name) / f"seed-{seed}"
+            results = _read_json(run / "results.json")
+            row: dict[str, Any] = {k: None for k in _RUN_FIELDS}
+            row.update(method=method.name, seed=seed,
+                       status="finished" if results else "partial" if (run / "metrics.csv").exists() else "pending")
+            if (run / "metrics.csv").exists():
+                conv = run_convergence(run / "metrics.csv", ce_tolerance=cfg.ce_tolerance,
+                                       accuracy_tolerance=cfg.accuracy_tolerance)
+                row.update(ce_iterations=conv.ce_iterations, accuracy_iterations=conv.accuracy_iterations,
+                           best_val_ce=conv.best_ce, best_val_accuracy=conv.best_accuracy, iterations=conv.last_iteration)
+            if results:
+                training = results.get("training", {})
+                row.update(test_accuracy=results["test_accuracy"], iterations=training.get("iterations"),
+                           iterations_per_s=training.get("iterations_per_s"), train_time_s=training.get("wall_time_s"))
+            pre = _read_json(run / "pretrain" / "results.json")
+            if pre:
+                row["pretrain_iterations"] = pre.get("training", {}).get("iterations")
+            rows.append(row)
+    return rows
+
+
+def summarise(cfg: CompareConfig, rows: list[dict[str, Any]], skipped: Optional[dict[str, str]] = None) -> list[dict]:
+    """One dict per method: ``{name, finished, seeds, skipped, <field>: {"mean", "sd", "n"}}`` over finished runs."""
+    out = []
+    for method in cfg.methods:
+        done = [r for r in rows if r["method"] == method.name and r["status"] == "finished"]
+        entry: dict[str, Any] = {"method": method.name, "kind": method.kind, "finished": len(done),
+                                 "seeds": len(cfg.seeds), "skipped": (skipped or {}).get(method.name)}
+        for key in ("ce_iterations", "accuracy_iterations", "test_accuracy", "iterations_per_s", "train_time_s",
+                    "pretrain_iterations"):
+            mean, sd, n = mean_and_spread([r[key] for r in done])
+            entry[key] = {"mean": mean, "sd": sd, "n": n}
+        out.append(entry)
+    return out
+
+
+def _fmt(stat: dict, digits: int = 0, scale: float = 1.0) -> str:
+    if stat["n"] == 0 or math.isnan(stat["mean"]):
+        return "-"
+    mean, sd = stat["mean"] * scale, stat["sd"] * scale
+    return f"{mean:,.{digits}f} ± {sd:,.{digits}f}" if stat["n"] > 1 else f"{mean:,.{digits}f}"
+
+
+def markdown_table(cfg: CompareConfig, summary: list[dict]) -> str:
+    """The Table 1 analogue as Markdown (mean ± sample sd over finished seeds)."""
+    run = cfg.run
+    data = run["data"]["name"]
+    model = run["model"]
+    lines = [f"## Iterations to converge and test accuracy on {data}", "",
+             f"Model `{model['name']}` ({model.get('glimpse_size', '?')} px glimpses, "
+             f"{run['algorithm'].get('num_glimpses', '?')} glimpses), {run['train']['iterations']:,} iterations per run, "
+             f"validation every {run['train'].get('val_every', '?')}; mean ± sd over the finished seeds "
+             f"(of {len(cfg.seeds)}). Converged = first validation with cross-entropy within {cfg.ce_tolerance} of its "
+             f"best (CE column) / accuracy within {100 * cfg.accuracy_tolerance:g} point(s) of its best (acc. column).",
+             *(["", "**Stand-in inputs** (random sequences in place of NOGS, random salience maps): a smoke run of "
+                 "the pipeline, not a result."] if cfg.inputs.get("stand_ins") else []),
+             "", "| method | seeds | iterations (CE) | iterations (acc.) | test accuracy (%) | it/s |",
+             "|---|---|---|---|---|---|"]
+    for e in summary:
+        if e["skipped"]:
+            lines.append(f"| {e['method']} | skipped: {e['skipped']} | | | | |")
+            continue
+        name = e["method"] + (f" (+{_fmt(e['pretrain_iterations'])} pretraining)" if e["kind"] == "ram+" and
+                              e["pretrain_iterations"]["n"] else "")
+        lines.append(f"| {name} | {e['finished']}/{e['seeds']} | {_fmt(e['ce_iterations'])} | "
+                     f"{_fmt(e['accuracy_iterations'])} | {_fmt(e['test_accuracy'], 1, 100)} | "
+                     f"{_fmt(e['iterations_per_s'], 1)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in fields} for r in rows)
+
+
+def write_report(cfg: CompareConfig, out: Path, skipped: Optional[dict[str, str]] = None, *,
+                 figures: bool = True) -> dict[str, Any]:
+    """Write the tables, summary and figures (module docstring); returns ``{"summary", "paths"}``."""
+    from foveal.evaluation import compare_plots, plots
+    from foveal.evaluation.records import read_metrics
+
+    out = Path(out)
+    skipped_file = out / "skipped.json"
+    skipped = {**(_read_json(skipped_file) or {}), **(skipped or {})}
+    rows = collect_runs(cfg, out)
+    summary = summarise(cfg, rows, skipped)
+    paths = {"table_md": out / "table.md", "table_csv": out / "table.csv", "runs_csv": out / "runs.csv",
+             "summary": out / "summary.json"}
+    paths["table_md"].write_text(markdown_table(cfg, summary))
+    flat = [{"method": e["method"], "kind": e["kind"], "finished": e["finished"], "seeds": e["seeds"],
+             "skipped": e["skipped"] or "",
+             **{f"{k}_{s}": e[k][s] for k in ("ce_iterations", "accuracy_iterations", "test_accuracy",
+                                             "iterations_per_s") for s in ("mean", "sd")}} for e in summary]
+    _write_csv(paths["table_csv"], flat, list(flat[0]) if flat else ["method"])
+    _write_csv(paths["runs_csv"], rows, list(_RUN_FIELDS))
+    paths["summary"].write_text(json.dumps({"methods": summary, "runs": rows, "skipped": skipped}, indent=2))
+    if skipped:
+        skipped_file.write_text(json.dumps(skipped, indent=2))
+    if not figures:
+        return {"summary": summary, "paths": paths}
+    fig_dir = out / "figures"
+    curves: dict[str, dict[str, list]] = {"accuracy": {}, "ce": {}}
+    records = {}
+    for method in cfg.methods:
+        for metric in curves:
+            curves[metric][method.name] = []
+        for row in rows:
+            run = out / "runs" / slug(method.name) / f"seed-{row['seed']}"
+            if row["method"] != method.name or row["status"] != "finished":
+                continue
+            val = read_metrics(run / "metrics.csv").get("val", {})
+            for metric in curves:
+                if metric in val:
+                    curves[metric][method.name].append(val[metric])
+            record = next(iter(sorted((run / "records").glob("glimpses_*.npz"))), None)
+            if record is not None and method.name not in records:
+                records[method.name] = record
+                paths[f"heatmaps_{slug(method.name)}"] = plots.plot_glimpse_heatmaps(
+                    record, fig_dir / f"heatmaps_{slug(method.name)}.png",
+                    title=f"{method.name}, seed {row['seed']}: where it looked at each glimpse")
+    paths["val_accuracy"] = compare_plots.plot_method_curves(curves["accuracy"], fig_dir / "val_accuracy.png",
+                                                             ylabel="validation accuracy (%)", percent=True)
+    paths["val_ce"] = compare_plots.plot_method_curves(curves["ce"], fig_dir / "val_ce.png",
+                                                       ylabel="validation cross-entropy")
+    for key, criterion in (("ce_iterations", f"val CE within {cfg.ce_tolerance} of its best"),
+                           ("accuracy_iterations", f"val accuracy within {100 * cfg.accuracy_tolerance:g} point of its best")):
+        per = {m.name: {r["seed"]: r[key] for r in rows if r["method"] == m.name and r["status"] == "finished"}
+               for m in cfg.methods}
+        paths[f"iterations_{key.split('_')[0]}"] = compare_plots.plot_iterations_per_seed(
+            per, fig_dir / f"iterations_{key.split('_')[0]}.png", criterion=criterion)
+    if records:
+        paths["heatmaps"] = compare_plots.plot_heatmaps_by_method(records, fig_dir / "heatmaps.png")
+    return {"summary": summary, "paths": paths}
