@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 # Further commands live beside the code they drive. Each module is light to import (no torch at
 # module level) and has ``add_parsers(sub)``, whose parsers ``set_defaults(handler=fn)`` with
 # ``fn(args) -> int`` (exit status).
-COMMAND_MODULES: tuple[str, ...] = ("foveal.cli_posterior", "foveal.cli_boed", "foveal.cli_saccader")
+COMMAND_MODULES: tuple[str, ...] = ("foveal.cli_posterior", "foveal.cli_boed", "foveal.cli_saccader", "foveal.cli_compare")
 
 
 def _command_modules():

@@ -102,12 +102,13 @@ def estimate_comparison(cfg: CompareConfig, out: Path, *, iterations: int = 300,
     salience_s = 0.0
     if any(m.kind == "ram+" for m in cfg.methods):
         network = _posterior_for_timing(cfg, inputs)
-        images = torch.stack([inputs.train_set[i]["image"] for i in range(64)])
+        k = min(64, len(inputs.train_set))
+        images = torch.stack([inputs.train_set[i]["image"] for i in range(k)])
         grid = inputs.grid()
         salience(network, images, grid, mode=cfg.inputs["salience_mode"])  # warm-up
         start = time.perf_counter()
         salience(network, images, grid, mode=cfg.inputs["salience_mode"])
-        salience_s = (time.perf_counter() - start) / 64 * len(inputs.train_set)
+        salience_s = (time.perf_counter() - start) / k * len(inputs.train_set)
     return _total(cfg, rates, eval_s, salience_s, iterations)
 
 

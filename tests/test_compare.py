@@ -1,0 +1,143 @@
+"""``foveal compare`` end to end on a tiny registered dataset: every method trains, the report and figures
+are written, a second call resumes instead of retraining, inputs are checked before training, and the
+time estimate runs."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from foveal.boed.sequences import GlimpseSequences
+from foveal.checkpoint import save_checkpoint
+from foveal.cli import main
+from foveal.data import FovealDataset, register_dataset
+from foveal.evaluation.compare import load_compare_config, plan_runs, slug
+from foveal.evaluation.convergence import run_convergence
+from foveal.models import create_model, model_spec
+from foveal.retina import LocationGrid
+
+SIZE = 16
+
+
+class Squares(FovealDataset):
+    """A bright 4x4 square in one of the four quadrants; the label is the quadrant."""
+
+    def __init__(self, split, n):
+        self.name, self.split, self.num_classes = "compare-toy", split, 4
+        self.image_shape, self.class_names = (1, SIZE, SIZE), ["tl", "tr", "bl", "br"]
+        self.offset = {"train": 0, "val": 1000, "test": 2000}[split]
+        self.labels = np.arange(n) % 4
+
+    def load(self, i):
+        g = torch.Generator().manual_seed(self.offset + i)
+        image = 0.1 * torch.rand(1, SIZE, SIZE, generator=g)
+        r, c = divmod(int(self.labels[i]), 2)
+        dr, dc = (int(v) for v in torch.randint(0, 4, (2,), generator=g))
+        image[0, 8 * r + dr:8 * r + dr + 4, 8 * c + dc:8 * c + dc + 4] = 1.0
+        return image
+
+
+register_dataset("compare-toy", lambda split, *, root=None, seed=0: Squares(split, {"train": 48}.get(split, 16)))
+
+RUN = {"data": {"name": "compare-toy"},
+       "model": {"name": "ram-grid", "glimpse_size": 4, "grid_stride": 4, "hidden_size": 16, "glimpse_hidden": 8,
+                 "location_hidden": 8, "feature_size": 16},
+       "algorithm": {"name": "reinforce", "num_glimpses": 2},
+       "train": {"iterations": 6, "batch_size": 8, "lr": 0.01, "val_every": 3, "tensorboard": False},
+       "evaluate": {"examples": 4, "figures": False, "batch_size": 16}}
+METHODS = [{"name": "RAM", "kind": "ram"}, {"name": "RAM+", "kind": "ram+"},
+           {"name": "WSRAM", "kind": "wsram", "algorithm": {"samples": 2}},
+           {"name": "PS-RAM", "kind": "ps", "sequences": "ps-ram"}, {"name": "PS-NOGS", "kind": "ps", "sequences": "nogs"},
+           {"name": "PS-HGS", "kind": "ps", "sequences": "hgs"}]
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    grid = LocationGrid.from_stride((SIZE, SIZE), 4, 4)
+    cells = torch.randint(len(grid), (12, 2), generator=torch.Generator().manual_seed(0))
+    GlimpseSequences("compare-toy", "train", (SIZE, SIZE), 4, torch.arange(0, 48, 4), grid.corners()[cells], grid=grid,
+                     method="nogs").save(tmp_path / "nogs")
+    posterior = create_model("posterior-cnn", in_channels=1, num_classes=4, image_size=(SIZE, SIZE), widths=(4,),
+                             strides=(1,))
+    save_checkpoint(tmp_path / "posterior", model=posterior, info={"config": {}, "model": model_spec(posterior)})
+    config = {"run": RUN, "seeds": [0, 1], "methods": METHODS,
+              "inputs": {"nogs": str(tmp_path / "nogs"), "posterior": str(tmp_path / "posterior"), "num_sequences": 8,
+                         "pretrain_iterations": 3},
+              "quick": {"seeds": [0]}}
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return tmp_path, path
+
+
+def test_compare_trains_every_method_reports_and_resumes(setup, capsys):
+    tmp, config = setup
+    out = tmp / "cmp"
+    assert main(["compare", "--config", str(config), "--out", str(out), "--quick", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "skipping PS-HGS: no part annotations" in err
+    for name in ("RAM", "RAM+", "WSRAM", "PS-RAM", "PS-NOGS"):
+        assert (out / "runs" / slug(name) / "seed-0" / "results.json").exists(), name
+    assert (out / "runs" / "ram-plus" / "seed-0" / "pretrain" / "results.json").exists()
+    ws = json.loads((out / "runs" / "wsram" / "seed-0" / "results.json").read_text())
+    assert ws["model"] == "ram-grid-ws" and ws["algorithm"] == "wake-sleep"
+    ps = yaml.safe_load((out / "runs" / "ps-ram" / "seed-0" / "config.yaml").read_text())
+    assert ps["algorithm"]["name"] == "partial-supervision" and "ps-ram-seed0-n8" in ps["algorithm"]["sequences"]
+    seqs = GlimpseSequences.load(ps["algorithm"]["sequences"])
+    assert seqs.method == "ps-ram" and seqs.indices.tolist() == list(range(0, 32, 4))  # NOGS's first 8 images
+    table = (out / "table.md").read_text()
+    assert "| RAM | 1/1 |" in table and "PS-HGS | skipped" in table
+    with open(out / "runs.csv") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    conv = run_convergence(out / "runs" / "ps-nogs" / "seed-0" / "metrics.csv")
+    assert int(rows["PS-NOGS"]["ce_iterations"]) == conv.ce_iterations
+    assert int(rows["PS-NOGS"]["accuracy_iterations"]) == conv.accuracy_iterations
+    for fig in ("val_accuracy", "val_ce", "iterations_ce", "iterations_accuracy", "heatmaps", "heatmaps_ps-nogs"):
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 1000, fig
+    # Again: nothing is retrained; a run that lost its results.json is evaluated again from its checkpoints.
+    (out / "runs" / "ram" / "seed-0" / "results.json").unlink()
+    metrics_before = (out / "runs" / "ram" / "seed-0" / "metrics.csv").read_text()
+    assert main(["compare", "--config", str(config), "--out", str(out), "--quick", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("finished already") == 5 and "training RAM seed 0" in err
+    assert (out / "runs" / "ram" / "seed-0" / "metrics.csv").read_text() == metrics_before
+    with pytest.raises(ValueError, match="another config"):
+        from foveal.evaluation.compare import run_comparison
+
+        run_comparison(load_compare_config(config, ("train.lr=0.5",), quick=True), out)
+
+
+def test_inputs_are_checked_before_training(setup, tmp_path):
+    _, config = setup
+    other = LocationGrid.from_stride((SIZE, SIZE), 4, 6)
+    GlimpseSequences("compare-toy", "train", (SIZE, SIZE), 4, torch.arange(3), other.corners()[:6].view(3, 2, 2),
+                     grid=other).save(tmp_path / "off")
+    cfg = load_compare_config(config, (f"inputs.nogs={tmp_path / 'off'}",))
+    from foveal.evaluation.compare import run_comparison
+
+    with pytest.raises(ValueError, match="not cells of the model's grid"):
+        run_comparison(cfg, tmp_path / "x")
+    with pytest.raises(ValueError, match="inputs.posterior"):
+        run_comparison(load_compare_config(config, ("inputs.posterior=null",)), tmp_path / "y")
+    assert not (tmp_path / "x" / "runs").exists() and not (tmp_path / "y" / "runs").exists()
+    with pytest.raises(ValueError, match="override"):
+        load_compare_config(config, ("nonsense=1",))
+    tasks = plan_runs(load_compare_config(config), tmp_path / "z")
+    assert [(t.method, t.seed, t.stage) for t in tasks[:3]] == [("RAM", 0, "train"), ("RAM+", 0, "pretrain"),
+                                                               ("RAM+", 0, "train")]
+    assert len(tasks) == 2 * 7 and tasks[2].init_from == tasks[1].run_dir / "checkpoints" / "last"
+
+
+def test_estimate_times_each_method(setup, capsys):
+    tmp, config = setup
+    text = yaml.safe_load(config.read_text())
+    text["methods"] = [METHODS[0], METHODS[1], METHODS[4]]
+    config.write_text(yaml.safe_dump(text))
+    assert main(["compare", "--config", str(config), "--out", str(tmp / "est"), "--quick", "--estimate", "4"]) == 0
+    est = json.loads((tmp / "est" / "estimate.json").read_text())
+    rates = {m["method"]: m["it_per_s"] for m in est["methods"]}
+    assert set(rates) == {"RAM", "RAM+", "PS-NOGS"} and all(r > 0 for r in rates.values())
+    assert rates["RAM+"] == rates["RAM"]  # RAM+'s second stage is RAM
+    assert est["total_s"] > 0 and est["salience_s"] > 0 and "estimated total" in capsys.readouterr().out
