@@ -10,7 +10,7 @@ from foveal.training.reinforce import Reinforce, ReinforceConfig
 
 SMALL = {"in_channels": 2, "num_classes": 3, "image_size": (20, 24), "glimpse_size": 6, "hidden_size": 16,
          "glimpse_hidden": 8, "location_hidden": 8, "feature_size": 16}
-EXTRA = {"ram-grid": {"grid": (3, 4)}}
+EXTRA = {"ram-grid": {"grid": (3, 4)}, "ram-grid-ws": {"grid": (3, 4)}}
 
 
 def build(name, **over):
@@ -28,7 +28,13 @@ def test_rollout_shapes_and_every_parameter_learns(name):
     assert ro.locations.abs().max() <= 1
     out = Reinforce(ReinforceConfig(num_glimpses=4)).loss(model, {"image": images, "label": labels})
     assert torch.isfinite(out.loss)
-    out.loss.backward()
+    loss = out.loss
+    if hasattr(model, "inference_distribution"):  # WSRAM's inference network learns by wake-sleep only
+        from foveal.training.wake_sleep import WakeSleep, WakeSleepConfig
+
+        loss = loss + WakeSleep(WakeSleepConfig(num_glimpses=4, samples=2)).loss(model, {"image": images,
+                                                                                    "label": labels}).loss
+    loss.backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
         assert p.grad.abs().sum() > 0, f"{pname} got a zero gradient"
