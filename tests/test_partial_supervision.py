@@ -190,6 +190,8 @@ def test_oversampling_is_deterministic_and_reaches_the_fraction(tmp_path):
     assert oversampling_repeats(10, 990, 0.5) == 99 and oversampling_repeats(10, 990, 0.01) == 1
     assert oversampling_repeats(3, 0, 0.2) == 1
     alg = algorithm(sequence_file(tmp_path), supervised_fraction=0.5)  # 4 supervised of 12
+    with pytest.raises(ValueError, match="prepare"):  # oversampling cannot be skipped silently
+        alg.loss(grid_model(), batch([0, 1]))
     data = alg.prepare(Toy())
     assert isinstance(data, OversampledDataset) and data.repeats == 2 and len(data) == 8 + 8
     assert data.name == "toy" and data.image_shape == (1, *SIZE) and len(data.labels) == 16

@@ -42,7 +42,8 @@ function of seed and iteration) keeps resuming exactly.
 
 :meth:`PartialSupervision.prepare` also checks the sequences against the training set (dataset
 name, split, image size, index range, ids). The training entry point must call it: ``foveal
-compare`` does; a pipeline that does not gets only the per-batch checks (image size, grid).
+compare`` does; a pipeline that does not gets only the per-batch checks (image size, grid), and
+``supervised_fraction`` is then an error rather than silently ignored.
 
 Grid models. On a model with a location grid (``ram-grid``) the forced locations must be cells of
 that grid (RAM would otherwise snap them to the nearest cell silently): a file made on another grid
@@ -164,6 +165,7 @@ class PartialSupervision:
                                                       for f in dataclasses.fields(ReinforceConfig)}))
         self._sequences = None  # loaded on first use: evaluating a finished run does not need the file
         self._checked_models: set[int] = set()
+        self._prepared = False
 
     @property
     def sequences(self):
@@ -188,6 +190,7 @@ class PartialSupervision:
         """
         seqs = self.sequences
         seqs.validate(train_set)
+        self._prepared = True
         f = self.config.supervised_fraction
         if f is None:
             return train_set
@@ -199,6 +202,10 @@ class PartialSupervision:
         cfg = self.config
         images, labels = batch["image"], batch["label"]
         B, T = images.shape[0], cfg.num_glimpses
+        if cfg.supervised_fraction is not None and not self._prepared:
+            raise ValueError("algorithm.supervised_fraction: oversampling happens in PartialSupervision.prepare("
+                             "train_set), which this training entry point did not call (foveal compare does); "
+                             "remove the setting or train through foveal compare")
         self._check(model, images)
         forced, has = self.sequences.lookup(batch["index"])  # [B, T_seq, 2] with NaN rows, [B]
         sup = has.to(images.device).nonzero().flatten()
