@@ -141,3 +141,25 @@ def test_estimate_times_each_method(setup, capsys):
     assert set(rates) == {"RAM", "RAM+", "PS-NOGS"} and all(r > 0 for r in rates.values())
     assert rates["RAM+"] == rates["RAM"]  # RAM+'s second stage is RAM
     assert est["total_s"] > 0 and est["salience_s"] > 0 and "estimated total" in capsys.readouterr().out
+
+
+def test_interrupted_runs_resume_exactly(setup):
+    """Oversampled partial supervision and wake-sleep, trained straight or killed and resumed: same metrics."""
+    from foveal.evaluation.compare import train_task
+    from foveal.evaluation.compare_inputs import ComparisonInputs
+
+    tmp, config = setup
+    text = yaml.safe_load(config.read_text())
+    text["methods"] = [{"name": "PS-NOGS", "kind": "ps", "sequences": "nogs", "algorithm": {"supervised_fraction": 0.5}},
+                       {"name": "WSRAM", "kind": "wsram", "algorithm": {"samples": 2}}]
+    config.write_text(yaml.safe_dump(text))
+    cfg = load_compare_config(config, quick=True)
+    for out, chunks in ((tmp / "a", [None]), (tmp / "b", [2, 4, None])):  # 2: before the first checkpoint
+        inputs = ComparisonInputs(cfg, out)
+        for task in plan_runs(cfg, out):
+            inputs.resolve(task)
+            for stop in chunks:
+                train_task(task, stop_after=stop)
+    for method in ("ps-nogs", "wsram"):
+        straight, resumed = ((tmp / k / "runs" / method / "seed-0" / "metrics.csv").read_text() for k in "ab")
+        assert straight == resumed, method

@@ -268,7 +268,9 @@ def train_task(task: RunTask, *, progress: Optional[Callable] = None, stop_after
     This is :func:`foveal.experiment.train_run` with two hooks the comparison needs: the algorithm's
     ``prepare(train_set)`` (sequence / salience files checked against the training set, optional
     oversampling) and, for a fresh ``ram+`` second stage, the weights of ``init_from`` (a resumed run
-    loads its own last checkpoint over them, as ``fit`` always does).
+    loads its own last checkpoint over them, as ``fit`` always does). The global RNG is seeded with
+    ``train.seed`` before the model is built, so that seeds differ in their initial weights too and a
+    run restarted from scratch starts from the same weights.
     """
     import dataclasses as _dc
 
@@ -278,8 +280,11 @@ def train_task(task: RunTask, *, progress: Optional[Callable] = None, stop_after
     from foveal.models import model_spec
     from foveal.training import TrainConfig, fit
 
+    import torch
+
     cfg, run_dir = task.config, task.run_dir
     prepare_run_dir(cfg, run_dir)
+    torch.manual_seed(int(cfg["train"].get("seed", 0)))  # initial weights follow the run's seed, not the process's past
     exp = build_experiment(cfg)
     prepare = getattr(exp.algorithm, "prepare", None)
     train_set = prepare(exp.data["train"]) if prepare is not None else exp.data["train"]
