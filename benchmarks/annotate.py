@@ -315,6 +315,11 @@ def table(r: dict) -> str:
               "|---|---|---|---|"]
     for stride, v in r["strides"].items():
         lines.append(f"| {stride} | {v['cells']} | {v['sequences_per_minute']:.1f} | {v['accuracy'][-1]:.3f} |")
+    lines += ["", "Notes: at t = 1 NOGS's glimpse is one cell for every image (nothing is seen yet, so the first choice "
+              "cannot depend on the image), while salient looks at the image. \"plain, other seeds\" is the plain "
+              "method with other random completions: its agreement with plain is the Monte-Carlo noise floor. "
+              "\"local\" computes the same numbers as plain (exact up to float rounding). Quality columns of the "
+              "speed table are on its few images only."]
     return "\n".join(lines) + "\n"
 
 
