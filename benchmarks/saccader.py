@@ -1,7 +1,10 @@
 """Saccader vs engineered policies vs DRAM on 60x60 cluttered Fashion-MNIST: accuracy after 1..12 glimpses.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/saccader.py --scale small --seeds 0      # ~30 min, one core
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/saccader.py --scale full --seeds 0 1 2   # the configs as shipped
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/saccader.py --scale small --seeds 0 1 2  # ~14 min a seed
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/saccader.py --scale full --seeds 0 1 2   # configs as shipped
+
+"small" was measured on one shared CPU core; "full" (about 3x the training, all 10,000 test images) is an
+estimate of ~45 min a seed there.
 
 Per seed, every run is an ordinary run folder under --runs (a killed benchmark resumes where it stopped;
 finished evaluations are reused):
@@ -11,8 +14,10 @@ finished evaluations are reused):
    every 4 px, an 11 x 11 grid);
 2. DRAM (config saccader-dram-cluttered-fashion-mnist: 19 px glimpses at 2 resolutions, 6 glimpses);
 3. ``foveal evaluate-policies`` on the first --limit test images, up to 12 glimpses (twice the 6 trained
-   with): the Saccader and DRAM with their own policies and classifiers; random, ordered logits, Sobel mean
-   and Sobel variance driving the stage-1 representation network (the paper's BagNet-77-lowD role).
+   with): the Saccader and DRAM with their own policies and classifiers (and the Saccader after stage 2, before
+   REINFORCE); random, ordered logits, Sobel mean and Sobel variance driving the stage-1 representation
+   network (the paper's BagNet-77-lowD role); and the final Saccader's policy driving that same stage-1
+   network, which separates the learned policy's share of the gain from stage 3's fine-tuned classifier.
 
 Writes benchmarks/results/saccader.{md,json,png}. The paper's claims to check: the Saccader beats the
 engineered policies at 6 glimpses, and its accuracy does not fall with more glimpses than trained with
@@ -50,7 +55,9 @@ SCALES = {
               "common": ["train.val_every=2", "train.val_batches=1", "train.eval_batch_size=50"], "limit": 40},
 }
 POLICIES = ["random", "ordered-logits", "sobel-mean", "sobel-variance"]
-ORDER = ["Saccader", "ordered-logits", "sobel-mean", "sobel-variance", "random", "DRAM"]
+BEFORE_RL = "Saccader before RL (stage 2)"
+POLICY_ONLY = "Saccader policy, stage-1 network"
+ORDER = ["Saccader", BEFORE_RL, POLICY_ONLY, "ordered-logits", "sobel-mean", "sobel-variance", "random", "DRAM"]
 
 
 def main() -> None:
@@ -88,19 +95,18 @@ def run_seed(seed: int, scale: dict, limit, args) -> dict:
 
     root = args.runs / f"seed{seed}"
     seeded = [f"train.seed={seed}", f"data.seed={seed}", *scale["common"]]
-    timings = {}
     configs = {s: apply_overrides(load_config(name), seeded + scale[s]) for s, name in STAGES.items()}
     for stage in STAGES:
-        start = time.perf_counter()
         log(f"seed {seed}: Saccader stage {stage}")
         run_stages(configs, root / "saccader", stages=(stage,), test=False)
-        timings[stage] = time.perf_counter() - start
-    start = time.perf_counter()
     log(f"seed {seed}: DRAM")
     train_without_test(apply_overrides(load_config(DRAM), seeded + scale["dram"]), root / "dram")
-    timings["dram"] = time.perf_counter() - start
+    # training time of each run over all calls (with its validations), as the engine saved it
+    timings = {stage: train_seconds(root / "saccader" / stage) for stage in STAGES}
+    timings["dram"] = train_seconds(root / "dram")
     eval_dir = root / "eval"
-    settings = {"limit": limit, "max_glimpses": args.max_glimpses, "occlusion": args.occlusion}
+    settings = {"limit": limit, "max_glimpses": args.max_glimpses, "occlusion": args.occlusion,
+                "methods": [*POLICIES, "Saccader", "DRAM", BEFORE_RL, POLICY_ONLY]}
     done = eval_dir / "policy_eval.json"
     if done.exists() and json.loads(done.read_text()).get("settings") == settings:
         summary = json.loads(done.read_text())
@@ -110,13 +116,20 @@ def run_seed(seed: int, scale: dict, limit, args) -> dict:
         best = lambda folder: str(folder / "checkpoints" / "best")  # noqa: E731
         summary = run_policy_evaluation(
             eval_dir, classifier=best(root / "saccader" / "representation"), policies=POLICIES,
-            learned=[("Saccader", best(root / "saccader" / "reinforce")), ("DRAM", best(root / "dram"))],
+            learned=[("Saccader", best(root / "saccader" / "reinforce")), ("DRAM", best(root / "dram")),
+                     (BEFORE_RL, best(root / "saccader" / "location"))],
+            policy_of=[(POLICY_ONLY, best(root / "saccader" / "reinforce"))],
             max_glimpses=args.max_glimpses, train_glimpses=6, limit=limit, occlusion=args.occlusion, seed=seed)
-        summary["settings"] = settings
-        timings["evaluation"] = time.perf_counter() - start
+        summary.update(settings=settings, eval_seconds=time.perf_counter() - start)
         done.write_text(json.dumps(summary, indent=2))
-    return {"seed": seed, "run_dir": str(root), "seconds_this_call": timings,
+    timings["evaluation"] = summary.get("eval_seconds")
+    return {"seed": seed, "run_dir": str(root), "seconds": timings,
             "methods": {m["label"]: m for m in summary["methods"]}}
+
+
+def train_seconds(run_dir: Path):
+    state = json.loads((run_dir / "checkpoints" / "last.json").read_text()).get("extra_state", {})
+    return state.get("train_seconds")
 
 
 def log(message: str) -> None:
@@ -149,14 +162,31 @@ def markdown(report: dict) -> str:
         m = mean[label]
         cells = [f"{100 * a:.1f}" + (f" ± {100 * s:.1f}" if n > 1 else "") for a, s in zip(m["accuracy"], m["sd"])]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {100 * m['area'][5]:.0f} % |")
-    times = [s["seconds_this_call"] for s in report["per_seed"]]
-    lines += ["", "Engineered policies (random, ordered logits, Sobel) drive the stage-1 representation network;",
-              "the Saccader and DRAM use their own policy and classifier. Area: mean fraction of the image inside",
-              "the union of the first 6 glimpses' patches (19 px).", "",
+    times = {s["seed"]: s["seconds"] for s in report["per_seed"]}
+    lines += ["", "Engineered policies (random, ordered logits, Sobel) and the final Saccader's policy",
+              f"(\"{POLICY_ONLY}\") drive the stage-1 representation network; the Saccader (also before",
+              "REINFORCE) and DRAM use their own policy and classifier. Area: mean fraction of the image inside",
+              "the union of the first 6 glimpses' patches (19 px).", "", *checks(report), "",
               f"Command: `{report['command']}`", "",
-              "Wall time of this call per seed (s): " + "; ".join(
-                  ", ".join(f"{k} {v:.0f}" for k, v in t.items()) for t in times)]
+              "Wall time per run (s; training includes its validations; one shared CPU core):", ""]
+    lines += [f"- seed {seed}: " + ", ".join(f"{k} {'n/a' if v is None else f'{v:.0f}'}" for k, v in t.items())
+              for seed, t in times.items()]
     return "\n".join(lines) + "\n"
+
+
+def checks(report: dict) -> list[str]:
+    """The paper's two claims, per seed (paired: same images, same seed): points of accuracy."""
+    lines = ["Per seed, in points of accuracy:", ""]
+    for s in report["per_seed"]:
+        acc = {k: [100 * a for a in m["accuracy"]] for k, m in s["methods"].items()}
+        best = max(POLICIES, key=lambda p: acc[p][5])
+        parts = [f"Saccader - best engineered ({best}) at 6: {acc['Saccader'][5] - acc[best][5]:+.1f}"]
+        if POLICY_ONLY in acc:
+            parts.append(f"its policy alone (stage-1 network) - {best}: {acc[POLICY_ONLY][5] - acc[best][5]:+.1f}")
+        for label in ("Saccader", "DRAM"):
+            parts.append(f"{label} at 12 - at 6: {acc[label][-1] - acc[label][5]:+.1f}")
+        lines.append(f"- seed {s['seed']}: " + "; ".join(parts))
+    return lines
 
 
 def plot(report: dict, path: Path) -> None:
@@ -170,7 +200,7 @@ def plot(report: dict, path: Path) -> None:
     for i, label in enumerate([m for m in ORDER if m in mean]):
         m = mean[label]
         xs = range(1, len(m["accuracy"]) + 1)
-        ax.errorbar(xs, m["accuracy"], yerr=m["sd"] if len(report["seeds"]) > 1 else None, marker="osD^v<"[i % 6],
+        ax.errorbar(xs, m["accuracy"], yerr=m["sd"] if len(report["seeds"]) > 1 else None, marker="osD^v<>"[i % 7],
                     markersize=5, linewidth=1.6, capsize=2, label=label)
     ax.axvline(6, color="grey", linestyle=":", linewidth=1.2)
     ax.set(xlabel="number of glimpses", ylabel="test accuracy")
