@@ -18,6 +18,7 @@ algorithm's grid (records/posterior_curves_<split>.json, figures/posterior_curve
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -85,25 +86,41 @@ def prepare_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
 
 
 def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable] = None,
-              stop_after: Optional[int] = None) -> Optional[dict[str, Any]]:
+              stop_after: Optional[int] = None, init_from: Optional[str | Path] = None) -> Optional[dict[str, Any]]:
     """Train (resuming if the folder has a last checkpoint), then evaluate the best checkpoint.
+
+    The global RNG is seeded with ``train.seed`` before the model is built, so that seeds differ in
+    their initial weights and a run restarted from scratch starts from the same weights. An algorithm
+    with ``prepare(train_set) -> train_set`` gets to check (and may wrap) the training set first, e.g.
+    partial supervision validates its sequence file against it.
+
+    Args:
+        init_from: checkpoint whose weights a fresh run starts from (a later stage of a multi-stage
+            recipe); a resumed run loads its own last checkpoint over them, as ``fit`` always does.
 
     Returns the results dict (also written to ``results.json``), or None if ``stop_after`` stopped
     the run early.
     """
     run_dir = Path(run_dir)
     prepare_run_dir(cfg, run_dir)
+    torch.manual_seed(int(cfg["train"].get("seed", 0)))
     exp = build_experiment(cfg)
-    info = {"config": cfg, "model": model_spec(exp.model), "foveal_version": __version__}
+    prepare = getattr(exp.algorithm, "prepare", None)
+    train_set = prepare(exp.data["train"]) if prepare is not None else exp.data["train"]
+    if init_from is not None:
+        load_checkpoint(init_from, model=exp.model)
+    info = {"config": cfg, "model": model_spec(exp.model), "foveal_version": __version__,
+            "init_from": None if init_from is None else str(init_from)}
     train_cfg = TrainConfig(**cfg["train"])
-    result = fit(exp.model, exp.algorithm, exp.data["train"], exp.data["val"], train_cfg, run_dir,
+    result = fit(exp.model, exp.algorithm, train_set, exp.data["val"], train_cfg, run_dir,
                  info=info, progress=progress, stop_after=stop_after)
     if result.iterations < train_cfg.iterations:
         return None
     training = {"iterations": result.iterations, "best_iteration": result.best_iteration,
                 "best_validation": result.best_value, "wall_time_s": result.run_time,
                 "iterations_per_s": result.run_iterations_per_second,
-                "this_call": {"wall_time_s": result.wall_time, "iterations_per_s": result.iterations_per_second}}
+                "this_call": {"wall_time_s": result.wall_time, "iterations_per_s": result.iterations_per_second},
+                "train_config": dataclasses.asdict(train_cfg)}
     return evaluate_run(result.best_checkpoint, run_dir, dataset=exp.data[cfg["evaluate"]["split"]],
                         training=training)
 

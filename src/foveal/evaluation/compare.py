@@ -265,44 +265,13 @@ def train_task(task: RunTask, *, progress: Optional[Callable] = None, stop_after
     """Train one planned run (resuming it if interrupted) and evaluate it; the results dict, or None
     when ``stop_after`` stopped it first.
 
-    This is :func:`foveal.experiment.train_run` with two hooks the comparison needs: the algorithm's
-    ``prepare(train_set)`` (sequence / salience files checked against the training set, optional
-    oversampling) and, for a fresh ``ram+`` second stage, the weights of ``init_from`` (a resumed run
-    loads its own last checkpoint over them, as ``fit`` always does). The global RNG is seeded with
-    ``train.seed`` before the model is built, so that seeds differ in their initial weights too and a
-    run restarted from scratch starts from the same weights.
+    :func:`foveal.experiment.train_run`, which calls the algorithm's ``prepare(train_set)`` (sequence /
+    salience files checked against the training set) and, for a fresh ``ram+`` second stage, starts
+    from the weights of ``init_from``.
     """
-    import dataclasses as _dc
+    from foveal.experiment import train_run
 
-    from foveal import __version__
-    from foveal.checkpoint import load_checkpoint
-    from foveal.experiment import build_experiment, evaluate_run, prepare_run_dir
-    from foveal.models import model_spec
-    from foveal.training import TrainConfig, fit
-
-    import torch
-
-    cfg, run_dir = task.config, task.run_dir
-    prepare_run_dir(cfg, run_dir)
-    torch.manual_seed(int(cfg["train"].get("seed", 0)))  # initial weights follow the run's seed, not the process's past
-    exp = build_experiment(cfg)
-    prepare = getattr(exp.algorithm, "prepare", None)
-    train_set = prepare(exp.data["train"]) if prepare is not None else exp.data["train"]
-    if task.init_from is not None:
-        load_checkpoint(task.init_from, model=exp.model)
-    info = {"config": cfg, "model": model_spec(exp.model), "foveal_version": __version__,
-            "init_from": None if task.init_from is None else str(task.init_from)}
-    train_cfg = TrainConfig(**cfg["train"])
-    result = fit(exp.model, exp.algorithm, train_set, exp.data["val"], train_cfg, run_dir, info=info,
-                 progress=progress, stop_after=stop_after)
-    if result.iterations < train_cfg.iterations:
-        return None
-    training = {"iterations": result.iterations, "best_iteration": result.best_iteration,
-                "best_validation": result.best_value, "wall_time_s": result.run_time,
-                "iterations_per_s": result.run_iterations_per_second,
-                "this_call": {"wall_time_s": result.wall_time, "iterations_per_s": result.iterations_per_second},
-                "train_config": _dc.asdict(train_cfg)}
-    return evaluate_run(result.best_checkpoint, run_dir, dataset=exp.data[cfg["evaluate"]["split"]], training=training)
+    return train_run(task.config, task.run_dir, progress=progress, stop_after=stop_after, init_from=task.init_from)
 
 
 def run_comparison(cfg: CompareConfig, out: Path, *, log: Callable[[str], None] = lambda message: None,
