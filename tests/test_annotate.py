@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from foveal.boed import first_glimpse, greedy_sequence
+from foveal.boed.epe import SearchConfig
 from foveal.boed.annotate import AnnotateConfig, annotate, image_generator, load_posterior, merge_shards, select_indices
 from foveal.boed.bank import ImageBank
 from foveal.boed.completion import BankSampler
@@ -115,9 +116,11 @@ def test_shards_merged_equal_the_unsharded_run(files, tmp_path):
         merge_shards(tmp_path / "contiguous")
 
 
-def test_equals_greedy_sequence_with_the_same_generators_and_keeps_maps(files, tmp_path):
+@pytest.mark.parametrize("search", [{}, {"local_updates": True, "screen_completions": 2, "screen_top_k": 3}])
+def test_equals_greedy_sequence_with_the_same_generators_and_keeps_maps(files, tmp_path, search):
     data = ToySplit()
-    cfg = config(files, keep_maps=True, start=2, count=4)
+    cfg = config(files, keep_maps=True, start=2, count=4, **search)
+    assert cfg.search() == SearchConfig(**search)
     seqs = GlimpseSequences.load(annotate(cfg, tmp_path, dataset=data))
 
     posterior, _ = load_posterior(cfg.posterior, torch.device("cpu"))
@@ -126,7 +129,8 @@ def test_equals_greedy_sequence_with_the_same_generators_and_keeps_maps(files, t
     first = first_glimpse(posterior, sampler, grid, 1, n_completions=4, generator=image_generator(7, None))
     for row, i in enumerate(range(2, 6)):
         cells, maps = greedy_sequence(data.images[i], posterior, sampler, grid, 2, n_completions=4,
-                                      first_location=first, keep_maps=True, generator=image_generator(7, i))
+                                      first_location=first, keep_maps=True, search=SearchConfig(**search),
+                                      generator=image_generator(7, i))
         assert torch.equal(seqs.corners[row], grid.corners()[cells])
         assert torch.equal(seqs.epe_maps[row].flatten(1), maps)
     maps = seqs.epe_maps  # [4, 2, 3, 3]

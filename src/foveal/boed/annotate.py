@@ -46,6 +46,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import Tensor
 
+from foveal.boed.epe import SearchConfig
 from foveal.boed.sequences import GlimpseSequences, atomic_write, sequence_paths
 from foveal.retina import LocationGrid
 
@@ -74,6 +75,12 @@ class AnnotateConfig:
         n_completions: completions per step (the paper: 200).
         pca_components, n_proposals, sigma2_schedule, target_ess, resampling, pca_fit_samples: the
             :class:`~foveal.boed.completion.BankSampler`'s settings.
+        cache_cells: cell PCAs the sampler keeps fitted (None: every cell of the grid, so none is
+            refitted; lower it only when memory is short).
+        local_updates, screen_completions, screen_top_k, skip_seen: how each step searches
+            (:class:`~foveal.boed.epe.SearchConfig`; the defaults are the plain method). local_updates
+            is exact; screening with few completions then re-scoring the top k is an approximation
+            (benchmarks/annotate.py measures both).
         keep_maps: also store every step's EPE map (``[N, T, grid_h, grid_w]`` float32).
         seed: per-image randomness (module docstring).
         chunk_size: images per part file (the unit of resumption).
@@ -106,6 +113,11 @@ class AnnotateConfig:
     target_ess: Optional[float] = None
     resampling: str = "residual"
     pca_fit_samples: int = 4096
+    cache_cells: Optional[int] = None
+    local_updates: bool = False
+    screen_completions: Optional[int] = None
+    screen_top_k: int = 8
+    skip_seen: bool = False
     keep_maps: bool = False
     seed: int = 0
     chunk_size: int = 16
@@ -127,6 +139,9 @@ class AnnotateConfig:
         for name in ("start", "seed", "data_seed"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"AnnotateConfig.{name}: expected an integer >= 0, found {getattr(self, name)!r}")
+        if self.cache_cells is not None and (not isinstance(self.cache_cells, int) or self.cache_cells < 1):
+            raise ValueError(f"AnnotateConfig.cache_cells: expected None or an integer >= 1, found {self.cache_cells!r}")
+        self.search()  # SearchConfig checks its own fields
         if self.count is not None and (not isinstance(self.count, int) or self.count < 1):
             raise ValueError(f"AnnotateConfig.count: expected None (to the end) or an integer >= 1, "
                              f"found {self.count!r}")
@@ -157,6 +172,10 @@ class AnnotateConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able (tuples as lists)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def search(self) -> SearchConfig:
+        return SearchConfig(screen_completions=self.screen_completions, screen_top_k=self.screen_top_k,
+                            skip_seen=self.skip_seen, local_updates=self.local_updates)
 
     def make_grid(self, image_size: tuple[int, int]) -> LocationGrid:
         if self.grid is not None:
@@ -282,7 +301,7 @@ def _annotate_chunk(cfg: AnnotateConfig, dataset: Any, rows: Tensor, posterior, 
     for i in rows.tolist():
         seq = greedy_sequence(dataset[i]["image"].to(device), posterior, sampler, grid, cfg.num_glimpses,
                               n_completions=cfg.n_completions, first_location=first, keep_maps=cfg.keep_maps,
-                              batch_size=cfg.batch_size, generator=image_generator(cfg.seed, i))
+                              batch_size=cfg.batch_size, search=cfg.search(), generator=image_generator(cfg.seed, i))
         cells.append(seq.cells)
         if cfg.keep_maps:
             maps.append(seq.epe_maps.cpu().float().view(cfg.num_glimpses, *grid.shape))
@@ -340,7 +359,7 @@ def annotate(config: AnnotateConfig, out_dir: str | Path, *, dataset: Any = None
         sampler = BankSampler(ImageBank.open(cfg.bank), grid, pca_components=cfg.pca_components,
                               n_proposals=cfg.n_proposals, sigma2_schedule=cfg.sigma2_schedule,
                               target_ess=cfg.target_ess, resampling=cfg.resampling,
-                              pca_fit_samples=cfg.pca_fit_samples)
+                              pca_fit_samples=cfg.pca_fit_samples, cache_cells=cfg.cache_cells or len(grid))
         first, _ = _first_glimpse(out_dir, posterior, sampler, grid, C, cfg, device)
         count = {"done": len(indices) - sum(len(chunks[k]) for k in todo), "computed": 0}
         tic = time.perf_counter()
