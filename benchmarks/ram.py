@@ -69,7 +69,8 @@ def main() -> None:
                     print(f"== {setting} / {policy} / seed {seed} -> {run_dir}", file=sys.stderr, flush=True)
                     res = train_run(cfg, run_dir)
                 tr = dict(res["training"])
-                if "this_call" not in tr:  # written before training time added up over resumed calls
+                if "this_call" not in tr and not _one_call(tr):
+                    # written before training time added up over resumed calls, by a resumed call
                     tr["iterations_per_s"] = tr["wall_time_s"] = None
                 rows.append({"setting": setting, "policy": policy, "seed": seed, "test_error": res["test_error"],
                              "iterations": tr["iterations"], "it_per_s": tr["iterations_per_s"],
@@ -80,6 +81,12 @@ def main() -> None:
                                                    "runs": rows}, indent=2))
     (args.out / f"{args.tag}.md").write_text(table(rows))
     print(table(rows))
+
+
+def _one_call(training: dict) -> bool:
+    """Did one call train the whole run (so its own it/s and wall time are the run's)?"""
+    speed, wall = training.get("iterations_per_s"), training.get("wall_time_s")
+    return bool(speed and wall) and abs(speed * wall - training["iterations"]) < 1
 
 
 def table(rows: list[dict]) -> str:
