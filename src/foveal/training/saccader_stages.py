@@ -139,7 +139,7 @@ class RepresentationConfig:
     Attributes:
         l2: λ of Eq. 4, on the representation network's weights.
         num_glimpses, eval_policy, test_samples: how ``predict`` rolls the model out for glimpse records
-            (``test_samples`` is kept for :func:`foveal.experiment.evaluate_run` and must be 1).
+            (``test_samples`` is read by :func:`foveal.experiment.evaluate_run`; one rollout is made).
     """
 
     l2: float = 0.0
