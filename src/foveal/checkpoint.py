@@ -38,7 +38,8 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import Tensor, nn
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "read_checkpoint_info", "checkpoint_paths"]
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "read_checkpoint_info", "checkpoint_paths",
+           "atomic_write"]
 
 FORMAT = "foveal-checkpoint"
 VERSION = 1
@@ -115,8 +116,8 @@ def save_checkpoint(path_prefix: PathLike, *, model: Optional[nn.Module],
     except TypeError as err:
         raise TypeError(f"{json_path}: info, metrics and extra_state must be JSON-able: {err}") from None
     st_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(st_path, blob)
-    _atomic_write(json_path, text.encode())
+    atomic_write(st_path, blob)
+    atomic_write(json_path, text.encode())
 
 
 def read_checkpoint_info(path_prefix: PathLike) -> dict[str, Any]:
@@ -180,7 +181,9 @@ def load_checkpoint(path_prefix: PathLike, *, model: Optional[nn.Module] = None,
 # ----------------------------------------------------------------------------- files
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace``: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:

@@ -142,17 +142,23 @@ def report(results: dict, out_dir: Path) -> None:
         print(f"figure: {fig}")
 
 
-def _train(args) -> int:
+def config_and_run_dir(args) -> tuple[dict, Path]:
+    """The config of a training command (``--config`` + ``--data-dir`` / ``--device`` + overrides) and
+    its run folder (``--run-dir``, default ``runs/<config>-<time>``)."""
     from foveal.config import apply_overrides, load_config
 
-    cfg = load_config(args.config)
     extra = list(args.overrides)
     if args.data_dir:
         extra.append(f"data.root={args.data_dir}")
     if args.device:
         extra.append(f"train.device={args.device}")
-    cfg = apply_overrides(cfg, extra)
+    cfg = apply_overrides(load_config(args.config), extra)
     run_dir = args.run_dir or Path("runs") / f"{Path(str(args.config)).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return cfg, run_dir
+
+
+def _train(args) -> int:
+    cfg, run_dir = config_and_run_dir(args)
     results = run_training(cfg, run_dir, args.quiet)
     if results:
         report(results, run_dir)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 EXAMPLES = """examples:
@@ -41,21 +40,13 @@ def add_parsers(sub) -> None:
 
 
 def train_posterior(args) -> int:
-    from foveal.cli import report, run_training
-    from foveal.config import apply_overrides, load_config
+    from foveal.cli import config_and_run_dir, report, run_training
     from foveal.models import list_models
 
-    cfg = load_config(args.config)
-    extra = list(args.overrides)
-    if args.data_dir:
-        extra.append(f"data.root={args.data_dir}")
-    if args.device:
-        extra.append(f"train.device={args.device}")
-    cfg = apply_overrides(cfg, extra)
+    cfg, run_dir = config_and_run_dir(args)
     if cfg["model"]["name"] not in list_models("posterior"):
         raise ValueError(f"model.name: expected a posterior network, one of {list_models('posterior')}, "
                          f"found {cfg['model']['name']!r}")
-    run_dir = args.run_dir or Path("runs") / f"{Path(str(args.config)).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     results = run_training(cfg, run_dir, args.quiet)
     if results:
         report(results, run_dir)

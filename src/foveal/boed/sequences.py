@@ -57,6 +57,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import Tensor
 
+from foveal.checkpoint import atomic_write
 from foveal.data.base import DataError
 from foveal.retina import LocationGrid
 
@@ -75,21 +76,6 @@ def sequence_paths(path: PathLike) -> tuple[Path, Path]:
         if path.name.endswith(suffix):
             path = path.with_name(path.name[: -len(suffix)])
     return path.with_name(path.name + ".json"), path.with_name(path.name + ".safetensors")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _grid_to_json(grid: Optional[LocationGrid]) -> Optional[dict[str, Any]]:
