@@ -75,6 +75,8 @@ class AnnotateConfig:
         n_completions: completions per step (the paper: 200).
         pca_components, n_proposals, sigma2_schedule, target_ess, resampling, pca_fit_samples: the
             :class:`~foveal.boed.completion.BankSampler`'s settings.
+        shifts: translations of up to this many pixels marginalised when re-weighting the candidates
+            (:class:`~foveal.boed.completion.BankSampler`; 0: none, the official code: 4).
         cache_cells: cell PCAs the sampler keeps fitted (None: every cell of the grid, so none is
             refitted; lower it only when memory is short).
         local_updates, screen_completions, screen_top_k, skip_seen: how each step searches
@@ -114,6 +116,7 @@ class AnnotateConfig:
     resampling: str = "residual"
     pca_fit_samples: int = 4096
     cache_cells: Optional[int] = None
+    shifts: int = 0
     local_updates: bool = False
     screen_completions: Optional[int] = None
     screen_top_k: int = 8
@@ -136,7 +139,7 @@ class AnnotateConfig:
                      "pca_fit_samples", "chunk_size", "batch_size", "num_shards"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"AnnotateConfig.{name}: expected an integer >= 1, found {getattr(self, name)!r}")
-        for name in ("start", "seed", "data_seed"):
+        for name in ("start", "seed", "data_seed", "shifts"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"AnnotateConfig.{name}: expected an integer >= 0, found {getattr(self, name)!r}")
         if self.cache_cells is not None and (not isinstance(self.cache_cells, int) or self.cache_cells < 1):
@@ -359,7 +362,8 @@ def annotate(config: AnnotateConfig, out_dir: str | Path, *, dataset: Any = None
         sampler = BankSampler(ImageBank.open(cfg.bank), grid, pca_components=cfg.pca_components,
                               n_proposals=cfg.n_proposals, sigma2_schedule=cfg.sigma2_schedule,
                               target_ess=cfg.target_ess, resampling=cfg.resampling,
-                              pca_fit_samples=cfg.pca_fit_samples, cache_cells=cfg.cache_cells or len(grid))
+                              pca_fit_samples=cfg.pca_fit_samples, cache_cells=cfg.cache_cells or len(grid),
+                              shifts=cfg.shifts)
         first, _ = _first_glimpse(out_dir, posterior, sampler, grid, C, cfg, device)
         count = {"done": len(indices) - sum(len(chunks[k]) for k in todo), "computed": 0}
         tic = time.perf_counter()

@@ -28,9 +28,33 @@ With nothing observed, ``n`` bank images are drawn uniformly without replacement
 completely, the last entry repeating) or, with ``target_ess``, is set per call by bisection so that the effective sample size of the
 proposal weights is ``target_ess * n_proposals`` (the paper's CUB setting).
 
-Not implemented: marginalising small shifts (the official code logsumexps over +-2 px shifts of each bank
-image); an observation mask that covers no grid cell completely falls back to exact distances to the
-whole bank.
+**Small shifts** (``shifts = s > 0``, the official code's +-4 px at this stage). A bank image that matches
+the observation up to a small translation should still count, so the exact stage marginalises the
+translation :math:`\delta = (dy, dx)`, :math:`|dy|, |dx| \le s`, under a uniform prior:
+
+.. math::  \log w(I') = \operatorname{logsumexp}_\delta \bigl(-\|m \odot (x - S_\delta I')\|^2 / \sigma^2\bigr)
+           - \log (2s + 1)^2
+
+where :math:`(S_\delta I')[r, c] = I'[r - dy, c - dx]`, and **zero** where :math:`(r - dy, c - dx)` falls
+outside the image (zero fill: a pixel the bank image does not have counts as black, a mismatch unless the
+observation is dark there, so a shift that pushes the image off an observed border is penalised, never
+rewarded). The completion returned for a bank image is :math:`S_{\hat\delta} I'` with
+:math:`\hat\delta = \arg\min_\delta \|m \odot (x - S_\delta I')\|^2`, the shift of highest posterior weight
+for that image (for any :math:`\sigma^2`, the prior being uniform; ties go to the smallest shift, 0 first).
+It is deterministic and draws nothing from the generator, so the completion agrees with what was observed
+as well as the bank allows; its border strip of width :math:`|\hat\delta|` (unobserved, or the shift would
+not have won) is zero. With ``target_ess`` the bisection recomputes the marginalised log-weights at every
+trial :math:`\sigma^2`: the effective distance :math:`d(I') = -\sigma^2 \log w(I')` is a soft minimum over
+shifts that depends on :math:`\sigma^2` (about the shifts' mean distance for large :math:`\sigma^2`,
+their minimum as :math:`\sigma^2 \to 0`), so no single distance vector can be bisected on. Cost: the exact
+stage does :math:`(2s + 1)^2` times the work, on the observed pixels' bounding box only.
+
+The PCA stage compares without shifts (the official code uses +-2 px there too): the coefficients exist
+only at the grid's corners, and a shifted comparison needs them at corners offset by up to ``s`` px, i.e.
+:math:`(2s + 1)^2` times the cell PCAs in memory (available only on stride-1 grids away from the borders)
+and the work of the stage's scan of the whole bank. So an image that matches only after a shift must be
+near enough unshifted to be among the ``n_proposals`` candidates. An observation mask that covers no grid
+cell completely falls back to exact distances to the whole bank.
 """
 
 from __future__ import annotations
@@ -41,13 +65,14 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from foveal.boed.bank import ImageBank
 from foveal.boed.epe import cell_masks
 from foveal.retina import LocationGrid
 
-__all__ = ["CellPCA", "BankSampler", "residual_resample", "effective_sample_size"]
+__all__ = ["CellPCA", "BankSampler", "residual_resample", "effective_sample_size", "shift_offsets", "shift_images"]
 
 
 @dataclass
@@ -82,6 +107,24 @@ def residual_resample(weights: Tensor, n: int, generator: Optional[torch.Generat
     return chosen
 
 
+def shift_offsets(shifts: int) -> Tensor:
+    """``[(2s + 1)^2, 2]`` every ``(dy, dx)`` with ``|dy|, |dx| <= s``, smallest first (``(0, 0)`` is row 0)."""
+    r = torch.arange(-shifts, shifts + 1)
+    offsets = torch.cartesian_prod(r, r)  # [J, 2]
+    size = offsets.abs().amax(1) * (2 * shifts + 1) ** 2 + offsets.abs().sum(1)  # by max |.|, then by |dy| + |dx|
+    return offsets[torch.sort(size, stable=True).indices]
+
+
+def shift_images(images: Tensor, offsets: Tensor) -> Tensor:
+    """``images [N, C, H, W]`` translated by ``offsets [N, 2]`` (dy, dx), zero fill: ``out[r, c] = in[r - dy, c - dx]``."""
+    s = int(offsets.abs().max()) if offsets.numel() else 0
+    if s == 0:
+        return images
+    H, W = images.shape[-2:]
+    padded = F.pad(images, (s, s, s, s))  # zero fill
+    return torch.stack([padded[i, :, s - dy:s - dy + H, s - dx:s - dx + W] for i, (dy, dx) in enumerate(offsets.tolist())])
+
+
 class BankSampler:
     """Completions of a partly observed image from an :class:`ImageBank`; see the module docstring.
 
@@ -93,6 +136,8 @@ class BankSampler:
         sigma2_schedule: sigma^2 after 1, 2, ... observed cells (the last repeats).
         target_ess: instead, a fraction in (0, 1]: sigma^2 chosen so that ESS = target_ess * n_proposals.
         resampling: "residual" or "multinomial".
+        shifts: s, the largest translation (pixels, per axis) marginalised in the exact stage (0: none; see
+            the module docstring). Completions come back translated by their best shift.
         pca_fit_samples: bank images the PCA bases are fitted on (a fixed random subset).
         cache_cells: how many cells' PCAs to keep in memory (least recently used dropped); each takes
             ``len(bank) * k * 2`` bytes (e.g. 120 k images, k = 32: 7.7 MB).
@@ -102,7 +147,7 @@ class BankSampler:
     def __init__(self, bank: ImageBank, grid: LocationGrid, *, pca_components: int = 32, n_proposals: int = 1000,
                  sigma2_schedule: Sequence[float] = (0.05,), target_ess: Optional[float] = None,
                  resampling: str = "residual", pca_fit_samples: int = 4096, cache_cells: int = 64,
-                 chunk: int = 4096) -> None:
+                 chunk: int = 4096, shifts: int = 0) -> None:
         if bank.image_shape[1:] != grid.image_size:
             raise ValueError(f"BankSampler: bank images are {bank.image_shape[1:]}, expected the grid's image size "
                              f"{grid.image_size}")
@@ -115,7 +160,11 @@ class BankSampler:
         for name, value in (("pca_components", pca_components), ("n_proposals", n_proposals)):
             if value < 1:
                 raise ValueError(f"BankSampler.{name}: expected >= 1, found {value}")
+        if not isinstance(shifts, int) or not 0 <= shifts < min(grid.image_size):
+            raise ValueError(f"BankSampler.shifts: expected an integer in [0, {min(grid.image_size)}) (pixels; "
+                             f"the image is {grid.image_size}), found {shifts!r}")
         self.bank, self.grid = bank, grid
+        self.shifts, self._offsets = shifts, shift_offsets(shifts)
         self.pca_components, self.n_proposals = pca_components, n_proposals
         self.sigma2_schedule, self.target_ess = tuple(float(s) for s in sigma2_schedule), target_ess
         self.resampling, self.pca_fit_samples = resampling, pca_fit_samples
@@ -178,15 +227,42 @@ class BankSampler:
             out[s:s + block.shape[0]] = ((block - x).square() * m).flatten(1).sum(1)
         return out
 
+    def shifted_distances(self, image: Tensor, mask: Tensor, indices: Tensor) -> Tensor:
+        """``[n, J]`` squared distance over the observed pixels between ``image`` and bank images ``indices``
+        translated by each of the ``J = (2s + 1)^2`` offsets of :func:`shift_offsets` (zero fill)."""
+        s = self.shifts
+        x, m = image.cpu().float(), mask.cpu().float()
+        rows, cols = torch.nonzero(m.amax((0, 2))).flatten(), torch.nonzero(m.amax((0, 1))).flatten()
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1  # observed bounding box
+        x, m = x[:, r0:r1, c0:c1], m[:, r0:r1, c0:c1]
+        out = torch.empty(indices.shape[0], self._offsets.shape[0])
+        for start in range(0, indices.shape[0], self.chunk):
+            padded = F.pad(self.bank.images(indices[start:start + self.chunk]), (s, s, s, s))  # zero fill
+            for j, (dy, dx) in enumerate(self._offsets.tolist()):
+                window = padded[:, :, r0 + s - dy:r1 + s - dy, c0 + s - dx:c1 + s - dx]  # S_delta I' on the box
+                out[start:start + padded.shape[0], j] = ((window - x).square() * m).flatten(1).sum(1)
+        return out
+
+    @staticmethod
+    def log_likelihood(distances: Tensor, sigma2: float) -> Tensor:
+        """``[n]`` log-weights: ``-distances / sigma2`` for ``[n]``, the shift-marginalised logsumexp for ``[n, J]``."""
+        if distances.dim() == 1:
+            return -distances / sigma2
+        return torch.logsumexp(-distances / sigma2, 1) - math.log(distances.shape[1])
+
     def sigma2(self, num_cells: int, distances: Tensor) -> float:
-        """sigma^2 for an observation of ``num_cells`` cells (schedule, or ESS bisection on ``distances``)."""
+        """sigma^2 for an observation of ``num_cells`` cells (schedule, or ESS bisection on ``distances``).
+
+        ``distances`` is ``[P]`` or, with shifts, ``[P, J]``: the bisection then scores the marginalised
+        log-weights at each trial sigma^2 (module docstring).
+        """
         if self.target_ess is None:
             return self.sigma2_schedule[min(max(num_cells, 1), len(self.sigma2_schedule)) - 1]
         target = self.target_ess * distances.shape[0]
         lo, hi = math.log(1e-8), math.log(1e8)  # ESS grows with sigma^2: bisect on log sigma^2
         for _ in range(60):
             mid = (lo + hi) / 2
-            if effective_sample_size(-distances / math.exp(mid)) < target:
+            if effective_sample_size(self.log_likelihood(distances, math.exp(mid))) < target:
                 lo = mid
             else:
                 hi = mid
@@ -195,6 +271,11 @@ class BankSampler:
     # ---------------------------------------------------------------------------------------- sample
     def proposals(self, image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """``(indices [P], normalised weights [P])``: the kept candidates and their importance weights."""
+        indices, weights, _ = self.weighted_candidates(image, mask)
+        return indices, weights
+
+    def weighted_candidates(self, image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(indices [P] ascending, normalised weights [P], best offsets [P, 2])`` (offsets 0 without shifts)."""
         cells = self.observed_cells(mask)
         if len(cells) > 0:
             approx = self.approximate_distances(image, cells)
@@ -202,9 +283,14 @@ class BankSampler:
             indices = torch.topk(approx, P, largest=False).indices.sort().values
         else:
             indices = torch.arange(len(self.bank))
-        distances = self.exact_distances(image, mask, indices)
-        log_w = -distances / self.sigma2(len(cells), distances)
-        return indices, torch.softmax(log_w, 0)
+        if self.shifts == 0:
+            distances = self.exact_distances(image, mask, indices)
+            offsets = torch.zeros(indices.shape[0], 2, dtype=torch.long)
+        else:
+            distances = self.shifted_distances(image, mask, indices)  # [P, J]
+            offsets = self._offsets[distances.argmin(1)]  # first minimum: the smallest of tied shifts
+        log_w = self.log_likelihood(distances, self.sigma2(len(cells), distances))
+        return indices, torch.softmax(log_w, 0), offsets
 
     def sample(self, image: Tensor, mask: Tensor, n: int, *,
                generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
@@ -223,11 +309,14 @@ class BankSampler:
             else:
                 chosen = torch.randint(len(self.bank), (n,), generator=generator)
         else:
-            indices, weights = self.proposals(image, mask)
+            indices, weights, offsets = self.weighted_candidates(image, mask)
             if self.resampling == "residual":
                 picks = residual_resample(weights, n, generator)
             else:
                 picks = torch.multinomial(weights, n, replacement=True, generator=generator)
             chosen = indices[picks]
         unique, counts = torch.unique(chosen, return_counts=True)
-        return self.bank.images(unique).to(image.device), (counts.float() / n).to(image.device)
+        images = self.bank.images(unique)
+        if self.shifts and mask.sum() > 0:
+            images = shift_images(images, offsets[torch.searchsorted(indices, unique)])  # indices ascend
+        return images.to(image.device), (counts.float() / n).to(image.device)
