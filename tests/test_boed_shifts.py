@@ -84,7 +84,10 @@ def test_target_ess_bisects_the_marginalised_weights():
     sampler = BankSampler(bank, GRID, pca_components=16, n_proposals=10, target_ess=0.5, shifts=2)
     distances = sampler.shifted_distances(x, observed, torch.arange(10))
     assert distances.shape == (10, 25)
-    assert torch.allclose(distances[:, 0], sampler.exact_distances(x, observed, torch.arange(10)), atol=1e-5)
+    images = bank.images(torch.arange(10))
+    for j, offset in enumerate(shift_offsets(2)):  # brute force: every translated image, zero filled
+        moved = shift_images(images, offset.expand(10, 2))
+        assert torch.allclose(distances[:, j], ((moved - x).square() * observed).flatten(1).sum(1), atol=1e-4)
     _, w = sampler.proposals(x, observed)
     assert (1 / w.square().sum()).item() == pytest.approx(5, rel=0.01)
 
@@ -105,3 +108,12 @@ def test_annotate_config_passes_shifts_and_refuses_negative_ones():
     assert AnnotateConfig(dataset="mnist5k", posterior="p", bank="b.npy").shifts == 0
     with pytest.raises(ValueError, match=r"AnnotateConfig.shifts: expected an integer >= 0, found -1"):
         AnnotateConfig(dataset="mnist5k", posterior="p", bank="b.npy", shifts=-1)
+
+
+def test_tied_shifts_resolve_to_no_shift():
+    images = torch.zeros(3, 1, 8, 8)
+    images[1:] = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    observed = cell_masks(GRID)[3]  # a black observation: every shift of the black bank image 0 matches it
+    sampler = BankSampler(ImageBank.from_tensor(images), GRID, pca_components=4, n_proposals=3, shifts=2)
+    indices, weights, offsets = sampler.weighted_candidates(torch.zeros(1, 8, 8), observed)
+    assert weights.argmax() == 0 and offsets[0].tolist() == [0, 0]

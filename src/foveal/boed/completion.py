@@ -40,7 +40,8 @@ outside the image (zero fill: a pixel the bank image does not have counts as bla
 observation is dark there, so a shift that pushes the image off an observed border is penalised, never
 rewarded). The completion returned for a bank image is :math:`S_{\hat\delta} I'` with
 :math:`\hat\delta = \arg\min_\delta \|m \odot (x - S_\delta I')\|^2`, the shift of highest posterior weight
-for that image (for any :math:`\sigma^2`, the prior being uniform; ties go to the smallest shift, 0 first).
+for that image (for any :math:`\sigma^2`, the prior being uniform; ties, up to float32 rounding, go to the
+smallest shift, 0 first).
 It is deterministic and draws nothing from the generator, so the completion agrees with what was observed
 as well as the bank allows; its border strip of width :math:`|\hat\delta|` (unobserved, or the shift would
 not have won) is zero. With ``target_ess`` the bisection recomputes the marginalised log-weights at every
@@ -229,18 +230,27 @@ class BankSampler:
 
     def shifted_distances(self, image: Tensor, mask: Tensor, indices: Tensor) -> Tensor:
         """``[n, J]`` squared distance over the observed pixels between ``image`` and bank images ``indices``
-        translated by each of the ``J = (2s + 1)^2`` offsets of :func:`shift_offsets` (zero fill)."""
+        translated by each of the ``J = (2s + 1)^2`` offsets of :func:`shift_offsets` (zero fill).
+
+        Computed as one correlation over the observed pixels' bounding box,
+        ``sum m (x - y)^2 = sum m x^2 + sum (-2 m x) y + sum m y^2``, with ``y`` every translated window: 2-3x
+        faster than a loop over shifts, exact up to float32 rounding (about 1e-7 of ``sum m x^2 + sum m y^2``).
+        """
         s = self.shifts
         x, m = image.cpu().float(), mask.cpu().float()
         rows, cols = torch.nonzero(m.amax((0, 2))).flatten(), torch.nonzero(m.amax((0, 1))).flatten()
         r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1  # observed bounding box
         x, m = x[:, r0:r1, c0:c1], m[:, r0:r1, c0:c1]
+        weight = torch.cat([-2 * m * x, m.expand_as(x)])[None]  # [1, 2C, h, w]: against (y, y^2)
+        constant = (m * x.square()).sum()
+        # The correlation's output (a, b) is the window at padded (r0 + a, c0 + b), i.e. offset (s - a, s - b).
+        column = (s - self._offsets[:, 0]) * (2 * s + 1) + (s - self._offsets[:, 1])  # [J]
         out = torch.empty(indices.shape[0], self._offsets.shape[0])
         for start in range(0, indices.shape[0], self.chunk):
             padded = F.pad(self.bank.images(indices[start:start + self.chunk]), (s, s, s, s))  # zero fill
-            for j, (dy, dx) in enumerate(self._offsets.tolist()):
-                window = padded[:, :, r0 + s - dy:r1 + s - dy, c0 + s - dx:c1 + s - dx]  # S_delta I' on the box
-                out[start:start + padded.shape[0], j] = ((window - x).square() * m).flatten(1).sum(1)
+            y = padded[:, :, r0:r1 + 2 * s, c0:c1 + 2 * s]  # [b, C, h + 2s, w + 2s]
+            scores = F.conv2d(torch.cat([y, y.square()], 1), weight).flatten(1)  # [b, (2s + 1)^2]
+            out[start:start + y.shape[0]] = scores[:, column] + constant
         return out
 
     @staticmethod
@@ -288,7 +298,9 @@ class BankSampler:
             offsets = torch.zeros(indices.shape[0], 2, dtype=torch.long)
         else:
             distances = self.shifted_distances(image, mask, indices)  # [P, J]
-            offsets = self._offsets[distances.argmin(1)]  # first minimum: the smallest of tied shifts
+            # The smallest shift among those tied with the best (up to float32 rounding: 1e-6 per observed pixel).
+            tied = distances <= distances.amin(1, keepdim=True) + 1e-6 * float(mask.sum()) * image.shape[0]
+            offsets = self._offsets[tied.float().argmax(1)]  # argmax: the first True
         log_w = self.log_likelihood(distances, self.sigma2(len(cells), distances))
         return indices, torch.softmax(log_w, 0), offsets
 
