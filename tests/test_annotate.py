@@ -95,6 +95,15 @@ def test_resume_after_a_kill_is_identical_and_recomputes_nothing(files, tmp_path
     with pytest.raises(ValueError, match="other settings; differing: config.n_completions: 4 vs 5"):
         annotate(config(files, n_completions=5), tmp_path / "a", dataset=data)
 
+    # a folder made before a field existed (here: shifts) still resumes: the field had its default
+    record_path = tmp_path / "a" / "config.json"
+    record = json.loads(record_path.read_text())
+    del record["config"]["shifts"]
+    record_path.write_text(json.dumps(record))
+    assert annotate(cfg, tmp_path / "a", dataset=data) == path
+    with pytest.raises(ValueError, match="config.shifts: 0 vs 1"):
+        annotate(config(files, shifts=1), tmp_path / "a", dataset=data)
+
 
 def test_shards_merged_equal_the_unsharded_run(files, tmp_path):
     whole = annotate(config(files), tmp_path / "one", dataset=ToySplit())

@@ -249,9 +249,15 @@ def _check_run_dir(out_dir: Path, record: dict[str, Any]) -> None:
         atomic_write(path, json.dumps(record, indent=1).encode())
         return
     old = json.loads(path.read_text())
-    keys = sorted(set(old["config"]) | set(record["config"]))
-    diff = [f"config.{k}: {old['config'].get(k)!r} vs {record['config'].get(k)!r}" for k in keys
-            if old["config"].get(k) != record["config"].get(k)]
+    # a field added to AnnotateConfig after the folder was made had its default value there
+    defaults = {f.name: f.default for f in dataclasses.fields(AnnotateConfig)
+                if f.default is not dataclasses.MISSING}
+    missing = {k: v for k, v in json.loads(json.dumps(defaults)).items()
+               if k in record["config"] and k not in old["config"]}
+    saved = {**missing, **old["config"]}
+    keys = sorted(set(saved) | set(record["config"]))
+    diff = [f"config.{k}: {saved.get(k)!r} vs {record['config'].get(k)!r}" for k in keys
+            if saved.get(k) != record["config"].get(k)]
     diff += [f"{k}: {old.get(k)!r} vs {record.get(k)!r}" for k in ("posterior_sha256", "bank_meta")
              if old.get(k) != record.get(k)]
     if diff:
