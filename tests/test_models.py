@@ -59,7 +59,29 @@ def test_spec_rebuilds_identical_model():
     assert torch.equal(a.logits, b.logits) and torch.equal(a.indices, b.indices)
 
 
+@pytest.mark.parametrize("name", list_models("posterior"))
+def test_posterior_shapes_every_parameter_learns_and_spec_rebuilds(name):
+    """Posterior networks read ``[B, C + 1, H, W]`` (image * mask, mask); 32 px is DenseNet-121's minimum."""
+    from foveal.retina import masked_input
+
+    torch.manual_seed(0)
+    model = create_model(name, in_channels=2, num_classes=3, image_size=(32, 40))
+    x = masked_input(torch.rand(4, 2, 32, 40), (torch.rand(4, 1, 32, 40) > 0.5).float())
+    logits = model(x)
+    assert logits.shape == (4, 3)
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 0])).backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, pname
+    spec = model_spec(model)
+    clone = create_model(spec["name"], **spec["config"])
+    clone.load_state_dict(model.state_dict())
+    model.eval(), clone.eval()
+    assert torch.equal(model(x), clone(x))
+
+
 def test_registry_rejects_duplicates_and_unknown_names():
+    with pytest.raises(ValueError, match=r"model.widths: not a setting of model 'ram'"):
+        create_model("ram", in_channels=1, num_classes=10, image_size=(28, 28), widths=[8])
     with pytest.raises(ValueError, match="already registered"):
         register_model("ram")(lambda **kw: None)
     with pytest.raises(ValueError, match="expected one of"):

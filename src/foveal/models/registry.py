@@ -12,6 +12,7 @@ model into ``{"name": ..., "config": {...}}`` (JSON), which checkpoints store so
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable
 
 from torch import nn
@@ -49,7 +50,14 @@ def create_model(name: str, **config: Any) -> nn.Module:
     """Build a registered model from its settings (see each model's config dataclass)."""
     if name not in _BUILDERS:
         raise ValueError(f"model: expected one of {list_models()}, found {name!r}")
-    model = _BUILDERS[name](**config)
+    try:
+        model = _BUILDERS[name](**config)
+    except TypeError as error:  # a config dataclass refusing a keyword: say which, for which model
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+        if unknown is None:
+            raise
+        raise ValueError(f"model.{unknown.group(1)}: not a setting of model {name!r} (settings do not carry over "
+                         f"from one model to another; drop it from the config)") from error
     model.registry_name = name
     return model
 
