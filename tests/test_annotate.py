@@ -15,12 +15,7 @@ from foveal.checkpoint import save_checkpoint
 from foveal.models import create_model, model_spec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class ToySplit:

@@ -10,12 +10,7 @@ from foveal.models import create_model
 from foveal.retina import LocationGrid, masked_input
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def network(channels, size, widths, strides, classes=4, seed=0):

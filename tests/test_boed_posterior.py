@@ -12,13 +12,7 @@ from foveal.retina import LocationGrid, masked_input
 from foveal.training.algorithms import algorithm_names, build_algorithm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny networks here are slower with several threads on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def small(**over):

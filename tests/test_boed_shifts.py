@@ -11,12 +11,7 @@ from foveal.retina import LocationGrid
 GRID = LocationGrid.from_stride((8, 8), 4, 4)  # 4 disjoint 4x4 cells
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def pinned_bank():

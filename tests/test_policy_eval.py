@@ -21,12 +21,7 @@ from foveal.models import create_model, model_spec
 TINY = {"in_channels": 1, "num_classes": 3, "image_size": (28, 28), "width": 2, "what_dim": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class Noise(Dataset):
