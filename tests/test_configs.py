@@ -1,0 +1,50 @@
+"""Every built-in config builds: its model and algorithm exist and take its settings (a typo in a YAML
+file fails here, not an hour into someone's run)."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from foveal.config import builtin_configs, load_config, split_name
+from foveal.evaluation.compare import load_compare_config
+from foveal.experiment import build_model
+from foveal.training.algorithms import build_algorithm
+from foveal.training.engine import TrainConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+RUN_CONFIGS = [n for n in builtin_configs() if not n.startswith("compare-")]
+
+
+def stand_in_data(data: dict) -> SimpleNamespace:
+    """The shape and class count a config's dataset would have, without reading it."""
+    name = data["name"]
+    if name == "celeba-hq":
+        size = int(data.get("image_size", 224))
+        return SimpleNamespace(name=name, image_shape=(3, size, size), num_classes=2)
+    size = int(data.get("canvas", 60)) if name.startswith(("cluttered-", "translated-")) else 28
+    return SimpleNamespace(name=name, image_shape=(1, size, size), num_classes=10)
+
+
+def test_the_built_in_configs_are_listed():
+    assert {"demo", "ram-fashion-mnist", "compare-cluttered-fashion-mnist", "posterior-densenet121-celeba-hq"} <= set(
+        builtin_configs())
+
+
+@pytest.mark.parametrize("name", RUN_CONFIGS)
+def test_run_config_builds_its_model_algorithm_and_training_settings(name):
+    cfg = load_config(name)
+    TrainConfig(**cfg["train"])
+    algorithm, settings = split_name(cfg["algorithm"])
+    build_algorithm(algorithm, **settings)
+    model = build_model(cfg, stand_in_data(cfg["data"]))
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize("name", [n for n in builtin_configs() if n.startswith("compare-")])
+def test_compare_config_resolves_every_method(name):
+    cfg = load_compare_config(name)
+    assert cfg.methods and len(cfg.seeds) >= 3
+    for method in cfg.methods:
+        assert method.kind in ("ram", "ram+", "wsram", "ps")
+    TrainConfig(**cfg.run["train"])
