@@ -103,6 +103,18 @@ def test_compare_trains_every_method_reports_and_resumes(setup, capsys):
     err = capsys.readouterr().err
     assert err.count("finished already") == 5 and "training RAM seed 0" in err
     assert (out / "runs" / "ram" / "seed-0" / "metrics.csv").read_text() == metrics_before
+    # A fixed accuracy target adds a column, from the same runs; the report does not retrain.
+    assert main(["compare", "--config", str(config), "--out", str(out), "--quick", "--report-only",
+                 "convergence.target_accuracy=0.05"]) == 0
+    assert "| iterations to 5 % |" in (out / "table.md").read_text()
+    with open(out / "runs.csv") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    reach = run_convergence(out / "runs" / "ram" / "seed-0" / "metrics.csv", target_accuracy=0.05).target_iterations
+    assert rows["RAM"]["target_iterations"] == ("" if reach is None else str(reach))
+    with pytest.raises(ValueError, match=r"convergence.target_accuracy: expected null or a fraction in \(0, 1\], found 5"):
+        load_compare_config(config, ("convergence.target_accuracy=5",), quick=True)
+    with pytest.raises(ValueError, match=r"convergence: unknown key\(s\) \['target'\]"):
+        load_compare_config(config, ("convergence.target=0.5",), quick=True)
     with pytest.raises(ValueError, match="another config"):
         from foveal.evaluation.compare import run_comparison
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from foveal.evaluation.convergence import iterations_to_converge, mean_and_spread, run_convergence
+from foveal.evaluation.convergence import iterations_to_converge, iterations_to_reach, mean_and_spread, run_convergence
 
 
 def write_metrics(path, val_rows, train_rows=()):
@@ -62,6 +62,25 @@ def test_run_convergence_reads_metrics_csv(tmp_path):
     assert conv.last_iteration == 2000
     loose = run_convergence(path, ce_tolerance=0.1, accuracy_tolerance=0.05)
     assert loose.ce_iterations < conv.ce_iterations and loose.accuracy_iterations < conv.accuracy_iterations
+
+
+def test_fixed_target_first_validation_at_or_above_it():
+    its, acc = [100, 200, 300, 400], [0.2, float("nan"), 0.45, 0.40]
+    assert iterations_to_reach(its, acc, target=0.4) == 300  # NaN skipped; the first at or above counts
+    assert iterations_to_reach(its, acc, target=0.45) == 300 and iterations_to_reach(its, acc, target=0.2) == 100
+    assert iterations_to_reach(its, acc, target=0.5) is None
+    with pytest.raises(ValueError, match="equal length"):
+        iterations_to_reach([1, 2], [0.1], target=0.5)
+
+
+def test_run_convergence_counts_a_target_only_when_given(tmp_path):
+    its = np.arange(1, 11) * 100
+    acc = 0.9 - 0.6 * np.exp(-its / 300.0)  # 0.9 - 0.6 e^{-i/300} >= 0.8 first at i = 300 ln 6 = 537.5 -> 600
+    path = write_metrics(tmp_path / "metrics.csv", [(i, "accuracy", a) for i, a in zip(its, acc)])
+    assert run_convergence(path).target_iterations is None
+    conv = run_convergence(path, target_accuracy=0.8)
+    assert conv.target_iterations == 600 and conv.target_accuracy == 0.8
+    assert run_convergence(path, target_accuracy=0.95).target_iterations is None
 
 
 def test_run_without_validation_rows_gives_none(tmp_path):

@@ -25,7 +25,7 @@ A comparison config (YAML, ``compare-*.yaml`` among the built-in configs)::
     inputs: {nogs: null, posterior: null, ps_ram_source: auto, hgs_points: null, num_sequences: 1000,
              pretrain_iterations: 1000, salience_mode: linear, uniform_mix: 0.1, salience_stride: null,
              stand_ins: false}
-    convergence: {ce_tolerance: 0.01, accuracy_tolerance: 0.01}
+    convergence: {ce_tolerance: 0.01, accuracy_tolerance: 0.01, target_accuracy: null}
     quick: {run_overrides: [...], seeds: [0], inputs: {...}}   # merged in by --quick (smoke runs)
 
 Layout of the output folder: ``runs/<method>/seed-<s>/`` are ordinary run folders (``ram+`` adds
@@ -106,8 +106,12 @@ class CompareConfig:
     inputs: dict
     ce_tolerance: float = 0.01
     accuracy_tolerance: float = 0.01
+    target_accuracy: Optional[float] = None
 
     def __post_init__(self) -> None:
+        t = self.target_accuracy
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1):
+            raise ValueError(f"convergence.target_accuracy: expected null or a fraction in (0, 1], found {t!r}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: expected a non-empty list of distinct integers, found {list(self.seeds)}")
         names = [m.name for m in self.methods]
@@ -189,7 +193,11 @@ def load_compare_config(name_or_path: str | Path, overrides: tuple[str, ...] = (
     run_cfg = check_config(copy.deepcopy(run), f"{where}: run") if isinstance(run, dict) else load_config(run)
     run_cfg = apply_overrides(run_cfg, run_overrides)
     methods = tuple(MethodSpec(**{**m, "overrides": tuple(m.get("overrides") or ())}) for m in raw.get("methods") or [])
-    conv = {"ce_tolerance": 0.01, "accuracy_tolerance": 0.01, **(raw.get("convergence") or {})}
+    conv = {"ce_tolerance": 0.01, "accuracy_tolerance": 0.01, "target_accuracy": None, **(raw.get("convergence") or {})}
+    unknown = set(conv) - {"ce_tolerance", "accuracy_tolerance", "target_accuracy"}
+    if unknown:
+        raise ValueError(f"{where}: convergence: unknown key(s) {sorted(unknown)}; expected some of "
+                         "['accuracy_tolerance', 'ce_tolerance', 'target_accuracy']")
     return CompareConfig(run=run_cfg, methods=methods, seeds=tuple(int(s) for s in raw.get("seeds") or [0]),
                          inputs={**_INPUT_DEFAULTS, **(raw.get("inputs") or {})}, **conv)
 
@@ -327,7 +335,8 @@ def save_compare_config(cfg: CompareConfig, out: Path) -> None:
     resolved = {"run": cfg.run, "seeds": list(cfg.seeds), "inputs": dict(cfg.inputs),
                 "methods": [{"name": m.name, "kind": m.kind, "sequences": m.sequences, "algorithm": dict(m.algorithm),
                              "overrides": list(m.overrides)} for m in cfg.methods],
-                "convergence": {"ce_tolerance": cfg.ce_tolerance, "accuracy_tolerance": cfg.accuracy_tolerance}}
+                "convergence": {"ce_tolerance": cfg.ce_tolerance, "accuracy_tolerance": cfg.accuracy_tolerance,
+                                "target_accuracy": cfg.target_accuracy}}
     path = out / "compare.yaml"
     out.mkdir(parents=True, exist_ok=True)
     if path.exists():

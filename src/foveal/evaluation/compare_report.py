@@ -5,6 +5,8 @@ For every method and seed the run folder (``runs/<method>/seed-<s>/``) gives:
 * iterations to converge by both of the paper's criteria (:mod:`foveal.evaluation.convergence`) from
   its ``metrics.csv``: validation cross-entropy within ``ce_tolerance`` of its best, validation
   accuracy within ``accuracy_tolerance`` of its best;
+* with ``convergence.target_accuracy``, iterations until validation accuracy first reaches that fixed
+  target (for runs cut short before they converge; runs that never reach it are counted in the table);
 * test accuracy and training speed from its ``results.json``.
 
 Written to the comparison folder: ``table.md`` and ``table.csv`` (one row per method: mean, sample
@@ -29,8 +31,8 @@ from foveal.evaluation.convergence import mean_and_spread, run_convergence
 
 __all__ = ["collect_runs", "summarise", "markdown_table", "write_report"]
 
-_RUN_FIELDS = ("method", "seed", "status", "ce_iterations", "accuracy_iterations", "best_val_ce", "best_val_accuracy",
-               "test_accuracy", "iterations", "pretrain_iterations", "iterations_per_s", "train_time_s")
+_RUN_FIELDS = ("method", "seed", "status", "ce_iterations", "accuracy_iterations", "target_iterations", "best_val_ce",
+               "best_val_accuracy", "test_accuracy", "iterations", "pretrain_iterations", "iterations_per_s", "train_time_s")
 
 
 def _read_json(path: Path) -> Optional[dict]:
@@ -49,8 +51,9 @@ def collect_runs(cfg: CompareConfig, out: Path) -> list[dict[str, Any]]:
                        status="finished" if results else "partial" if (run / "metrics.csv").exists() else "pending")
             if (run / "metrics.csv").exists():
                 conv = run_convergence(run / "metrics.csv", ce_tolerance=cfg.ce_tolerance,
-                                       accuracy_tolerance=cfg.accuracy_tolerance)
+                                       accuracy_tolerance=cfg.accuracy_tolerance, target_accuracy=cfg.target_accuracy)
                 row.update(ce_iterations=conv.ce_iterations, accuracy_iterations=conv.accuracy_iterations,
+                           target_iterations=conv.target_iterations,
                            best_val_ce=conv.best_ce, best_val_accuracy=conv.best_accuracy, iterations=conv.last_iteration)
             if results:
                 training = results.get("training", {})
@@ -70,8 +73,8 @@ def summarise(cfg: CompareConfig, rows: list[dict[str, Any]], skipped: Optional[
         done = [r for r in rows if r["method"] == method.name and r["status"] == "finished"]
         entry: dict[str, Any] = {"method": method.name, "kind": method.kind, "finished": len(done),
                                  "seeds": len(cfg.seeds), "skipped": (skipped or {}).get(method.name)}
-        for key in ("ce_iterations", "accuracy_iterations", "test_accuracy", "iterations_per_s", "train_time_s",
-                    "pretrain_iterations"):
+        for key in ("ce_iterations", "accuracy_iterations", "target_iterations", "test_accuracy", "iterations_per_s",
+                    "train_time_s", "pretrain_iterations"):
             mean, sd, n = mean_and_spread([r[key] for r in done])
             entry[key] = {"mean": mean, "sd": sd, "n": n}
         out.append(entry)
@@ -85,9 +88,15 @@ def _fmt(stat: dict, digits: int = 0, scale: float = 1.0) -> str:
     return f"{mean:,.{digits}f} ± {sd:,.{digits}f}" if stat["n"] > 1 else f"{mean:,.{digits}f}"
 
 
+def _reached(entry: dict) -> str:
+    """The target column's cell: mean ± sd over the seeds that reached the target, and how many did."""
+    n, finished = entry["target_iterations"]["n"], entry["finished"]
+    return _fmt(entry["target_iterations"]) + (f" ({n}/{finished})" if n < finished else "") + " | "
+
+
 def markdown_table(cfg: CompareConfig, summary: list[dict]) -> str:
     """The Table 1 analogue as Markdown (mean ± sample sd over finished seeds)."""
-    run = cfg.run
+    run, target = cfg.run, cfg.target_accuracy
     data = run["data"]["name"]
     model = run["model"]
     lines = [f"## Iterations to converge and test accuracy on {data}", "",
@@ -98,16 +107,20 @@ def markdown_table(cfg: CompareConfig, summary: list[dict]) -> str:
              f"best (CE column) / accuracy within {100 * cfg.accuracy_tolerance:g} point(s) of its best (acc. column).",
              *(["", "**Stand-in inputs** (random sequences in place of NOGS, random salience maps): a smoke run of "
                  "the pipeline, not a result."] if cfg.inputs.get("stand_ins") else []),
-             "", "| method | seeds | iterations (CE) | iterations (acc.) | test accuracy (%) | it/s |",
-             "|---|---|---|---|---|---|"]
+             *(["", f"Target column: iterations until validation accuracy first reaches {100 * target:g} % (the same "
+                 f"target for every method; (k/n): only k of the n finished seeds reached it)."] if target else []),
+             "", "| method | seeds | iterations (CE) | iterations (acc.) | " + (f"iterations to {100 * target:g} % | "
+                                                                            if target else "") + "test accuracy (%) | it/s |",
+             "|---|---|---|---|" + ("---|" if target else "") + "---|---|"]
     for e in summary:
         if e["skipped"]:
-            lines.append(f"| {e['method']} | skipped: {e['skipped']} | | | | |")
+            lines.append(f"| {e['method']} | skipped: {e['skipped']} | | | | |" + (" |" if target else ""))
             continue
         name = e["method"] + (f" (+{_fmt(e['pretrain_iterations'])} pretraining)" if e["kind"] == "ram+" and
                               e["pretrain_iterations"]["n"] else "")
         lines.append(f"| {name} | {e['finished']}/{e['seeds']} | {_fmt(e['ce_iterations'])} | "
-                     f"{_fmt(e['accuracy_iterations'])} | {_fmt(e['test_accuracy'], 1, 100)} | "
+                     f"{_fmt(e['accuracy_iterations'])} | " + (_reached(e) if target else "") +
+                     f"{_fmt(e['test_accuracy'], 1, 100)} | "
                      f"{_fmt(e['iterations_per_s'], 1)} |")
     return "\n".join(lines) + "\n"
 
@@ -135,8 +148,9 @@ def write_report(cfg: CompareConfig, out: Path, skipped: Optional[dict[str, str]
     paths["table_md"].write_text(markdown_table(cfg, summary))
     flat = [{"method": e["method"], "kind": e["kind"], "finished": e["finished"], "seeds": e["seeds"],
              "skipped": e["skipped"] or "",
-             **{f"{k}_{s}": e[k][s] for k in ("ce_iterations", "accuracy_iterations", "test_accuracy",
-                                             "iterations_per_s") for s in ("mean", "sd")}} for e in summary]
+             **{f"{k}_{s}": e[k][s] for k in ("ce_iterations", "accuracy_iterations", "target_iterations",
+                                             "test_accuracy", "iterations_per_s") for s in ("mean", "sd")}}
+            for e in summary]
     _write_csv(paths["table_csv"], flat, list(flat[0]) if flat else ["method"])
     _write_csv(paths["runs_csv"], rows, list(_RUN_FIELDS))
     paths["summary"].write_text(json.dumps({"methods": summary, "runs": rows, "skipped": skipped}, indent=2))

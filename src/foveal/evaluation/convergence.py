@@ -13,7 +13,11 @@ With a curve :math:`v_1, \dots, v_n` measured at iterations :math:`i_1 < \dots <
 
     \text{iterations to converge} = \min \{ i_k : |v_k - v^\star| \le \text{tolerance} \}.
 
-Both criteria are read from a run's ``metrics.csv`` (the engine's long format, split ``val``,
+A third criterion, for runs cut short before they converge (where "the best" is only the best so far),
+counts the iterations until validation accuracy first reaches a fixed target, the same for every
+method: :math:`\min \{ i_k : v_k \ge \text{target} \}` (None if the run never reaches it).
+
+All criteria are read from a run's ``metrics.csv`` (the engine's long format, split ``val``,
 names ``ce`` and ``accuracy``; accuracy is a fraction in [0, 1], so one point is ``0.01``).
 Values that are NaN are ignored. The best is taken over the whole run, so the number depends on
 how long the run was trained: compare runs of equal length.
@@ -29,8 +33,8 @@ import numpy as np
 
 from foveal.evaluation.records import PathLike, read_metrics
 
-__all__ = ["iterations_to_converge", "Convergence", "run_convergence", "mean_and_spread", "CE_TOLERANCE",
-           "ACCURACY_TOLERANCE"]
+__all__ = ["iterations_to_converge", "iterations_to_reach", "Convergence", "run_convergence", "mean_and_spread",
+           "CE_TOLERANCE", "ACCURACY_TOLERANCE"]
 
 CE_TOLERANCE = 0.01  # nats: the paper's CelebA-HQ criterion
 ACCURACY_TOLERANCE = 0.01  # one percentage point: the paper's CUB criterion
@@ -70,6 +74,17 @@ def iterations_to_converge(iterations: Sequence[int], values: Sequence[float], *
     return int(its[np.argmax(close)])
 
 
+def iterations_to_reach(iterations: Sequence[int], values: Sequence[float], *, target: float) -> Optional[int]:
+    """The first iteration whose value is at least ``target`` (NaN entries skipped); None if none is."""
+    its = np.asarray(iterations, dtype=np.int64)
+    vals = np.asarray(values, dtype=np.float64)
+    if its.shape != vals.shape or its.ndim != 1:
+        raise ValueError(f"iterations_to_reach: expected two 1-d sequences of equal length, found shapes "
+                         f"{its.shape} and {vals.shape}")
+    reached = np.isfinite(vals) & (vals >= target - 1e-12)
+    return int(its[np.argmax(reached)]) if reached.any() else None
+
+
 @dataclass
 class Convergence:
     """Convergence numbers of one run (None where the run has no such validation curve).
@@ -79,6 +94,8 @@ class Convergence:
         accuracy_iterations: first iteration with validation accuracy within ``accuracy_tolerance`` of its best.
         best_ce, best_accuracy: the best values of the curves.
         last_iteration: the last validated iteration (how long the curve is).
+        target_iterations: first iteration with validation accuracy >= ``target_accuracy`` (None if never,
+            or if no target was given).
     """
 
     ce_iterations: Optional[int]
@@ -88,23 +105,27 @@ class Convergence:
     last_iteration: Optional[int]
     ce_tolerance: float = CE_TOLERANCE
     accuracy_tolerance: float = ACCURACY_TOLERANCE
+    target_iterations: Optional[int] = None
+    target_accuracy: Optional[float] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def run_convergence(metrics: Union[PathLike, dict], *, ce_tolerance: float = CE_TOLERANCE,
-                    accuracy_tolerance: float = ACCURACY_TOLERANCE, split: str = "val") -> Convergence:
-    """Both criteria of the module docstring for one run.
+                    accuracy_tolerance: float = ACCURACY_TOLERANCE, target_accuracy: Optional[float] = None,
+                    split: str = "val") -> Convergence:
+    """The criteria of the module docstring for one run.
 
     Args:
         metrics: a run's ``metrics.csv`` (or its :func:`foveal.evaluation.records.read_metrics` dict).
+        target_accuracy: a validation accuracy (fraction) for the fixed-target criterion; None: not counted.
         split: the split of the curves (``"val"``).
     """
     data = metrics if isinstance(metrics, dict) else read_metrics(metrics)
     curves = data.get(split, {})
     out: dict = {}
-    last = None
+    last, target_iterations = None, None
     for name, mode, tol in (("ce", "min", ce_tolerance), ("accuracy", "max", accuracy_tolerance)):
         if name not in curves:
             out[name] = (None, None)
@@ -115,11 +136,14 @@ def run_convergence(metrics: Union[PathLike, dict], *, ce_tolerance: float = CE_
         finite = vals[np.isfinite(vals)]
         best = None if not len(finite) else float(finite.min() if mode == "min" else finite.max())
         out[name] = (iterations_to_converge(its, vals, tolerance=tol, mode=mode), best)
+        if name == "accuracy" and target_accuracy is not None:
+            target_iterations = iterations_to_reach(its, vals, target=target_accuracy)
         if len(its):
             last = int(its[-1]) if last is None else max(last, int(its[-1]))
     return Convergence(ce_iterations=out["ce"][0], accuracy_iterations=out["accuracy"][0], best_ce=out["ce"][1],
                        best_accuracy=out["accuracy"][1], last_iteration=last, ce_tolerance=ce_tolerance,
-                       accuracy_tolerance=accuracy_tolerance)
+                       accuracy_tolerance=accuracy_tolerance, target_iterations=target_iterations,
+                       target_accuracy=target_accuracy)
 
 
 def mean_and_spread(values: Sequence[Optional[float]]) -> tuple[float, float, int]:
