@@ -173,6 +173,37 @@ def test_resume_with_other_training_settings_is_refused(tmp_path):
         fit(MLP(), NoisyCE(), TRAIN, VAL, dataclasses.replace(BASE, lr=0.02), tmp_path)
 
 
+def test_a_finished_constant_rate_run_continues_to_more_iterations_as_one_longer_run(tmp_path):
+    constant = dataclasses.replace(BASE, lr_schedule="constant", log_every=5)
+    info = {"model": {"name": "mlp"}}
+    whole, model_whole = tmp_path / "whole", MLP(seed=0)
+    fit(model_whole, NoisyCE(), TRAIN, VAL, constant, whole, info=info)
+    part, model_part = tmp_path / "part", MLP(seed=0)
+    assert fit(model_part, NoisyCE(), TRAIN, VAL, dataclasses.replace(constant, iterations=20), part,
+               info=info).iterations == 20
+    assert fit(model_part, NoisyCE(), TRAIN, VAL, constant, part, info=info).iterations == 40
+    assert (whole / "metrics.csv").read_text() == (part / "metrics.csv").read_text()
+    for name, value in model_whole.state_dict().items():
+        assert torch.equal(value, model_part.state_dict()[name]), name
+
+
+def test_run_folder_accepts_only_a_longer_constant_rate_run(tmp_path):
+    from foveal.config import load_config
+    from foveal.experiment import prepare_run_dir
+
+    cfg = load_config("demo")
+    cfg["train"].update(iterations=100, lr_schedule="constant")
+    prepare_run_dir(cfg, tmp_path)
+    longer = {**cfg, "train": {**cfg["train"], "iterations": 300}}
+    prepare_run_dir(longer, tmp_path)  # allowed, and recorded
+    assert "iterations: 300" in (tmp_path / "config.yaml").read_text()
+    for bad in ({**longer, "train": {**longer["train"], "iterations": 200}},  # shorter
+                {**longer, "train": {**longer["train"], "iterations": 400, "lr": 0.5}},  # longer and another lr
+                {**longer, "train": {**longer["train"], "iterations": 400, "lr_schedule": "cosine"}}):
+        with pytest.raises(ValueError, match=r"made with another config.*only train.iterations may grow"):
+            prepare_run_dir(bad, tmp_path)
+
+
 class Counting:
     """metrics = the batch's mean label and its size: checks weighting, mode and no_grad."""
 

@@ -70,7 +70,12 @@ def build_experiment(cfg: dict[str, Any], splits: tuple[str, ...] = ("train", "v
 
 
 def prepare_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
-    """Create the folder and save the config; resuming into a folder made with another config is an error."""
+    """Create the folder and save the config; resuming into a folder made with another config is an error.
+
+    One difference is allowed: more ``train.iterations`` with a constant learning rate. The engine then
+    continues from the last checkpoint, exactly as one longer run would have (a cosine schedule depends
+    on the length, so there it stays an error); the saved config records the new length.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / "config.yaml"
     if saved.exists():
@@ -78,11 +83,27 @@ def prepare_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
 
         old = yaml.safe_load(saved.read_text())
         diff = config_differences(old, cfg)
-        if diff:
+        if diff and _longer_constant_run(old, cfg):
+            dump_config(cfg, saved)
+        elif diff:
             raise ValueError(f"{saved}: this run folder was made with another config; differing fields: "
-                             + "; ".join(diff[:8]) + ". Use a new --run-dir, or the same config to resume.")
+                             + "; ".join(diff[:8]) + ". Use a new --run-dir, or the same config to resume "
+                             "(only train.iterations may grow, with train.lr_schedule=constant).")
     else:
         dump_config(cfg, saved)
+
+
+def _longer_constant_run(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """True if ``new`` is ``old`` with more ``train.iterations`` and a constant learning rate."""
+    old_train, new_train = old.get("train") or {}, new.get("train") or {}
+    if new_train.get("lr_schedule", "constant") != "constant":
+        return False
+    try:
+        longer = int(new_train["iterations"]) > int(old_train["iterations"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    same_length = {**old, "train": {**old_train, "iterations": new_train["iterations"]}}
+    return longer and not config_differences(same_length, new)
 
 
 def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable] = None,
