@@ -61,6 +61,7 @@ _TOP_KEYS = ("run", "run_overrides", "seeds", "methods", "inputs", "convergence"
 _INPUT_DEFAULTS = {"nogs": None, "posterior": None, "ps_ram_source": "auto", "hgs_points": None,
                    "num_sequences": 1000, "pretrain_iterations": 1000, "salience_mode": "linear", "uniform_mix": 0.1,
                    "salience_stride": None, "stand_ins": False}
+_CONVERGENCE_DEFAULTS = {"ce_tolerance": 0.01, "accuracy_tolerance": 0.01, "target_accuracy": None}
 
 
 def slug(name: str) -> str:
@@ -193,11 +194,11 @@ def load_compare_config(name_or_path: str | Path, overrides: tuple[str, ...] = (
     run_cfg = check_config(copy.deepcopy(run), f"{where}: run") if isinstance(run, dict) else load_config(run)
     run_cfg = apply_overrides(run_cfg, run_overrides)
     methods = tuple(MethodSpec(**{**m, "overrides": tuple(m.get("overrides") or ())}) for m in raw.get("methods") or [])
-    conv = {"ce_tolerance": 0.01, "accuracy_tolerance": 0.01, "target_accuracy": None, **(raw.get("convergence") or {})}
-    unknown = set(conv) - {"ce_tolerance", "accuracy_tolerance", "target_accuracy"}
+    conv = {**_CONVERGENCE_DEFAULTS, **(raw.get("convergence") or {})}
+    unknown = set(conv) - set(_CONVERGENCE_DEFAULTS)
     if unknown:
         raise ValueError(f"{where}: convergence: unknown key(s) {sorted(unknown)}; expected some of "
-                         "['accuracy_tolerance', 'ce_tolerance', 'target_accuracy']")
+                         f"{sorted(_CONVERGENCE_DEFAULTS)}")
     return CompareConfig(run=run_cfg, methods=methods, seeds=tuple(int(s) for s in raw.get("seeds") or [0]),
                          inputs={**_INPUT_DEFAULTS, **(raw.get("inputs") or {})}, **conv)
 
