@@ -19,30 +19,12 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from foveal.evaluation.plots import _figure, _save
 from foveal.evaluation.records import PathLike, as_record, glimpse_coverage
 
 __all__ = ["plot_method_curves", "plot_iterations_per_seed", "plot_heatmaps_by_method"]
 
 Series = tuple[np.ndarray, np.ndarray]
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, dpi=130, format="png", facecolor="white")
-    finally:
-        fig.clear()
-    return path
 
 
 def _mean_and_range(curves: Sequence[Series]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
