@@ -62,7 +62,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from foveal.training.base import LossOutput
-from foveal.training.reinforce import Reinforce, ReinforceConfig
+from foveal.training.reinforce import EvaluatedAsReinforce, Reinforce, ReinforceConfig
 
 __all__ = ["PartialSupervisionConfig", "PartialSupervision", "OversampledDataset", "oversampling_repeats"]
 
@@ -156,7 +156,7 @@ class OversampledDataset(Dataset):
         return getattr(self.base, name)
 
 
-class PartialSupervision:
+class PartialSupervision(EvaluatedAsReinforce):
     """Eq. 8: sequence likelihood on supervised images, REINFORCE on the others (module docstring)."""
 
     def __init__(self, config: PartialSupervisionConfig) -> None:
@@ -255,11 +255,3 @@ class PartialSupervision:
                              "file's, or set algorithm.off_grid=snap")
         self._checked_models.add(id(model))
 
-    @torch.no_grad()
-    def predict(self, model: nn.Module, images: Tensor, num_glimpses: Optional[int] = None) -> tuple[Tensor, Tensor]:
-        """As :meth:`Reinforce.predict`: the model's own policy (sequences are for training only)."""
-        return self.reinforce.predict(model, images, num_glimpses)
-
-    @torch.no_grad()
-    def metrics(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
-        return self.reinforce.metrics(model, batch)

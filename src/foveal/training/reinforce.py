@@ -24,6 +24,7 @@ At evaluation ``test_samples = M > 1`` averages the class probabilities of M rol
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -101,3 +102,22 @@ class Reinforce:
         final = probs[:, -1]
         ce = F.nll_loss(final.clamp_min(1e-12).log(), labels)
         return {"accuracy": (final.argmax(-1) == labels).float().mean().item(), "ce": ce.item()}
+
+
+class EvaluatedAsReinforce:
+    """Mixin for training algorithms of a glimpse model whose evaluation is RAM's: the model's own policy,
+    whatever steered it in training (sequences, salience maps, an inference network). The class sets
+    ``self.reinforce``, a :class:`Reinforce` with its ``num_glimpses`` and evaluation settings."""
+
+    reinforce: Reinforce
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: Tensor, num_glimpses: Optional[int] = None) -> tuple[Tensor, Tensor]:
+        """As :meth:`Reinforce.predict`."""
+        return self.reinforce.predict(model, images, num_glimpses)
+
+    @torch.no_grad()
+    def metrics(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
+        """As :meth:`Reinforce.metrics`."""
+        return self.reinforce.metrics(model, batch)
+

@@ -58,7 +58,7 @@ from foveal.models.base import PolicyState
 from foveal.policies import policy_names
 from foveal.retina import LocationGrid, masked_input
 from foveal.training.base import LossOutput
-from foveal.training.reinforce import Reinforce, ReinforceConfig
+from foveal.training.reinforce import EvaluatedAsReinforce, Reinforce, ReinforceConfig
 
 __all__ = ["SalienceMaps", "salience", "compute_salience", "salience_probabilities", "SaliencePolicy",
            "SaliencePretrainingConfig", "SaliencePretraining"]
@@ -249,7 +249,7 @@ class SaliencePretrainingConfig:
                              f"found {self.eval_policy!r}")
 
 
-class SaliencePretraining:
+class SaliencePretraining(EvaluatedAsReinforce):
     """Cross-entropy with glimpses drawn from salience maps (module docstring)."""
 
     def __init__(self, config: SaliencePretrainingConfig) -> None:
@@ -288,11 +288,4 @@ class SaliencePretraining:
         accuracy = (final.argmax(-1) == batch["label"]).float().mean()
         return LossOutput(ce, {"ce": ce.item(), "accuracy": accuracy.item()})
 
-    @torch.no_grad()
-    def predict(self, model: nn.Module, images: Tensor, num_glimpses: Optional[int] = None) -> tuple[Tensor, Tensor]:
-        return self.reinforce.predict(model, images, num_glimpses)
-
-    @torch.no_grad()
-    def metrics(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
-        return self.reinforce.metrics(model, batch)
 

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +65,7 @@ from torch import Tensor, nn
 from foveal.models.base import PolicyState
 from foveal.policies import policy_names
 from foveal.training.base import LossOutput
-from foveal.training.reinforce import Reinforce, ReinforceConfig
+from foveal.training.reinforce import EvaluatedAsReinforce, Reinforce, ReinforceConfig
 
 __all__ = ["WakeSleepConfig", "WakeSleep", "InferencePolicy"]
 
@@ -125,7 +124,7 @@ class InferencePolicy:
         return torch.stack(self.log_q, 1)
 
 
-class WakeSleep:
+class WakeSleep(EvaluatedAsReinforce):
     """The reweighted wake-sleep loss of the module docstring, for models with an inference network."""
 
     def __init__(self, config: WakeSleepConfig = WakeSleepConfig()) -> None:
@@ -159,11 +158,3 @@ class WakeSleep:
                 "ess": (1.0 / w.square().sum(0)).mean().item() / M}
         return LossOutput(loss, logs)
 
-    @torch.no_grad()
-    def predict(self, model: nn.Module, images: Tensor, num_glimpses: Optional[int] = None) -> tuple[Tensor, Tensor]:
-        """As :meth:`Reinforce.predict`: the model's own policy."""
-        return self.reinforce.predict(model, images, num_glimpses)
-
-    @torch.no_grad()
-    def metrics(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
-        return self.reinforce.metrics(model, batch)
