@@ -254,4 +254,3 @@ class PartialSupervision(EvaluatedAsReinforce):
                              f"cols {grid.cols[:4]}..., {grid.glimpse_size} px); make the model's grid match the "
                              "file's, or set algorithm.off_grid=snap")
         self._checked_models.add(id(model))
-

@@ -120,4 +120,3 @@ class EvaluatedAsReinforce:
     def metrics(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
         """As :meth:`Reinforce.metrics`."""
         return self.reinforce.metrics(model, batch)
-

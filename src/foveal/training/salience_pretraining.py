@@ -287,5 +287,3 @@ class SaliencePretraining(EvaluatedAsReinforce):
         ce = F.cross_entropy(final, batch["label"])
         accuracy = (final.argmax(-1) == batch["label"]).float().mean()
         return LossOutput(ce, {"ce": ce.item(), "accuracy": accuracy.item()})
-
-

@@ -157,4 +157,3 @@ class WakeSleep(EvaluatedAsReinforce):
                 "log_likelihood": (torch.logsumexp(log_w, 0) - math.log(M)).mean().item(),
                 "ess": (1.0 / w.square().sum(0)).mean().item() / M}
         return LossOutput(loss, logs)
-
