@@ -41,7 +41,7 @@ def export_official(seqs: GlimpseSequences, folder: PathLike) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     names = [_file_stem(i) for i in seqs.ids] if seqs.ids is not None else [str(i) for i in seqs.indices.tolist()]
     if len(set(names)) != len(names):
-        raise DataError(f"export_official: expected one file name per image, found ids that collide as file names")
+        raise DataError("export_official: expected one file name per image, found ids that collide as file names")
     paths = []
     for row, name in enumerate(names):
         lines = [f"{r}, {c}" for r, c in seqs.corners[row].tolist()]
