@@ -7,7 +7,8 @@
 * :mod:`foveal.boed.training` - its training algorithm ("posterior", Eq. 7) and accuracy-vs-glimpses curve.
 * :mod:`foveal.boed.bank` - the image bank and the PCA-accelerated importance-sampling completion sampler.
 * :mod:`foveal.boed.sequences` - glimpse-sequence files (and :mod:`foveal.boed.official`, the released text format).
-* :mod:`foveal.boed.annotate` - the resumable, shardable annotator writing them.
+* :mod:`foveal.boed.annotate` - the resumable, shardable annotator writing them; its settings are in
+  :mod:`foveal.boed.annotate_config`.
 """
 
 from foveal.boed.epe import (CompletionSampler, FirstGlimpse, GlimpseSequence, Posterior, cell_masks,

@@ -1,0 +1,163 @@
+"""Settings of the annotator (:class:`AnnotateConfig`) and which images a shard takes (:func:`select_indices`).
+
+:mod:`foveal.boed.annotate` runs them; its docstring describes the selection, sharding and the output folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from foveal.boed.epe import SearchConfig
+from foveal.retina import LocationGrid
+
+__all__ = ["AnnotateConfig", "select_indices"]
+
+
+@dataclass(frozen=True)
+class AnnotateConfig:
+    """Settings of :func:`annotate`.
+
+    Attributes:
+        dataset, split, data_root, data_seed, data_options: the images (``foveal.data.build_dataset``).
+        posterior: checkpoint prefix of a posterior network (registry kind "posterior").
+        bank: image bank ``.npy`` (``foveal build-bank``).
+        task: recorded in the file (e.g. a CelebA attribute); None = the dataset's labels.
+        start, count: positions ``start .. start + count - 1`` of the split (count None: to the end).
+        shard_index, num_shards, shard_mode: this worker's share, "round-robin" or "contiguous".
+        glimpse_size, grid, grid_stride: the candidate cells, as in ``PosteriorTrainingConfig``
+            (``grid`` cells per axis, or every ``grid_stride`` pixels; neither: stride 1).
+        num_glimpses: T.
+        n_completions: completions per step (the paper: 200).
+        pca_components, n_proposals, sigma2_schedule, target_ess, resampling, pca_fit_samples: the
+            :class:`~foveal.boed.completion.BankSampler`'s settings.
+        shifts: translations of up to this many pixels marginalised when re-weighting the candidates
+            (:class:`~foveal.boed.completion.BankSampler`; 0: none, the official code: 4).
+        cache_cells: cell PCAs the sampler keeps fitted (None: every cell of the grid, so none is
+            refitted; lower it only when memory is short).
+        local_updates, screen_completions, screen_top_k, skip_seen: how each step searches
+            (:class:`~foveal.boed.epe.SearchConfig`; the defaults are the plain method). local_updates
+            is exact; screening with few completions then re-scoring the top k is an approximation
+            (benchmarks/annotate.py measures both).
+        keep_maps: also store every step's EPE map (``[N, T, grid_h, grid_w]`` float32).
+        seed: per-image randomness (module docstring).
+        chunk_size: images per part file (the unit of resumption).
+        batch_size: masked images per posterior call.
+        device: "cpu", "cuda" or "auto" (the posterior's; the bank search runs on the CPU).
+        method: recorded in the file.
+    """
+
+    dataset: str
+    posterior: str
+    bank: str
+    split: str = "train"
+    data_root: Optional[str] = None
+    data_seed: int = 0
+    data_options: dict = field(default_factory=dict)
+    task: Optional[str] = None
+    start: int = 0
+    count: Optional[int] = None
+    shard_index: int = 0
+    num_shards: int = 1
+    shard_mode: str = "round-robin"
+    glimpse_size: int = 8
+    grid: Optional[int | tuple[int, int]] = None
+    grid_stride: Optional[int] = None
+    num_glimpses: int = 5
+    n_completions: int = 200
+    pca_components: int = 32
+    n_proposals: int = 1000
+    sigma2_schedule: tuple[float, ...] = (0.05,)
+    target_ess: Optional[float] = None
+    resampling: str = "residual"
+    pca_fit_samples: int = 4096
+    cache_cells: Optional[int] = None
+    shifts: int = 0
+    local_updates: bool = False
+    screen_completions: Optional[int] = None
+    screen_top_k: int = 8
+    skip_seen: bool = False
+    keep_maps: bool = False
+    seed: int = 0
+    chunk_size: int = 16
+    batch_size: int = 256
+    device: str = "cpu"
+    method: str = "nogs"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.grid, list):
+            object.__setattr__(self, "grid", tuple(self.grid))
+        if isinstance(self.sigma2_schedule, (int, float)):
+            object.__setattr__(self, "sigma2_schedule", (self.sigma2_schedule,))
+        object.__setattr__(self, "sigma2_schedule", tuple(float(s) for s in self.sigma2_schedule))
+        object.__setattr__(self, "data_options", dict(self.data_options or {}))
+        for name in ("glimpse_size", "num_glimpses", "n_completions", "pca_components", "n_proposals",
+                     "pca_fit_samples", "chunk_size", "batch_size", "num_shards"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"AnnotateConfig.{name}: expected an integer >= 1, found {getattr(self, name)!r}")
+        for name in ("start", "seed", "data_seed", "shifts"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"AnnotateConfig.{name}: expected an integer >= 0, found {getattr(self, name)!r}")
+        if self.cache_cells is not None and (not isinstance(self.cache_cells, int) or self.cache_cells < 1):
+            raise ValueError(f"AnnotateConfig.cache_cells: expected None or an integer >= 1, found {self.cache_cells!r}")
+        self.search()  # SearchConfig checks its own fields
+        if self.count is not None and (not isinstance(self.count, int) or self.count < 1):
+            raise ValueError(f"AnnotateConfig.count: expected None (to the end) or an integer >= 1, "
+                             f"found {self.count!r}")
+        if not 0 <= self.shard_index < self.num_shards:
+            raise ValueError(f"AnnotateConfig.shard_index: expected 0 <= shard_index < num_shards = {self.num_shards} "
+                             f"(shards count from 0), found {self.shard_index}")
+        if self.shard_mode not in ("round-robin", "contiguous"):
+            raise ValueError(f"AnnotateConfig.shard_mode: expected 'round-robin' or 'contiguous', "
+                             f"found {self.shard_mode!r}")
+        if self.grid is not None and self.grid_stride is not None:
+            raise ValueError(f"AnnotateConfig: expected at most one of grid, grid_stride; found grid={self.grid!r}, "
+                             f"grid_stride={self.grid_stride!r}")
+        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
+            raise ValueError(f"AnnotateConfig.device: expected cpu, cuda or auto, found {self.device!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "AnnotateConfig":
+        """From a mapping (a YAML file); an unknown key is an error naming the accepted ones."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"annotate config: unknown field(s) {unknown}; expected some of {names}")
+        missing = [k for k in ("dataset", "posterior", "bank") if values.get(k) is None]
+        if missing:
+            raise ValueError(f"annotate config: field {missing[0]!r}: expected a value, found none")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able (tuples as lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def search(self) -> SearchConfig:
+        return SearchConfig(screen_completions=self.screen_completions, screen_top_k=self.screen_top_k,
+                            skip_seen=self.skip_seen, local_updates=self.local_updates)
+
+    def make_grid(self, image_size: tuple[int, int]) -> LocationGrid:
+        if self.grid is not None:
+            return LocationGrid.from_count(image_size, self.glimpse_size, self.grid)
+        return LocationGrid.from_stride(image_size, self.glimpse_size, self.grid_stride or 1)
+
+    @property
+    def shard_name(self) -> str:
+        return f"shard-{self.shard_index}-of-{self.num_shards}"
+
+
+def select_indices(config: AnnotateConfig, split_size: int) -> Tensor:
+    """int64 ``[n]``: this shard's positions of the split, in processing order (module docstring)."""
+    stop = split_size if config.count is None else config.start + config.count
+    if config.start >= split_size or stop > split_size:
+        raise ValueError(f"AnnotateConfig.start/count: expected positions within the split's {split_size} images, "
+                         f"found {config.start}..{stop - 1}")
+    chosen = torch.arange(config.start, stop)
+    if config.shard_mode == "round-robin":
+        return chosen[config.shard_index::config.num_shards]
+    return torch.tensor_split(chosen, config.num_shards)[config.shard_index]
