@@ -31,23 +31,33 @@ def builtin_configs() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("foveal.configs").iterdir() if p.name.endswith(".yaml"))
 
 
-def load_config(name_or_path: str | Path) -> dict[str, Any]:
-    """Read a run config from a YAML file or a built-in name; check its sections."""
+def read_yaml(name_or_path: str | Path, what: str = "config") -> tuple[Any, str]:
+    """The parsed YAML of a file, or of a built-in config named without ``.yaml``, and where it came from.
+
+    Raises:
+        FileNotFoundError: no such file or built-in name (``what`` names the kind of config).
+        ValueError: the text is not valid YAML.
+    """
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
+            raise FileNotFoundError(f"{what} file {path} does not exist")
         text, where = path.read_text(), str(path)
     elif str(name_or_path) in builtin_configs():
         text = resources.files("foveal.configs").joinpath(f"{name_or_path}.yaml").read_text()
         where = f"built-in config {name_or_path!r}"
     else:
-        raise FileNotFoundError(f"config: expected a YAML file or one of {builtin_configs()}, found {name_or_path!r}")
+        raise FileNotFoundError(f"{what}: expected a YAML file or one of {builtin_configs()}, found {name_or_path!r}")
     try:
-        cfg = yaml.safe_load(text) or {}
+        return yaml.safe_load(text), where
     except yaml.YAMLError as err:
         raise ValueError(f"{where}: not valid YAML ({err})") from None
-    return check_config(cfg, where)
+
+
+def load_config(name_or_path: str | Path) -> dict[str, Any]:
+    """Read a run config from a YAML file or a built-in name; check its sections."""
+    cfg, where = read_yaml(name_or_path)
+    return check_config(cfg or {}, where)
 
 
 def check_config(cfg: Any, where: str = "config") -> dict[str, Any]:

@@ -50,7 +50,7 @@ from typing import Callable, Optional
 
 import yaml
 
-from foveal.config import SECTIONS, apply_overrides, check_config, load_config, split_name
+from foveal.config import SECTIONS, apply_overrides, check_config, load_config, read_yaml, split_name
 
 __all__ = ["MethodSpec", "CompareConfig", "RunTask", "load_compare_config", "plan_runs", "slug", "KINDS"]
 
@@ -61,6 +61,7 @@ _TOP_KEYS = ("run", "run_overrides", "seeds", "methods", "inputs", "convergence"
 _INPUT_DEFAULTS = {"nogs": None, "posterior": None, "ps_ram_source": "auto", "hgs_points": None,
                    "num_sequences": 1000, "pretrain_iterations": 1000, "salience_mode": "linear", "uniform_mix": 0.1,
                    "salience_stride": None, "stand_ins": False}
+# foveal.evaluation.convergence's CE_TOLERANCE / ACCURACY_TOLERANCE (not imported: it brings torch)
 _CONVERGENCE_DEFAULTS = {"ce_tolerance": 0.01, "accuracy_tolerance": 0.01, "target_accuracy": None}
 
 
@@ -105,9 +106,9 @@ class CompareConfig:
     methods: tuple[MethodSpec, ...]
     seeds: tuple[int, ...]
     inputs: dict
-    ce_tolerance: float = 0.01
-    accuracy_tolerance: float = 0.01
-    target_accuracy: Optional[float] = None
+    ce_tolerance: float = _CONVERGENCE_DEFAULTS["ce_tolerance"]
+    accuracy_tolerance: float = _CONVERGENCE_DEFAULTS["accuracy_tolerance"]
+    target_accuracy: Optional[float] = _CONVERGENCE_DEFAULTS["target_accuracy"]
 
     def __post_init__(self) -> None:
         t = self.target_accuracy
@@ -149,25 +150,11 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def _read_yaml(name_or_path: str | Path) -> tuple[dict, str]:
-    from importlib import resources
-
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise FileNotFoundError(f"comparison config {path} does not exist")
-        return yaml.safe_load(path.read_text()) or {}, str(path)
-    ref = resources.files("foveal.configs").joinpath(f"{name_or_path}.yaml")
-    if not ref.is_file():
-        raise FileNotFoundError(f"comparison config: expected a YAML file or a built-in compare-* name, found "
-                                f"{name_or_path!r}")
-    return yaml.safe_load(ref.read_text()) or {}, f"built-in config {name_or_path!r}"
-
-
 def load_compare_config(name_or_path: str | Path, overrides: tuple[str, ...] = (), *, quick: bool = False) -> CompareConfig:
     """Read a comparison config; ``overrides`` are ``section.key=value`` for the run config (as for
     ``foveal train``) or ``seeds=[0,1]`` / ``inputs.nogs=path`` / ``convergence.x=v`` for the comparison."""
-    raw, where = _read_yaml(name_or_path)
+    raw, where = read_yaml(name_or_path, "comparison config")
+    raw = raw or {}
     if not isinstance(raw, dict) or set(raw) - set(_TOP_KEYS):
         found = sorted(set(raw) - set(_TOP_KEYS)) if isinstance(raw, dict) else type(raw).__name__
         raise ValueError(f"{where}: expected the keys {_TOP_KEYS}, found {found}")
