@@ -111,6 +111,20 @@ def test_compare_trains_every_method_reports_and_resumes(setup, capsys):
         rows = {r["method"]: r for r in csv.DictReader(f)}
     reach = run_convergence(out / "runs" / "ram" / "seed-0" / "metrics.csv", target_accuracy=0.05).target_iterations
     assert rows["RAM"]["target_iterations"] == ("" if reach is None else str(reach))
+    # A report of a part covers only the methods asked for; a name the config lacks is an error.
+    assert main(["compare", "--config", str(config), "--out", str(out), "--quick", "--report-only",
+                 "--methods", "RAM,PS-NOGS"]) == 0
+    table = (out / "table.md").read_text()
+    assert "| RAM | 1/1 |" in table and "| PS-NOGS | 1/1 |" in table and "WSRAM" not in table
+    with open(out / "runs.csv") as f:
+        assert [r["method"] for r in csv.DictReader(f)] == ["RAM", "PS-NOGS"]
+    capsys.readouterr()
+    assert main(["compare", "--config", str(config), "--out", str(out), "--quick", "--report-only", "--methods", "RAN"]) == 2
+    assert "--methods: unknown method(s) ['RAN']; the config has ['RAM', 'RAM+'," in capsys.readouterr().err
+    assert main(["compare", "--config", str(config), "--out", str(out), "--quick", "--report-only", "--seeds", "7"]) == 2
+    assert "--seeds: seed(s) [7] are not in the config's seeds [0]" in capsys.readouterr().err
+    assert main(["compare", "--config", str(config), "--out", str(out), "--quick", "--report-only", "--seeds", "x"]) == 2
+    assert "--seeds: expected comma-separated integers, found 'x'" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"convergence.target_accuracy: expected null or a fraction in \(0, 1\], found 5"):
         load_compare_config(config, ("convergence.target_accuracy=5",), quick=True)
     with pytest.raises(ValueError, match=r"convergence: unknown key\(s\) \['target'\]"):

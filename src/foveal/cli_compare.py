@@ -13,6 +13,7 @@ EPILOG = """examples:
   foveal compare inputs.nogs=runs/nogs/train inputs.posterior=runs/posterior/checkpoints/best
   foveal compare --methods RAM,PS-NOGS --seeds 0               a part of it (two processes can split the work)
   foveal compare --report-only                                  the table and figures of what has finished
+  foveal compare --report-only --methods RAM,PS-NOGS            ... of these methods only
   foveal compare --quick --out runs/compare-smoke               a tiny smoke run of the whole pipeline
 Run the same command again to resume: finished runs are skipped, interrupted ones continue.
 """
@@ -25,8 +26,8 @@ def add_parsers(sub) -> None:
                    help="comparison YAML or built-in compare-* name (default: %(default)s)")
     p.add_argument("--out", type=Path, help="comparison folder (default: runs/<config>[-quick])")
     p.add_argument("--quick", action="store_true", help="merge the config's quick: section (tiny smoke settings)")
-    p.add_argument("--methods", help="comma-separated method names to train (default: all)")
-    p.add_argument("--seeds", help="comma-separated seeds to train (default: the config's)")
+    p.add_argument("--methods", help="comma-separated method names to train, or with --report-only to report (default: all)")
+    p.add_argument("--seeds", help="comma-separated seeds to train, or with --report-only to report (default: the config's)")
     p.add_argument("--estimate", type=int, metavar="N",
                    help="time N iterations of every method and print the estimated total time; trains nothing else")
     p.add_argument("--report-only", action="store_true", help="write the table and figures; train nothing")
@@ -46,7 +47,7 @@ def _hours(seconds: float) -> str:
 
 def _compare(args) -> int:
     from foveal.cli import progress_bar
-    from foveal.evaluation.compare import load_compare_config, run_comparison
+    from foveal.evaluation.compare import load_compare_config, restrict, run_comparison
 
     cfg = load_compare_config(args.config, tuple(args.overrides), quick=args.quick)
     out = args.out or Path("runs") / f"{Path(str(args.config)).stem}{'-quick' if args.quick else ''}"
@@ -67,10 +68,15 @@ def _compare(args) -> int:
         print(f"estimated total, one process, {est['torch_threads']} torch thread(s): {_hours(est['total_s'])} "
               f"({out / 'estimate.json'})")
         return 0
-    skipped = {}
-    if not args.report_only:
-        methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else None
+    methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else None
+    try:
         seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
+    except ValueError:
+        raise ValueError(f"--seeds: expected comma-separated integers, found {args.seeds!r}") from None
+    skipped = {}
+    if args.report_only:  # a report of a part: only these methods and seeds
+        cfg = restrict(cfg, methods, seeds)
+    else:
         skipped = run_comparison(cfg, out, log=_log, progress=lambda: progress_bar(args.quiet), methods=methods,
                                  seeds=seeds)
     from foveal.evaluation.compare_report import write_report

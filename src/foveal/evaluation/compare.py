@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -135,6 +135,25 @@ class CompareConfig:
 
     def method(self, name: str) -> MethodSpec:
         return next(m for m in self.methods if m.name == name)
+
+
+def restrict(cfg: CompareConfig, methods: Optional[tuple[str, ...]] = None,
+             seeds: Optional[tuple[int, ...]] = None) -> CompareConfig:
+    """``cfg`` with only these methods and seeds (None: all), in the config's order; what a report of a
+    part of a comparison covers (``foveal compare --report-only --methods ...``).
+
+    Raises:
+        ValueError: a method or seed the config does not have.
+    """
+    names = [m.name for m in cfg.methods]
+    unknown = sorted(set(methods or ()) - set(names))
+    if unknown:
+        raise ValueError(f"--methods: unknown method(s) {unknown}; the config has {names}")
+    missing = sorted(set(seeds or ()) - set(cfg.seeds))
+    if missing:
+        raise ValueError(f"--seeds: seed(s) {missing} are not in the config's seeds {list(cfg.seeds)}")
+    return replace(cfg, methods=tuple(m for m in cfg.methods if not methods or m.name in methods),
+                               seeds=tuple(s for s in cfg.seeds if not seeds or s in seeds))
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -280,21 +299,21 @@ def run_comparison(cfg: CompareConfig, out: Path, *, log: Callable[[str], None] 
     Args:
         log: receives one line per event (inputs made, run started / skipped / finished).
         progress: makes ``(callback, close)`` for each run's training (the CLI's progress bar).
-        methods, seeds: train only these (the report still covers every finished run).
+        methods, seeds: train only these (the report still covers every finished run); one the config
+            lacks is an error.
         stop_after: stop each run after this iteration (timing, smoke tests).
     """
     from foveal.evaluation.compare_inputs import ComparisonInputs
 
+    wanted = restrict(cfg, methods, seeds)
+    train_methods, train_seeds = {m.name for m in wanted.methods}, set(wanted.seeds)
     out = Path(out)
     save_compare_config(cfg, out)
-    unknown = set(methods or ()) - {m.name for m in cfg.methods}
-    if unknown:
-        raise ValueError(f"--methods: unknown method(s) {sorted(unknown)}; the config has {[m.name for m in cfg.methods]}")
     inputs = ComparisonInputs(cfg, out, log)
     inputs.preflight()
     skipped: dict[str, str] = {}
     for task in plan_runs(cfg, out):
-        if (methods and task.method not in methods) or (seeds and task.seed not in seeds) or task.method in skipped:
+        if task.method not in train_methods or task.seed not in train_seeds or task.method in skipped:
             continue
         what = f"{task.method} seed {task.seed}" + (" (pretraining)" if task.stage == "pretrain" else "")
         if task.done:
