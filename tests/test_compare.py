@@ -94,7 +94,8 @@ def test_compare_trains_every_method_reports_and_resumes(setup, capsys):
     conv = run_convergence(out / "runs" / "ps-nogs" / "seed-0" / "metrics.csv")
     assert int(rows["PS-NOGS"]["ce_iterations"]) == conv.ce_iterations
     assert int(rows["PS-NOGS"]["accuracy_iterations"]) == conv.accuracy_iterations
-    for fig in ("val_accuracy", "val_ce", "iterations_ce", "iterations_accuracy", "heatmaps", "heatmaps_ps-nogs"):
+    for fig in ("val_accuracy", "val_ce", "iterations_ce", "iterations_accuracy", "heatmaps", "heatmaps_ps-nogs",
+                "policy_entropy", "sequence_nll"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000, fig
     # Again: nothing is retrained; a run that lost its results.json is evaluated again from its checkpoints.
     (out / "runs" / "ram" / "seed-0" / "results.json").unlink()
@@ -189,3 +190,21 @@ def test_interrupted_runs_resume_exactly(setup):
     for method in ("ps-nogs", "wsram"):
         straight, resumed = ((tmp / k / "runs" / method / "seed-0" / "metrics.csv").read_text() for k in "ab")
         assert straight == resumed, method
+
+
+def test_policy_curves_undo_the_share_weighting_and_count_per_glimpse():
+    from foveal.evaluation.compare_report import policy_curves
+
+    its = np.array([50, 100, 150])
+    ram = policy_curves({"entropy": (its, np.array([12.0, 9.0, 6.0])), "ce": (its, np.ones(3))}, num_glimpses=3)
+    assert list(ram) == ["entropy"]
+    np.testing.assert_array_equal(ram["entropy"][1], [4.0, 3.0, 2.0])
+    # Partial supervision: entropy weighted by the unsupervised share, the NLL by the supervised one; a
+    # window without supervised images has no NLL point.
+    ps = policy_curves({"entropy": (its, np.array([6.0, 4.5, 6.0])), "sequence_nll": (its, np.array([1.5, 0.0, 3.0])),
+                        "supervised": (its, np.array([0.25, 0.0, 0.5]))}, num_glimpses=2)
+    np.testing.assert_allclose(ps["entropy"][1], [4.0, 2.25, 6.0])
+    np.testing.assert_array_equal(ps["sequence_nll"][0], [50, 150])
+    np.testing.assert_allclose(ps["sequence_nll"][1], [3.0, 3.0])
+    with pytest.raises(ValueError, match="'entropy' and 'supervised' are logged at different iterations"):
+        policy_curves({"entropy": (its, np.ones(3)), "supervised": (its[:2], np.zeros(2))}, num_glimpses=1)

@@ -13,7 +13,10 @@ Written to the comparison folder: ``table.md`` and ``table.csv`` (one row per me
 standard deviation and number of finished seeds), ``runs.csv`` (one row per run), ``summary.json``,
 and ``figures/``: ``val_accuracy.png`` and ``val_ce.png`` (Fig. 6), ``iterations_ce.png`` and
 ``iterations_accuracy.png`` (Fig. 5), ``heatmaps.png`` (Fig. 4: all methods, first finished seed) and
-``heatmaps_<method>.png`` (:func:`foveal.evaluation.plots.plot_glimpse_heatmaps` of that run).
+``heatmaps_<method>.png`` (:func:`foveal.evaluation.plots.plot_glimpse_heatmaps` of that run), and
+what the location policy did (:func:`policy_curves`): ``policy_entropy.png`` (entropy per glimpse on
+the images trained by REINFORCE; a policy that commits to places falls, one kept spread stays near
+the uniform policy's) and ``sequence_nll.png`` (how well the policy fits the supervision sequences).
 Unfinished runs are listed but left out of the means; ``ram+`` iterations are those of the second
 stage (its pretraining iterations are reported beside them).
 """
@@ -26,10 +29,12 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from foveal.evaluation.compare import CompareConfig, slug
+import numpy as np
+
+from foveal.evaluation.compare import CompareConfig, method_config, slug
 from foveal.evaluation.convergence import mean_and_spread, run_convergence
 
-__all__ = ["collect_runs", "summarise", "markdown_table", "write_report"]
+__all__ = ["collect_runs", "summarise", "markdown_table", "policy_curves", "write_report"]
 
 _RUN_FIELDS = ("method", "seed", "status", "ce_iterations", "accuracy_iterations", "target_iterations", "best_val_ce",
                "best_val_accuracy", "test_accuracy", "iterations", "pretrain_iterations", "iterations_per_s", "train_time_s")
@@ -132,6 +137,37 @@ def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
         writer.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in fields} for r in rows)
 
 
+def policy_curves(train: dict[str, tuple[np.ndarray, np.ndarray]], num_glimpses: int) -> dict[str, tuple]:
+    """What the location policy did during training, per glimpse, from a run's ``train`` metrics.
+
+    ``entropy``: the policy's entropy on the images trained by REINFORCE; ``sequence_nll``: the
+    negative log-likelihood of the supervision sequences on supervised images (partial supervision).
+    Partial supervision logs each term weighted by its group's share of the batch (its ``supervised``
+    metric), so they are divided by it here (a ratio of window means: exact when every batch holds the
+    same share, close otherwise). Curves a run did not log are absent.
+
+    Returns:
+        ``{name: (iterations, values)}``.
+    """
+    sup = train.get("supervised")  # (iterations, share of supervised images)
+
+    def per_glimpse(name: str, share: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        its, values = train[name]
+        if share is not None:
+            if not np.array_equal(its, sup[0]):
+                raise ValueError(f"train metrics: {name!r} and 'supervised' are logged at different iterations")
+            keep = share > 0
+            its, values = its[keep], values[keep] / share[keep]
+        return its, values / num_glimpses
+
+    out = {}
+    if "entropy" in train:
+        out["entropy"] = per_glimpse("entropy", None if sup is None else 1.0 - sup[1])
+    if "sequence_nll" in train and sup is not None:
+        out["sequence_nll"] = per_glimpse("sequence_nll", sup[1])
+    return out
+
+
 def write_report(cfg: CompareConfig, out: Path, skipped: Optional[dict[str, str]] = None, *,
                  figures: bool = True) -> dict[str, Any]:
     """Write the tables, summary and figures (module docstring); returns ``{"summary", "paths"}``."""
@@ -160,18 +196,24 @@ def write_report(cfg: CompareConfig, out: Path, skipped: Optional[dict[str, str]
         return {"summary": summary, "paths": paths}
     fig_dir = out / "figures"
     curves: dict[str, dict[str, list]] = {"accuracy": {}, "ce": {}}
+    policy: dict[str, dict[str, list]] = {"entropy": {}, "sequence_nll": {}}
     records = {}
     for method in cfg.methods:
-        for metric in curves:
-            curves[metric][method.name] = []
+        for table in (curves, policy):
+            for metric in table:
+                table[metric][method.name] = []
         for row in rows:
             run = out / "runs" / slug(method.name) / f"seed-{row['seed']}"
             if row["method"] != method.name or row["status"] != "finished":
                 continue
-            val = read_metrics(run / "metrics.csv").get("val", {})
+            metrics = read_metrics(run / "metrics.csv")
+            val = metrics.get("val", {})
             for metric in curves:
                 if metric in val:
                     curves[metric][method.name].append(val[metric])
+            T = method_config(cfg, method, row["seed"])["algorithm"].get("num_glimpses", 6)
+            for metric, series in policy_curves(metrics.get("train", {}), T).items():
+                policy[metric][method.name].append(series)
             record = next(iter(sorted((run / "records").glob("glimpses_*.npz"))), None)
             if record is not None and method.name not in records:
                 records[method.name] = record
@@ -182,6 +224,13 @@ def write_report(cfg: CompareConfig, out: Path, skipped: Optional[dict[str, str]
                                                              ylabel="validation accuracy (%)", percent=True)
     paths["val_ce"] = compare_plots.plot_method_curves(curves["ce"], fig_dir / "val_ce.png",
                                                        ylabel="validation cross-entropy")
+    paths["policy_entropy"] = compare_plots.plot_method_curves(
+        policy["entropy"], fig_dir / "policy_entropy.png", ylabel="policy entropy (nats per glimpse)",
+        title="Location policy entropy, images trained by REINFORCE (mean, range shaded)")
+    if any(policy["sequence_nll"].values()):
+        paths["sequence_nll"] = compare_plots.plot_method_curves(
+            policy["sequence_nll"], fig_dir / "sequence_nll.png", ylabel="sequence NLL (nats per glimpse)",
+            title="NLL of the supervision sequences under the policy (mean, range shaded)")
     for key, criterion in (("ce_iterations", f"val CE within {cfg.ce_tolerance} of its best"),
                            ("accuracy_iterations", f"val accuracy within {100 * cfg.accuracy_tolerance:g} point of its best")):
         per = {m.name: {r["seed"]: r[key] for r in rows if r["method"] == m.name and r["status"] == "finished"}
