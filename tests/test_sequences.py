@@ -194,3 +194,18 @@ def test_official_export_import_round_trip(tmp_path):
     (folder / "x.txt").write_text("0, 2\n1, 1\n")
     with pytest.raises(DataError, match="x.txt: expected a file named <index>.txt"):
         import_official(folder, dataset_name="toy", split="train", image_size=(12, 10), glimpse_size=4)
+
+
+def test_spread_counts_places_and_their_entropy_per_step(tmp_path, capsys):
+    from foveal.cli import main
+
+    # Step 1: one place for all four images; step 2: two places, 3 + 1 images.
+    cells = torch.tensor([[0, 1], [0, 1], [0, 1], [0, 5]])
+    seqs = GlimpseSequences("toy", "train", (12, 10), 4, torch.arange(4), GRID.corners()[cells], grid=GRID)
+    (n1, h1), (n2, h2) = seqs.spread()
+    assert (n1, h1) == (1, 0.0) and n2 == 2
+    assert h2 == pytest.approx(-(0.75 * torch.log(torch.tensor(0.75)) + 0.25 * torch.log(torch.tensor(0.25))).item())
+    seqs.save(tmp_path / "s")
+    assert main(["sequences", "info", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert f"uniform over the grid = {torch.log(torch.tensor(float(len(GRID)))).item():.2f}): t1 1 (0.00)  t2 2 (0.56)" in out

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -234,6 +235,12 @@ def _info(args) -> int:
         print(f"indices: {int(s.indices.min())}..{int(s.indices.max())}")
     print(f"grid: {'none' if s.grid is None else f'{s.grid.shape[0]}x{s.grid.shape[1]} cells'}; EPE maps: "
           f"{'yes' if s.epe_maps is not None else 'no'}; ids: {'yes' if s.ids is not None else 'no'}")
+    if len(s):
+        cells = None if s.grid is None else s.grid.shape[0] * s.grid.shape[1]
+        spread = s.spread()
+        print("places per step (distinct; entropy in nats" + (f", uniform over the grid = {math.log(cells):.2f}"
+                                                            if cells else "") + "): "
+              + "  ".join(f"t{t + 1} {n} ({h:.2f})" for t, (n, h) in enumerate(spread)))
     p = s.provenance
     if "posterior" in p:
         print(f"posterior: {p['posterior'].get('checkpoint')} (sha256 {str(p['posterior'].get('sha256'))[:12]})")

@@ -202,6 +202,21 @@ class GlimpseSequences:
         hw = torch.tensor(self.image_size, dtype=torch.float64)
         return ((self.corners.double() + self.glimpse_size / 2) / hw * 2 - 1).float()
 
+    def spread(self) -> list[tuple[int, float]]:
+        """How spread each step's glimpses are over the file's images: ``[(distinct places, entropy)]``
+        per step, the entropy (nats) of the empirical distribution of that step's top-left corners.
+
+        It bounds how well a policy can fit the sequences before it sees the image: the first location
+        is chosen before any glimpse, so its negative log-likelihood averaged over these images is at
+        least step 1's entropy (a policy fitting them all pays it; on a grid of G cells, uniform = ln G).
+        """
+        out = []
+        for t in range(self.num_glimpses):
+            _, counts = torch.unique(self.corners[:, t], dim=0, return_counts=True)
+            p = counts.double() / counts.sum()
+            out.append((int(counts.numel()), float(-(p * p.log()).sum()) + 0.0))
+        return out
+
     def lookup(self, indices: Tensor) -> tuple[Tensor, Tensor]:
         """A batch's dataset indices ``[B]`` -> ``(locations [B, T, 2], has_sequence [B] bool)``.
 
