@@ -153,7 +153,7 @@ def restrict(cfg: CompareConfig, methods: Optional[tuple[str, ...]] = None,
     if missing:
         raise ValueError(f"--seeds: seed(s) {missing} are not in the config's seeds {list(cfg.seeds)}")
     return replace(cfg, methods=tuple(m for m in cfg.methods if not methods or m.name in methods),
-                               seeds=tuple(s for s in cfg.seeds if not seeds or s in seeds))
+                   seeds=tuple(s for s in cfg.seeds if not seeds or s in seeds))
 
 
 def _merge(base: dict, extra: dict) -> dict:
