@@ -18,6 +18,7 @@ from pathlib import Path
 
 from foveal.evaluation.compare import slug
 from foveal.evaluation.convergence import mean_and_spread, run_convergence
+from foveal.evaluation.records import read_metrics
 
 
 def _cell(values: list) -> str:
@@ -39,6 +40,7 @@ def main(argv=None) -> int:
     if args.reference and args.reference not in args.methods:
         p.error(f"--reference: expected one of --methods {args.methods}, found {args.reference!r}")
     runs: dict[str, dict[int, Path]] = {}
+    metrics: dict[Path, dict] = {}  # each run's metrics.csv, read once
     for method in args.methods:
         folder = args.folder / "runs" / slug(method)
         found = {int(d.name.split("-")[1]): d for d in sorted(folder.glob("seed-*")) if (d / "results.json").exists()}
@@ -46,11 +48,11 @@ def main(argv=None) -> int:
             print(f"{folder}: no finished run (seed-*/results.json) of {method!r}", file=sys.stderr)
             return 2
         runs[method] = found
+        metrics.update({run: read_metrics(run / "metrics.csv") for run in found.values()})
     best_of_reference = {}
     if args.reference:
         for seed, run in runs[args.reference].items():
-            conv = run_convergence(run / "metrics.csv")
-            best_of_reference[seed] = conv.best_accuracy
+            best_of_reference[seed] = run_convergence(metrics[run]).best_accuracy
     header = ["method", "seeds"] + [f"to {100 * t:g} %" for t in args.targets]
     if args.reference:
         header.append(f"to {args.reference}'s best (same seed)")
@@ -59,13 +61,13 @@ def main(argv=None) -> int:
     for method, seeds in runs.items():
         cells = [method, str(len(seeds))]
         for t in args.targets:
-            cells.append(_cell([run_convergence(r / "metrics.csv", target_accuracy=t).target_iterations
+            cells.append(_cell([run_convergence(metrics[r], target_accuracy=t).target_iterations
                                 for r in seeds.values()]))
         if args.reference:
             common = [s for s in seeds if s in best_of_reference]
-            cells.append(_cell([run_convergence(seeds[s] / "metrics.csv",
-                                                target_accuracy=best_of_reference[s]).target_iterations for s in common]))
-        best = [100 * run_convergence(r / "metrics.csv").best_accuracy for r in seeds.values()]
+            cells.append(_cell([run_convergence(metrics[seeds[s]], target_accuracy=best_of_reference[s]).target_iterations
+                                for s in common]))
+        best = [100 * run_convergence(metrics[r]).best_accuracy for r in seeds.values()]
         test = [100 * json.loads((r / "results.json").read_text())["test_accuracy"] for r in seeds.values()]
         for values in (best, test):
             mean, sd, n = mean_and_spread(values)
