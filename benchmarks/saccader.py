@@ -91,7 +91,8 @@ def main() -> None:
 
 def run_seed(seed: int, scale: dict, limit, args) -> dict:
     from foveal.evaluation.policy_eval import run_policy_evaluation
-    from foveal.training.saccader_stages import run_stages, train_without_test
+    from foveal.experiment import train_run
+    from foveal.training.saccader_stages import run_stages
 
     root = args.runs / f"seed{seed}"
     seeded = [f"train.seed={seed}", f"data.seed={seed}", *scale["common"]]
@@ -100,7 +101,7 @@ def run_seed(seed: int, scale: dict, limit, args) -> dict:
         log(f"seed {seed}: Saccader stage {stage}")
         run_stages(configs, root / "saccader", stages=(stage,), test=False)
     log(f"seed {seed}: DRAM")
-    train_without_test(apply_overrides(load_config(DRAM), seeded + scale["dram"]), root / "dram")
+    train_run(apply_overrides(load_config(DRAM), seeded + scale["dram"]), root / "dram", test=False)
     # training time of each run over all calls (with its validations), as the engine saved it
     timings = {stage: train_seconds(root / "saccader" / stage) for stage in STAGES}
     timings["dram"] = train_seconds(root / "dram")

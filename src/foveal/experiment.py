@@ -107,7 +107,8 @@ def _longer_constant_run(old: dict[str, Any], new: dict[str, Any]) -> bool:
 
 
 def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable] = None,
-              stop_after: Optional[int] = None, init_from: Optional[str | Path] = None) -> Optional[dict[str, Any]]:
+              stop_after: Optional[int] = None, init_from: Optional[str | Path] = None,
+              test: bool = True) -> Optional[dict[str, Any]]:
     """Train (resuming if the folder has a last checkpoint), then evaluate the best checkpoint.
 
     The global RNG is seeded with ``train.seed`` before the model is built, so that seeds differ in
@@ -119,13 +120,15 @@ def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable
         init_from: checkpoint whose weights a fresh run starts from (a later stage of a multi-stage
             recipe); a resumed run loads its own last checkpoint over them, as ``fit`` always does.
 
+        test: evaluate the best checkpoint on ``evaluate.split`` afterwards; False only trains (and validates).
+
     Returns the results dict (also written to ``results.json``), or None if ``stop_after`` stopped
-    the run early.
+    the run early or ``test`` is False.
     """
     run_dir = Path(run_dir)
     prepare_run_dir(cfg, run_dir)
     torch.manual_seed(int(cfg["train"].get("seed", 0)))
-    exp = build_experiment(cfg)
+    exp = build_experiment(cfg) if test else build_experiment(cfg, ("train", "val"))
     prepare = getattr(exp.algorithm, "prepare", None)
     train_set = prepare(exp.data["train"]) if prepare is not None else exp.data["train"]
     if init_from is not None:
@@ -135,7 +138,7 @@ def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable
     train_cfg = TrainConfig(**cfg["train"])
     result = fit(exp.model, exp.algorithm, train_set, exp.data["val"], train_cfg, run_dir,
                  info=info, progress=progress, stop_after=stop_after)
-    if result.iterations < train_cfg.iterations:
+    if result.iterations < train_cfg.iterations or not test:
         return None
     training = {"iterations": result.iterations, "best_iteration": result.best_iteration,
                 "best_validation": result.best_value, "wall_time_s": result.run_time,

@@ -54,7 +54,7 @@ from foveal.training.base import LossOutput
 
 __all__ = ["RepresentationConfig", "RepresentationPretraining", "LocationConfig", "LocationPretraining",
            "SaccaderReinforceConfig", "SaccaderReinforce", "l2_penalty", "sorted_logit_targets", "resolve_policy",
-           "STAGES", "run_stages", "train_without_test"]
+           "STAGES", "run_stages"]
 
 
 def resolve_policy(name: str, model: nn.Module):
@@ -324,20 +324,5 @@ def run_stages(configs: dict[str, dict], run_dir, *, stages: tuple[str, ...] = S
             cfg["model"]["init_from"] = str(run_dir / STAGES[previous] / "checkpoints" / "best")
         if on_stage is not None:
             on_stage(stage, run_dir / stage)
-        results[stage] = train_run(cfg, run_dir / stage, progress=progress) if test else \
-            train_without_test(cfg, run_dir / stage, progress)
+        results[stage] = train_run(cfg, run_dir / stage, progress=progress, test=test)
     return results
-
-
-def train_without_test(cfg: dict, run_dir, progress=None) -> None:
-    """:func:`foveal.experiment.train_run` without the final test evaluation."""
-    from foveal import __version__
-    from foveal.experiment import build_experiment, prepare_run_dir
-    from foveal.models import model_spec
-    from foveal.training.engine import TrainConfig, fit
-
-    prepare_run_dir(cfg, run_dir)
-    exp = build_experiment(cfg, ("train", "val"))
-    info = {"config": cfg, "model": model_spec(exp.model), "foveal_version": __version__}
-    fit(exp.model, exp.algorithm, exp.data["train"], exp.data["val"], TrainConfig(**cfg["train"]), run_dir,
-        info=info, progress=progress)
