@@ -36,13 +36,13 @@ from foveal.boed.bank import ImageBank
 from foveal.boed.completion import BankSampler
 from foveal.boed.epe import SearchConfig
 from foveal.boed.salient import baseline_sequences, random_cells
-from foveal.boed.sequences import GlimpseSequences
-from foveal.boed.training import posterior_curves
-from foveal.cli import _speed_up_allocator
+from foveal.data.sequences import GlimpseSequences
+from foveal.evaluation.posterior_curves import posterior_curves
+from foveal.runtime import speed_up_allocator
 from foveal.config import apply_overrides, load_config
 from foveal.data import build_dataset
 from foveal.evaluation.boed_plots import plot_epe_sequence, plot_posterior_curves
-from foveal.experiment import load_model, train_run
+from foveal.recipes.run import load_model, train_run
 from foveal.retina import LocationGrid
 
 CONFIG, DATASET, T, GLIMPSE = "posterior-cluttered-fashion-mnist", "cluttered-fashion-mnist", 6, 12
@@ -97,7 +97,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--tag", default="annotate")
     args = ap.parse_args()
-    _speed_up_allocator()
+    speed_up_allocator()
     torch.set_num_threads(1)
     tic = time.perf_counter()
     checkpoint = args.posterior or train_posterior(args)

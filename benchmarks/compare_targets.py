@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from foveal.evaluation.compare import slug
+from foveal.recipes.compare.config import slug
 from foveal.evaluation.convergence import mean_and_spread, run_convergence
 from foveal.evaluation.records import read_metrics
 

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from foveal.cli import _speed_up_allocator
+from foveal.runtime import speed_up_allocator
 from foveal.config import apply_overrides, load_config
-from foveal.experiment import train_run
+from foveal.recipes.run import train_run
 
 SETTINGS = {"fashion": "ram-fashion-mnist", "cluttered": "ram-cluttered-fashion-mnist"}
 POLICIES = {"learned": [], "random": ["algorithm.train_policy=random", "algorithm.eval_policy=random"]}
@@ -48,7 +48,7 @@ def main() -> None:
                          "policies as two processes side by side)")
     ap.add_argument("overrides", nargs="*", help="extra config overrides for every run")
     args = ap.parse_args()
-    _speed_up_allocator()
+    speed_up_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from foveal.cli import _speed_up_allocator
+from foveal.runtime import speed_up_allocator
 from foveal.config import apply_overrides, load_config
 
 STAGES = {"representation": "saccader-representation-cluttered-fashion-mnist",
@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--tag", default="saccader")
     args = ap.parse_args()
-    _speed_up_allocator()
+    speed_up_allocator()
     torch.set_num_threads(1)
     scale = SCALES[args.scale]
     limit = args.limit if args.limit is not None else scale["limit"]
@@ -90,9 +90,9 @@ def main() -> None:
 
 
 def run_seed(seed: int, scale: dict, limit, args) -> dict:
-    from foveal.evaluation.policy_eval import run_policy_evaluation
-    from foveal.experiment import train_run
-    from foveal.training.saccader_stages import run_stages
+    from foveal.recipes.policy_eval import run_policy_evaluation
+    from foveal.recipes.run import train_run
+    from foveal.recipes.saccader import run_stages
 
     root = args.runs / f"seed{seed}"
     seeded = [f"train.seed={seed}", f"data.seed={seed}", *scale["common"]]

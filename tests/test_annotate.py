@@ -10,7 +10,7 @@ from foveal.boed.epe import SearchConfig
 from foveal.boed.annotate import AnnotateConfig, annotate, image_generator, load_posterior, merge_shards, select_indices
 from foveal.boed.bank import ImageBank
 from foveal.boed.completion import BankSampler
-from foveal.boed.sequences import GlimpseSequences, sequence_paths
+from foveal.data.sequences import GlimpseSequences, sequence_paths
 from foveal.checkpoint import save_checkpoint
 from foveal.models import create_model, model_spec
 

@@ -4,9 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from foveal.boed import NetworkPosterior, Posterior, expand_first_conv
-from foveal.boed.training import (PosteriorTraining, PosteriorTrainingConfig, posterior_accuracy_curve,
-                                  random_glimpse_masks)
+from foveal.boed import NetworkPosterior, Posterior
+from foveal.evaluation.posterior_curves import posterior_accuracy_curve
+from foveal.models.posterior_cnn import expand_first_conv
+from foveal.training.posterior import PosteriorTraining, PosteriorTrainingConfig, random_glimpse_masks
 from foveal.models import create_model, list_models, model_spec
 from foveal.retina import LocationGrid, masked_input
 from foveal.training.algorithms import algorithm_names, build_algorithm

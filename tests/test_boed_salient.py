@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from foveal.boed.salient import SalientConfig, baseline_sequences, random_cells, saliency_map, salient_cells
-from foveal.boed.sequences import GlimpseSequences
+from foveal.data.sequences import GlimpseSequences
 from foveal.retina import LocationGrid
 
 GRID = LocationGrid.from_stride((8, 8), 4, 4)  # 4 disjoint cells: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right

@@ -46,7 +46,7 @@ def test_cli_reports_errors_without_traceback(tmp_path, capsys):
 def test_demo_trains_evaluates_resumes_and_draws(tmp_path, capsys):
     run = tmp_path / "run"
     # a killed run: stop after 6 iterations, then the same command resumes it
-    from foveal.experiment import train_run
+    from foveal.recipes.run import train_run
     cfg = apply_overrides(load_config("demo"), TINY)
     assert train_run(cfg, run, stop_after=6) is None
     assert main(["demo", "--run-dir", str(run), "--quiet", *TINY]) == 0

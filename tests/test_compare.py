@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
-from foveal.boed.sequences import GlimpseSequences
+from foveal.data.sequences import GlimpseSequences
 from foveal.checkpoint import save_checkpoint
 from foveal.cli import main
 from foveal.data import FovealDataset, register_dataset
-from foveal.evaluation.compare import load_compare_config, plan_runs, slug
+from foveal.recipes.compare.config import load_compare_config, plan_runs, slug
 from foveal.evaluation.convergence import run_convergence
 from foveal.models import create_model, model_spec
 from foveal.retina import LocationGrid
@@ -131,7 +131,7 @@ def test_compare_trains_every_method_reports_and_resumes(setup, capsys):
     with pytest.raises(ValueError, match=r"convergence: unknown key\(s\) \['target'\]"):
         load_compare_config(config, ("convergence.target=0.5",), quick=True)
     with pytest.raises(ValueError, match="another config"):
-        from foveal.evaluation.compare import run_comparison
+        from foveal.recipes.compare.run import run_comparison
 
         run_comparison(load_compare_config(config, ("train.lr=0.5",), quick=True), out)
 
@@ -142,7 +142,7 @@ def test_inputs_are_checked_before_training(setup, tmp_path):
     GlimpseSequences("compare-toy", "train", (SIZE, SIZE), 4, torch.arange(3), other.corners()[:6].view(3, 2, 2),
                      grid=other).save(tmp_path / "off")
     cfg = load_compare_config(config, (f"inputs.nogs={tmp_path / 'off'}",))
-    from foveal.evaluation.compare import run_comparison
+    from foveal.recipes.compare.run import run_comparison
 
     with pytest.raises(ValueError, match="not cells of the model's grid"):
         run_comparison(cfg, tmp_path / "x")
@@ -172,8 +172,8 @@ def test_estimate_times_each_method(setup, capsys):
 
 def test_interrupted_runs_resume_exactly(setup):
     """Oversampled partial supervision and wake-sleep, trained straight or killed and resumed: same metrics."""
-    from foveal.evaluation.compare import train_task
-    from foveal.evaluation.compare_inputs import ComparisonInputs
+    from foveal.recipes.compare.run import train_task
+    from foveal.recipes.compare.inputs import ComparisonInputs
 
     tmp, config = setup
     text = yaml.safe_load(config.read_text())
@@ -193,7 +193,7 @@ def test_interrupted_runs_resume_exactly(setup):
 
 
 def test_policy_curves_undo_the_share_weighting_and_count_per_glimpse():
-    from foveal.evaluation.compare_report import policy_curves
+    from foveal.recipes.compare.report import policy_curves
 
     its = np.array([50, 100, 150])
     ram = policy_curves({"entropy": (its, np.array([12.0, 9.0, 6.0])), "ce": (its, np.ones(3))}, num_glimpses=3)

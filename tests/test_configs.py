@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 
 from foveal.config import builtin_configs, load_config, split_name
-from foveal.evaluation.compare import load_compare_config
-from foveal.experiment import build_model
+from foveal.recipes.compare.config import load_compare_config
+from foveal.recipes.run import build_model
 from foveal.training.algorithms import build_algorithm
 from foveal.training.engine import TrainConfig
 

@@ -189,7 +189,7 @@ def test_a_finished_constant_rate_run_continues_to_more_iterations_as_one_longer
 
 def test_run_folder_accepts_only_a_longer_constant_rate_run(tmp_path):
     from foveal.config import load_config
-    from foveal.experiment import prepare_run_dir
+    from foveal.recipes.run import prepare_run_dir
 
     cfg = load_config("demo")
     cfg["train"].update(iterations=100, lr_schedule="constant")

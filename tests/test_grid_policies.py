@@ -5,12 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from foveal.grid_policies import (GRID_POLICIES, CenterPolicy, ModelPolicy, OrderedLogitsPolicy, SaccaderPolicy,
-                                  SobelPolicy, make_grid_policy, patch_statistics, sobel_magnitude, visited_cells)
+from foveal.policies import make_policy
+from foveal.policies.grid import (CenterPolicy, ModelPolicy, OrderedLogitsPolicy, SaccaderPolicy, SobelPolicy,
+                                  patch_statistics, sobel_magnitude, visited_cells)
 from foveal.models import create_model
 from foveal.models.bagnet import GridMaps
 from foveal.models.base import PolicyState
-from foveal.policies import greedy_policy
+from foveal.policies.basic import greedy_policy
 from foveal.retina import LocationGrid
 
 TINY = {"in_channels": 1, "num_classes": 3, "image_size": (28, 28), "width": 2, "what_dim": 4}
@@ -25,13 +26,13 @@ def saccader():
     return create_model("saccader", **TINY).eval()
 
 
-@pytest.mark.parametrize("name", GRID_POLICIES)
+@pytest.mark.parametrize("name", ["random", "center", "ordered-logits", "sobel-mean", "sobel-variance", "learned"])
 def test_every_policy_visits_every_cell_once(name, saccader):
     torch.manual_seed(0)
     images = torch.rand(3, 1, 28, 28)
     G = len(saccader.grid)
     bagnet = create_model("bagnet", **TINY).eval()
-    ro = bagnet.rollout(images, G, policy=make_grid_policy(name, saccader))
+    ro = bagnet.rollout(images, G, policy=make_policy(name, model=saccader))
     assert all(sorted(row.tolist()) == list(range(G)) for row in ro.indices), name
 
 
@@ -45,8 +46,13 @@ def test_policies_return_cell_centres_and_snap_the_memory():
     assert grid.nearest_index(first).item() == 4  # the centre cell
     nxt = policy(PolicyState(1, None, seen[:, :1], None, grid), images)
     assert grid.nearest_index(nxt).item() in (1, 3, 5, 7)  # then one of its nearest neighbours
+    # one meaning on every model: without a grid, the centre itself; random is uniform in [-1, 1]^2
+    assert torch.equal(policy(PolicyState(0, None, seen[:, :0], None, None), images), torch.zeros(1, 2))
+    torch.manual_seed(0)
+    anywhere = make_policy("random")(PolicyState(0, None, seen[:, :0], None, None), torch.zeros(500, 1, 12, 12))
+    assert anywhere.min() >= -1 and anywhere.max() <= 1 and anywhere.std() > 0.5
     with pytest.raises(ValueError, match="needs a location grid"):
-        policy(PolicyState(0, None, seen[:, :0], None, None), images)
+        SobelPolicy("mean")(PolicyState(0, None, seen[:, :0], None, None), images)
 
 
 def test_sobel_statistics_match_a_loop_and_rank_the_edge_first():
@@ -62,7 +68,7 @@ def test_sobel_statistics_match_a_loop_and_rank_the_edge_first():
             patch = mag[:, 0, r:r + 4, c:c + 4].flatten(1)
             ref = patch.mean(1) if stat == "mean" else patch.var(1, unbiased=False)
             assert torch.allclose(fast[:, g], ref, atol=1e-5)
-        policy = make_grid_policy(f"sobel-{stat}")
+        policy = make_policy(f"sobel-{stat}")
         loc = policy(PolicyState(0, None, torch.zeros(2, 0, 2), None, grid), images)
         assert grid.nearest_index(loc)[0].item() == 5
 
@@ -110,13 +116,13 @@ def test_model_policy_replays_a_recurrent_models_greedy_locations():
     own = dram.rollout(images, 5, policy=greedy_policy).locations
     replay = ModelPolicy(dram, horizon=2)  # shorter than asked: extended on the way
     assert torch.allclose(dram.rollout(images, 5, policy=replay).locations, own)
-    assert isinstance(make_grid_policy("learned", dram), ModelPolicy)
+    assert isinstance(make_policy("learned", model=dram), ModelPolicy)
 
 
 def test_unknown_names_and_missing_models_are_errors():
     with pytest.raises(ValueError, match="expected one of"):
-        make_grid_policy("psychic")
+        make_policy("psychic")
     with pytest.raises(ValueError, match="needs a model"):
-        make_grid_policy("ordered-logits")
+        make_policy("ordered-logits")
     with pytest.raises(ValueError, match="SobelPolicy.statistic"):
         SobelPolicy("median")

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from foveal.models import create_model, list_models, model_spec, register_model
-from foveal.policies import ReplayPolicy, make_policy
+from foveal.policies import make_policy
+from foveal.policies.basic import ReplayPolicy
 from foveal.training.reinforce import Reinforce, ReinforceConfig
 
 SMALL = {"in_channels": 2, "num_classes": 3, "image_size": (20, 24), "glimpse_size": 6, "hidden_size": 16,

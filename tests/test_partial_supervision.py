@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from foveal.boed.sequences import GlimpseSequences
+from foveal.data.sequences import GlimpseSequences
 from foveal.data import DataError
 from foveal.models import create_model
-from foveal.policies import ReplayPolicy
+from foveal.policies.basic import ReplayPolicy
 from foveal.retina import LocationGrid
 from foveal.training.loop import IterationBatches
 from foveal.training.partial_supervision import (OversampledDataset, PartialSupervision, PartialSupervisionConfig,

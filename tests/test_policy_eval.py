@@ -12,10 +12,11 @@ from torch.utils.data import Dataset
 
 from foveal.checkpoint import save_checkpoint
 from foveal.cli import main
-from foveal.cli_saccader import split_stage_overrides
-from foveal.evaluation.policy_eval import (Method, cumulative_area, evaluate_methods, markdown_table, method_slug,
-                                           summarise, write_reports)
-from foveal.grid_policies import make_grid_policy
+from foveal.cli.saccader import split_stage_overrides
+from foveal.evaluation.policy_eval import (Method, cumulative_area, evaluate_methods, markdown_table, summarise,
+                                           write_reports)
+from foveal.config import slug
+from foveal.policies import make_policy
 from foveal.models import create_model, model_spec
 
 TINY = {"in_channels": 1, "num_classes": 3, "image_size": (28, 28), "width": 2, "what_dim": 4}
@@ -63,15 +64,15 @@ def test_records_give_per_glimpse_accuracy_area_and_occlusion(tmp_path):
     bagnet = create_model("bagnet", **TINY).eval()
     occluder = Recorder()
     data = Noise(10)
-    methods = [Method("Sobel mean", bagnet, make_grid_policy("sobel-mean")),
-               Method("random", bagnet, make_grid_policy("random"))]
+    methods = [Method("Sobel mean", bagnet, make_policy("sobel-mean")),
+               Method("random", bagnet, make_policy("random"))]
     paths = evaluate_methods(methods, data, tmp_path, max_glimpses=3, batch_size=4, occluder=occluder, examples=3)
     assert [p.name for p in paths] == ["sobel-mean.npz", "random.npz"]
     summary = summarise(paths, train_glimpses=2)
     first = summary["methods"][0]
     assert first["label"] == "Sobel mean" and first["num_images"] == 10
     # recompute from the model directly
-    ro = bagnet.rollout(data.x, 3, policy=make_grid_policy("sobel-mean"))
+    ro = bagnet.rollout(data.x, 3, policy=make_policy("sobel-mean"))
     expected = (ro.logits.argmax(-1) == data.y[:, None]).float().mean(0)
     assert np.allclose(first["accuracy"], expected.numpy())
     area = cumulative_area(ro.locations, (28, 28), bagnet.config.glimpse_size).mean((2, 3)).mean(0)
@@ -90,7 +91,7 @@ def test_records_give_per_glimpse_accuracy_area_and_occlusion(tmp_path):
     assert table.splitlines()[0].startswith("| method | 1 | 2 | 3 | area @2 |")
     with pytest.raises(ValueError, match="unique labels"):
         evaluate_methods([methods[0], Method("sobel mean", bagnet)], data, tmp_path, max_glimpses=1)
-    assert method_slug("Saccader (ours)") == "saccader-ours"
+    assert slug("Saccader (ours)") == "saccader-ours"
 
 
 def _checkpoint(tmp_path, name, model, num_glimpses=2):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from foveal.boed.sequences import GlimpseSequences
+from foveal.data.sequences import GlimpseSequences
 from foveal.cli import main
 from foveal.evaluation.boed_plots import plot_epe_sequence, plot_posterior_curves, read_curves
 from foveal.retina import LocationGrid
@@ -50,9 +50,9 @@ def test_train_posterior_writes_curves_and_evaluate_reproduces_them(tmp_path, ca
     for fig in results["figures"]:
         assert Path(fig).read_bytes()[:8] == PNG
     # the curves are those of posterior_curves with the run's seed, on the test split
-    from foveal.boed.training import posterior_curves
+    from foveal.evaluation.posterior_curves import posterior_curves
     from foveal.data import build_dataset
-    from foveal.experiment import load_model
+    from foveal.recipes.run import load_model
 
     model, _ = load_model(run / "checkpoints" / "best")
     grid = LocationGrid.from_stride((28, 28), 8, 10)

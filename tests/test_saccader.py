@@ -15,10 +15,10 @@ from foveal.models import create_model, list_models, model_spec
 from foveal.models.bagnet import LAYOUTS, BagNetConfig, GridMaps, auto_layout
 from foveal.models.base import Rollout
 from foveal.models.saccader import SaccaderCell
-from foveal.policies import greedy_policy
+from foveal.policies.basic import greedy_policy
 from foveal.training import TrainConfig, fit
 from foveal.training.algorithms import algorithm_names, build_algorithm
-from foveal.training.saccader_stages import (LocationConfig, LocationPretraining, RepresentationConfig,
+from foveal.training.saccader import (LocationConfig, LocationPretraining, RepresentationConfig,
                                              RepresentationPretraining, SaccaderReinforce, SaccaderReinforceConfig,
                                              sorted_logit_targets)
 from foveal.training.reinforce import Reinforce, ReinforceConfig

@@ -6,7 +6,7 @@ import torch
 from foveal.data import DataError
 from foveal.models import create_model
 from foveal.retina import LocationGrid
-from foveal.sequence_sources import hgs_sequences, points_sequences, points_to_corners, policy_sequences
+from foveal.recipes.sequence_sources import hgs_sequences, points_sequences, points_to_corners, policy_sequences
 
 CUB_PARTS = ["back", "beak", "belly", "breast", "crown", "forehead", "left eye", "left leg", "left wing", "nape",
              "right eye", "right leg", "right wing", "tail", "throat"]

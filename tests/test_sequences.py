@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from foveal.boed.sequences import FORMAT, VERSION, GlimpseSequences, export_official, import_official, sequence_paths
+from foveal.data.sequences import FORMAT, VERSION, GlimpseSequences, sequence_paths
+from foveal.data.sequences_official import export_official, import_official
 from foveal.data import DataError
 from foveal.retina import LocationGrid, top_left
 

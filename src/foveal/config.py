@@ -16,6 +16,7 @@ config. Built-in configs live in ``foveal/configs/`` and are named without ``.ya
 from __future__ import annotations
 
 import copy
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -109,3 +110,8 @@ def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -
         elif va != vb:
             out.append(f"{prefix}{key}: {va!r} vs {vb!r}")
     return out
+
+
+def slug(label: str) -> str:
+    """A file or folder name for a label: ``"RAM+"`` -> ``"ram-plus"``, ``"Sobel mean"`` -> ``"sobel-mean"``."""
+    return re.sub(r"[^a-z0-9]+", "-", label.lower().replace("+", "-plus")).strip("-") or "method"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -256,3 +257,14 @@ class LocationGrid:
             raise ValueError(f"corner {bad}: expected a top-left pixel on the grid rows {self.rows[:3]}... "
                              f"cols {self.cols[:3]}..., found one off the grid")
         return i.argmax(-1) * len(self.cols) + j.argmax(-1)
+
+
+def cell_masks(grid: LocationGrid, device: Optional[torch.device] = None) -> Tensor:
+    """``[G, 1, H, W]`` float masks of the pixels each grid cell's glimpse sees (row-major cells)."""
+    H, W = grid.image_size
+    corners = grid.corners().to(device)  # [G, 2]
+    rows = torch.arange(H, device=device)
+    cols = torch.arange(W, device=device)
+    in_r = (rows >= corners[:, :1]) & (rows < corners[:, :1] + grid.glimpse_size)  # [G, H]
+    in_c = (cols >= corners[:, 1:]) & (cols < corners[:, 1:] + grid.glimpse_size)  # [G, W]
+    return (in_r[:, :, None] & in_c[:, None, :])[:, None].float()

@@ -4,7 +4,7 @@ For every selected image of a split, :func:`annotate` runs :func:`foveal.boed.ep
 (at step t, the cell minimising the expected posterior entropy given the true pixels seen so far)
 with a posterior network loaded from a checkpoint (:class:`~foveal.boed.posterior.NetworkPosterior`)
 and an image bank (:class:`~foveal.boed.completion.BankSampler`), and writes the sequences as a
-:class:`~foveal.boed.sequences.GlimpseSequences` file. Its cost is ``T - 1`` steps per image, each
+:class:`~foveal.data.sequences.GlimpseSequences` file. Its cost is ``T - 1`` steps per image, each
 ``len(grid) x n_completions`` posterior evaluations plus one bank search; the first glimpse sees
 nothing, so it is the same for every image of a task and computed once.
 
@@ -45,8 +45,17 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import Tensor
 
+from foveal import __version__
 from foveal.boed.annotate_config import AnnotateConfig, select_indices
-from foveal.boed.sequences import GlimpseSequences, atomic_write, sequence_paths
+from foveal.boed.bank import ImageBank
+from foveal.boed.completion import BankSampler
+from foveal.boed.epe import FirstGlimpse, first_glimpse, greedy_sequence
+from foveal.boed.posterior import NetworkPosterior
+from foveal.checkpoint import checkpoint_paths
+from foveal.data import build_dataset
+from foveal.data.sequences import GlimpseSequences, atomic_write, sequence_paths
+from foveal.runtime import resolve_device
+from foveal.models import load_model
 from foveal.retina import LocationGrid
 
 __all__ = ["AnnotateConfig", "annotate", "merge_shards", "select_indices", "image_generator", "load_posterior",
@@ -65,21 +74,8 @@ def image_generator(seed: int, index: Optional[int]) -> torch.Generator:
 
 
 def load_posterior(checkpoint: str | Path, device: torch.device):
-    """``(NetworkPosterior, checkpoint info)`` from a checkpoint whose info holds the model spec."""
-    from foveal.boed.posterior import NetworkPosterior
-    from foveal.checkpoint import load_checkpoint, read_checkpoint_info
-    from foveal.models import create_model, list_models
-
-    info = read_checkpoint_info(checkpoint)
-    spec = info.get("model")
-    if not isinstance(spec, dict) or "name" not in spec or "config" not in spec:
-        raise ValueError(f"{checkpoint}: checkpoint info field 'model': expected {{name, config}} (the registry "
-                         f"spec), found {spec!r}")
-    if spec["name"] not in list_models(kind="posterior"):
-        raise ValueError(f"{checkpoint}: model {spec['name']!r}: expected a posterior network, one of "
-                         f"{list_models(kind='posterior')}")
-    model = create_model(spec["name"], **spec["config"])
-    load_checkpoint(checkpoint, model=model)
+    """``(NetworkPosterior, checkpoint info)`` from a checkpoint of a posterior network."""
+    model, info = load_model(checkpoint, kind="posterior")
     return NetworkPosterior(model.to(device).eval(), device=device), info
 
 
@@ -123,8 +119,6 @@ def _check_run_dir(out_dir: Path, record: dict[str, Any]) -> None:
 def _first_glimpse(out_dir: Path, posterior, sampler, grid: LocationGrid, channels: int, cfg: AnnotateConfig,
                    device: torch.device):
     """The cached first glimpse of the task (computed and written on the first call)."""
-    from foveal.boed.epe import FirstGlimpse, first_glimpse
-
     json_path, st_path = out_dir / "first-glimpse.json", out_dir / "first-glimpse.safetensors"
     if json_path.exists() and st_path.exists():
         meta, blob = json.loads(json_path.read_text()), st_path.read_bytes()
@@ -144,8 +138,6 @@ def _first_glimpse(out_dir: Path, posterior, sampler, grid: LocationGrid, channe
 
 def _identity(cfg: AnnotateConfig) -> tuple[str, dict[str, Any]]:
     """``(SHA-256 of the posterior's tensors, the bank's sidecar)``: what a resumed run must share."""
-    from foveal.checkpoint import checkpoint_paths
-
     posterior_file, bank_sidecar = checkpoint_paths(cfg.posterior)[0], Path(cfg.bank).with_suffix(".json")
     if not posterior_file.exists():
         raise FileNotFoundError(f"{posterior_file}: posterior checkpoint not found")
@@ -158,8 +150,6 @@ def _identity(cfg: AnnotateConfig) -> tuple[str, dict[str, Any]]:
 def _annotate_chunk(cfg: AnnotateConfig, dataset: Any, rows: Tensor, posterior, sampler, grid: LocationGrid, first,
                     device: torch.device, on_image: Callable[[], None]) -> GlimpseSequences:
     """Greedy sequences of the images ``rows`` as one part (``on_image()`` after each image)."""
-    from foveal.boed.epe import greedy_sequence
-
     tic = time.perf_counter()
     cells, maps = [], []
     for i in rows.tolist():
@@ -192,14 +182,9 @@ def annotate(config: AnnotateConfig, out_dir: str | Path, *, dataset: Any = None
     Returns:
         The result's path prefix (``.json`` + ``.safetensors``), or None if ``stop_after`` stopped early.
     """
-    from foveal import __version__
-    from foveal.boed.bank import ImageBank
-    from foveal.boed.completion import BankSampler
 
     cfg, out_dir = config, Path(out_dir)
     if dataset is None:
-        from foveal.data import build_dataset
-
         dataset = build_dataset(cfg.dataset, cfg.split, root=cfg.data_root, seed=cfg.data_seed, **cfg.data_options)
     for name, attr in (("dataset", "name"), ("split", "split")):
         if getattr(dataset, attr, getattr(cfg, name)) != getattr(cfg, name):
@@ -217,8 +202,7 @@ def annotate(config: AnnotateConfig, out_dir: str | Path, *, dataset: Any = None
     todo = [k for k, p in enumerate(part_paths) if not sequence_paths(p)[0].exists()]
 
     if todo:
-        device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                              "cpu" if cfg.device == "auto" else cfg.device)
+        device = resolve_device(cfg.device, "AnnotateConfig.device")
         posterior, _ = load_posterior(cfg.posterior, device)
         sampler = BankSampler(ImageBank.open(cfg.bank), grid, pca_components=cfg.pca_components,
                               n_proposals=cfg.n_proposals, sigma2_schedule=cfg.sigma2_schedule,

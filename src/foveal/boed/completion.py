@@ -72,8 +72,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from foveal.boed.bank import ImageBank
-from foveal.boed.epe import cell_masks
-from foveal.retina import LocationGrid
+from foveal.retina import LocationGrid, cell_masks
 
 __all__ = ["CellPCA", "BankSampler", "residual_resample", "effective_sample_size", "shift_offsets", "shift_images"]
 

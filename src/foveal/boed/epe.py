@@ -61,7 +61,8 @@ from typing import NamedTuple, Optional, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from foveal.retina import LocationGrid
+from foveal.models.posterior_cnn import posterior_entropy, posterior_log_prob
+from foveal.retina import LocationGrid, cell_masks
 
 __all__ = ["Posterior", "CompletionSampler", "posterior_entropy", "posterior_log_prob", "cell_masks",
            "expected_posterior_entropy", "SearchConfig", "FirstGlimpse", "GlimpseSequence", "first_glimpse",
@@ -111,32 +112,6 @@ class CompletionSampler(Protocol):
             ``(completions [N, C, H, W], weights [N])`` with the weights summing to one.
         """
         ...
-
-
-def posterior_entropy(logits: Tensor, multilabel: bool = False) -> Tensor:
-    """``[B, K]`` logits -> ``[B]`` entropy in nats (sum of binary entropies if ``multilabel``)."""
-    if multilabel:
-        p = torch.sigmoid(logits)
-        return (torch.special.entr(p) + torch.special.entr(torch.sigmoid(-logits))).sum(-1)
-    return torch.special.entr(torch.softmax(logits, dim=-1)).sum(-1)  # entr(0) = 0: -inf logits are fine
-
-
-def posterior_log_prob(logits: Tensor, labels: Tensor, multilabel: bool = False) -> Tensor:
-    """``log q(labels | glimpses)``: ``[B, K]`` logits and ``[B]`` classes (or ``[B, K]`` 0/1 attributes) -> ``[B]``."""
-    if multilabel:
-        return -torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none").sum(-1)
-    return torch.log_softmax(logits, dim=-1).gather(-1, labels.long()[:, None])[:, 0]
-
-
-def cell_masks(grid: LocationGrid, device: Optional[torch.device] = None) -> Tensor:
-    """``[G, 1, H, W]`` float masks of the pixels each grid cell's glimpse sees (row-major cells)."""
-    H, W = grid.image_size
-    corners = grid.corners().to(device)  # [G, 2]
-    rows = torch.arange(H, device=device)
-    cols = torch.arange(W, device=device)
-    in_r = (rows >= corners[:, :1]) & (rows < corners[:, :1] + grid.glimpse_size)  # [G, H]
-    in_c = (cols >= corners[:, 1:]) & (cols < corners[:, 1:] + grid.glimpse_size)  # [G, W]
-    return (in_r[:, :, None] & in_c[:, None, :])[:, None].float()
 
 
 def _check_mask(mask: Tensor, grid: LocationGrid, name: str) -> None:

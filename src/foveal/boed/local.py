@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from foveal.models.posterior_cnn import PosteriorCNN
 from foveal.retina import LocationGrid, masked_input
 
 __all__ = ["folded_layers", "cell_logits"]
@@ -31,7 +32,6 @@ __all__ = ["folded_layers", "cell_logits"]
 
 def folded_layers(network: nn.Module) -> list[tuple[Tensor, Tensor, int, int, int]]:
     """A :class:`PosteriorCNN`'s blocks as ``(weight, bias, kernel, stride, padding)`` with BatchNorm folded in (eval statistics)."""
-    from foveal.boed.posterior import PosteriorCNN
 
     if not isinstance(network, PosteriorCNN):
         raise ValueError(f"local updates: expected a PosteriorCNN (conv-BN-ReLU blocks, mean pooling, linear head), "

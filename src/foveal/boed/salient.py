@@ -2,7 +2,7 @@ r"""Cheap baseline glimpse sequences: greedy salient cells, and uniformly random
 
 The near-optimal sequences (:mod:`foveal.boed.epe`) cost ``N x |grid| x T`` posterior evaluations per
 image; a baseline must show what that buys. Both baselines here choose cells of the same
-:class:`~foveal.retina.LocationGrid` and give :class:`~foveal.boed.sequences.GlimpseSequences` files.
+:class:`~foveal.retina.LocationGrid` and give :class:`~foveal.data.sequences.GlimpseSequences` files.
 
 **Salient** (method ``"salient"``): a hand-crafted, label-free saliency map, looked at greedily. With
 :math:`s(x, y) \ge 0` the saliency of a pixel, :math:`m_{t-1}` the pixels already seen and :math:`c_g` the
@@ -23,7 +23,7 @@ then to the lowest index. Saliency kinds:
 Both pad the image by replicating its border, so the image frame itself is not an edge.
 
 **Random** (method ``"random"``): cells drawn independently and uniformly (with replacement), as in
-the posterior's training distribution (:func:`foveal.boed.training.random_glimpse_masks`); one
+the posterior's training distribution (:func:`foveal.training.posterior.random_glimpse_masks`); one
 generator seeded with ``seed`` is drawn from in order of the given images, so a file is reproducible.
 """
 
@@ -36,8 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from foveal.boed.epe import cell_masks
-from foveal.retina import LocationGrid
+from foveal.retina import LocationGrid, cell_masks
 
 __all__ = ["SALIENCY_KINDS", "SalientConfig", "saliency_map", "salient_cells", "random_cells",
            "baseline_sequences"]
@@ -119,7 +118,7 @@ def baseline_sequences(method: str, dataset: Any, indices: Sequence[int] | Tenso
         seed: of the random cells' generator.
         config: the salient settings.
     """
-    from foveal.boed.sequences import GlimpseSequences
+    from foveal.data.sequences import GlimpseSequences
 
     if method not in ("salient", "random"):
         raise ValueError(f"method: expected 'salient' or 'random', found {method!r}")

@@ -3,7 +3,7 @@
 * :func:`plot_epe_sequence` - Fig. 2 of Harvey et al. (2021): for one image, one column per step t with
   the map of expected posterior entropy over the grid cells (top, the chosen cell marked by a red cross
   and its glimpse outlined) and the parts of the image observed after glimpse t (bottom). Reads a
-  glimpse-sequence file (:class:`foveal.boed.sequences.GlimpseSequences`, written with ``epe_maps``) and
+  glimpse-sequence file (:class:`foveal.data.sequences.GlimpseSequences`, written with ``epe_maps``) and
   the image itself, ``[C, H, W]`` in [0, 1] (from the dataset: data, not a model).
 * :func:`plot_posterior_curves` - posterior accuracy and entropy against the number of glimpses t, one line
   per way of choosing the glimpses (NOGS, random, salient, ...), from a curves JSON::
@@ -76,7 +76,7 @@ def plot_posterior_curves(record_or_path: Union[Mapping[str, Any], PathLike], pa
 
 def _load_sequences(sequences_or_path):
     if isinstance(sequences_or_path, (str, Path)):
-        from foveal.boed.sequences import GlimpseSequences
+        from foveal.data.sequences import GlimpseSequences
 
         return GlimpseSequences.load(sequences_or_path)
     return sequences_or_path

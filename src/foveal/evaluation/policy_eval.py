@@ -23,22 +23,23 @@ from __future__ import annotations
 
 import csv
 import json
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from foveal.config import slug
+from foveal.evaluation.plots import plot_glimpse_examples
+from foveal.evaluation.records import load_glimpse_record, save_glimpse_record
+from foveal.policies.basic import greedy_policy
 from foveal.retina import observation_mask
-from foveal.training.base import LossOutput
 
-__all__ = ["Method", "ImageClassification", "evaluate_methods", "summarise", "write_reports", "example_figures",
-           "markdown_table", "method_slug", "cumulative_area"]
+__all__ = ["Method", "evaluate_methods", "summarise", "write_reports", "example_figures",
+           "markdown_table", "cumulative_area"]
 
 
 @dataclass
@@ -48,27 +49,6 @@ class Method:
     label: str
     model: nn.Module
     policy: Optional[Callable] = None
-
-
-class ImageClassification:
-    """Engine algorithm for the occlusion analysis's full-image CNN: plain cross-entropy on whole images."""
-
-    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> LossOutput:
-        logits = model(batch["image"])
-        ce = F.cross_entropy(logits, batch["label"])
-        accuracy = (logits.argmax(-1) == batch["label"]).float().mean()
-        return LossOutput(ce, {"ce": ce.item(), "accuracy": accuracy.item()})
-
-    @torch.no_grad()
-    def metrics(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
-        logits = model(batch["image"])
-        return {"accuracy": (logits.argmax(-1) == batch["label"]).float().mean().item(),
-                "ce": F.cross_entropy(logits, batch["label"]).item()}
-
-
-def method_slug(label: str) -> str:
-    """A file name for a method label (``"Sobel mean"`` -> ``"sobel-mean"``)."""
-    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") or "method"
 
 
 def cumulative_area(locations: Tensor, image_size: tuple[int, int], size: int) -> Tensor:
@@ -81,8 +61,6 @@ def cumulative_area(locations: Tensor, image_size: tuple[int, int], size: int) -
 @torch.no_grad()
 def _rollout_method(method: Method, images: Tensor, max_glimpses: int, occluder: Optional[nn.Module]
                     ) -> dict[str, Tensor]:
-    from foveal.policies import greedy_policy
-
     model = method.model
     ro = model.rollout(images, max_glimpses, policy=method.policy or greedy_policy)
     cfg = model.config
@@ -104,7 +82,7 @@ def evaluate_methods(methods: Sequence[Method], dataset: Dataset, out_dir: str |
 
     Args:
         methods: what to evaluate; labels must be unique.
-        out_dir: the records go to ``out_dir/records/<method_slug(label)>.npz``.
+        out_dir: the records go to ``out_dir/records/<slug(label)>.npz``.
         max_glimpses: T_max (the paper: up to twice the T trained with).
         limit: evaluate on the first ``limit`` items only (None: all).
         occluder: the full-image CNN of the occlusion analysis (``[B, C, H, W] -> [B, K]``), or None.
@@ -115,10 +93,8 @@ def evaluate_methods(methods: Sequence[Method], dataset: Dataset, out_dir: str |
     Returns:
         The record paths, in the order of ``methods``.
     """
-    from foveal.evaluation.records import save_glimpse_record
-
     labels = [m.label for m in methods]
-    if len(set(map(method_slug, labels))) != len(labels):
+    if len(set(map(slug, labels))) != len(labels):
         raise ValueError(f"methods: expected unique labels, found {labels}")
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))
@@ -146,7 +122,7 @@ def evaluate_methods(methods: Sequence[Method], dataset: Dataset, out_dir: str |
         extra["label"] = np.asarray(method.label)
         base = getattr(dataset, "dataset", dataset)
         paths.append(save_glimpse_record(
-            Path(out_dir) / "records" / f"{method_slug(method.label)}.npz", locations=rec["locations"],
+            Path(out_dir) / "records" / f"{slug(method.label)}.npz", locations=rec["locations"],
             labels=np.concatenate(targets), predictions=rec["predictions_per_glimpse"][:, -1],
             image_size=tuple(cfg.image_size), glimpse_size=int(cfg.glimpse_size), num_scales=int(cfg.num_scales),
             factor=int(cfg.scale_factor), images=np.concatenate(kept) if kept else None,
@@ -156,8 +132,6 @@ def evaluate_methods(methods: Sequence[Method], dataset: Dataset, out_dir: str |
 
 def summarise(record_paths: Sequence[str | Path], *, train_glimpses: Optional[int] = None) -> dict[str, Any]:
     """Per method and t = 1..T_max: accuracy, mean area covered, occluded accuracy (from records only)."""
-    from foveal.evaluation.records import load_glimpse_record
-
     methods = []
     for path in record_paths:
         rec = load_glimpse_record(path)
@@ -245,11 +219,6 @@ def example_figures(record_paths: Sequence[str | Path], out_dir: str | Path, *, 
                     max_images: int = 8) -> list[Path]:
     """``examples/<method>.png``: each method's first ``num_glimpses`` glimpses (default all) on the record's
     example images, titled with its prediction after them."""
-    from dataclasses import replace
-
-    from foveal.evaluation.plots import plot_glimpse_examples
-    from foveal.evaluation.records import load_glimpse_record
-
     paths = []
     for p in record_paths:
         rec = load_glimpse_record(p)
@@ -259,107 +228,3 @@ def example_figures(record_paths: Sequence[str | Path], out_dir: str | Path, *, 
         path = Path(out_dir) / "examples" / f"{Path(p).stem}.png"
         paths.append(plot_glimpse_examples(rec, path, max_images=max_images))
     return paths
-
-
-def train_occluder(data_config: dict[str, Any], run_dir: str | Path, *, iterations: int = 1500, batch_size: int = 64,
-                   lr: float = 1e-3, seed: int = 0, device: str = "auto", progress=None) -> nn.Module:
-    """Train (or resume, or just load) the occlusion analysis's full-image CNN (``small-cnn``) on the train split.
-
-    ``run_dir`` is an ordinary engine run folder; the best checkpoint by validation accuracy is returned.
-    """
-    from foveal.checkpoint import load_checkpoint
-    from foveal.experiment import build_data
-    from foveal.models import create_model, model_spec
-    from foveal.training import TrainConfig, fit
-
-    data = build_data({"data": data_config}, ("train", "val"))
-    C, H, W = data["train"].image_shape
-    model = create_model("small-cnn", in_channels=C, num_classes=data["train"].num_classes, image_size=(H, W))
-    config = TrainConfig(iterations=iterations, batch_size=batch_size, lr=lr, lr_schedule="cosine", seed=seed,
-                         val_every=max(iterations // 3, 1), val_batches=8, tensorboard=False, device=device)
-    result = fit(model, ImageClassification(), data["train"], data["val"], config, run_dir, progress=progress,
-                 info={"model": model_spec(model), "config": {"data": data_config}})
-    load_checkpoint(result.best_checkpoint, model=model)
-    return model.eval()
-
-
-def load_classifier(checkpoint: str | Path) -> nn.Module:
-    """A model rebuilt from a checkpoint's ``info["model"]`` spec, weights loaded, in eval mode."""
-    from foveal.checkpoint import load_checkpoint, read_checkpoint_info
-    from foveal.models import create_model
-
-    spec = read_checkpoint_info(checkpoint).get("model")
-    if not spec:
-        raise ValueError(f"{checkpoint}: checkpoint info has no model spec; was it written by foveal?")
-    model = create_model(spec["name"], **spec["config"])
-    load_checkpoint(checkpoint, model=model)
-    return model.eval()
-
-
-def run_policy_evaluation(out_dir: str | Path, *, classifier: Optional[str] = None, policies: Sequence[str] = (),
-                          learned: Sequence[tuple[str, str]] = (), policy_of: Sequence[tuple[str, str]] = (),
-                          max_glimpses: int = 12, train_glimpses: Optional[int] = None, split: str = "test",
-                          limit: Optional[int] = None, batch_size: int = 250, occlusion: bool = True,
-                          occluder_checkpoint: Optional[str] = None, occluder_iterations: int = 1500,
-                          examples: int = 8, seed: int = 0, device: str = "cpu", progress=None) -> dict[str, Any]:
-    """The whole ``foveal evaluate-policies`` job: methods from checkpoints, records, summary, reports, figures.
-
-    Args:
-        classifier: checkpoint of a grid model (``bagnet``, ``saccader``, ``saccader-patch``) that the
-            named ``policies`` drive (:data:`foveal.grid_policies.GRID_POLICIES` except ``learned``).
-        learned: ``(label, checkpoint)`` of glimpse models evaluated with their own policy and classifier.
-        policy_of: ``(label, checkpoint)`` of models whose learned policy drives ``classifier``.
-        train_glimpses: T used in training (dotted line; the Markdown table's area / occlusion column);
-            default: the first checkpoint's ``algorithm.num_glimpses``.
-        occlusion: also run the occlusion analysis, with ``occluder_checkpoint`` or a CNN trained here
-            (``out_dir/occlusion-cnn``, ``occluder_iterations`` steps).
-
-    Returns:
-        The summary dict (also ``out_dir/policy_eval.json``) with ``files`` listing what was written.
-    """
-    from foveal.experiment import build_data, load_model
-    from foveal.grid_policies import make_grid_policy
-
-    out_dir = Path(out_dir)
-    methods, data_cfg, first_cfg = [], None, None
-
-    def load(path: str) -> nn.Module:
-        nonlocal data_cfg, first_cfg
-        model, info = load_model(path)
-        data_cfg = data_cfg or info["config"]["data"]
-        first_cfg = first_cfg or info["config"]
-        return model.to(device).eval()
-
-    if (policies or policy_of) and classifier is None:
-        raise ValueError("policies / policy_of: need a classifier checkpoint to drive")
-    shared = load(classifier) if classifier else None
-    for name in policies:
-        if name == "learned":
-            raise ValueError("policies: 'learned' needs a model; use learned=(label, checkpoint) or policy_of=")
-        methods.append(Method(name, shared, make_grid_policy(name, shared)))
-    for label, path in policy_of:
-        methods.append(Method(label, shared, make_grid_policy("learned", load(path))))
-    for label, path in learned:
-        methods.append(Method(label, load(path), None))
-    if not methods:
-        raise ValueError("nothing to evaluate: give policies with a classifier, learned models or policy_of")
-    dataset = build_data({"data": data_cfg}, (split,))[split]
-    occluder = None
-    if occlusion:
-        if occluder_checkpoint:
-            occluder = load_classifier(occluder_checkpoint).to(device)
-        else:
-            occluder = train_occluder(data_cfg, out_dir / "occlusion-cnn", iterations=occluder_iterations, seed=seed,
-                                      device=device)
-    if train_glimpses is None:
-        train_glimpses = first_cfg.get("algorithm", {}).get("num_glimpses") if first_cfg else None
-    records = evaluate_methods(methods, dataset, out_dir, max_glimpses=max_glimpses, batch_size=batch_size,
-                               device=device, limit=limit, occluder=occluder, examples=examples, seed=seed,
-                               progress=progress)
-    summary = summarise(records, train_glimpses=train_glimpses)
-    summary.update(dataset=dataset.name, split=split, max_glimpses=max_glimpses)
-    files = write_reports(summary, out_dir)
-    files += example_figures(records, out_dir, num_glimpses=train_glimpses)
-    summary["files"] = [str(p) for p in files]
-    (out_dir / "policy_eval.json").write_text(json.dumps(summary, indent=2))
-    return summary

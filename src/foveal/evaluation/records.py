@@ -34,12 +34,12 @@ import numpy as np
 import torch
 
 from foveal.retina import top_left
+from foveal.training.loop import METRICS_HEADER
 
 PathLike = Union[str, Path]
 
 _REQUIRED = ("locations", "labels", "predictions", "image_size", "glimpse_size", "num_scales", "factor")
 _EXTRA = "extra/"
-METRICS_HEADER = ("iteration", "split", "name", "value")
 
 
 @dataclass

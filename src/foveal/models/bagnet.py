@@ -132,7 +132,7 @@ class BagNetConfig:
     def stride(self) -> int:
         return _geometry(self)[1]
 
-    # The names foveal's glimpse records use (foveal.experiment.save_record): a cell's patch is the glimpse.
+    # The names foveal's glimpse records use (foveal.recipes.run.save_record): a cell's patch is the glimpse.
     @property
     def glimpse_size(self) -> int:
         return self.receptive_field

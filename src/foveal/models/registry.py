@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 from torch import nn
 
+from foveal.checkpoint import load_checkpoint, read_checkpoint_info
+
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _KINDS: dict[str, str] = {}
 # "glimpse": has rollout(images, T, *, policy, forced_locations) -> Rollout.
@@ -68,6 +70,29 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
     if name is None or not dataclasses.is_dataclass(getattr(model, "config", None)):
         raise ValueError(f"model_spec: {type(model).__name__} was not built by create_model or has no config dataclass")
     return {"name": name, "config": _jsonable(dataclasses.asdict(model.config))}
+
+
+def load_model(checkpoint, *, kind: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from a checkpoint's JSON (``info["model"]``: registry name + config), weights loaded.
+
+    Args:
+        checkpoint: prefix of a foveal checkpoint (``run/checkpoints/best``).
+        kind: if given, the model must be of this kind (:data:`KINDS`).
+
+    Returns:
+        ``(model, info)``: the model (in train mode, on the CPU) and the checkpoint's whole info dict.
+    """
+    info = read_checkpoint_info(checkpoint)
+    spec = info.get("model")
+    if not isinstance(spec, dict) or "name" not in spec or "config" not in spec:
+        raise ValueError(f"{checkpoint}: checkpoint info field 'model': expected {{name, config}} (the registry "
+                         f"spec written by foveal), found {spec!r}")
+    if kind is not None and spec["name"] not in list_models(kind):
+        raise ValueError(f"{checkpoint}: model {spec['name']!r}: expected a {kind} network, one of "
+                         f"{list_models(kind)}")
+    model = create_model(spec["name"], **spec["config"])
+    load_checkpoint(checkpoint, model=model)
+    return model, info
 
 
 def _jsonable(value: Any) -> Any:

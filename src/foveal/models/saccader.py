@@ -24,7 +24,7 @@ visited cell has probability exactly 0: no cell is chosen twice, greedy or sampl
 prediction after t glimpses averages the logits of the cells read so far
 (:func:`foveal.models.bagnet.grid_rollout`).
 
-Training (:mod:`foveal.training.saccader_stages`): (1) the representation network on Eq. 4,
+Training (:mod:`foveal.training.saccader`): (1) the representation network on Eq. 4,
 (2) the location network (attention, mixing, cell) on Eq. 5 with the representation frozen,
 (3) everything with REINFORCE on Eq. 6. ``init_from`` (a builder argument, so a stage's config names
 the previous stage's checkpoint) loads weights before training; a resumed run then loads its own

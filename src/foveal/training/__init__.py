@@ -2,10 +2,11 @@
 
 ``fit(model, algorithm, train_set, val_set, TrainConfig(...), run_dir)`` trains (resuming a killed run
 exactly), ``evaluate(model, algorithm, dataset, batch_size=..., device=...)`` validates and tests; an
-algorithm is anything with ``loss(model, batch) -> LossOutput`` and ``metrics(model, batch) -> dict``.
+algorithm is what :class:`foveal.training.base.Algorithm` declares (``loss``, ``metrics``, ``predict`` and
+the evaluation settings in ``config``), registered by name in :mod:`foveal.training.algorithms`.
 """
 
-from foveal.training.base import Algorithm, LossOutput
-from foveal.training.engine import FitResult, TrainConfig, evaluate, fit, resolve_device
+from foveal.training.base import Algorithm, LossOutput, PolicyEvaluation
+from foveal.training.engine import FitResult, TrainConfig, evaluate, fit
 
-__all__ = ["Algorithm", "LossOutput", "TrainConfig", "FitResult", "fit", "evaluate", "resolve_device"]
+__all__ = ["Algorithm", "LossOutput", "PolicyEvaluation", "TrainConfig", "FitResult", "fit", "evaluate"]

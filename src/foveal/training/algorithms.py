@@ -1,8 +1,8 @@
 """Training algorithms by name: ``build_algorithm("reinforce", num_glimpses=6)``.
 
-Each entry is an algorithm class and the frozen dataclass of its settings; later algorithms
-(partial supervision, wake-sleep, the Saccader stages) register here and the engine, the CLI and
-``foveal compare`` pick them up by name.
+Each entry is an algorithm class and the frozen dataclass of its settings; the engine, the CLI and
+``foveal compare`` pick them up by name. An algorithm of one's own registers with
+:func:`register_algorithm` and must satisfy :class:`foveal.training.base.Algorithm`.
 """
 
 from __future__ import annotations
@@ -10,14 +10,27 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from foveal.training.base import check_algorithm
+from foveal.training.image_classification import ImageClassification, ImageClassificationConfig
+from foveal.training.partial_supervision import PartialSupervision, PartialSupervisionConfig
+from foveal.training.posterior import PosteriorTraining, PosteriorTrainingConfig
 from foveal.training.reinforce import Reinforce, ReinforceConfig
+from foveal.training.saccader import (LocationConfig, LocationPretraining, RepresentationConfig,
+                                      RepresentationPretraining, SaccaderReinforce, SaccaderReinforceConfig)
+from foveal.training.salience_pretraining import SaliencePretraining, SaliencePretrainingConfig
+from foveal.training.wake_sleep import WakeSleep, WakeSleepConfig
+
+__all__ = ["register_algorithm", "algorithm_names", "build_algorithm"]
 
 _ALGORITHMS: dict[str, tuple[type, type]] = {}
 
 
 def register_algorithm(name: str, algorithm: type, config: type) -> None:
+    """Add ``algorithm`` (built as ``algorithm(config(**settings))``) under ``name``; a name is registered once."""
     if name in _ALGORITHMS:
         raise ValueError(f"algorithm registry: the name {name!r} is already registered")
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"register_algorithm({name!r}): config expected a dataclass, found {config!r}")
     _ALGORITHMS[name] = (algorithm, config)
 
 
@@ -34,19 +47,17 @@ def build_algorithm(name: str, **settings: Any):
     unknown = set(settings) - fields
     if unknown:
         raise ValueError(f"algorithm {name!r}: unknown setting(s) {sorted(unknown)}; expected some of {sorted(fields)}")
-    return cls(config_cls(**settings))
+    algorithm = cls(config_cls(**settings))
+    check_algorithm(algorithm, f"algorithm {name!r}")
+    return algorithm
 
 
 register_algorithm("reinforce", Reinforce, ReinforceConfig)
-from foveal.boed.training import PosteriorTraining, PosteriorTrainingConfig  # noqa: E402  (after the registry exists)
 register_algorithm("posterior", PosteriorTraining, PosteriorTrainingConfig)
-from foveal.training.partial_supervision import PartialSupervision, PartialSupervisionConfig  # noqa: E402
 register_algorithm("partial-supervision", PartialSupervision, PartialSupervisionConfig)
-from foveal.training.wake_sleep import WakeSleep, WakeSleepConfig  # noqa: E402
 register_algorithm("wake-sleep", WakeSleep, WakeSleepConfig)
-from foveal.training.salience_pretraining import SaliencePretraining, SaliencePretrainingConfig  # noqa: E402
 register_algorithm("salience-pretraining", SaliencePretraining, SaliencePretrainingConfig)
-from foveal.training import saccader_stages as _sac  # noqa: E402  (the Saccader's three stages)
-register_algorithm("saccader-representation", _sac.RepresentationPretraining, _sac.RepresentationConfig)
-register_algorithm("saccader-location", _sac.LocationPretraining, _sac.LocationConfig)
-register_algorithm("saccader-reinforce", _sac.SaccaderReinforce, _sac.SaccaderReinforceConfig)
+register_algorithm("saccader-representation", RepresentationPretraining, RepresentationConfig)
+register_algorithm("saccader-location", LocationPretraining, LocationConfig)
+register_algorithm("saccader-reinforce", SaccaderReinforce, SaccaderReinforceConfig)
+register_algorithm("image-classification", ImageClassification, ImageClassificationConfig)

@@ -1,8 +1,9 @@
-"""Types shared by the training engine and every training algorithm.
+"""The algorithm protocol: what the engine and a run use of every training algorithm.
 
 Seam 2 of foveal: an algorithm turns ``(model, batch)`` into a :class:`LossOutput`; the engine
 (:mod:`foveal.training.engine`) runs the loop, validation, logging and checkpoints for every
-algorithm and knows nothing about any model.
+algorithm and knows nothing about any model. A run (:func:`foveal.recipes.run.train_run`) also tests
+the trained model through the algorithm: :class:`Algorithm` lists all of it.
 
 A batch is a dict collated from dataset items: ``{"image": [B, C, H, W] float in [0, 1],
 "label": [B] int64, "index": [B] int64}`` (dataset index, used to look up supervision sequences).
@@ -11,10 +12,16 @@ A batch is a dict collated from dataset items: ``{"image": [B, C, H, W] float in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Optional, Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from foveal.policies import check_policy_name, make_policy
+
+__all__ = ["LossOutput", "EvaluationSettings", "Algorithm", "PolicyEvaluation", "check_algorithm",
+           "check_evaluation_settings", "final_metrics"]
 
 
 @dataclass
@@ -25,15 +32,97 @@ class LossOutput:
     logs: dict[str, float] = field(default_factory=dict)
 
 
-class Algorithm(Protocol):
-    """A training algorithm.
+@runtime_checkable
+class EvaluationSettings(Protocol):
+    """The fields of an algorithm's (frozen dataclass) config that a run reads to test a model.
 
-    ``loss`` is called in train mode with gradients enabled; ``metrics`` in eval mode under
-    ``torch.no_grad()`` on validation / test batches and returns per-batch means, which the engine
-    averages weighted by batch size. ``metrics`` must contain ``"accuracy"`` and ``"ce"``.
+    Attributes:
+        num_glimpses: T, the glimpses of a test rollout.
+        eval_policy: the policy of test rollouts, a :mod:`foveal.policies` name.
+        test_samples: M rollouts per test image whose class probabilities are averaged.
     """
+
+    num_glimpses: int
+    eval_policy: str
+    test_samples: int
+
+
+@runtime_checkable
+class Algorithm(Protocol):
+    """A training algorithm: everything a run uses of it.
+
+    * ``loss`` is called in train mode with gradients enabled.
+    * ``metrics`` is called in eval mode under ``torch.no_grad()`` on validation / test batches and
+      returns per-batch means, which the engine averages weighted by batch size; it must contain
+      ``"accuracy"`` and ``"ce"``.
+    * ``predict`` gives the class probabilities ``[B, T, K]`` after each glimpse and the locations
+      ``[B, T, 2]`` looked at: the test numbers and the glimpse record of a run come from one call.
+    * ``config`` is the algorithm's frozen settings, with :class:`EvaluationSettings`.
+    * Optional: ``prepare(train_set) -> train_set``, called once before training (validate a sequence
+      file against the data, oversample it, compute salience maps); ``config.make_grid(image_size)``
+      for algorithms whose model reads a grid of cells (posterior networks).
+
+    :class:`PolicyEvaluation` implements ``predict`` and ``metrics`` for algorithms that test a glimpse
+    model by rolling it out under ``config.eval_policy``.
+    """
+
+    config: Any
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> LossOutput: ...
 
-    @torch.no_grad()
     def metrics(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]: ...
+
+    def predict(self, model: nn.Module, images: Tensor, num_glimpses: Optional[int] = None) -> tuple[Tensor, Tensor]: ...
+
+
+def check_algorithm(algorithm: Any, name: str = "algorithm") -> None:
+    """Raise a ``TypeError`` naming what ``algorithm`` lacks of :class:`Algorithm`."""
+    missing = [m for m in ("loss", "metrics", "predict") if not callable(getattr(algorithm, m, None))]
+    config = getattr(algorithm, "config", None)
+    if config is None:
+        missing.append("config")
+    else:
+        missing += [f"config.{f}" for f in ("num_glimpses", "eval_policy", "test_samples") if not hasattr(config, f)]
+    if missing:
+        raise TypeError(f"{name} ({type(algorithm).__name__}): not a foveal training algorithm, it lacks "
+                        f"{', '.join(missing)} (see foveal.training.base.Algorithm)")
+
+
+def check_evaluation_settings(owner: str, config: Any) -> None:
+    """Errors naming ``owner.field`` for bad ``num_glimpses`` / ``test_samples`` / ``eval_policy``."""
+    for name in ("num_glimpses", "test_samples"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{owner}.{name}: expected a positive integer, found {value!r}")
+    check_policy_name(f"{owner}.eval_policy", config.eval_policy)
+
+
+def final_metrics(probs: Tensor, labels: Tensor) -> dict[str, float]:
+    """Accuracy and cross-entropy of the class probabilities ``[B, T, K]`` after the last glimpse."""
+    final = probs[:, -1]
+    return {"accuracy": (final.argmax(-1) == labels).float().mean().item(),
+            "ce": F.nll_loss(final.clamp_min(1e-12).log(), labels).item()}
+
+
+class PolicyEvaluation:
+    """``predict`` and ``metrics`` for an algorithm that tests a glimpse model by its rollout under
+    ``config.eval_policy`` (:mod:`foveal.policies`, built for the model at each call), averaging the
+    class probabilities of ``config.test_samples`` rollouts: RAM's evaluation, and the Saccader's."""
+
+    config: EvaluationSettings
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: Tensor, num_glimpses: Optional[int] = None) -> tuple[Tensor, Tensor]:
+        """Class probabilities ``[B, T, K]`` after each glimpse (mean over ``test_samples`` rollouts) and
+        the locations ``[B, T, 2]`` of the first rollout."""
+        T = num_glimpses or self.config.num_glimpses
+        M, B = self.config.test_samples, images.shape[0]
+        policy = make_policy(self.config.eval_policy, model=model)
+        ro = model.rollout(images.repeat(M, 1, 1, 1) if M > 1 else images, T, policy=policy)
+        probs = ro.logits.softmax(-1).view(M, B, T, -1).mean(0)
+        return probs, ro.locations[:B]
+
+    @torch.no_grad()
+    def metrics(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
+        probs, _ = self.predict(model, batch["image"])
+        return final_metrics(probs, batch["label"])

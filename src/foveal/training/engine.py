@@ -38,11 +38,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from foveal.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
+from foveal.runtime import resolve_device
 from foveal.training.base import Algorithm, LossOutput
 from foveal.training.loop import (IterationBatches, LogWindow, MetricsLog, batch_size_of, check_finite, lr_factor,
                                   to_device)
 
-__all__ = ["TrainConfig", "FitResult", "fit", "evaluate", "resolve_device"]
+__all__ = ["TrainConfig", "FitResult", "fit", "evaluate"]
 
 Progress = Callable[[int, int, dict[str, float]], None]
 # Settings that change the training trajectory: a resumed run must keep them.
@@ -152,16 +153,6 @@ class FitResult:
     run_iterations_per_second: Optional[float] = None
 
 
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA if available, else CPU; asking for CUDA without it is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"TrainConfig.device: {name!r} requested but CUDA is not available; use 'auto' or 'cpu'")
-    return device
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, algorithm: Algorithm, dataset: Dataset, *, batch_size: int,
              device: torch.device | str, max_batches: Optional[int] = None, num_workers: int = 0) -> dict[str, float]:
@@ -224,7 +215,7 @@ def fit(model: nn.Module, algorithm: Algorithm, train_set: Dataset, val_set: Dat
     started = time.perf_counter()
     run_dir = Path(run_dir)
     last_path, best_path = run_dir / "checkpoints" / "last", run_dir / "checkpoints" / "best"
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, "TrainConfig.device")
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:

@@ -1,7 +1,7 @@
 r"""Partial supervision by glimpse sequences (Harvey et al. 2021, section 5, Eq. 8).
 
 Some training images come with a *supervision sequence* :math:`l^i_{1:T}` (near-optimal, from a
-trained policy, hand-crafted...: any file of :mod:`foveal.boed.sequences`). The objective is the
+trained policy, hand-crafted...: any file of :mod:`foveal.data.sequences`). The objective is the
 joint log-likelihood of labels and sequences,
 
 .. math::
@@ -61,8 +61,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from foveal.training.base import LossOutput
-from foveal.training.reinforce import EvaluatedAsReinforce, Reinforce, ReinforceConfig
+from foveal.training.base import LossOutput, PolicyEvaluation
+from foveal.training.reinforce import Reinforce, ReinforceConfig
 
 __all__ = ["PartialSupervisionConfig", "PartialSupervision", "OversampledDataset", "oversampling_repeats"]
 
@@ -156,7 +156,7 @@ class OversampledDataset(Dataset):
         return getattr(self.base, name)
 
 
-class PartialSupervision(EvaluatedAsReinforce):
+class PartialSupervision(PolicyEvaluation):
     """Eq. 8: sequence likelihood on supervised images, REINFORCE on the others (module docstring)."""
 
     def __init__(self, config: PartialSupervisionConfig) -> None:
@@ -169,9 +169,9 @@ class PartialSupervision(EvaluatedAsReinforce):
 
     @property
     def sequences(self):
-        """The :class:`~foveal.boed.sequences.GlimpseSequences` used (the file's first ``num_sequences``)."""
+        """The :class:`~foveal.data.sequences.GlimpseSequences` used (the file's first ``num_sequences``)."""
         if self._sequences is None:
-            from foveal.boed.sequences import GlimpseSequences
+            from foveal.data.sequences import GlimpseSequences
 
             seqs = GlimpseSequences.load(self.config.sequences)
             if self.config.num_sequences is not None:

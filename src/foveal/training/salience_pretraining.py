@@ -53,12 +53,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from foveal.boed.epe import cell_masks, posterior_entropy
 from foveal.models.base import PolicyState
-from foveal.policies import policy_names
-from foveal.retina import LocationGrid, masked_input
-from foveal.training.base import LossOutput
-from foveal.training.reinforce import EvaluatedAsReinforce, Reinforce, ReinforceConfig
+from foveal.models.posterior_cnn import posterior_entropy
+from foveal.retina import LocationGrid, cell_masks, masked_input
+from foveal.training.base import LossOutput, PolicyEvaluation, check_evaluation_settings
 
 __all__ = ["SalienceMaps", "salience", "compute_salience", "salience_probabilities", "SaliencePolicy",
            "SaliencePretrainingConfig", "SaliencePretraining"]
@@ -237,25 +235,19 @@ class SaliencePretrainingConfig:
     test_samples: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_glimpses, bool) or not isinstance(self.num_glimpses, int) or self.num_glimpses < 1:
-            raise ValueError(f"SaliencePretrainingConfig.num_glimpses: expected >= 1, found {self.num_glimpses!r}")
+        check_evaluation_settings("SaliencePretrainingConfig", self)
         if not isinstance(self.salience, str) or not self.salience:
             raise ValueError(f"SaliencePretrainingConfig.salience: expected the path of salience maps (.npz), "
                              f"found {self.salience!r}")
         if not 0 <= self.uniform_mix <= 1:
             raise ValueError(f"SaliencePretrainingConfig.uniform_mix: expected in [0, 1], found {self.uniform_mix!r}")
-        if self.eval_policy not in policy_names():
-            raise ValueError(f"SaliencePretrainingConfig.eval_policy: expected one of {policy_names()}, "
-                             f"found {self.eval_policy!r}")
 
 
-class SaliencePretraining(EvaluatedAsReinforce):
+class SaliencePretraining(PolicyEvaluation):
     """Cross-entropy with glimpses drawn from salience maps (module docstring)."""
 
     def __init__(self, config: SaliencePretrainingConfig) -> None:
         self.config = config
-        self.reinforce = Reinforce(ReinforceConfig(num_glimpses=config.num_glimpses, eval_policy=config.eval_policy,
-                                                   test_samples=config.test_samples))
         self._maps: Optional[SalienceMaps] = None
 
     @property

@@ -63,9 +63,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from foveal.models.base import PolicyState
-from foveal.policies import policy_names
-from foveal.training.base import LossOutput
-from foveal.training.reinforce import EvaluatedAsReinforce, Reinforce, ReinforceConfig
+from foveal.training.base import LossOutput, PolicyEvaluation, check_evaluation_settings
 
 __all__ = ["WakeSleepConfig", "WakeSleep", "InferencePolicy"]
 
@@ -92,15 +90,14 @@ class WakeSleepConfig:
     test_samples: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("num_glimpses", "samples", "test_samples"):
+        check_evaluation_settings("WakeSleepConfig", self)
+        for name in ("samples",):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"WakeSleepConfig.{name}: expected a positive integer, found {value!r}")
         for name in ("ce_weight", "prior_weight", "inference_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"WakeSleepConfig.{name}: expected >= 0, found {getattr(self, name)!r}")
-        if self.eval_policy not in policy_names():
-            raise ValueError(f"WakeSleepConfig.eval_policy: expected one of {policy_names()}, found {self.eval_policy!r}")
 
 
 class InferencePolicy:
@@ -124,13 +121,11 @@ class InferencePolicy:
         return torch.stack(self.log_q, 1)
 
 
-class WakeSleep(EvaluatedAsReinforce):
+class WakeSleep(PolicyEvaluation):
     """The reweighted wake-sleep loss of the module docstring, for models with an inference network."""
 
     def __init__(self, config: WakeSleepConfig = WakeSleepConfig()) -> None:
         self.config = config
-        self.reinforce = Reinforce(ReinforceConfig(num_glimpses=config.num_glimpses, eval_policy=config.eval_policy,
-                                                   test_samples=config.test_samples))
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> LossOutput:
         cfg = self.config

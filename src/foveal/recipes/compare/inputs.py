@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 import torch
 
-from foveal.evaluation.compare import CompareConfig, RunTask, slug
+from foveal.recipes.compare.config import CompareConfig, RunTask, slug
 
 __all__ = ["ComparisonInputs"]
 
@@ -36,7 +36,7 @@ class ComparisonInputs:
     @property
     def train_set(self):
         if self._train is None:
-            from foveal.experiment import build_data
+            from foveal.recipes.run import build_data
 
             self._train = build_data(self.cfg.run, ("train",))["train"]
         return self._train
@@ -45,7 +45,7 @@ class ComparisonInputs:
     def model(self):
         """An untrained model of the comparison's architecture (for its grid, glimpse size, ...)."""
         if self._model is None:
-            from foveal.experiment import build_model
+            from foveal.recipes.run import build_model
 
             self._model = build_model(self.cfg.run, self.train_set)
         return self._model
@@ -66,7 +66,7 @@ class ComparisonInputs:
         if path is None:
             return None
         if self._nogs is None:
-            from foveal.boed.sequences import GlimpseSequences
+            from foveal.data.sequences import GlimpseSequences
 
             seqs = GlimpseSequences.load(path, dataset=self.train_set)
             self._check_sequences(seqs, "inputs.nogs")
@@ -89,7 +89,7 @@ class ComparisonInputs:
 
     def _stand_in_sequences(self) -> Path:
         """Random sequences on the model's grid for a fixed random subset: a smoke-run stand-in for NOGS."""
-        from foveal.boed.sequences import GlimpseSequences, sequence_paths
+        from foveal.data.sequences import GlimpseSequences, sequence_paths
 
         path = self.folder / f"stand-in-nogs-n{self.n}"
         if not sequence_paths(path)[0].exists():
@@ -124,9 +124,9 @@ class ComparisonInputs:
 
     # ---------------------------------------------------------------------------------- generated
     def ps_ram(self, seed: int) -> Path:
-        from foveal.boed.sequences import sequence_paths
-        from foveal.experiment import load_model
-        from foveal.sequence_sources import policy_sequences
+        from foveal.data.sequences import sequence_paths
+        from foveal.recipes.run import load_model
+        from foveal.recipes.sequence_sources import policy_sequences
 
         source = self.cfg.inputs["ps_ram_source"]
         if source == "auto":
@@ -152,8 +152,8 @@ class ComparisonInputs:
 
     def hgs(self) -> Optional[Path]:
         """The PS-HGS file, or None when the data has neither part annotations nor ``inputs.hgs_points``."""
-        from foveal.boed.sequences import sequence_paths
-        from foveal.sequence_sources import hgs_sequences, points_sequences
+        from foveal.data.sequences import sequence_paths
+        from foveal.recipes.sequence_sources import hgs_sequences, points_sequences
 
         points = self.cfg.inputs["hgs_points"]
         has_parts = bool(getattr(self.train_set, "part_names", None))
@@ -173,7 +173,7 @@ class ComparisonInputs:
         return path
 
     def salience(self) -> Path:
-        from foveal.experiment import load_model
+        from foveal.recipes.run import load_model
         from foveal.training.salience_pretraining import SalienceMaps, compute_salience
 
         posterior = self.cfg.inputs["posterior"]
@@ -224,7 +224,7 @@ class ComparisonInputs:
                                  "method of kind ram before it, or give a checkpoint")
         for m in self.cfg.methods:
             if m.kind == "ps" and m.sequences not in ("nogs", "ps-ram", "hgs"):
-                from foveal.boed.sequences import GlimpseSequences
+                from foveal.data.sequences import GlimpseSequences
 
                 self._check_sequences(GlimpseSequences.load(m.sequences, dataset=self.train_set), f"{m.name} sequences")
 
@@ -246,7 +246,7 @@ class ComparisonInputs:
                 return "no part annotations in the data and no inputs.hgs_points"
             alg["sequences"] = str(path.resolve())
         elif task.needs == "file":
-            from foveal.boed.sequences import GlimpseSequences
+            from foveal.data.sequences import GlimpseSequences
 
             spec = self.cfg.method(task.method).sequences
             self._check_sequences(GlimpseSequences.load(spec, dataset=self.train_set), f"{task.method} sequences")

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from foveal.models.densenet import DenseNet, read_state_dict
+from foveal.models.posterior_cnn import expand_first_conv
 from foveal.models.registry import register_model
 
 __all__ = ["DenseNetPosteriorConfig", "DenseNetPosterior", "load_imagenet_weights", "posterior_densenet121"]
@@ -126,7 +127,6 @@ def load_imagenet_weights(model: DenseNetPosterior, path: str | Path) -> None:
         FileNotFoundError, ValueError: no readable file, missing or unexpected keys, or wrong shapes; the
             message names the file and the offending keys.
     """
-    from foveal.boed.posterior import expand_first_conv  # here: foveal.boed.posterior is mid-import at ours
 
     state = {k: v for k, v in read_state_dict(path).items() if not k.startswith("classifier.")}
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")}

@@ -86,9 +86,9 @@ def _labelled(items: list[str], flag: str) -> list[tuple[str, str]]:
 
 
 def _train_saccader(args) -> int:
-    from foveal.cli import progress_bar
+    from foveal.cli.common import progress_bar
     from foveal.config import apply_overrides, load_config
-    from foveal.training.saccader_stages import STAGES, run_stages
+    from foveal.recipes.saccader import STAGES, run_stages
 
     per_stage = split_stage_overrides(list(args.overrides), STAGES)
     configs = {s: apply_overrides(load_config(getattr(args, f"{s}_config")), per_stage[s]) for s in STAGES}
@@ -108,12 +108,11 @@ def _train_saccader(args) -> int:
 
 
 def _evaluate_policies(args) -> int:
-    from foveal.evaluation.policy_eval import run_policy_evaluation
+    from foveal.cli.common import progress_bar
+    from foveal.recipes.policy_eval import run_policy_evaluation
 
-    bar = None
-    if not args.quiet:
-        def bar(label: str, done: int, total: int) -> None:
-            print(f"\r{label}: {done}/{total} images", end="" if done < total else "\n", file=sys.stderr, flush=True)
+    update, close = progress_bar(args.quiet, "img")
+    bar = None if update is None else lambda label, done, total: update(done, total, label=label)
 
     summary = run_policy_evaluation(
         args.out, classifier=args.classifier, policies=args.policies, learned=_labelled(args.learned, "--learned"),
@@ -121,6 +120,7 @@ def _evaluate_policies(args) -> int:
         train_glimpses=args.train_glimpses, split=args.split, limit=args.limit, batch_size=args.batch_size,
         occlusion=not args.no_occlusion, occluder_checkpoint=args.occlusion_cnn,
         occluder_iterations=args.occlusion_iterations, seed=args.seed, device=args.device, progress=bar)
+    close()
     print((args.out / "policy_eval.md").read_text(), end="")
     for path in summary["files"]:
         print(f"file: {path}")

@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from foveal.evaluation.compare import CompareConfig, method_config, slug
+from foveal.recipes.compare.config import CompareConfig, method_config, slug
 from foveal.evaluation.convergence import mean_and_spread, run_convergence
 
 __all__ = ["collect_runs", "summarise", "markdown_table", "policy_curves", "write_report"]

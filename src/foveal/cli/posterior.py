@@ -40,7 +40,7 @@ def add_parsers(sub) -> None:
 
 
 def train_posterior(args) -> int:
-    from foveal.cli import config_and_run_dir, report, run_training
+    from foveal.cli.common import config_and_run_dir, report, run_training
     from foveal.models import list_models
 
     cfg, run_dir = config_and_run_dir(args)
@@ -56,7 +56,7 @@ def train_posterior(args) -> int:
 
 
 def plot_epe(args) -> int:
-    from foveal.boed.sequences import GlimpseSequences
+    from foveal.data.sequences import GlimpseSequences
     from foveal.data import build_dataset
     from foveal.evaluation.boed_plots import plot_epe_sequence
 

@@ -39,7 +39,7 @@ field                type                     meaning
 float32 ``[N, T, grid_h, grid_w]`` (expected posterior entropy of every cell at every step, NaN where
 not computed; needs ``grid``). Indices are unique.
 
-The released text format (:func:`export_official`, :func:`import_official`): one file per image,
+The released text format (:mod:`foveal.data.sequences_official`): one file per image,
 T lines ``r, c``; see those functions.
 """
 
@@ -61,7 +61,7 @@ from foveal.checkpoint import atomic_write
 from foveal.data.base import DataError
 from foveal.retina import LocationGrid
 
-__all__ = ["FORMAT", "VERSION", "GlimpseSequences", "export_official", "import_official", "sequence_paths",
+__all__ = ["FORMAT", "VERSION", "GlimpseSequences", "sequence_paths",
            "atomic_write"]
 
 FORMAT = "foveal-glimpse-sequences"
@@ -377,6 +377,3 @@ class GlimpseSequences:
             epe_maps=None if first.epe_maps is None else torch.cat([p.epe_maps for p in parts])[order],
             provenance=provenance)
 
-
-# The released text format lives beside this file; imported last because it needs GlimpseSequences.
-from foveal.boed.official import export_official, import_official  # noqa: E402

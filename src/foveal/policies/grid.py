@@ -10,8 +10,8 @@ grid) are skipped.
 ==================  ===================================================================================
 name                cells, in order
 ==================  ===================================================================================
-``random``          uniformly at random, without replacement
-``center``          nearest to the image centre first, then outwards
+``random``          uniformly at random, without replacement (no grid: uniform over [-1, 1]^2)
+``center``          nearest to the image centre first, then outwards (no grid: the centre, every step)
 ``ordered-logits``  by the largest class logit of a grid model at the cell, highest first (greedy)
 ``sobel-mean``      by the mean of the Sobel gradient magnitude over the cell's patch, highest first
 ``sobel-variance``  by its variance over the patch (Kanopoulos et al. 1988 edge strength)
@@ -36,9 +36,9 @@ from torch import Tensor, nn
 from torch.distributions import Categorical
 
 from foveal.models.base import PolicyState
+from foveal.policies.basic import greedy_policy
 from foveal.retina import LocationGrid
 
-GRID_POLICIES = ("random", "center", "ordered-logits", "sobel-mean", "sobel-variance", "learned")
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 
 
@@ -85,10 +85,14 @@ class RankingPolicy:
         """``[B, G]`` higher = earlier."""
         raise NotImplementedError
 
+    def without_grid(self, state: PolicyState, images: Tensor) -> Tensor:
+        """Locations ``[B, 2]`` when neither the policy nor the model has a grid; ranking needs one by default."""
+        raise ValueError(f"{type(self).__name__}: needs a location grid; the model has none, pass grid=")
+
     def __call__(self, state: PolicyState, images: Tensor) -> Tensor:
         grid = self.grid or state.grid
         if grid is None:
-            raise ValueError(f"{type(self).__name__}: needs a location grid; the model has none, pass grid=")
+            return self.without_grid(state, images)
         if state.t == 0 or self._scores is None or self._scores.shape[0] != images.shape[0]:
             with torch.no_grad():
                 self._scores = self.scores(images, grid).float()
@@ -98,14 +102,22 @@ class RankingPolicy:
 
 
 class RandomPolicy(RankingPolicy):
-    """Uniformly random cells without replacement (random scores, drawn from the global torch RNG)."""
+    """Uniformly random cells without replacement (random scores, drawn from the global torch RNG); a model
+    without a grid gets uniform locations in [-1, 1]^2 (where a repeat has probability 0)."""
+
+    def without_grid(self, state: PolicyState, images: Tensor) -> Tensor:
+        return torch.rand(images.shape[0], 2, device=images.device) * 2 - 1
 
     def scores(self, images: Tensor, grid: LocationGrid) -> Tensor:
         return torch.rand(images.shape[0], len(grid), device=images.device)
 
 
 class CenterPolicy(RankingPolicy):
-    """The cell nearest to the image centre, then the next nearest, ... (ties: lowest index)."""
+    """The cell nearest to the image centre, then the next nearest, ... (ties: lowest index); a model
+    without a grid looks at the centre itself at every step."""
+
+    def without_grid(self, state: PolicyState, images: Tensor) -> Tensor:
+        return images.new_zeros(images.shape[0], 2)
 
     def scores(self, images: Tensor, grid: LocationGrid) -> Tensor:
         distance = grid.locations().to(images.device).square().sum(-1)  # [G]
@@ -169,8 +181,6 @@ class ModelPolicy:
     """
 
     def __init__(self, model: nn.Module, *, policy=None, horizon: int = 12) -> None:
-        from foveal.policies import greedy_policy
-
         self.model, self.policy, self.horizon = model, policy or greedy_policy, horizon
         self._locations: Optional[Tensor] = None
 
@@ -181,25 +191,3 @@ class ModelPolicy:
             with torch.no_grad():
                 self._locations = self.model.rollout(images, steps, policy=self.policy).locations
         return self._locations[:, state.t]
-
-
-def make_grid_policy(name: str, model: Optional[nn.Module] = None, *, grid: Optional[LocationGrid] = None):
-    """The policy called ``name`` (table in the module docstring).
-
-    Args:
-        model: the grid model ``ordered-logits`` ranks by, or the model whose ``learned`` policy to use.
-        grid: cells for ``random`` / ``center`` / ``sobel-*``; None = the rolled-out model's grid.
-    """
-    if name == "random":
-        return RandomPolicy(grid)
-    if name == "center":
-        return CenterPolicy(grid)
-    if name in ("sobel-mean", "sobel-variance"):
-        return SobelPolicy(name.split("-")[1], grid)
-    if name in ("ordered-logits", "learned") and model is None:
-        raise ValueError(f"policy {name!r}: needs a model")
-    if name == "ordered-logits":
-        return OrderedLogitsPolicy(model)
-    if name == "learned":
-        return SaccaderPolicy(model) if hasattr(model, "cell") else ModelPolicy(model)
-    raise ValueError(f"grid policy: expected one of {list(GRID_POLICIES)}, found {name!r}")

@@ -1,5 +1,5 @@
 """``foveal compare``: train several methods on one dataset with several seeds, then the paper's Table 1,
-Figs. 4-6 (:mod:`foveal.evaluation.compare`). No torch import at module level."""
+Figs. 4-6 (:mod:`foveal.recipes.compare.config`). No torch import at module level."""
 
 from __future__ import annotations
 
@@ -46,13 +46,14 @@ def _hours(seconds: float) -> str:
 
 
 def _compare(args) -> int:
-    from foveal.cli import progress_bar
-    from foveal.evaluation.compare import load_compare_config, restrict, run_comparison
+    from foveal.cli.common import progress_bar
+    from foveal.recipes.compare.config import load_compare_config, restrict
+    from foveal.recipes.compare.run import run_comparison
 
     cfg = load_compare_config(args.config, tuple(args.overrides), quick=args.quick)
     out = args.out or Path("runs") / f"{Path(str(args.config)).stem}{'-quick' if args.quick else ''}"
     if args.estimate is not None:
-        from foveal.evaluation.compare_estimate import estimate_comparison
+        from foveal.recipes.compare.estimate import estimate_comparison
 
         est = estimate_comparison(cfg, out, iterations=args.estimate, log=_log)
         out.mkdir(parents=True, exist_ok=True)
@@ -79,7 +80,7 @@ def _compare(args) -> int:
     else:
         skipped = run_comparison(cfg, out, log=_log, progress=lambda: progress_bar(args.quiet), methods=methods,
                                  seeds=seeds)
-    from foveal.evaluation.compare_report import write_report
+    from foveal.recipes.compare.report import write_report
 
     report = write_report(cfg, out, skipped)
     print(report["paths"]["table_md"].read_text())

@@ -27,8 +27,9 @@ from typing import Callable
 
 import torch
 
-from foveal.evaluation.compare import CompareConfig, method_config, plan_runs, train_task
-from foveal.evaluation.compare_inputs import ComparisonInputs
+from foveal.recipes.compare.config import CompareConfig, method_config, plan_runs
+from foveal.recipes.compare.inputs import ComparisonInputs
+from foveal.recipes.compare.run import train_task
 
 __all__ = ["estimate_comparison"]
 
@@ -65,7 +66,7 @@ def _rate_key(cfg: CompareConfig, name: str, stage: str) -> str:
 def estimate_comparison(cfg: CompareConfig, out: Path, *, iterations: int = 300,
                         log: Callable[[str], None] = lambda message: None) -> dict:
     """Measure each method's speed and estimate the comparison's total time (module docstring)."""
-    from foveal.experiment import build_experiment
+    from foveal.recipes.run import build_experiment
     from foveal.training import evaluate
     from foveal.training.salience_pretraining import salience
 
@@ -116,7 +117,7 @@ def _posterior_for_timing(cfg: CompareConfig, inputs: ComparisonInputs):
     from foveal.models import create_model
 
     if cfg.inputs["posterior"] is not None:
-        from foveal.experiment import load_model
+        from foveal.recipes.run import load_model
 
         return load_model(cfg.inputs["posterior"])[0]
     C, H, W = inputs.train_set.image_shape

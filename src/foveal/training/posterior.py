@@ -1,4 +1,4 @@
-r"""Training the attentional variational posterior (Eq. 7), and its accuracy after t random glimpses.
+r"""Training the attentional variational posterior (Eq. 7).
 
 The AVP is trained to minimise :math:`\mathbb{E}_{u(t, l_{1:t})}\,
 \mathrm{KL}\big(p(\theta \mid y_{1:t}, l_{1:t}) \,\|\, q(\theta \mid y_{1:t}, l_{1:t})\big)`, whose gradient
@@ -19,15 +19,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 
-from foveal.boed.epe import cell_masks, posterior_entropy
-from foveal.boed.posterior import NetworkPosterior
-from foveal.retina import LocationGrid, masked_input
+from foveal.retina import LocationGrid, cell_masks, masked_input
 from foveal.training.base import LossOutput
 
-__all__ = ["PosteriorTrainingConfig", "PosteriorTraining", "random_glimpse_masks", "posterior_curves",
-           "posterior_accuracy_curve"]
+__all__ = ["PosteriorTrainingConfig", "PosteriorTraining", "random_glimpse_masks", "loss_and_accuracy"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +37,9 @@ class PosteriorTrainingConfig:
         grid: cells per axis spread evenly (:meth:`LocationGrid.from_count`), or
         grid_stride: cells every ``grid_stride`` pixels; neither: every pixel position (stride 1),
             the paper's "uniform over all image locations".
+        eval_policy, test_samples: fixed at ``"random"`` and 1 (:class:`foveal.training.base.EvaluationSettings`):
+            a posterior network is tested through uniformly random cells
+            (:mod:`foveal.evaluation.posterior_curves`).
     """
 
     num_glimpses: int = 5
@@ -48,8 +47,14 @@ class PosteriorTrainingConfig:
     glimpse_size: int = 8
     grid: Optional[int | tuple[int, int]] = None
     grid_stride: Optional[int] = None
+    eval_policy: str = "random"
+    test_samples: int = 1
 
     def __post_init__(self) -> None:
+        if (self.eval_policy, self.test_samples) != ("random", 1):
+            raise ValueError(f"PosteriorTrainingConfig: a posterior network is tested through random cells, once; "
+                             f"expected eval_policy='random', test_samples=1, found {self.eval_policy!r}, "
+                             f"{self.test_samples!r}")
         if isinstance(self.grid, list):
             object.__setattr__(self, "grid", tuple(self.grid))
         if not 0 <= self.min_glimpses <= self.num_glimpses or self.num_glimpses < 1:
@@ -82,7 +87,8 @@ def random_glimpse_masks(batch: int, grid: LocationGrid, min_glimpses: int, max_
     return per_cell.amax(dim=1).to(device), counts.to(device)
 
 
-def _loss_and_accuracy(logits: Tensor, labels: Tensor, multilabel: bool) -> tuple[Tensor, Tensor]:
+def loss_and_accuracy(logits: Tensor, labels: Tensor, multilabel: bool) -> tuple[Tensor, Tensor]:
+    """The mean cross-entropy (binary for ``multilabel``) and accuracy of ``[B, K]`` logits."""
     if multilabel:
         if labels.shape != logits.shape:
             raise ValueError(f"batch['label']: expected [B, K] = {list(logits.shape)} attributes for a multilabel "
@@ -111,7 +117,7 @@ class PosteriorTraining:
         masks, counts = random_glimpse_masks(images.shape[0], grid, cfg.min_glimpses, cfg.num_glimpses,
                                              device=images.device)  # global torch RNG: the engine restores it on resume
         logits = model(masked_input(images, masks))
-        loss, accuracy = _loss_and_accuracy(logits, labels, bool(getattr(model, "multilabel", False)))
+        loss, accuracy = loss_and_accuracy(logits, labels, bool(getattr(model, "multilabel", False)))
         return loss, accuracy, counts.float().mean()
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> LossOutput:
@@ -123,59 +129,17 @@ class PosteriorTraining:
         loss, accuracy, _ = self._forward(model, batch)
         return {"ce": loss.item(), "accuracy": accuracy.item()}
 
-
-@torch.no_grad()
-def posterior_curves(model: nn.Module, dataset: Dataset, grid: LocationGrid, num_glimpses: int, *,
-                     sequences: Optional[Tensor] = None, batch_size: int = 64, seed: int = 0,
-                     device: Optional[torch.device] = None) -> dict[str, Tensor]:
-    """Accuracy and entropy of a posterior network after t = 0..T glimpses.
-
-    After t glimpses the network sees the union of the first t cells of each image's sequence; the
-    curves average over the images of ``dataset``.
-
-    Args:
-        model: maps ``masked_input`` to logits (run in eval mode, see :class:`NetworkPosterior`).
-        dataset: items ``{"image", "label", "index"}`` (a ``Subset`` works: rows are looked up by "index").
-        grid: the cells glimpses are taken at.
-        num_glimpses: T.
-        sequences: ``[M, >=T]`` cell indices, row = the item's "index" (e.g. annotated sequences); None =
-            cells uniformly at random (with replacement, from a generator seeded with ``seed``).
-
-    Returns:
-        ``{"accuracy": [T + 1], "entropy": [T + 1], "ce": [T + 1]}``: accuracy (per-attribute accuracy for a
-        multilabel network), mean posterior entropy (nats) and mean cross-entropy of the true label.
-    """
-    posterior = NetworkPosterior(model, device=device)
-    generator = torch.Generator().manual_seed(seed)
-    masks = cell_masks(grid)  # [G, 1, H, W]
-    sums = torch.zeros(3, num_glimpses + 1, dtype=torch.float64)  # accuracy, entropy, ce
-    total = 0
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        images, labels = batch["image"], batch["label"]
-        B = images.shape[0]
-        if sequences is None:
-            cells = torch.randint(len(grid), (B, num_glimpses), generator=generator)
-        else:
-            cells = sequences[batch["index"], :num_glimpses].long()
-            if cells.shape[1] < num_glimpses or (cells < 0).any() or (cells >= len(grid)).any():
-                raise ValueError(f"sequences: expected {num_glimpses} cell indices in [0, {len(grid)}) per image, "
-                                 f"found {cells.shape[1]} per image, values {cells.min()}..{cells.max()}")
-        seen = torch.zeros(B, 1, *grid.image_size)
-        for t in range(num_glimpses + 1):
-            if t > 0:
-                seen = torch.maximum(seen, masks[cells[:, t - 1]])
-            logits = posterior.logits(images, seen)
-            ce, accuracy = _loss_and_accuracy(logits, labels, posterior.multilabel)
-            sums[:, t] += torch.tensor([accuracy.item(), posterior_entropy(logits, posterior.multilabel).mean().item(),
-                                        ce.item()], dtype=torch.float64) * B
-        total += B
-    curves = (sums / max(total, 1)).float()
-    return {"accuracy": curves[0], "entropy": curves[1], "ce": curves[2]}
-
-
-def posterior_accuracy_curve(model: nn.Module, dataset: Dataset, grid: LocationGrid, num_glimpses: int, *,
-                             sequences: Optional[Tensor] = None, batch_size: int = 64, seed: int = 0,
-                             device: Optional[torch.device] = None) -> Tensor:
-    """``[T + 1]`` accuracy after t = 0..T glimpses: the "accuracy" of :func:`posterior_curves`."""
-    return posterior_curves(model, dataset, grid, num_glimpses, sequences=sequences, batch_size=batch_size,
-                            seed=seed, device=device)["accuracy"]
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: Tensor, num_glimpses: Optional[int] = None) -> tuple[Tensor, Tensor]:
+        """Class probabilities ``[B, T, K]`` after each of T uniformly random cells (with replacement, as in
+        training; global torch RNG) and the cells' centres ``[B, T, 2]``; categorical networks only."""
+        T = num_glimpses or self.config.num_glimpses
+        grid = self.grid(tuple(images.shape[2:]))
+        cells = torch.randint(len(grid), (images.shape[0], T)).to(images.device)  # [B, T]
+        masks = cell_masks(grid, images.device)  # [G, 1, H, W]
+        seen = images.new_zeros(images.shape[0], 1, *images.shape[2:])
+        probs = []
+        for t in range(T):
+            seen = torch.maximum(seen, masks[cells[:, t]])
+            probs.append(model(masked_input(images, seen)).softmax(-1))
+        return torch.stack(probs, 1), grid.index_to_location(cells)

@@ -31,7 +31,7 @@ A comparison config (YAML, ``compare-*.yaml`` among the built-in configs)::
 Layout of the output folder: ``runs/<method>/seed-<s>/`` are ordinary run folders (``ram+`` adds
 ``pretrain/`` inside); ``inputs/`` holds generated sequence files and salience maps; the report is
 ``table.md``, ``table.csv``, ``runs.csv``, ``summary.json`` and ``figures/``
-(:mod:`foveal.evaluation.compare_report`). Running again resumes: a run with ``results.json`` is
+(:mod:`foveal.recipes.compare.report`). Running again resumes: a run with ``results.json`` is
 finished and skipped, an interrupted one continues from its last checkpoint, generated inputs are
 reused. ``inputs.stand_ins: true`` (smoke runs only) replaces a missing NOGS file by random sequences on
 the model's grid and missing salience maps by random ones, so that the pipeline runs before any
@@ -43,14 +43,13 @@ a fixed random subset of the training split when there is none).
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import yaml
 
-from foveal.config import SECTIONS, apply_overrides, check_config, load_config, read_yaml, split_name
+from foveal.config import SECTIONS, apply_overrides, check_config, load_config, read_yaml, slug, split_name
 
 __all__ = ["MethodSpec", "CompareConfig", "RunTask", "load_compare_config", "plan_runs", "slug", "KINDS"]
 
@@ -63,11 +62,6 @@ _INPUT_DEFAULTS = {"nogs": None, "posterior": None, "ps_ram_source": "auto", "hg
                    "salience_stride": None, "stand_ins": False}
 # foveal.evaluation.convergence's CE_TOLERANCE / ACCURACY_TOLERANCE (not imported: it brings torch)
 _CONVERGENCE_DEFAULTS = {"ce_tolerance": 0.01, "accuracy_tolerance": 0.01, "target_accuracy": None}
-
-
-def slug(name: str) -> str:
-    """``"RAM+"`` -> ``"ram-plus"``, ``"PS-NOGS"`` -> ``"ps-nogs"``: a folder name for a method."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower().replace("+", "-plus")).strip("-") or "method"
 
 
 @dataclass(frozen=True)
@@ -274,83 +268,3 @@ def plan_runs(cfg: CompareConfig, out: Path) -> list[RunTask]:
                 needs = m.sequences if m.sequences in SEQUENCE_SOURCES else "file"
             tasks.append(RunTask(m.name, m.kind, seed, "train", folder, method_config(cfg, m, seed), needs=needs))
     return tasks
-
-
-def train_task(task: RunTask, *, progress: Optional[Callable] = None, stop_after: Optional[int] = None) -> Optional[dict]:
-    """Train one planned run (resuming it if interrupted) and evaluate it; the results dict, or None
-    when ``stop_after`` stopped it first.
-
-    :func:`foveal.experiment.train_run`, which calls the algorithm's ``prepare(train_set)`` (sequence /
-    salience files checked against the training set) and, for a fresh ``ram+`` second stage, starts
-    from the weights of ``init_from``.
-    """
-    from foveal.experiment import train_run
-
-    return train_run(task.config, task.run_dir, progress=progress, stop_after=stop_after, init_from=task.init_from)
-
-
-def run_comparison(cfg: CompareConfig, out: Path, *, log: Callable[[str], None] = lambda message: None,
-                   progress: Optional[Callable[[], tuple[Optional[Callable], Callable[[], None]]]] = None,
-                   methods: Optional[tuple[str, ...]] = None, seeds: Optional[tuple[int, ...]] = None,
-                   stop_after: Optional[int] = None) -> dict[str, str]:
-    """Train every planned run that is not finished yet (module docstring); returns the skipped methods
-    with the reason (e.g. PS-HGS without part annotations).
-
-    Args:
-        log: receives one line per event (inputs made, run started / skipped / finished).
-        progress: makes ``(callback, close)`` for each run's training (the CLI's progress bar).
-        methods, seeds: train only these (the report still covers every finished run); one the config
-            lacks is an error.
-        stop_after: stop each run after this iteration (timing, smoke tests).
-    """
-    from foveal.evaluation.compare_inputs import ComparisonInputs
-
-    wanted = restrict(cfg, methods, seeds)
-    train_methods, train_seeds = {m.name for m in wanted.methods}, set(wanted.seeds)
-    out = Path(out)
-    save_compare_config(cfg, out)
-    inputs = ComparisonInputs(cfg, out, log)
-    inputs.preflight()
-    skipped: dict[str, str] = {}
-    for task in plan_runs(cfg, out):
-        if task.method not in train_methods or task.seed not in train_seeds or task.method in skipped:
-            continue
-        what = f"{task.method} seed {task.seed}" + (" (pretraining)" if task.stage == "pretrain" else "")
-        if task.done:
-            log(f"finished already: {what}")
-            continue
-        reason = inputs.resolve(task)
-        if reason is not None:
-            skipped[task.method] = reason
-            log(f"skipping {task.method}: {reason}")
-            continue
-        log(f"training {what} in {task.run_dir}")
-        callback, close = progress() if progress is not None else (None, lambda: None)
-        try:
-            results = train_task(task, progress=callback, stop_after=stop_after)
-        finally:
-            close()
-        if results is not None:
-            log(f"finished {what}: test accuracy {results['test_accuracy']:.4f}")
-    return skipped
-
-
-def save_compare_config(cfg: CompareConfig, out: Path) -> None:
-    """Write ``compare.yaml`` (the resolved comparison); a folder made with another one is an error."""
-    from foveal.config import config_differences
-
-    resolved = {"run": cfg.run, "seeds": list(cfg.seeds), "inputs": dict(cfg.inputs),
-                "methods": [{"name": m.name, "kind": m.kind, "sequences": m.sequences, "algorithm": dict(m.algorithm),
-                             "overrides": list(m.overrides)} for m in cfg.methods],
-                "convergence": {"ce_tolerance": cfg.ce_tolerance, "accuracy_tolerance": cfg.accuracy_tolerance,
-                                "target_accuracy": cfg.target_accuracy}}
-    path = out / "compare.yaml"
-    out.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        old = yaml.safe_load(path.read_text()) or {}
-        shared = {k: old.get(k) for k in ("run", "inputs")}
-        diff = config_differences(shared, {k: resolved[k] for k in ("run", "inputs")})
-        if diff:
-            raise ValueError(f"{path}: this comparison folder was made with another config; differing fields: "
-                             + "; ".join(diff[:6]) + ". Use a new --out, or the same config to resume.")
-    path.write_text(yaml.safe_dump(resolved, sort_keys=False))

@@ -3,7 +3,7 @@
 Each line is the TOP-LEFT pixel (row first) of one glimpse, as in the sequences released with
 Harvey et al. (2021); the released CUB files start with a line holding the image's path. Reading
 tolerates blank lines and surrounding whitespace; anything else that is not two integers is an error
-naming the file and line. Use these through :mod:`foveal.boed.sequences`.
+naming the file and line. Use these through :mod:`foveal.data.sequences`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import torch
 
-from foveal.boed.sequences import GlimpseSequences, PathLike, atomic_write
+from foveal.data.sequences import GlimpseSequences, PathLike, atomic_write
 from foveal.data.base import IMAGE_EXTENSIONS, DataError
 from foveal.retina import LocationGrid
 

@@ -1,7 +1,7 @@
 """A run, end to end: config -> data, model, algorithm -> engine -> test evaluation -> records -> figures.
 
-This is what ``foveal train``, ``foveal evaluate`` and ``foveal demo`` call, and what benchmarks
-call, so that every number foveal reports is made by the same code. A run folder holds::
+This is what ``foveal train``, ``foveal evaluate`` and ``foveal demo`` call, and what every other
+recipe and benchmark calls, so that every number foveal reports is made by the same code. A run folder holds::
 
     config.yaml          the resolved config (a resumed run must match it)
     metrics.csv          iteration,split,name,value (training and validation)
@@ -25,17 +25,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+import yaml
+from torch.utils.data import Dataset
 
 from foveal import __version__
-from foveal.checkpoint import load_checkpoint, read_checkpoint_info
+from foveal.checkpoint import load_checkpoint
 from foveal.config import config_differences, dump_config, split_name
 from foveal.data import build_dataset
-from foveal.models import create_model, list_models, model_spec
+from foveal.runtime import resolve_device
+from foveal.evaluation import plots
+from foveal.evaluation.boed_plots import plot_posterior_curves
+from foveal.evaluation.collect import collect_glimpses, make_figures, record_metrics, save_record
+from foveal.evaluation.posterior_curves import posterior_curves
+from foveal.models import create_model, list_models, load_model, model_spec
 from foveal.training import TrainConfig, evaluate, fit
 from foveal.training.algorithms import build_algorithm
+from foveal.training.base import PolicyEvaluation
 
 
 @dataclass
@@ -79,8 +85,6 @@ def prepare_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / "config.yaml"
     if saved.exists():
-        import yaml
-
         old = yaml.safe_load(saved.read_text())
         diff = config_differences(old, cfg)
         if diff and _longer_constant_run(old, cfg):
@@ -119,7 +123,6 @@ def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable
     Args:
         init_from: checkpoint whose weights a fresh run starts from (a later stage of a multi-stage
             recipe); a resumed run loads its own last checkpoint over them, as ``fit`` always does.
-
         test: evaluate the best checkpoint on ``evaluate.split`` afterwards; False only trains (and validates).
 
     Returns the results dict (also written to ``results.json``), or None if ``stop_after`` stopped
@@ -149,21 +152,15 @@ def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable
                         training=training)
 
 
-def load_model(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild a model from a checkpoint's JSON (registry name + config) and load its weights."""
-    info = read_checkpoint_info(checkpoint)
-    for key in ("config", "model"):
-        if key not in info:
-            raise ValueError(f"{checkpoint}: checkpoint info has no field {key!r}; was it written by foveal train?")
-    model = create_model(info["model"]["name"], **info["model"]["config"])
-    load_checkpoint(checkpoint, model=model)
-    return model, info
-
-
 def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dataset] = None,
                  split: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
                  training: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Test a checkpoint: metrics, accuracy after each glimpse, a glimpse record and figures.
+
+    Every test image is rolled out once (:func:`foveal.evaluation.collect.collect_glimpses`): the test
+    numbers and the glimpse record come from that rollout, so they agree under a sampling policy too.
+    An algorithm whose ``metrics`` measure something else besides (the Saccader's stage 1 reports its
+    all-cells classifier) has those under ``"algorithm_metrics"``.
 
     Args:
         checkpoint: prefix of a foveal checkpoint (``run/checkpoints/best``).
@@ -179,29 +176,30 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
         dataset = build_data(cfg, (split,))[split]
     name, settings = split_name(cfg["algorithm"])
     algorithm = build_algorithm(name, **{**settings, **(overrides or {})})
-    device = torch.device("cuda" if cfg["train"].get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg["train"].get("device", "auto"))
     model.to(device)
     batch_size = int(cfg["evaluate"]["batch_size"])
-    torch.manual_seed(int(cfg["train"].get("seed", 0)))
+    seed = int(cfg["train"].get("seed", 0))
+    torch.manual_seed(seed)
     start = time.perf_counter()
     if info["model"]["name"] in list_models("posterior"):
-        results = evaluate_posterior(model, algorithm, dataset, batch_size=batch_size, device=device,
-                                     seed=int(cfg["train"].get("seed", 0)))
+        results = evaluate_posterior(model, algorithm, dataset, batch_size=batch_size, device=device, seed=seed)
         results.update({"split": split, "model": info["model"]["name"], "algorithm": name, "checkpoint": str(checkpoint),
                         "eval_time_s": time.perf_counter() - start, "foveal_version": __version__})
         return _write_posterior_results(results, Path(out_dir), split, cfg, training)
-    metrics = evaluate(model, algorithm, dataset, batch_size=batch_size, device=device)
     record = collect_glimpses(model, algorithm, dataset, batch_size, device, int(cfg["evaluate"]["examples"]))
-    per_glimpse = (record["probs"].argmax(-1) == record["labels"][:, None]).mean(0)
+    numbers = record_metrics(record)
     results = {
         "dataset": dataset.name, "split": split, "num_images": len(dataset),
         "model": info["model"]["name"], "algorithm": name, "checkpoint": str(checkpoint),
         "num_glimpses": int(record["locations"].shape[1]),
-        "test_accuracy": metrics["accuracy"], "test_error": 1 - metrics["accuracy"], "test_ce": metrics["ce"],
-        "accuracy_per_glimpse": [float(a) for a in per_glimpse],
+        "test_accuracy": numbers["accuracy"], "test_error": 1 - numbers["accuracy"], "test_ce": numbers["ce"],
+        "accuracy_per_glimpse": numbers["accuracy_per_glimpse"],
         "eval_policy": algorithm.config.eval_policy, "test_samples": algorithm.config.test_samples,
-        "eval_time_s": time.perf_counter() - start, "foveal_version": __version__,
     }
+    if type(algorithm).metrics is not PolicyEvaluation.metrics:
+        results["algorithm_metrics"] = evaluate(model, algorithm, dataset, batch_size=batch_size, device=device)
+    results.update(eval_time_s=time.perf_counter() - start, foveal_version=__version__)
     if training:
         results["training"] = training
     out_dir = Path(out_dir)
@@ -221,8 +219,6 @@ def evaluate_posterior(model, algorithm, dataset: Dataset, *, batch_size: int, d
     ``test_accuracy`` is the accuracy after T random glimpses; ``accuracy_per_glimpse`` lists it after
     each glimpse t = 1..T (as for glimpse models), ``curves`` gives t = 0..T.
     """
-    from foveal.boed.training import posterior_curves
-
     metrics = evaluate(model, algorithm, dataset, batch_size=batch_size, device=device)
     T = algorithm.config.num_glimpses
     grid = algorithm.config.make_grid(tuple(dataset.image_shape[1:]))
@@ -245,64 +241,10 @@ def _write_posterior_results(results: dict[str, Any], out_dir: Path, split: str,
     keys = ("dataset", "split", "num_images", "num_glimpses", "grid", "curves", "checkpoint")
     record.write_text(json.dumps({k: results[k] for k in keys}, indent=2))
     if cfg["evaluate"].get("figures", True):
-        from foveal.evaluation.boed_plots import plot_posterior_curves
-
         figures = [plot_posterior_curves(record, out_dir / "figures" / "posterior_curves.png")]
         metrics = out_dir / "metrics.csv"
         if metrics.exists():
-            from foveal.evaluation import plots
-
             figures.append(plots.plot_training_summary(metrics, out_dir / "figures" / "training_curves.png"))
         results["figures"] = [str(p) for p in figures]
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results
-
-
-@torch.no_grad()
-def collect_glimpses(model, algorithm, dataset: Dataset, batch_size: int, device: torch.device,
-                     examples: int) -> dict[str, np.ndarray]:
-    """Where the model looks on every image of ``dataset`` (evaluation policy), with its predictions."""
-    model.eval()
-    # Example images spread evenly over the split (splits can be sorted by class). The record's
-    # first rows must match its images, so the examples' rows are moved to the front.
-    picks = np.unique(np.linspace(0, len(dataset) - 1, min(examples, len(dataset))).round().astype(int))
-    out: dict[str, list] = {"probs": [], "locations": [], "labels": []}
-    images = []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        probs, locations = algorithm.predict(model, batch["image"].to(device))
-        out["probs"].append(probs.cpu().numpy())
-        out["locations"].append(locations.cpu().numpy())
-        out["labels"].append(batch["label"].numpy())
-        in_batch = np.isin(batch["index"].numpy(), picks)
-        images.append(batch["image"][torch.from_numpy(in_batch)].numpy())
-    record = {k: np.concatenate(v) for k, v in out.items()}
-    order = np.concatenate([picks, np.setdiff1d(np.arange(len(dataset)), picks)])
-    record = {k: v[order] for k, v in record.items()}
-    record["images"] = np.concatenate(images)
-    return record
-
-
-def save_record(record: dict[str, np.ndarray], model, dataset: Dataset, path: Path) -> Path:
-    from foveal.evaluation.records import save_glimpse_record
-
-    cfg = model.config
-    save_glimpse_record(
-        path, locations=record["locations"].astype(np.float32), labels=record["labels"].astype(np.int64),
-        predictions=record["probs"][:, -1].argmax(-1).astype(np.int64), image_size=tuple(cfg.image_size),
-        glimpse_size=cfg.glimpse_size, num_scales=cfg.num_scales, factor=cfg.scale_factor,
-        images=record["images"].astype(np.float32), class_names=list(dataset.class_names),
-    )
-    return path
-
-
-def make_figures(record_path: Path, run_dir: Path) -> list[Path]:
-    """The run's figures, from its saved records only."""
-    from foveal.evaluation import plots
-
-    figures = run_dir / "figures"
-    paths = [plots.plot_glimpse_heatmaps(record_path, figures / "glimpse_heatmaps.png"),
-             plots.plot_glimpse_examples(record_path, figures / "glimpse_examples.png")]
-    metrics = run_dir / "metrics.csv"
-    if metrics.exists():
-        paths.append(plots.plot_training_summary(metrics, figures / "training_curves.png"))
-    return paths

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
+
+from foveal.cli.common import progress_bar
 
 ANNOTATE_EPILOG = """examples:
   foveal build-bank fashion-mnist --split train --out banks/fmnist.npy
@@ -114,23 +115,6 @@ def add_parsers(sub) -> None:
     g.set_defaults(handler=_merge)
 
 
-# ------------------------------------------------------------------------------------------ progress
-def _bar(quiet: bool, unit: str):
-    if quiet or not sys.stderr.isatty() and os.environ.get("FOVEAL_PROGRESS") != "1":
-        return None, lambda: None
-    from tqdm import tqdm
-
-    bar = tqdm(total=0, unit=unit, dynamic_ncols=True, file=sys.stderr)
-
-    def update(done: int, total: int, logs: Optional[dict] = None) -> None:
-        bar.total, bar.n = total, done
-        if logs and "images_per_min" in logs:
-            bar.set_postfix({"images/min": f"{logs['images_per_min']:.3g}"}, refresh=False)
-        bar.refresh()
-
-    return update, bar.close
-
-
 def _build(name: str, split: str, args, defaults: Optional[dict] = None):
     from foveal.data import build_dataset
 
@@ -147,7 +131,7 @@ def _build_bank(args) -> int:
 
     dataset = _build(args.dataset, args.split, args)
     count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
-    update, close = _bar(args.quiet, "img")
+    update, close = progress_bar(args.quiet, "img", show=("images_per_min",))
 
     class Counted:  # ticks the bar as ImageBank.build reads the images
         name, split = dataset.name, dataset.split
@@ -211,7 +195,7 @@ def _annotate(args) -> int:
     cfg = _annotate_config(args)
     out = args.out or Path("runs") / f"annotate-{cfg.dataset}-{cfg.split}"
     print(f"output folder: {out}", file=sys.stderr)
-    update, close = _bar(args.quiet, "img")
+    update, close = progress_bar(args.quiet, "img", show=("images_per_min",))
     try:
         path = annotate(cfg, out, progress=update)
     finally:
@@ -226,7 +210,7 @@ def _annotate(args) -> int:
 
 
 def _info(args) -> int:
-    from foveal.boed.sequences import GlimpseSequences
+    from foveal.data.sequences import GlimpseSequences
 
     s = GlimpseSequences.load(args.path)
     print(f"{s.source}: {len(s)} sequences of {s.num_glimpses} glimpses ({s.glimpse_size} px) on {s.dataset}/{s.split} "
@@ -250,7 +234,7 @@ def _info(args) -> int:
 
 
 def _validate(args) -> int:
-    from foveal.boed.sequences import GlimpseSequences
+    from foveal.data.sequences import GlimpseSequences
 
     s = GlimpseSequences.load(args.path)
     dataset = _build(s.dataset, s.split, args, s.provenance.get("config"))
@@ -260,7 +244,8 @@ def _validate(args) -> int:
 
 
 def _export(args) -> int:
-    from foveal.boed.sequences import GlimpseSequences, export_official
+    from foveal.data.sequences import GlimpseSequences
+    from foveal.data.sequences_official import export_official
 
     paths = export_official(GlimpseSequences.load(args.path), args.folder)
     print(f"{len(paths)} files written to {args.folder}")
@@ -268,7 +253,7 @@ def _export(args) -> int:
 
 
 def _import(args) -> int:
-    from foveal.boed.sequences import import_official
+    from foveal.data.sequences_official import import_official
     from foveal.retina import LocationGrid
 
     if not args.dataset or not args.split:
@@ -295,7 +280,7 @@ def _import(args) -> int:
 
 def _merge(args) -> int:
     from foveal.boed.annotate import merge_shards
-    from foveal.boed.sequences import GlimpseSequences
+    from foveal.data.sequences import GlimpseSequences
 
     if len(args.paths) == 1 and Path(args.paths[0]).is_dir():
         path = merge_shards(args.paths[0])

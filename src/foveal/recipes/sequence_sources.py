@@ -1,4 +1,4 @@
-"""Supervision sequences other than near-optimal ones, in the same file format (:mod:`foveal.boed.sequences`).
+"""Supervision sequences other than near-optimal ones, in the same file format (:mod:`foveal.data.sequences`).
 
 The baselines of Harvey et al. (2021, section 6) supervise with:
 
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from foveal.boed.sequences import GlimpseSequences
+from foveal.data.sequences import GlimpseSequences
 from foveal.data.base import DataError
 from foveal.retina import LocationGrid, top_left
 

@@ -44,39 +44,15 @@ left out, as are biases and BatchNorm parameters); ``l2`` / ``l2_location`` set 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from foveal.training.base import LossOutput
+from foveal.training.base import LossOutput, PolicyEvaluation, check_evaluation_settings
 
 __all__ = ["RepresentationConfig", "RepresentationPretraining", "LocationConfig", "LocationPretraining",
-           "SaccaderReinforceConfig", "SaccaderReinforce", "l2_penalty", "sorted_logit_targets", "resolve_policy",
-           "STAGES", "run_stages"]
-
-
-def resolve_policy(name: str, model: nn.Module):
-    """A policy by name for a grid model: :mod:`foveal.grid_policies` names first (their ``random`` never
-    repeats a cell), then :mod:`foveal.policies` (``greedy``: the model's own arg-max, ``sample``)."""
-    from foveal.grid_policies import GRID_POLICIES, make_grid_policy
-    from foveal.policies import make_policy, policy_names
-
-    if name in GRID_POLICIES:
-        return make_grid_policy(name, model)
-    if name in policy_names():
-        return make_policy(name)
-    raise ValueError(f"eval_policy: expected one of {sorted(set(GRID_POLICIES) | set(policy_names()))}, found {name!r}")
-
-
-def _check_policy_name(owner: str, name: str) -> None:
-    from foveal.grid_policies import GRID_POLICIES
-    from foveal.policies import policy_names
-
-    if name not in GRID_POLICIES and name not in policy_names():
-        raise ValueError(f"{owner}.eval_policy: expected one of {sorted(set(GRID_POLICIES) | set(policy_names()))}, "
-                         f"found {name!r}")
+           "SaccaderReinforceConfig", "SaccaderReinforce", "l2_penalty", "sorted_logit_targets"]
 
 
 def _check_settings(owner: str, config, positive: tuple[str, ...], nonnegative: tuple[str, ...]) -> None:
@@ -88,7 +64,7 @@ def _check_settings(owner: str, config, positive: tuple[str, ...], nonnegative: 
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise ValueError(f"{owner}.{name}: expected a number >= 0, found {value!r}")
-    _check_policy_name(owner, config.eval_policy)
+    check_evaluation_settings(owner, config)
 
 
 def l2_penalty(modules: list[nn.Module], weight: float) -> Tensor:
@@ -112,26 +88,6 @@ def sorted_logit_targets(logit_map: Tensor, steps: int) -> Tensor:
     return logit_map.flatten(2).amax(1).argsort(dim=-1, descending=True, stable=True)[:, :steps]
 
 
-class _GreedyEvaluation:
-    """``metrics`` and ``predict`` shared by the stages: the model rolled out under ``eval_policy``."""
-
-    config: "RepresentationConfig | LocationConfig | SaccaderReinforceConfig"
-
-    @torch.no_grad()
-    def predict(self, model: nn.Module, images: Tensor, num_glimpses: Optional[int] = None) -> tuple[Tensor, Tensor]:
-        """Class probabilities ``[B, T, K]`` after each glimpse and the locations ``[B, T, 2]``."""
-        ro = model.rollout(images, num_glimpses or self.config.num_glimpses,
-                           policy=resolve_policy(self.config.eval_policy, model))
-        return ro.logits.softmax(-1), ro.locations
-
-    @torch.no_grad()
-    def metrics(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
-        probs, _ = self.predict(model, batch["image"])
-        final, labels = probs[:, -1], batch["label"]
-        return {"accuracy": (final.argmax(-1) == labels).float().mean().item(),
-                "ce": F.nll_loss(final.clamp_min(1e-12).log(), labels).item()}
-
-
 @dataclass(frozen=True)
 class RepresentationConfig:
     """Settings of :class:`RepresentationPretraining`.
@@ -139,7 +95,7 @@ class RepresentationConfig:
     Attributes:
         l2: λ of Eq. 4, on the representation network's weights.
         num_glimpses, eval_policy, test_samples: how ``predict`` rolls the model out for glimpse records
-            (``test_samples`` is read by :func:`foveal.experiment.evaluate_run`; one rollout is made).
+            (``test_samples`` rollouts averaged, :class:`~foveal.training.base.PolicyEvaluation`).
     """
 
     l2: float = 0.0
@@ -151,7 +107,7 @@ class RepresentationConfig:
         _check_settings("RepresentationConfig", self, ("num_glimpses", "test_samples"), ("l2",))
 
 
-class RepresentationPretraining(_GreedyEvaluation):
+class RepresentationPretraining(PolicyEvaluation):
     """Stage 1, Eq. 4 (module docstring); works on a ``bagnet`` or a ``saccader`` model."""
 
     def __init__(self, config: RepresentationConfig = RepresentationConfig()) -> None:
@@ -201,7 +157,7 @@ class LocationConfig:
         _check_settings("LocationConfig", self, ("steps", "num_glimpses", "test_samples"), ("l2",))
 
 
-class LocationPretraining(_GreedyEvaluation):
+class LocationPretraining(PolicyEvaluation):
     """Stage 2, Eq. 5 (module docstring); needs a ``saccader`` model."""
 
     def __init__(self, config: LocationConfig = LocationConfig()) -> None:
@@ -263,7 +219,7 @@ class SaccaderReinforceConfig:
                         ("reinforce_weight", "ce_weight", "l2", "l2_location"))
 
 
-class SaccaderReinforce(_GreedyEvaluation):
+class SaccaderReinforce(PolicyEvaluation):
     """Stage 3, Eq. 6 (module docstring); needs a ``saccader`` model."""
 
     def __init__(self, config: SaccaderReinforceConfig = SaccaderReinforceConfig()) -> None:
@@ -284,45 +240,3 @@ class SaccaderReinforce(_GreedyEvaluation):
         loss = cfg.ce_weight * ce + cfg.reinforce_weight * policy_gradient + l2
         return LossOutput(loss, {"ce": ce.item(), "accuracy": baseline.item(), "reinforce": policy_gradient.item(),
                                  "l2": l2.item(), "entropy": ro.entropy.sum(1).mean().item()})
-
-
-STAGES = ("representation", "location", "reinforce")
-
-
-def run_stages(configs: dict[str, dict], run_dir, *, stages: tuple[str, ...] = STAGES, progress=None,
-               on_stage=None, test: bool = True) -> dict[str, Optional[dict]]:
-    """Train the stages in order, each in ``run_dir/<stage>``, each starting from the previous one's best.
-
-    A stage whose config has no ``model.init_from`` gets the previous stage's
-    ``run_dir/<previous>/checkpoints/best`` (a stage run earlier, or in this call). Every stage is an
-    ordinary run folder: calling this again resumes where it stopped and skips finished stages'
-    training (the engine finds them at their last iteration), re-evaluating their best checkpoint.
-
-    Args:
-        configs: a full run config (:mod:`foveal.config`) per stage name in ``stages``.
-        progress: passed to :func:`foveal.experiment.train_run`.
-        on_stage: ``on_stage(stage, run_folder)`` before each stage starts.
-        test: evaluate each stage's best checkpoint on the config's ``evaluate.split`` (the whole split)
-            as :func:`foveal.experiment.train_run` does; False only trains (and validates).
-
-    Returns:
-        ``{stage: results dict of train_run}``, or ``{stage: None}`` without ``test``.
-    """
-    from pathlib import Path
-
-    from foveal.experiment import train_run
-
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        raise ValueError(f"stages: expected some of {STAGES}, found {unknown}")
-    run_dir = Path(run_dir)
-    results = {}
-    for stage in stages:
-        cfg = {k: dict(v) for k, v in configs[stage].items()}
-        previous = STAGES.index(stage) - 1
-        if previous >= 0 and not cfg["model"].get("init_from"):
-            cfg["model"]["init_from"] = str(run_dir / STAGES[previous] / "checkpoints" / "best")
-        if on_stage is not None:
-            on_stage(stage, run_dir / stage)
-        results[stage] = train_run(cfg, run_dir / stage, progress=progress, test=test)
-    return results

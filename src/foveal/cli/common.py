@@ -1,0 +1,86 @@
+"""What the command modules share: the progress bar, the run report, a training command's config and folder.
+
+No torch at module level (see :mod:`foveal.cli`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from foveal.config import apply_overrides, load_config
+from foveal.policies import describe_policies
+
+__all__ = ["progress_bar", "report", "config_and_run_dir", "run_training", "policy_help"]
+
+
+def progress_bar(quiet: bool, unit: str = "it", show: tuple[str, ...] = ("loss", "ce", "accuracy", "val/accuracy")
+                 ) -> tuple[Optional[Callable], Callable[[], None]]:
+    """``(update(done, total, logs=None, label=None), close)`` of a tqdm bar on stderr; ``(None, no-op)`` when
+    quiet or stderr is not a terminal (unless ``FOVEAL_PROGRESS=1``). ``show``: the ``logs`` keys put beside
+    the bar; ``label`` goes before it."""
+    if quiet or not sys.stderr.isatty() and os.environ.get("FOVEAL_PROGRESS") != "1":
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit=unit, dynamic_ncols=True, file=sys.stderr)
+
+    def update(done: int, total: int, logs: Optional[dict] = None, label: Optional[str] = None) -> None:
+        bar.total, bar.n = total, done
+        if label is not None:
+            bar.set_description(label, refresh=False)
+        shown = {k: f"{v:.3g}" for k, v in (logs or {}).items() if k in show}
+        if shown:
+            bar.set_postfix(shown, refresh=False)
+        bar.refresh()
+
+    return update, bar.close
+
+
+def policy_help(prefix: str) -> str:
+    """``prefix`` followed by every registered policy and its summary (:mod:`foveal.policies`, no torch)."""
+    return prefix + "; ".join(f"{name}: {summary}" for name, summary in describe_policies())
+
+
+def run_training(cfg: dict, run_dir: Path, quiet: bool) -> dict | None:
+    from foveal.recipes.run import train_run
+
+    progress, close = progress_bar(quiet)
+    print(f"run folder: {run_dir}", file=sys.stderr)
+    try:
+        results = train_run(cfg, run_dir, progress=progress)
+    finally:
+        close()
+    return results
+
+
+def report(results: dict, out_dir: Path) -> None:
+    print(f"test accuracy: {results['test_accuracy']:.4f}  (error {100 * results['test_error']:.2f} %, "
+          f"{results['num_images']} {results['split']} images of {results['dataset']}, "
+          f"{results['num_glimpses']} glimpses)")
+    per = " ".join(f"{a:.3f}" for a in results["accuracy_per_glimpse"])
+    print(f"accuracy after each glimpse: {per}")
+    if "training" in results:
+        tr = results["training"]
+        speed = (f" in {tr['wall_time_s']:.0f} s ({tr['iterations_per_s']:.1f} it/s)"
+                 if tr.get("wall_time_s") is not None else "")
+        print(f"training: {tr['iterations']} iterations{speed}, best validation at iteration {tr['best_iteration']}")
+    print(f"results: {out_dir / 'results.json'}")
+    for fig in results.get("figures", []):
+        print(f"figure: {fig}")
+
+
+def config_and_run_dir(args) -> tuple[dict, Path]:
+    """The config of a training command (``--config`` + ``--data-dir`` / ``--device`` + overrides) and
+    its run folder (``--run-dir``, default ``runs/<config>-<time>``)."""
+    extra = list(args.overrides)
+    if args.data_dir:
+        extra.append(f"data.root={args.data_dir}")
+    if args.device:
+        extra.append(f"train.device={args.device}")
+    cfg = apply_overrides(load_config(args.config), extra)
+    run_dir = args.run_dir or Path("runs") / f"{Path(str(args.config)).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return cfg, run_dir

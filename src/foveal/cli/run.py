@@ -1,0 +1,88 @@
+"""``foveal train``, ``evaluate``, ``demo`` and ``list``: a run from a config, a checkpoint tested, the registries.
+
+No torch at module level (see :mod:`foveal.cli`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from foveal.cli.common import config_and_run_dir, policy_help, report, run_training
+
+
+def add_parsers(sub) -> None:
+    t = sub.add_parser("train", help="train a model from a config (resumes an interrupted run)")
+    t.add_argument("--config", default="ram-fashion-mnist", help="YAML file or built-in config name (default: %(default)s)")
+    t.add_argument("--run-dir", type=Path, help="output folder (default: runs/<config>-<time>)")
+    t.add_argument("--data-dir", help="dataset root (sets data.root)")
+    t.add_argument("--device", help="cpu, cuda or auto (sets train.device)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.iterations=500")
+    t.set_defaults(handler=_train)
+
+    e = sub.add_parser("evaluate", help="test a checkpoint: accuracy, accuracy per glimpse, glimpse figures")
+    e.add_argument("checkpoint", help="checkpoint prefix, e.g. runs/x/checkpoints/best")
+    e.add_argument("--split", choices=["train", "val", "test"], help="default: the run's evaluate.split")
+    e.add_argument("--out", type=Path, help="output folder (default: <run>/eval-<split>)")
+    e.add_argument("--test-samples", type=int, help="Monte-Carlo rollouts averaged per image")
+    e.add_argument("--policy", help=policy_help("evaluation policy, one of: "))
+    e.set_defaults(handler=_evaluate)
+
+    d = sub.add_parser("demo", help="train and evaluate RAM on built-in data (the README's main job)")
+    d.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
+    d.add_argument("--quiet", action="store_true")
+    d.add_argument("overrides", nargs="*", metavar="section.key=value")
+    d.set_defaults(handler=_demo)
+
+    lst = sub.add_parser("list", help="list built-in configs, datasets, models, algorithms and policies")
+    lst.set_defaults(handler=_list)
+
+
+def _train(args) -> int:
+    cfg, run_dir = config_and_run_dir(args)
+    results = run_training(cfg, run_dir, args.quiet)
+    if results:
+        report(results, run_dir)
+    return 0
+
+
+def _demo(args) -> int:
+    from foveal.config import apply_overrides, load_config
+
+    cfg = apply_overrides(load_config("demo"), list(args.overrides))
+    results = run_training(cfg, args.run_dir, args.quiet)
+    if results:
+        report(results, args.run_dir)
+    return 0
+
+
+def _evaluate(args) -> int:
+    from foveal.recipes.run import evaluate_run
+
+    checkpoint = Path(args.checkpoint)
+    overrides = {}
+    if args.test_samples:
+        overrides["test_samples"] = args.test_samples
+    if args.policy:
+        overrides["eval_policy"] = args.policy
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    out = args.out or run_dir / f"eval-{args.split or 'default'}"
+    results = evaluate_run(checkpoint, out, split=args.split, overrides=overrides)
+    report(results, out)
+    return 0
+
+
+def _list(args) -> int:
+    from foveal.config import builtin_configs
+    from foveal.data import dataset_names
+    from foveal.models import list_models
+    from foveal.policies import describe_policies
+    from foveal.training.algorithms import algorithm_names
+
+    for title, names in (("configs", builtin_configs()), ("datasets", dataset_names()), ("models", list_models()),
+                         ("algorithms", algorithm_names())):
+        print(f"{title}: {', '.join(names)}")
+    print("policies:")
+    for name, summary in describe_policies():
+        print(f"  {name:<15} {summary}")
+    return 0

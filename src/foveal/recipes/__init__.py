@@ -1,0 +1,4 @@
+"""Whole experiments, each made of the layers below: a run (:mod:`foveal.recipes.run`), the Saccader's
+stages (:mod:`foveal.recipes.saccader`), policy evaluation (:mod:`foveal.recipes.policy_eval`), sequence
+sources (:mod:`foveal.recipes.sequence_sources`) and the partial-supervision comparison
+(:mod:`foveal.recipes.compare`). Nothing below this package starts a whole run."""
