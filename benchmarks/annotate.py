@@ -36,14 +36,14 @@ from foveal.boed.bank import ImageBank
 from foveal.boed.completion import BankSampler
 from foveal.boed.epe import SearchConfig
 from foveal.boed.salient import baseline_sequences, random_cells
-from foveal.data.sequences import GlimpseSequences
-from foveal.evaluation.posterior_curves import posterior_curves
-from foveal.runtime import speed_up_allocator
 from foveal.config import apply_overrides, load_config
 from foveal.data import build_dataset
+from foveal.data.sequences import GlimpseSequences
 from foveal.evaluation.boed_plots import plot_epe_sequence, plot_posterior_curves
+from foveal.evaluation.posterior_curves import posterior_curves
 from foveal.recipes.run import load_model, train_run
 from foveal.retina import LocationGrid
+from foveal.runtime import speed_up_allocator
 
 CONFIG, DATASET, T, GLIMPSE = "posterior-cluttered-fashion-mnist", "cluttered-fashion-mnist", 6, 12
 VARIANTS = {  # name -> (SearchConfig, seed offset); "plain" first: the others are compared with it

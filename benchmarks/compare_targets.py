@@ -16,9 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from foveal.recipes.compare.config import slug
 from foveal.evaluation.convergence import mean_and_spread, run_convergence
 from foveal.evaluation.records import read_metrics
+from foveal.recipes.compare.config import slug
 
 
 def _cell(values: list) -> str:

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from foveal.runtime import speed_up_allocator
 from foveal.config import apply_overrides, load_config
 from foveal.recipes.run import train_run
+from foveal.runtime import speed_up_allocator
 
 SETTINGS = {"fashion": "ram-fashion-mnist", "cluttered": "ram-cluttered-fashion-mnist"}
 POLICIES = {"learned": [], "random": ["algorithm.train_policy=random", "algorithm.eval_policy=random"]}

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import torch
 
-from foveal.runtime import speed_up_allocator
 from foveal.config import apply_overrides, load_config
+from foveal.runtime import speed_up_allocator
 
 STAGES = {"representation": "saccader-representation-cluttered-fashion-mnist",
           "location": "saccader-location-cluttered-fashion-mnist",

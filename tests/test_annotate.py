@@ -6,14 +6,13 @@ import pytest
 import torch
 
 from foveal.boed import first_glimpse, greedy_sequence
-from foveal.boed.epe import SearchConfig
 from foveal.boed.annotate import AnnotateConfig, annotate, image_generator, load_posterior, merge_shards, select_indices
 from foveal.boed.bank import ImageBank
 from foveal.boed.completion import BankSampler
-from foveal.data.sequences import GlimpseSequences, sequence_paths
+from foveal.boed.epe import SearchConfig
 from foveal.checkpoint import save_checkpoint
+from foveal.data.sequences import GlimpseSequences, sequence_paths
 from foveal.models import create_model, model_spec
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

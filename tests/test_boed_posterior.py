@@ -6,12 +6,11 @@ from torch import nn
 
 from foveal.boed import NetworkPosterior, Posterior
 from foveal.evaluation.posterior_curves import posterior_accuracy_curve
-from foveal.models.posterior_cnn import expand_first_conv
-from foveal.training.posterior import PosteriorTraining, PosteriorTrainingConfig, random_glimpse_masks
 from foveal.models import create_model, list_models, model_spec
+from foveal.models.posterior_cnn import expand_first_conv
 from foveal.retina import LocationGrid, masked_input
 from foveal.training.algorithms import algorithm_names, build_algorithm
-
+from foveal.training.posterior import PosteriorTraining, PosteriorTrainingConfig, random_glimpse_masks
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 import yaml
 
-from foveal.data.sequences import GlimpseSequences
 from foveal.checkpoint import save_checkpoint
 from foveal.cli import main
 from foveal.data import FovealDataset, register_dataset
-from foveal.recipes.compare.config import load_compare_config, plan_runs, slug
+from foveal.data.sequences import GlimpseSequences
 from foveal.evaluation.convergence import run_convergence
 from foveal.models import create_model, model_spec
+from foveal.recipes.compare.config import load_compare_config, plan_runs, slug
 from foveal.retina import LocationGrid
 
 SIZE = 16
@@ -172,8 +172,8 @@ def test_estimate_times_each_method(setup, capsys):
 
 def test_interrupted_runs_resume_exactly(setup):
     """Oversampled partial supervision and wake-sleep, trained straight or killed and resumed: same metrics."""
-    from foveal.recipes.compare.run import train_task
     from foveal.recipes.compare.inputs import ComparisonInputs
+    from foveal.recipes.compare.run import train_task
 
     tmp, config = setup
     text = yaml.safe_load(config.read_text())

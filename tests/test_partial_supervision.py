@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from foveal.data.sequences import GlimpseSequences
 from foveal.data import DataError
+from foveal.data.sequences import GlimpseSequences
 from foveal.models import create_model
 from foveal.policies.basic import ReplayPolicy
 from foveal.retina import LocationGrid

@@ -13,11 +13,11 @@ from torch.utils.data import Dataset
 from foveal.checkpoint import save_checkpoint
 from foveal.cli import main
 from foveal.cli.saccader import split_stage_overrides
+from foveal.config import slug
 from foveal.evaluation.policy_eval import (Method, cumulative_area, evaluate_methods, markdown_table, summarise,
                                            write_reports)
-from foveal.config import slug
-from foveal.policies import make_policy
 from foveal.models import create_model, model_spec
+from foveal.policies import make_policy
 
 TINY = {"in_channels": 1, "num_classes": 3, "image_size": (28, 28), "width": 2, "what_dim": 4}
 

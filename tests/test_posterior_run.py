@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from foveal.data.sequences import GlimpseSequences
 from foveal.cli import main
+from foveal.data.sequences import GlimpseSequences
 from foveal.evaluation.boed_plots import plot_epe_sequence, plot_posterior_curves, read_curves
 from foveal.retina import LocationGrid
 
@@ -50,8 +50,8 @@ def test_train_posterior_writes_curves_and_evaluate_reproduces_them(tmp_path, ca
     for fig in results["figures"]:
         assert Path(fig).read_bytes()[:8] == PNG
     # the curves are those of posterior_curves with the run's seed, on the test split
-    from foveal.evaluation.posterior_curves import posterior_curves
     from foveal.data import build_dataset
+    from foveal.evaluation.posterior_curves import posterior_curves
     from foveal.recipes.run import load_model
 
     model, _ = load_model(run / "checkpoints" / "best")

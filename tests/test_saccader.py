@@ -18,10 +18,10 @@ from foveal.models.saccader import SaccaderCell
 from foveal.policies.basic import greedy_policy
 from foveal.training import TrainConfig, fit
 from foveal.training.algorithms import algorithm_names, build_algorithm
-from foveal.training.saccader import (LocationConfig, LocationPretraining, RepresentationConfig,
-                                             RepresentationPretraining, SaccaderReinforce, SaccaderReinforceConfig,
-                                             sorted_logit_targets)
 from foveal.training.reinforce import Reinforce, ReinforceConfig
+from foveal.training.saccader import (LocationConfig, LocationPretraining, RepresentationConfig,
+                                      RepresentationPretraining, SaccaderReinforce, SaccaderReinforceConfig,
+                                      sorted_logit_targets)
 
 
 @pytest.fixture(autouse=True, scope="module")

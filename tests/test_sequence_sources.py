@@ -5,8 +5,8 @@ import torch
 
 from foveal.data import DataError
 from foveal.models import create_model
-from foveal.retina import LocationGrid
 from foveal.recipes.sequence_sources import hgs_sequences, points_sequences, points_to_corners, policy_sequences
+from foveal.retina import LocationGrid
 
 CUB_PARTS = ["back", "beak", "belly", "breast", "crown", "forehead", "left eye", "left leg", "left wing", "nape",
              "right eye", "right leg", "right wing", "tail", "throat"]

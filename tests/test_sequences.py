@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
+from foveal.data import DataError
 from foveal.data.sequences import FORMAT, VERSION, GlimpseSequences, sequence_paths
 from foveal.data.sequences_official import export_official, import_official
-from foveal.data import DataError
 from foveal.retina import LocationGrid, top_left
 
 GRID = LocationGrid.from_stride((12, 10), 4, 2)  # rows 0..8, cols 0..6

@@ -54,9 +54,9 @@ from foveal.boed.posterior import NetworkPosterior
 from foveal.checkpoint import checkpoint_paths
 from foveal.data import build_dataset
 from foveal.data.sequences import GlimpseSequences, atomic_write, sequence_paths
-from foveal.runtime import resolve_device
 from foveal.models import load_model
 from foveal.retina import LocationGrid
+from foveal.runtime import resolve_device
 
 __all__ = ["AnnotateConfig", "annotate", "merge_shards", "select_indices", "image_generator", "load_posterior",
            "result_path"]

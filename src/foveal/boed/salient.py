@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from foveal.data.sequences import GlimpseSequences
 from foveal.retina import LocationGrid, cell_masks
 
 __all__ = ["SALIENCY_KINDS", "SalientConfig", "saliency_map", "salient_cells", "random_cells",
@@ -118,8 +119,6 @@ def baseline_sequences(method: str, dataset: Any, indices: Sequence[int] | Tenso
         seed: of the random cells' generator.
         config: the salient settings.
     """
-    from foveal.data.sequences import GlimpseSequences
-
     if method not in ("salient", "random"):
         raise ValueError(f"method: expected 'salient' or 'random', found {method!r}")
     idx = torch.as_tensor(indices, dtype=torch.long).flatten()

@@ -56,8 +56,8 @@ def train_posterior(args) -> int:
 
 
 def plot_epe(args) -> int:
-    from foveal.data.sequences import GlimpseSequences
     from foveal.data import build_dataset
+    from foveal.data.sequences import GlimpseSequences
     from foveal.evaluation.boed_plots import plot_epe_sequence
 
     seqs = GlimpseSequences.load(args.sequences)

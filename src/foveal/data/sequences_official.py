@@ -14,8 +14,8 @@ from typing import Any, Optional
 
 import torch
 
-from foveal.data.sequences import GlimpseSequences, PathLike, atomic_write
 from foveal.data.base import IMAGE_EXTENSIONS, DataError
+from foveal.data.sequences import GlimpseSequences, PathLike, atomic_write
 from foveal.retina import LocationGrid
 
 __all__ = ["export_official", "import_official"]

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
+from foveal.data.sequences import GlimpseSequences
 from foveal.evaluation.plots import _display, _figure, _save
 from foveal.evaluation.records import PathLike
 
@@ -76,8 +77,6 @@ def plot_posterior_curves(record_or_path: Union[Mapping[str, Any], PathLike], pa
 
 def _load_sequences(sequences_or_path):
     if isinstance(sequences_or_path, (str, Path)):
-        from foveal.data.sequences import GlimpseSequences
-
         return GlimpseSequences.load(sequences_or_path)
     return sequences_or_path
 

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from foveal.checkpoint import load_checkpoint, read_checkpoint_info
 from foveal.models.bagnet import VISITED_PENALTY, BagNet, BagNetConfig, GridMaps, grid_rollout
 from foveal.models.base import Policy, Rollout
 from foveal.models.registry import register_model
@@ -151,8 +152,6 @@ def load_init(model: nn.Module, checkpoint: str) -> None:
     A ``bagnet`` checkpoint fills ``model.representation`` (or the model itself, if it is a BagNet); a
     ``saccader`` checkpoint fills a Saccader, or the ``saccader`` part of a :class:`SaccaderPatch`.
     """
-    from foveal.checkpoint import load_checkpoint, read_checkpoint_info
-
     source = read_checkpoint_info(checkpoint).get("model", {}).get("name")
     targets = {"bagnet": [model, getattr(model, "representation", None),
                           getattr(getattr(model, "saccader", None), "representation", None)],

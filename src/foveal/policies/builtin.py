@@ -9,7 +9,8 @@ from torch import nn
 
 from foveal.models.base import Policy
 from foveal.policies.basic import greedy_policy
-from foveal.policies.grid import CenterPolicy, ModelPolicy, OrderedLogitsPolicy, RandomPolicy, SaccaderPolicy, SobelPolicy
+from foveal.policies.grid import (CenterPolicy, ModelPolicy, OrderedLogitsPolicy, RandomPolicy, SaccaderPolicy,
+                                  SobelPolicy)
 from foveal.retina import LocationGrid
 
 Model, Grid = Optional[nn.Module], Optional[LocationGrid]

@@ -33,12 +33,12 @@ from foveal import __version__
 from foveal.checkpoint import load_checkpoint
 from foveal.config import config_differences, dump_config, split_name
 from foveal.data import build_dataset
-from foveal.runtime import resolve_device
 from foveal.evaluation import plots
 from foveal.evaluation.boed_plots import plot_posterior_curves
 from foveal.evaluation.collect import collect_glimpses, make_figures, record_metrics, save_record
 from foveal.evaluation.posterior_curves import posterior_curves
 from foveal.models import create_model, list_models, load_model, model_spec
+from foveal.runtime import resolve_device
 from foveal.training import TrainConfig, evaluate, fit
 from foveal.training.algorithms import build_algorithm
 from foveal.training.base import PolicyEvaluation

@@ -36,8 +36,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from foveal.data.sequences import GlimpseSequences
 from foveal.data.base import DataError
+from foveal.data.sequences import GlimpseSequences
+from foveal.policies import make_policy
 from foveal.retina import LocationGrid, top_left
 
 __all__ = ["HGS_PARTS", "policy_sequences", "hgs_sequences", "points_sequences", "points_to_corners"]
@@ -87,8 +88,6 @@ def policy_sequences(model: nn.Module, dataset: Any, indices: Sequence[int], num
     Returns:
         Sequences with ``method="ps-ram"`` and the file's glimpse size = the model's.
     """
-    from foveal.policies import make_policy
-
     if policy not in ("sample", "greedy"):
         raise ValueError(f"policy_sequences: policy: expected 'sample' or 'greedy', found {policy!r}")
     rule = make_policy(policy)

@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from foveal.data.sequences import GlimpseSequences
 from foveal.training.base import LossOutput, PolicyEvaluation
 from foveal.training.reinforce import Reinforce, ReinforceConfig
 
@@ -171,8 +172,6 @@ class PartialSupervision(PolicyEvaluation):
     def sequences(self):
         """The :class:`~foveal.data.sequences.GlimpseSequences` used (the file's first ``num_sequences``)."""
         if self._sequences is None:
-            from foveal.data.sequences import GlimpseSequences
-
             seqs = GlimpseSequences.load(self.config.sequences)
             if self.config.num_sequences is not None:
                 seqs = seqs.subset(self.config.num_sequences)

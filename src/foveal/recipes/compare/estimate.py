@@ -27,9 +27,13 @@ from typing import Callable
 
 import torch
 
+from foveal.models import create_model, load_model
 from foveal.recipes.compare.config import CompareConfig, method_config, plan_runs
 from foveal.recipes.compare.inputs import ComparisonInputs
 from foveal.recipes.compare.run import train_task
+from foveal.recipes.run import build_experiment
+from foveal.training import evaluate
+from foveal.training.salience_pretraining import salience
 
 __all__ = ["estimate_comparison"]
 
@@ -66,10 +70,6 @@ def _rate_key(cfg: CompareConfig, name: str, stage: str) -> str:
 def estimate_comparison(cfg: CompareConfig, out: Path, *, iterations: int = 300,
                         log: Callable[[str], None] = lambda message: None) -> dict:
     """Measure each method's speed and estimate the comparison's total time (module docstring)."""
-    from foveal.recipes.run import build_experiment
-    from foveal.training import evaluate
-    from foveal.training.salience_pretraining import salience
-
     if iterations < 3:
         raise ValueError(f"--estimate: expected at least 3 iterations to time, found {iterations}")
     scratch = Path(out) / "estimate"
@@ -114,11 +114,7 @@ def estimate_comparison(cfg: CompareConfig, out: Path, *, iterations: int = 300,
 
 
 def _posterior_for_timing(cfg: CompareConfig, inputs: ComparisonInputs):
-    from foveal.models import create_model
-
     if cfg.inputs["posterior"] is not None:
-        from foveal.recipes.run import load_model
-
         return load_model(cfg.inputs["posterior"])[0]
     C, H, W = inputs.train_set.image_shape
     return create_model("posterior-cnn", in_channels=C, num_classes=inputs.train_set.num_classes, image_size=(H, W))

@@ -19,7 +19,13 @@ from typing import Callable, Optional
 
 import torch
 
+from foveal.data.sequences import GlimpseSequences, sequence_paths
+from foveal.models import load_model
 from foveal.recipes.compare.config import CompareConfig, RunTask, slug
+from foveal.recipes.run import build_data, build_model
+from foveal.recipes.sequence_sources import hgs_sequences, points_sequences, policy_sequences
+from foveal.retina import LocationGrid
+from foveal.training.salience_pretraining import SalienceMaps, compute_salience
 
 __all__ = ["ComparisonInputs"]
 
@@ -36,8 +42,6 @@ class ComparisonInputs:
     @property
     def train_set(self):
         if self._train is None:
-            from foveal.recipes.run import build_data
-
             self._train = build_data(self.cfg.run, ("train",))["train"]
         return self._train
 
@@ -45,8 +49,6 @@ class ComparisonInputs:
     def model(self):
         """An untrained model of the comparison's architecture (for its grid, glimpse size, ...)."""
         if self._model is None:
-            from foveal.recipes.run import build_model
-
             self._model = build_model(self.cfg.run, self.train_set)
         return self._model
 
@@ -66,8 +68,6 @@ class ComparisonInputs:
         if path is None:
             return None
         if self._nogs is None:
-            from foveal.data.sequences import GlimpseSequences
-
             seqs = GlimpseSequences.load(path, dataset=self.train_set)
             self._check_sequences(seqs, "inputs.nogs")
             self._nogs = seqs
@@ -89,8 +89,6 @@ class ComparisonInputs:
 
     def _stand_in_sequences(self) -> Path:
         """Random sequences on the model's grid for a fixed random subset: a smoke-run stand-in for NOGS."""
-        from foveal.data.sequences import GlimpseSequences, sequence_paths
-
         path = self.folder / f"stand-in-nogs-n{self.n}"
         if not sequence_paths(path)[0].exists():
             train, grid = self.train_set, self.grid()
@@ -105,8 +103,6 @@ class ComparisonInputs:
 
     def grid(self):
         """The model's grid, or for a model without one a grid of glimpses ``salience_stride`` px apart."""
-        from foveal.retina import LocationGrid
-
         grid = getattr(self.model, "grid", None)
         if grid is None:
             g = self.model.config.glimpse_size
@@ -124,10 +120,6 @@ class ComparisonInputs:
 
     # ---------------------------------------------------------------------------------- generated
     def ps_ram(self, seed: int) -> Path:
-        from foveal.data.sequences import sequence_paths
-        from foveal.recipes.run import load_model
-        from foveal.recipes.sequence_sources import policy_sequences
-
         source = self.cfg.inputs["ps_ram_source"]
         if source == "auto":
             ram = next((m for m in self.cfg.methods if m.kind == "ram"), None)
@@ -152,9 +144,6 @@ class ComparisonInputs:
 
     def hgs(self) -> Optional[Path]:
         """The PS-HGS file, or None when the data has neither part annotations nor ``inputs.hgs_points``."""
-        from foveal.data.sequences import sequence_paths
-        from foveal.recipes.sequence_sources import hgs_sequences, points_sequences
-
         points = self.cfg.inputs["hgs_points"]
         has_parts = bool(getattr(self.train_set, "part_names", None))
         if points is None and not has_parts:
@@ -173,9 +162,6 @@ class ComparisonInputs:
         return path
 
     def salience(self) -> Path:
-        from foveal.recipes.run import load_model
-        from foveal.training.salience_pretraining import SalienceMaps, compute_salience
-
         posterior = self.cfg.inputs["posterior"]
         mode = self.cfg.inputs["salience_mode"]
         path = self.folder / f"salience-{mode}.npz"
@@ -224,8 +210,6 @@ class ComparisonInputs:
                                  "method of kind ram before it, or give a checkpoint")
         for m in self.cfg.methods:
             if m.kind == "ps" and m.sequences not in ("nogs", "ps-ram", "hgs"):
-                from foveal.data.sequences import GlimpseSequences
-
                 self._check_sequences(GlimpseSequences.load(m.sequences, dataset=self.train_set), f"{m.name} sequences")
 
     def resolve(self, task: RunTask) -> Optional[str]:
@@ -246,8 +230,6 @@ class ComparisonInputs:
                 return "no part annotations in the data and no inputs.hgs_points"
             alg["sequences"] = str(path.resolve())
         elif task.needs == "file":
-            from foveal.data.sequences import GlimpseSequences
-
             spec = self.cfg.method(task.method).sequences
             self._check_sequences(GlimpseSequences.load(spec, dataset=self.train_set), f"{task.method} sequences")
             alg["sequences"] = str(Path(spec).resolve())

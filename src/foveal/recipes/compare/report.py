@@ -31,8 +31,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from foveal.recipes.compare.config import CompareConfig, method_config, slug
+from foveal.evaluation import compare_plots, plots
 from foveal.evaluation.convergence import mean_and_spread, run_convergence
+from foveal.evaluation.records import read_metrics
+from foveal.recipes.compare.config import CompareConfig, method_config, slug
 
 __all__ = ["collect_runs", "summarise", "markdown_table", "policy_curves", "write_report"]
 
@@ -171,9 +173,6 @@ def policy_curves(train: dict[str, tuple[np.ndarray, np.ndarray]], num_glimpses:
 def write_report(cfg: CompareConfig, out: Path, skipped: Optional[dict[str, str]] = None, *,
                  figures: bool = True) -> dict[str, Any]:
     """Write the tables, summary and figures (module docstring); returns ``{"summary", "paths"}``."""
-    from foveal.evaluation import compare_plots, plots
-    from foveal.evaluation.records import read_metrics
-
     out = Path(out)
     skipped_file = out / "skipped.json"
     skipped = {**(_read_json(skipped_file) or {}), **(skipped or {})}
