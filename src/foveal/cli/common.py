@@ -14,7 +14,7 @@ from typing import Callable, Optional
 from foveal.config import apply_overrides, load_config
 from foveal.policies import describe_policies
 
-__all__ = ["progress_bar", "report", "config_and_run_dir", "run_training", "policy_help"]
+__all__ = ["progress_bar", "report", "add_training_arguments", "config_and_run_dir", "run_training", "policy_help"]
 
 
 def progress_bar(quiet: bool, unit: str = "it", show: tuple[str, ...] = ("loss", "ce", "accuracy", "val/accuracy")
@@ -71,6 +71,18 @@ def report(results: dict, out_dir: Path) -> None:
     print(f"results: {out_dir / 'results.json'}")
     for fig in results.get("figures", []):
         print(f"figure: {fig}")
+
+
+def add_training_arguments(parser, *, default_config: str) -> None:
+    """The arguments of a command that trains one run from a config (read by :func:`config_and_run_dir`)."""
+    parser.add_argument("--config", default=default_config,
+                        help="YAML file or built-in config name (default: %(default)s)")
+    parser.add_argument("--run-dir", type=Path, help="output folder (default: runs/<config>-<time>)")
+    parser.add_argument("--data-dir", help="dataset root (sets data.root)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (sets train.device)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="config overrides, e.g. train.iterations=500")
 
 
 def config_and_run_dir(args) -> tuple[dict, Path]:

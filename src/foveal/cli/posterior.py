@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from foveal.cli.common import add_training_arguments, config_and_run_dir, report, run_training
+
 EXAMPLES = """examples:
   foveal train-posterior                                   60x60 cluttered Fashion-MNIST, 12 px glimpses, T = 6
   foveal train-posterior --run-dir runs/post train.iterations=500   (run again to resume after a kill)
@@ -20,13 +22,7 @@ EXAMPLES = """examples:
 def add_parsers(sub) -> None:
     t = sub.add_parser("train-posterior", help="train the annotator's posterior CNN on randomly glimpsed images",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--config", default="posterior-cluttered-fashion-mnist",
-                   help="YAML file or built-in config name (default: %(default)s)")
-    t.add_argument("--run-dir", type=Path, help="output folder (default: runs/<config>-<time>)")
-    t.add_argument("--data-dir", help="dataset root (sets data.root)")
-    t.add_argument("--device", help="cpu, cuda or auto (sets train.device)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.iterations=500")
+    add_training_arguments(t, default_config="posterior-cluttered-fashion-mnist")
     t.set_defaults(handler=train_posterior)
 
     p = sub.add_parser("plot-epe", help="Fig. 2: EPE maps and observed image along one annotated sequence",
@@ -40,7 +36,6 @@ def add_parsers(sub) -> None:
 
 
 def train_posterior(args) -> int:
-    from foveal.cli.common import config_and_run_dir, report, run_training
     from foveal.models import list_models
 
     cfg, run_dir = config_and_run_dir(args)

@@ -7,17 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from foveal.cli.common import config_and_run_dir, policy_help, report, run_training
+from foveal.cli.common import add_training_arguments, config_and_run_dir, policy_help, report, run_training
 
 
 def add_parsers(sub) -> None:
     t = sub.add_parser("train", help="train a model from a config (resumes an interrupted run)")
-    t.add_argument("--config", default="ram-fashion-mnist", help="YAML file or built-in config name (default: %(default)s)")
-    t.add_argument("--run-dir", type=Path, help="output folder (default: runs/<config>-<time>)")
-    t.add_argument("--data-dir", help="dataset root (sets data.root)")
-    t.add_argument("--device", help="cpu, cuda or auto (sets train.device)")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.iterations=500")
+    add_training_arguments(t, default_config="ram-fashion-mnist")
     t.set_defaults(handler=_train)
 
     e = sub.add_parser("evaluate", help="test a checkpoint: accuracy, accuracy per glimpse, glimpse figures")

@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from foveal.cli.common import policy_help, progress_bar
+
 STAGE_CONFIGS = {"representation": "saccader-representation-cluttered-fashion-mnist",
                  "location": "saccader-location-cluttered-fashion-mnist",
                  "reinforce": "saccader-reinforce-cluttered-fashion-mnist"}
@@ -42,7 +44,7 @@ def add_parsers(sub) -> None:
                        epilog=EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("--classifier", help="checkpoint of the grid model the named policies drive (e.g. stage 1)")
     e.add_argument("--policies", nargs="*", default=[],
-                   help="random, center, ordered-logits, sobel-mean, sobel-variance")
+                   help=policy_help("policies that drive --classifier, any of: "))
     e.add_argument("--learned", action="append", default=[], metavar="LABEL=CHECKPOINT",
                    help="a glimpse model with its own policy and classifier (repeatable)")
     e.add_argument("--policy-of", action="append", default=[], metavar="LABEL=CHECKPOINT",
@@ -86,7 +88,6 @@ def _labelled(items: list[str], flag: str) -> list[tuple[str, str]]:
 
 
 def _train_saccader(args) -> int:
-    from foveal.cli.common import progress_bar
     from foveal.config import apply_overrides, load_config
     from foveal.recipes.saccader import STAGES, run_stages
 
@@ -108,7 +109,6 @@ def _train_saccader(args) -> int:
 
 
 def _evaluate_policies(args) -> int:
-    from foveal.cli.common import progress_bar
     from foveal.recipes.policy_eval import run_policy_evaluation
 
     update, close = progress_bar(args.quiet, "img")
