@@ -56,6 +56,8 @@ __all__ = ["RepresentationConfig", "RepresentationPretraining", "LocationConfig"
 
 
 def _check_settings(owner: str, config, positive: tuple[str, ...], nonnegative: tuple[str, ...]) -> None:
+    """The evaluation settings (:func:`check_evaluation_settings`), then a stage's own positive / non-negative ones."""
+    check_evaluation_settings(owner, config)
     for name in positive:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -64,7 +66,6 @@ def _check_settings(owner: str, config, positive: tuple[str, ...], nonnegative: 
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise ValueError(f"{owner}.{name}: expected a number >= 0, found {value!r}")
-    check_evaluation_settings(owner, config)
 
 
 def l2_penalty(modules: list[nn.Module], weight: float) -> Tensor:
@@ -104,7 +105,7 @@ class RepresentationConfig:
     test_samples: int = 1
 
     def __post_init__(self) -> None:
-        _check_settings("RepresentationConfig", self, ("num_glimpses", "test_samples"), ("l2",))
+        _check_settings("RepresentationConfig", self, (), ("l2",))
 
 
 class RepresentationPretraining(PolicyEvaluation):
@@ -154,7 +155,7 @@ class LocationConfig:
     test_samples: int = 1
 
     def __post_init__(self) -> None:
-        _check_settings("LocationConfig", self, ("steps", "num_glimpses", "test_samples"), ("l2",))
+        _check_settings("LocationConfig", self, ("steps",), ("l2",))
 
 
 class LocationPretraining(PolicyEvaluation):
@@ -215,7 +216,7 @@ class SaccaderReinforceConfig:
     test_samples: int = 1
 
     def __post_init__(self) -> None:
-        _check_settings("SaccaderReinforceConfig", self, ("num_glimpses", "samples", "test_samples"),
+        _check_settings("SaccaderReinforceConfig", self, ("samples",),
                         ("reinforce_weight", "ce_weight", "l2", "l2_location"))
 
 
