@@ -14,7 +14,7 @@ consistent with what was seen so far (Eq. 5):
 Two approximations make it computable (Eq. 6):
 
 * a **posterior** :math:`q(\theta \mid \text{glimpses})` (the attentional variational posterior CNN,
-  :mod:`foveal.boed.posterior`; any :class:`Posterior`), and
+  :mod:`foveal.models.posterior_cnn`; any :class:`Posterior`), and
 * a **completion sampler** :math:`r(I \mid y_{1:t-1}, l_{1:t-1})` giving weighted images consistent with
   the observation (the image bank, :mod:`foveal.boed.bank`; any :class:`CompletionSampler`).
 
@@ -43,7 +43,7 @@ completion, ``N x |grid|`` posterior calls per step):
 * ``local_updates``: the posterior computes each pair by updating only the window of every feature
   map that the glimpse changes (:mod:`foveal.boed.local`); the same numbers up to float rounding.
   Needs a posterior with ``cell_logits`` (:class:`~foveal.boed.posterior.NetworkPosterior` around a
-  :class:`~foveal.boed.posterior.PosteriorCNN`).
+  :class:`~foveal.models.posterior_cnn.PosteriorCNN`).
 
 Entropy (nats): categorical :math:`-\sum_k p_k \log p_k`; multi-attribute Bernoulli outputs (one logit
 per binary attribute, assumed independent given the glimpses) use the sum of the per-attribute binary

@@ -15,7 +15,7 @@ rounding), at a fraction of the cost: one full forward per completion, then wind
 ``(g / s_1 + 2)^2`` positions per layer instead of whole maps (for 12 px glimpses on 60x60 images and
 three stride-2 blocks, ~5x fewer multiply-adds).
 
-Works for :class:`~foveal.boed.posterior.PosteriorCNN` (conv-BN-ReLU blocks, mean pooling, linear head).
+Works for :class:`~foveal.models.posterior_cnn.PosteriorCNN` (conv-BN-ReLU blocks, mean pooling, linear head).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def cell_logits(network: nn.Module, images: Tensor, observed: Tensor, grid: Loca
     local updates (module docstring). Runs in eval mode (restored afterwards).
 
     Args:
-        network: a :class:`~foveal.boed.posterior.PosteriorCNN`.
+        network: a :class:`~foveal.models.posterior_cnn.PosteriorCNN`.
         images: ``[N, C, H, W]`` completions.
         observed: ``[1, H, W]`` the mask seen so far.
         grid: the cells.

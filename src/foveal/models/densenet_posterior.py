@@ -4,7 +4,7 @@ The paper's posterior for CelebA-HQ (224 px) and CUB (Harvey et al. 2021, Sec. 4
 ImageNet DenseNet-121 reading ``[x * m, m]``, ``[B, C + 1, H, W]`` (:func:`foveal.retina.masked_input`),
 whose first convolution gets one extra input channel for the mask ``m``, initialised to zero, and whose
 1,000-way ImageNet head is replaced by a new one with ``K`` outputs (classes, or attributes when
-``multilabel``). As for :class:`foveal.boed.posterior.PosteriorCNN`, the zero mask channel means that
+``multilabel``). As for :class:`foveal.models.posterior_cnn.PosteriorCNN`, the zero mask channel means that
 right after loading, the features of ``[x * m, m]`` equal those of the ImageNet network on ``x * m``:
 
     features(conv0' * [x * m, m]) = features(conv0 * (x * m))    with conv0' = [conv0, 0]

@@ -7,7 +7,7 @@ probability to more salient locations, as estimated using the AVP-CNN", then tra
 paper's appendix, which we do not have; this module makes the following choice.
 
 **Salience of a cell** = how much the posterior's entropy drops when that cell alone is seen, on
-this image. With :math:`q` the attentional variational posterior (:mod:`foveal.boed.posterior`),
+this image. With :math:`q` the attentional variational posterior (:mod:`foveal.models.posterior_cnn`),
 :math:`m_g` the mask of grid cell ``g`` and :math:`H(m) = H[q(\theta \mid x \odot m, m)]`,
 
 .. math::
