@@ -230,3 +230,57 @@ def test_placed_errors(tmp_path):
         build_dataset("cluttered-mnist", "train", root=tmp_path, clutter=-1)
     with pytest.raises(DataError, match="at least 2 images"):
         PlacedDataset(array_base(np.zeros((1, 28, 28))), "cluttered")
+
+
+def reference_item(ds: PlacedDataset, index: int) -> torch.Tensor:
+    """The generator as it was first written, one item at a time with numpy's own SeedSequence and PCG64 and
+    Python integers: the definition that the batched generator must reproduce pixel for pixel."""
+    c, h, w = ds.base.image_shape
+    n, s, p = len(ds.base), ds.canvas, ds.piece
+    words = np.random.PCG64(np.random.SeedSequence([ds.seed, {"train": 0, "val": 1, "test": 2}[ds.split], index]))
+    words = words.random_raw(2 + 5 * ds.clutter)
+    ints = lambda ws, bounds: [(int(v) * b) >> 64 for v, b in zip(ws, bounds)]  # noqa: E731
+    top, left = ints(words[:2], [s - h + 1, s - w + 1])
+    image = torch.zeros(c, s, s)
+    image[:, top:top + h, left:left + w] = ds.base[index]["image"]
+    for k in range(ds.clutter):
+        source, src_top, src_left, dst_top, dst_left = ints(words[2 + 5 * k: 7 + 5 * k],
+                                                            [n - 1, h - p + 1, w - p + 1, s - p + 1, s - p + 1])
+        source += source >= index
+        cut = ds.base[source]["image"][:, src_top:src_top + p, src_left:src_left + p]
+        region = image[:, dst_top:dst_top + p, dst_left:dst_left + p]
+        region.copy_(torch.maximum(region, cut))
+    return image
+
+
+@pytest.mark.parametrize("name, split, options", [("cluttered-mnist5k", "train", {"seed": 0}),
+                                                  ("cluttered-mnist5k", "val", {"seed": 7, "canvas": 100}),
+                                                  ("translated-mnist5k", "test", {"seed": 3, "canvas": 40}),
+                                                  ("cluttered-mnist5k", "test", {"seed": 1, "clutter": 9, "piece": 4})])
+def test_batches_are_the_items_of_the_per_item_generator(name, split, options):
+    ds = build_dataset(name, split, **options)
+    indices = [0, 1, 2, 499, 17, 17, 250, len(ds) - 1]
+    expected = torch.stack([reference_item(ds, i) for i in indices])
+    assert torch.equal(ds.load_batch(indices), expected)
+    assert all(torch.equal(ds[i]["image"], e) for i, e in zip(indices, expected))
+    # a DataLoader asks for whole batches (__getitems__); the collated batch is the items stacked
+    batch = next(iter(DataLoader(ds, batch_size=len(indices), sampler=indices)))
+    assert torch.equal(batch["image"], expected) and batch["index"].tolist() == indices
+    assert batch["label"].tolist() == [int(ds.labels[i]) for i in indices]
+    assert ds.load_batch([]).shape == (0, *ds.image_shape)
+
+
+def test_batched_random_words_are_numpys():
+    from foveal.data.rng import pcg64_raw, uniform_below
+
+    rows = np.array([[0, 0, i] for i in range(50)] + [[7, 3, 2 ** 32 - 1], [2 ** 31, 1, 12345], [5, 2, 0]])
+    expected = np.stack([np.random.PCG64(np.random.SeedSequence([int(v) for v in r])).random_raw(12) for r in rows])
+    words = pcg64_raw(rows, 12)
+    assert np.array_equal(words, expected)
+    assert np.array_equal(pcg64_raw(rows[:3], 12), expected[:3])  # few rows: numpy's own objects
+    assert pcg64_raw(rows[:0], 12).shape == (0, 12)
+    bounds = np.random.default_rng(0).integers(1, 2 ** 32 - 1, size=words.shape).astype(np.uint64)
+    assert np.array_equal(uniform_below(words, bounds),
+                          [[(int(w) * int(b)) >> 64 for w, b in zip(wr, br)] for wr, br in zip(words, bounds)])
+    with pytest.raises(ValueError, match=r"entropy: expected shape \[N, 3\]"):
+        pcg64_raw(np.zeros((2, 2)), 1)

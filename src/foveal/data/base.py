@@ -155,9 +155,34 @@ class FovealDataset(Dataset):
             raise IndexError(f"{self.name} {self.split}: index {index} out of range for {n} items")
         return i
 
+    def load_batch(self, indices: Sequence[int]) -> torch.Tensor:
+        """The images of items ``indices`` (already range-checked): float32 ``[B, C, H, W]``, each equal to
+        :meth:`load`'s. Subclasses that can make a batch at once (generated or in-memory data) override it."""
+        return torch.stack([self.load(i) for i in indices]) if len(indices) else torch.zeros(0, *self.image_shape)
+
+    def load_crops(self, indices: Sequence[int], tops: Sequence[int], lefts: Sequence[int], size: int) -> torch.Tensor:
+        """``[B, C, size, size]``: the ``size``-pixel square of image ``indices[b]`` at top-left ``(tops[b],
+        lefts[b])``, each inside the image (already checked)."""
+        images = self.load_batch(indices)
+        span = torch.arange(size)
+        rows = torch.as_tensor(tops)[:, None] + span
+        cols = torch.as_tensor(lefts)[:, None] + span
+        b = torch.arange(len(images))[:, None, None]
+        return images.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
     def __getitem__(self, index: Any) -> dict[str, Any]:
         i = self.check_index(index)
         return {"image": self.load(i), "label": torch.tensor(int(self.labels[i]), dtype=torch.int64), "index": i}
+
+    def __getitems__(self, indices: Sequence[Any]) -> list[dict[str, Any]]:
+        """The items ``indices`` made by one :meth:`load_batch` (``DataLoader`` calls this for a whole batch
+        instead of ``__getitem__`` per item); equal to ``[self[i] for i in indices]``."""
+        if type(self).__getitem__ is not FovealDataset.__getitem__:  # a subclass's own items: keep them
+            return [self[i] for i in indices]
+        rows = [self.check_index(i) for i in indices]
+        images = self.load_batch(rows)
+        labels = torch.as_tensor(self.labels[rows], dtype=torch.int64)
+        return [{"image": image, "label": label, "index": i} for image, label, i in zip(images, labels, rows)]
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, len={len(self)}, "

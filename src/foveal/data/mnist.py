@@ -28,7 +28,7 @@ import importlib.util
 import os
 import struct
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -66,6 +66,21 @@ class ArrayDataset(FovealDataset):
 
     def load(self, index: int) -> torch.Tensor:
         return uint8_to_tensor(self.images[self.indices[index]])
+
+    def load_batch(self, indices: Sequence[int]) -> torch.Tensor:
+        """``[B, C, H, W]`` at once; the same floats as :meth:`load` (uint8 -> float32, divided by 255)."""
+        batch = torch.from_numpy(self.images[self.indices[np.asarray(indices, dtype=np.int64)]].astype(np.float32))
+        batch = batch.div_(255.0)
+        return batch.unsqueeze(1) if batch.ndim == 3 else batch.permute(0, 3, 1, 2).contiguous()
+
+    def load_crops(self, indices: Sequence[int], tops: Sequence[int], lefts: Sequence[int], size: int) -> torch.Tensor:
+        """As :meth:`FovealDataset.load_crops`, reading only the crops' bytes."""
+        span = np.arange(size)
+        rows = self.indices[np.asarray(indices, dtype=np.int64)][:, None, None]
+        crops = self.images[rows, (np.asarray(tops)[:, None] + span)[:, :, None],
+                            (np.asarray(lefts)[:, None] + span)[:, None, :]]  # [B, size, size(, C)]
+        crops = torch.from_numpy(crops.astype(np.float32)).div_(255.0)
+        return crops.unsqueeze(1) if crops.ndim == 3 else crops.permute(0, 3, 1, 2).contiguous()
 
     def source_index(self, index: int) -> int:
         """Row of item ``index`` in the source file (e.g. the IDX ``train`` file)."""

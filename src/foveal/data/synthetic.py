@@ -26,17 +26,20 @@ Randomness is per item: the draws for item ``index`` come from
 ``PCG64(SeedSequence([seed, split_id, index]))`` (``split_id``: train 0, val 1, test 2, annotate 3) as raw
 64-bit words mapped to ``[0, n)`` by ``(word * n) >> 64``, in the order object (top, left), then per piece
 (source image, source top, source left, target top, target left). SeedSequence and the PCG64 bit stream are
-fixed by numpy, so an item is identical on every machine; nothing is precomputed, each item is drawn in
-``__getitem__``. ``translated-X`` and ``cluttered-X`` with the same seed place the object identically.
+fixed by numpy, so an item is identical on every machine; nothing is precomputed, each item is drawn when
+it is read. A batch (:meth:`PlacedDataset.load_batch`, what a ``DataLoader`` asks for) is made at once, with
+the same draws and pixels as the items one by one. ``translated-X`` and ``cluttered-X`` with the same seed place the object identically.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from foveal.data.base import SPLIT_IDS, DataError, FovealDataset, as_positive_int
+from foveal.data.rng import pcg64_raw, uniform_below
 
 DEFAULT_CANVAS, DEFAULT_PIECE = 60, 8
 
@@ -44,11 +47,6 @@ DEFAULT_CANVAS, DEFAULT_PIECE = 60, 8
 def default_clutter(canvas: int) -> int:
     """4 pieces on 60x60, 8 on 100x100 (Mnih et al. 2014), linear in the canvas area."""
     return max(0, round(4 + (canvas * canvas - 3600) / 1600))
-
-
-def uniform_ints(words: np.ndarray, bounds: list[int]) -> list[int]:
-    """Map raw uint64 ``words [K]`` to integers ``0 <= v_k < bounds[k]`` by ``(word * n) >> 64``."""
-    return [(int(w) * n) >> 64 for w, n in zip(words, bounds)]
 
 
 class PlacedDataset(FovealDataset):
@@ -93,34 +91,57 @@ class PlacedDataset(FovealDataset):
         self.num_classes, self.class_names = base.num_classes, list(base.class_names)
         self.image_shape = (c, self.canvas, self.canvas)
 
-    def _draws(self, index: int) -> tuple[int, int, list[tuple[int, int, int, int, int]]]:
-        """``(top, left, pieces)`` for item ``index``; a piece is ``(source, src_top, src_left, top, left)``."""
+    def _draws(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(top [B], left [B], pieces [B, clutter, 5])`` of items ``indices``; a piece is ``(source, src_top,
+        src_left, top, left)``. The words of item ``i`` are ``PCG64(SeedSequence([seed, split_id, i]))``'s
+        (module docstring), made for the whole batch at once by :func:`foveal.data.rng.pcg64_raw`."""
         _, h, w = self.base.image_shape
         n, s, p = len(self.base), self.canvas, self.piece
-        bits = np.random.PCG64(np.random.SeedSequence([self.seed, SPLIT_IDS[self.split], index]))
-        words = bits.random_raw(2 + 5 * self.clutter)
-        top, left = uniform_ints(words[:2], [s - h + 1, s - w + 1])
-        pieces = []
-        for k in range(self.clutter):
-            source, src_top, src_left, dst_top, dst_left = uniform_ints(
-                words[2 + 5 * k: 7 + 5 * k], [n - 1, h - p + 1, w - p + 1, s - p + 1, s - p + 1])
-            source += source >= index  # any image but this one
-            pieces.append((source, src_top, src_left, dst_top, dst_left))
-        return top, left, pieces
+        index = np.asarray(indices, dtype=np.int64)
+        entropy = np.stack([np.full_like(index, self.seed), np.full_like(index, SPLIT_IDS[self.split]), index], 1)
+        words = pcg64_raw(entropy, 2 + 5 * self.clutter)  # [B, 2 + 5K]
+        bounds = [s - h + 1, s - w + 1] + [n - 1, h - p + 1, w - p + 1, s - p + 1, s - p + 1] * self.clutter
+        draws = uniform_below(words, np.array(bounds, dtype=np.uint64)[None])  # [B, 2 + 5K]
+        pieces = draws[:, 2:].reshape(len(index), self.clutter, 5)
+        pieces[:, :, 0] += pieces[:, :, 0] >= index[:, None]  # any image but this one
+        return draws[:, 0], draws[:, 1], pieces
 
     def object_box(self, index: int) -> tuple[int, int, int, int]:
         """``(top, left, height, width)`` of the base image inside item ``index``'s canvas, in pixels."""
-        i = self.check_index(index)
-        top, left, _ = self._draws(i)
-        return top, left, self.base.image_shape[1], self.base.image_shape[2]
+        top, left, _ = self._draws([self.check_index(index)])
+        return int(top[0]), int(left[0]), self.base.image_shape[1], self.base.image_shape[2]
 
     def clutter_boxes(self, index: int) -> list[tuple[int, int, int, int, int]]:
         """``[(source_index, top, left, piece, piece), ...]``: where item ``index``'s clutter pieces were pasted."""
-        i = self.check_index(index)
-        return [(src, t, l, self.piece, self.piece) for src, _, _, t, l in self._draws(i)[2]]
+        pieces = self._draws([self.check_index(index)])[2][0]
+        return [(int(src), int(t), int(l), self.piece, self.piece) for src, _, _, t, l in pieces]
+
+    def load_batch(self, indices: Sequence[int]) -> torch.Tensor:
+        """``[B, C, S, S]`` made at once: the object copied onto the zero canvas, then each clutter piece
+        max-combined in order; one indexed copy per piece over the whole batch, no loop over items."""
+        c, h, w = self.base.image_shape
+        B, S, p = len(indices), self.canvas, self.piece
+        canvas = torch.zeros(B, S, S, c)  # channels last: one advanced index per pixel
+        if B == 0:
+            return canvas.permute(0, 3, 1, 2)
+        top, left, pieces = (torch.from_numpy(a) for a in self._draws(indices))
+        b = torch.arange(B)[:, None, None]
+
+        def pixels(t: Tensor, l: Tensor, height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
+            """Index of the ``height x width`` boxes at ``(t, l)``: ``[B, height, width]`` by broadcasting."""
+            return b, (t[:, None] + torch.arange(height))[:, :, None], (l[:, None] + torch.arange(width))[:, None, :]
+
+        canvas[pixels(top, left, h, w)] = self.base.load_batch(list(indices)).permute(0, 2, 3, 1)
+        for k in range(self.clutter):
+            source, src_top, src_left, dst_top, dst_left = pieces[:, k].unbind(1)  # [B] each
+            cut = self.base.load_crops(source.tolist(), src_top.tolist(), src_left.tolist(), p)  # [B, C, p, p]
+            where = pixels(dst_top, dst_left, p, p)
+            canvas[where] = torch.maximum(canvas[where], cut.permute(0, 2, 3, 1))  # clutter never erases the object
+        return canvas.permute(0, 3, 1, 2).contiguous()
 
     def load(self, index: int) -> torch.Tensor:
-        top, left, pieces = self._draws(index)
+        """One item by slices (cheaper than :meth:`load_batch`'s index tensors for a single image)."""
+        top, left, pieces = (a[0].tolist() for a in self._draws([index]))
         c, h, w = self.base.image_shape
         p = self.piece
         image = torch.zeros(c, self.canvas, self.canvas)  # [C, S, S]
