@@ -204,3 +204,22 @@ def test_oversampling_is_deterministic_and_reaches_the_fraction(tmp_path):
     assert again == batches[20:]  # resuming at iteration 20 serves the same items
     only = algorithm(sequence_file(tmp_path), supervised_fraction=1.0).prepare(Toy())
     assert sorted(only[v]["index"] for v in range(len(only))) == [0, 2, 5, 7]
+
+
+def test_oversampled_batches_go_through_the_base_getitems(tmp_path):
+    """DataLoader asks the dataset for __getitems__: the wrapper must map its positions, not pass the base's
+    method through (a folder dataset would be asked for positions past its end)."""
+
+    class Batched(Toy):
+        def __getitems__(self, rows):
+            assert all(0 <= r < len(self) for r in rows), rows
+            return [self[r] for r in rows]
+
+    data = algorithm(sequence_file(tmp_path), supervised_fraction=0.5).prepare(Batched())
+    assert len(data) == 16 > len(data.base)
+    got = [item["index"] for item in data.__getitems__(list(range(16)))]
+    assert got == [data[v]["index"] for v in range(16)]
+    batch = next(iter(torch.utils.data.DataLoader(data, batch_size=16)))
+    assert batch["index"].tolist() == got
+    with pytest.raises(AttributeError):
+        data.__len_hint__  # dunder names are never the base's

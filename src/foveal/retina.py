@@ -21,9 +21,11 @@ reference the tests compare it with for exact equality).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -175,9 +177,12 @@ class LocationGrid:
     Cells are numbered row-major: ``index = i * len(cols) + j``.
 
     Examples:
-        ``LocationGrid.from_count((224, 224), 16, 50)`` is the near-optimal-glimpse-sequences paper's
-        CelebA-HQ grid (50 x 50 positions of 16 px glimpses); ``LocationGrid.from_stride((128, 128), 32, 8)``
-        its CUB grid (12 x 12 positions 8 px apart).
+        ``LocationGrid.from_linspace((224, 224), 16, 0, 207, 50)`` is the grid of the released CelebA-HQ
+        near-optimal glimpse sequences (50 x 50 positions ``int(numpy.linspace(0, 207, 50))`` = 0, 4, 8, 12,
+        16, 21, ..., 202, 207); ``LocationGrid.from_count((224, 224), 16, 50)`` spreads 50 positions over
+        0..208 instead (up to 2 px from the release's). ``LocationGrid.from_stride(
+        (128, 128), 32, 8)`` is 13 x 13 positions 0, 8, ..., 96 (the paper's CUB grid is described as 12 x 12,
+        8 px apart). :meth:`from_spec` reads any of these from a short string (the CLI's ``--grid``).
     """
 
     image_size: tuple[int, int]
@@ -215,6 +220,76 @@ class LocationGrid:
         H, W = image_size
         return cls(tuple(image_size), glimpse_size, tuple(range(0, H - glimpse_size + 1, stride)),
                    tuple(range(0, W - glimpse_size + 1, stride)))
+
+    @classmethod
+    def from_linspace(cls, image_size: tuple[int, int], glimpse_size: int, start: int, stop: int,
+                      num: int) -> "LocationGrid":
+        """``int(numpy.linspace(start, stop, num))`` (truncated, numpy's own arithmetic) on both axes.
+
+        The released CelebA-HQ sequences lie on ``from_linspace((224, 224), 16, 0, 207, 50)``.
+
+        Raises:
+            ValueError: ``num < 1``, or ``num`` so large that two positions truncate to the same pixel.
+        """
+        if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
+            raise ValueError(f"LocationGrid.from_linspace: num: expected a positive integer, found {num!r}")
+        values = tuple(int(v) for v in np.linspace(start, stop, int(num)).astype(np.int64))
+        if len(set(values)) != len(values):
+            raise ValueError(f"LocationGrid.from_linspace: expected {num} distinct pixels in {start}..{stop}, found "
+                             f"repeats (at most {abs(stop - start) + 1} fit)")
+        return cls(tuple(image_size), glimpse_size, values, values)
+
+    @classmethod
+    def from_positions(cls, image_size: tuple[int, int], glimpse_size: int, rows: Sequence[int],
+                       cols: Optional[Sequence[int]] = None) -> "LocationGrid":
+        """Explicit top-left pixels: ``rows`` (and ``cols``, default the same), strictly increasing."""
+        cols = rows if cols is None else cols
+        out = []
+        for name, values in (("rows", rows), ("cols", cols)):
+            values = tuple(int(v) for v in values)
+            if any(b <= a for a, b in zip(values, values[1:])):
+                raise ValueError(f"LocationGrid.{name}: expected strictly increasing pixels, found {values[:8]}...")
+            out.append(values)
+        return cls(tuple(image_size), glimpse_size, out[0], out[1])
+
+    @classmethod
+    def from_spec(cls, spec: str, image_size: tuple[int, int], glimpse_size: int) -> "LocationGrid":
+        """A grid from a short string (the CLI's ``--grid``):
+
+        ==============================  =====================================================
+        ``50`` or ``50x40``             :meth:`from_count` (cells per axis)
+        ``stride:8``                    :meth:`from_stride`
+        ``linspace:0:207:50``           :meth:`from_linspace` (start:stop:num; the release's rule)
+        ``0,4,8,12``                    :meth:`from_positions`, the same pixels on both axes
+        ``rows=0,4,8;cols=0,5,10``      :meth:`from_positions`, each axis given
+        ==============================  =====================================================
+
+        Raises:
+            ValueError: naming the spec and the forms above.
+        """
+        text = str(spec).strip().replace(" ", "")
+        forms = ("expected N, RxC, stride:S, linspace:START:STOP:NUM, 'r0,r1,...' or 'rows=r0,r1,...;cols=c0,c1,...'"
+                 " (top-left pixels)")
+        try:
+            if re.fullmatch(r"\d+", text):
+                return cls.from_count(image_size, glimpse_size, int(text))
+            if re.fullmatch(r"\d+x\d+", text):
+                r, c = text.split("x")
+                return cls.from_count(image_size, glimpse_size, (int(r), int(c)))
+            if re.fullmatch(r"stride:\d+", text):
+                return cls.from_stride(image_size, glimpse_size, int(text.split(":")[1]))
+            if re.fullmatch(r"linspace:\d+:\d+:\d+", text):
+                start, stop, num = (int(v) for v in text.split(":")[1:])
+                return cls.from_linspace(image_size, glimpse_size, start, stop, num)
+            if re.fullmatch(r"\d+(,\d+)+", text):
+                return cls.from_positions(image_size, glimpse_size, [int(v) for v in text.split(",")])
+            match = re.fullmatch(r"rows=(\d+(?:,\d+)*);cols=(\d+(?:,\d+)*)", text)
+            if match:
+                return cls.from_positions(image_size, glimpse_size, [int(v) for v in match.group(1).split(",")],
+                                          [int(v) for v in match.group(2).split(",")])
+        except ValueError as err:
+            raise ValueError(f"grid {spec!r}: {err}") from None
+        raise ValueError(f"grid {spec!r}: {forms}")
 
     @property
     def shape(self) -> tuple[int, int]:

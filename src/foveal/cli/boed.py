@@ -19,6 +19,20 @@ ANNOTATE_EPILOG = """examples:
   foveal sequences merge runs/nogs-fmnist            (after copying every shard's result there)
 Run the same command again to resume a killed run: finished chunks are kept."""
 
+IMPORT_EPILOG = """examples (the sequences released with Harvey et al. 2021):
+  CelebA-HQ, one attribute (files 0.txt .. 599.txt = rows of annotations.txt, the annotate split):
+    foveal sequences import optimal-sequences/<Male's folder> runs/released/celeba-hq-Male \\
+        --dataset celeba-hq --split annotate --data-root data/celebhq --option attribute=Male \\
+        --option image_size=224 --glimpse-size 16 --grid linspace:0:207:50
+  CUB (each file ends with the release's image path; a map pairs those with CUB_200_2011 images):
+    foveal sequences import optimal-sequences/birds runs/released/cub --dataset cub --split train \\
+        --data-root data/CUB_200_2011 --glimpse-size 32 --image-map release-to-cub.txt
+  back to the released layout, byte for byte:   foveal sequences export runs/released/cub out/birds
+--grid: N or RxC (spread evenly), stride:S, linspace:START:STOP:NUM (int(numpy.linspace), the CelebA-HQ
+release's rule), r0,r1,... or rows=r0,r1,...;cols=c0,c1,... (explicit top-left pixels).
+--image-map FILE: one line per released image, '<released path, file name or number> <dataset image>';
+for CUB the dataset image is an images.txt id or path."""
+
 
 def _yaml_value(text: str) -> Any:
     import yaml
@@ -95,18 +109,32 @@ def add_parsers(sub) -> None:
     v.add_argument("path")
     _data_arguments(v, dataset=False)
     v.set_defaults(handler=_validate)
-    e = ss.add_parser("export", help="write the released text format: one <id>.txt per image, lines 'r, c'")
+    e = ss.add_parser("export", help="write the released text format: one .txt per image, lines 'r, c'")
     e.add_argument("path")
     e.add_argument("folder", type=Path)
+    e.add_argument("--layout", choices=["auto", "foveal", "released", "celeba-hq"], default="auto",
+                   help="released: the folder an imported file came from, byte for byte; celeba-hq: <row>.txt; "
+                        "foveal: <image id>.txt; auto (default): released for imported files, else foveal")
+    e.add_argument("--force", action="store_true", help="replace files that exist in FOLDER")
     e.set_defaults(handler=_export)
-    m = ss.add_parser("import", help="read the released text format into a sequence file")
+    m = ss.add_parser("import", help="read the released text format into a sequence file", epilog=IMPORT_EPILOG,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     m.add_argument("folder", type=Path)
     m.add_argument("out", help="sequence file to write (prefix)")
     _data_arguments(m)
     m.add_argument("--image-size", help="H,W (default: the dataset's)")
     m.add_argument("--glimpse-size", type=int, required=True)
-    m.add_argument("--grid", type=int, help="check corners on this grid (cells per axis)")
+    m.add_argument("--grid", help="check corners on this grid: N, RxC, stride:S, linspace:START:STOP:NUM, "
+                                  "r0,r1,... or rows=...;cols=... (see below)")
     m.add_argument("--grid-stride", type=int, help="check corners on this grid (stride)")
+    m.add_argument("--match", choices=["auto", "id", "row"], default="auto",
+                   help="how a file names its image: id (path line or name = image id), row (<row>.txt of the "
+                        "annotation file), auto (default)")
+    m.add_argument("--image-map", type=Path, help="file pairing released image paths with dataset images")
+    m.add_argument("--task", help="what the sequences were made for (default: the dataset's, e.g. its attribute)")
+    m.add_argument("--skip-unmatched", action="store_true",
+                   help="leave out files whose image is not in the split (recorded in the file's provenance)")
+    m.add_argument("--force", action="store_true", help="replace OUT if it exists")
     m.add_argument("--no-dataset", action="store_true", help="do not build the dataset (files named <index>.txt)")
     m.set_defaults(handler=_import)
     g = ss.add_parser("merge", help="combine shard results: a folder (merge_shards) or files with --out")
@@ -247,17 +275,23 @@ def _export(args) -> int:
     from foveal.data.sequences import GlimpseSequences
     from foveal.data.sequences_official import export_official
 
-    paths = export_official(GlimpseSequences.load(args.path), args.folder)
+    paths = export_official(GlimpseSequences.load(args.path), args.folder, layout=args.layout, overwrite=args.force)
     print(f"{len(paths)} files written to {args.folder}")
     return 0
 
 
 def _import(args) -> int:
-    from foveal.data.sequences_official import import_official
+    from foveal.data.sequences import sequence_paths
+    from foveal.data.sequences_official import import_official, read_image_map
     from foveal.retina import LocationGrid
 
     if not args.dataset or not args.split:
         raise ValueError("sequences import: expected --dataset and --split (the split the files belong to)")
+    existing = [p for p in sequence_paths(args.out) if p.exists()]
+    if existing and not args.force:
+        raise ValueError(f"{existing[0]}: sequences import: expected a new output, found an existing file; pass "
+                         "--force to replace it")
+    options = _key_values(args.option, "--option")
     dataset = None if args.no_dataset else _build(args.dataset, args.split, args)
     if args.image_size:
         image_size = tuple(int(v) for v in args.image_size.replace("x", ",").split(","))
@@ -266,15 +300,33 @@ def _import(args) -> int:
         image_size = tuple(dataset.image_shape[1:])
     else:
         raise ValueError("sequences import: expected --image-size H,W when --no-dataset is given")
+    task = args.task if args.task is not None else options.get("attribute") if dataset is None else None
+    if task is None and dataset is None and args.dataset == "celeba-hq":
+        raise ValueError("sequences import: expected --task ATTRIBUTE (or --option attribute=...) with --no-dataset: "
+                         "which CelebA attribute the sequences were made for")
+    if args.grid is not None and args.grid_stride is not None:
+        raise ValueError("sequences import: expected one of --grid, --grid-stride, found both")
     grid = None
     if args.grid is not None:
-        grid = LocationGrid.from_count(image_size, args.glimpse_size, args.grid)
+        grid = LocationGrid.from_spec(args.grid, image_size, args.glimpse_size)
     elif args.grid_stride is not None:
         grid = LocationGrid.from_stride(image_size, args.glimpse_size, args.grid_stride)
+    image_map = None
+    if args.image_map is not None:
+        image_map = read_image_map(args.image_map, getattr(dataset, "resolve_image", None))
     seqs = import_official(args.folder, dataset_name=args.dataset, split=args.split, image_size=image_size,
-                           glimpse_size=args.glimpse_size, dataset=dataset, grid=grid)
+                           glimpse_size=args.glimpse_size, dataset=dataset, grid=grid, match=args.match,
+                           image_map=image_map, task=None if task is None else str(task),
+                           skip_unmatched=args.skip_unmatched)
+    # What `foveal sequences validate` rebuilds the dataset from.
+    seqs.provenance["config"] = {"data_root": args.data_root, "data_seed": args.data_seed or 0,
+                                 "data_options": options}
+    if args.image_map is not None:
+        seqs.provenance["image_map"] = str(args.image_map)
     seqs.save(args.out)
-    print(f"{len(seqs)} sequences of {seqs.num_glimpses} glimpses: {args.out}")
+    skipped = len(seqs.provenance.get("skipped", []))
+    print(f"{len(seqs)} sequences of {seqs.num_glimpses} glimpses: {args.out}" + (f" ({skipped} files skipped)"
+                                                                                   if skipped else ""))
     return 0
 
 

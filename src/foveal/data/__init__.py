@@ -20,9 +20,10 @@ name                       items (C x H x W)      split rule (same on every mach
                                                                                                     clutter,
                                                                                                     piece
 ``celeba-hq``              3 x native or resized  annotation order; 30,000 rows: annotate 0-1,999,  attribute,
-                           2 classes (attribute)  train 2,000-26,999, val 27,000-27,499, test rest  attr_file,
-                                                                                                    image_dir,
-                                                                                                    image_size
+                           2 classes (attribute)  train 2,000-26,999, val 27,000-27,499, test       attr_file,
+                                                  rest; annotate+train 0-26,999 (include_annotate:  image_dir,
+                                                  train is annotate+train)                          image_size,
+                                                                                                    include_annotate
 ``cub``                    3 x 128 x 128 crop,    official is_train; val = every 10th train image   image_size
                            200 classes            in id order
 ``imagefolder``            1 or 3 x native or     train/ val/ test/ folders, or per class           image_size,
@@ -32,7 +33,10 @@ name                       items (C x H x W)      split rule (same on every mach
 Details (file layouts, errors, defaults) are in each module's docstring: :mod:`foveal.data.mnist`,
 :mod:`foveal.data.synthetic`, :mod:`foveal.data.celeba`, :mod:`foveal.data.cub`, :mod:`foveal.data.imagefolder`.
 ``seed`` only changes randomly generated content (translated / cluttered), never split membership.
-Splits are "train", "val", "test" (CelebA-HQ also "annotate").
+Splits are "train", "val", "test" (CelebA-HQ also "annotate" and "annotate+train"). A dataset may
+declare ``task`` (what its label is, e.g. the CelebA attribute), ``first_row`` (the annotation row of
+position 0) and ``contains_splits`` (``{split: offset}`` of splits held inside it); sequence files
+(:mod:`foveal.data.sequences`) are checked against them.
 """
 from __future__ import annotations
 

@@ -4,12 +4,15 @@
 
 - ``attribute`` (required): the attribute that is the label, by name (``"Male"``) or 0-based column index.
   Label 1 = present. ``num_classes = 2``, ``class_names = ["not <attr>", "<attr>"]``.
-- ``attr_file``: the annotation file (absolute, or relative to ``root``); default ``list_attr_celeba.txt``
-  or ``CelebAMask-HQ-attribute-anno.txt`` in ``root``.
+- ``attr_file``: the annotation file (absolute, or relative to ``root``); default the first of
+  ``list_attr_celeba.txt``, ``CelebAMask-HQ-attribute-anno.txt`` and ``annotations.txt`` (the name in the
+  near-optimal-glimpse-sequences release, ``data/celebhq/annotations.txt``) found in ``root``.
 - ``image_dir``: the image folder (absolute, or relative to ``root``); default ``root/CelebA-HQ-img`` or
   ``root/images`` if present, else ``root``.
 - ``image_size``: resize to this square size (int) or ``(H, W)`` with PIL BILINEAR; default ``None`` keeps
   the native size, which every image must share (checked as each image loads).
+- ``include_annotate``: ``True`` makes ``train`` the split ``annotate+train`` (below), as the official
+  hard-attention trainer did; default ``False``.
 
 Two annotation layouts parse:
 
@@ -31,6 +34,14 @@ Split, in annotation order (``seed`` does not change it):
 with ``a = min(2000, n // 15)`` (the published 1/15) and ``v = max(1, round(n / 10))``. The 30,000 row
 split is the one the near-optimal-glimpse-sequences paper used (annotate = images kept for the
 annotator). An empty split is an error.
+
+``annotate+train`` = annotate then train (rows 0 .. 26,999 of the published split): the official trainer
+trained on it, so that the released sequences (rows 0 .. 599, files ``0.txt`` .. ``599.txt``) supervise
+their own images. Its position ``i`` is annotation row ``i`` and position ``i`` of ``annotate``, which
+the dataset declares as ``contains_splits = {"annotate": 0}`` (a sequence file of the ``annotate`` split
+is then valid for it, :meth:`foveal.data.sequences.GlimpseSequences.validate`). Every split has
+``first_row`` (its position 0's annotation row) and ``task`` (the label's attribute name, checked
+against the ``task`` a sequence file records).
 """
 from __future__ import annotations
 
@@ -52,9 +63,9 @@ CELEBA_ATTRIBUTES = [
     "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
     "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
 ]
-ATTR_FILES = ("list_attr_celeba.txt", "CelebAMask-HQ-attribute-anno.txt")
+ATTR_FILES = ("list_attr_celeba.txt", "CelebAMask-HQ-attribute-anno.txt", "annotations.txt")
 IMAGE_DIRS = ("CelebA-HQ-img", "images")
-CELEBA_SPLITS = ("annotate", "train", "val", "test")
+CELEBA_SPLITS = ("annotate", "train", "val", "test", "annotate+train")
 PUBLISHED_ROWS = 30000
 PUBLISHED_SPLIT = {"annotate": (0, 2000), "train": (2000, 27000), "val": (27000, 27500), "test": (27500, 30000)}
 
@@ -122,6 +133,8 @@ def _read_annotation(attr_path: str, image_dir: str,
 
 def split_range(split: str, n: int) -> tuple[int, int]:
     """``[start, stop)`` of ``split`` among ``n`` rows in annotation order (see the module docstring)."""
+    if split == "annotate+train":
+        return split_range("annotate", n)[0], split_range("train", n)[1]
     if n == PUBLISHED_ROWS:
         return PUBLISHED_SPLIT[split]
     a, v = min(2000, n // 15), max(1, round(n / 10))
@@ -155,11 +168,19 @@ class CelebAHQ(FolderDataset):
     Attributes:
         attributes: uint8 ``[N, A]`` 0/1 of every item (A = 40 for CelebA).
         attribute_names: ``[A]`` names, column order of ``attributes``.
-        attribute: the name of the label's attribute.
+        attribute: the name of the label's attribute; also ``task``, what a sequence file must be made for.
+        first_row: the annotation row of position 0 (position ``i`` is row ``first_row + i``).
+        contains_splits: ``{split: offset}`` of the splits held inside this one (``annotate+train``:
+            ``{"annotate": 0}``; the others: ``{}``).
     """
 
-    def __init__(self, split: str, root: str | Path, *, attribute, attr_file=None, image_dir=None, image_size=None):
+    def __init__(self, split: str, root: str | Path, *, attribute, attr_file=None, image_dir=None, image_size=None,
+                 include_annotate: bool = False):
         check_split("celeba-hq", split, CELEBA_SPLITS)
+        if not isinstance(include_annotate, bool):
+            raise DataError(f"celeba-hq: include_annotate: expected true or false, found {include_annotate!r}")
+        if include_annotate and split == "train":
+            split = "annotate+train"
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"celeba-hq: root: expected a folder with the attribute file and images, "
@@ -181,14 +202,17 @@ class CelebAHQ(FolderDataset):
             raise DataError(f"celeba-hq: split {split!r} of {attr_path}: expected at least one image, found none "
                             f"({len(files)} rows; see the split table in foveal.data.celeba)")
         self.attribute_names, self.attribute = names, names[column]
+        self.task, self.first_row = names[column], start
+        self.contains_splits = {"annotate": 0} if split == "annotate+train" else {}
         self.attributes = attributes[start:stop]
         super().__init__("celeba-hq", split, paths[start:stop], files[start:stop], self.attributes[:, column],
                          [f"not {names[column]}", names[column]], mode="RGB", size=size, reference=paths[0])
 
 
 def build_celeba_hq(split: str, *, root: Optional[str | Path] = None, seed: int = 0, attribute=None,
-                    attr_file=None, image_dir=None, image_size=None) -> CelebAHQ:
+                    attr_file=None, image_dir=None, image_size=None, include_annotate: bool = False) -> CelebAHQ:
     if root is None:
         raise DataError("celeba-hq: root: expected a folder with the attribute file and images, found none given; "
                         "pass --data-dir / root=")
-    return CelebAHQ(split, root, attribute=attribute, attr_file=attr_file, image_dir=image_dir, image_size=image_size)
+    return CelebAHQ(split, root, attribute=attribute, attr_file=attr_file, image_dir=image_dir, image_size=image_size,
+                    include_annotate=include_annotate)

@@ -23,6 +23,12 @@ A box reaching past the image's edge is kept as annotated; the part outside the 
 
 Split (``seed`` does not change it): test = ``is_train == 0``; among the ``is_train == 1`` images in id
 order, every 10th (positions 9, 19, 29, ...) is val and the rest train. Items are in id order.
+
+An item's ``image_id`` is its ``images.txt`` path; ``cub_ids`` holds the integer ids of ``images.txt``.
+The released near-optimal glimpse sequences name their images by the release's own crop and
+numbering (``data/birds/train/images/<n>.png``), which CUB_200_2011 does not record: a map file
+(``foveal sequences import --image-map``, :func:`foveal.data.sequences_official.read_image_map`) pairs
+each with a CUB image, given by :meth:`CUB.resolve_image` as an ``images.txt`` id or path.
 """
 from __future__ import annotations
 
@@ -168,12 +174,32 @@ class CUB(FolderDataset):
         if len(rows) == 0:
             raise DataError(f"cub: split {split!r} of {root}: expected at least one image, found none")
         self.rows = rows
+        self.cub_ids = [meta["ids"][r] for r in rows]
+        self._file_of_id = dict(zip(meta["ids"], meta["files"]))  # every split's, for resolve_image
+        self._files = frozenset(meta["files"])
         self.boxes = meta["boxes"][rows]
         self.part_names = list(meta["part_names"])
         self._parts = meta["parts"][rows]
         super().__init__("cub", split, [meta["paths"][r] for r in rows], [meta["files"][r] for r in rows],
                          meta["labels"][rows], meta["class_names"], mode="RGB", size=size,
                          reference=meta["paths"][rows[0]])
+
+    def resolve_image(self, token: str) -> str:
+        """A CUB_200_2011 image named by its ``images.txt`` id (``"1234"``) or path -> its ``image_id``.
+
+        The image may belong to another split (``image_id`` positions are then not found in this one).
+
+        Raises:
+            DataError: no such id or path in ``images.txt``.
+        """
+        token = str(token).strip()
+        if token.isdigit():
+            if int(token) not in self._file_of_id:
+                raise DataError(f"expected a CUB image id of images.txt (1..{max(self._file_of_id)}), found {token}")
+            return self._file_of_id[int(token)]
+        if token not in self._files:
+            raise DataError(f"expected a CUB image id or an images.txt path, found {token!r}, which is neither")
+        return token
 
     def load_pil(self, index: int):
         x, y, w, h = self.boxes[index]

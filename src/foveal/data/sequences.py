@@ -27,9 +27,11 @@ field                type                     meaning
                      glimpse_size, rows,      corner then lies on it
                      cols}
 ``ids``              null or [N] str          item ids (folder datasets' ``image_id``)
-``task``             null or str              e.g. a CelebA attribute; null = the dataset's labels
+``task``             null or str              e.g. a CelebA attribute; checked against the dataset's
+                                              ``task`` on use; null = not recorded
 ``method``           str                      ``nogs``, ``ps-ram``, ``random``, ``imported``, ...
-``provenance``       object                   how they were made (config, checkpoint, seed, timing)
+``provenance``       object                   how they were made (config, checkpoint, seed, timing;
+                                              imports: the released folder's layout)
 ``tensors_file``     str                      name of the safetensors file
 ``tensors_sha256``   str                      its SHA-256
 ===================  =======================  ==================================================
@@ -38,6 +40,12 @@ field                type                     meaning
 ``[N, T, 2]`` (top-left row, col; every glimpse lies inside the image), and optionally ``epe_maps``
 float32 ``[N, T, grid_h, grid_w]`` (expected posterior entropy of every cell at every step, NaN where
 not computed; needs ``grid``). Indices are unique.
+
+Checked on use: :meth:`GlimpseSequences.validate` compares a file with the built split (name, split,
+image size, index range, ids, and ``task`` against the dataset's ``task``, e.g. the CelebA attribute: a
+file made for another attribute is refused). A split that holds another at a known offset
+(``dataset.contains_splits``: CelebA-HQ's ``annotate+train`` holds ``annotate`` at 0) accepts that
+split's files; :meth:`GlimpseSequences.aligned_to` moves their indices into it.
 
 The released text format (:mod:`foveal.data.sequences_official`): one file per image,
 T lines ``r, c``; see those functions.
@@ -253,28 +261,86 @@ class GlimpseSequences:
 
     # ---------------------------------------------------------------------------------------- datasets
     def validate(self, dataset: Any) -> None:
-        """Check these sequences against the built split: name, split, size, length and ids.
+        """Check these sequences against the built split: name, split, size, length, ids and task.
+
+        The split matches when it is the dataset's, or one the dataset holds inside itself at a known
+        offset (``dataset.contains_splits``, e.g. CelebA-HQ's ``annotate+train`` holds ``annotate`` at 0);
+        :meth:`aligned_to` then gives the indices in the dataset's split. The task matches when either
+        side does not record one (``dataset.task``, e.g. the CelebA attribute; :meth:`made_for`).
 
         Raises:
             DataError: naming this file, the field, what the dataset has and what was found.
         """
         where = self.source or "GlimpseSequences"
-        for name in ("dataset", "split"):
-            have = getattr(dataset, "name" if name == "dataset" else "split", None)
-            if have is not None and have != getattr(self, name):
-                raise DataError(f"{where}: field {name!r}: expected {have!r} (the dataset's), found "
-                                f"{getattr(self, name)!r}")
+        have = getattr(dataset, "name", None)
+        if have is not None and have != self.dataset:
+            raise DataError(f"{where}: field 'dataset': expected {have!r} (the dataset's), found {self.dataset!r}")
+        offset = self._offset_in(dataset)
         if tuple(dataset.image_shape[1:]) != self.image_size:
             raise DataError(f"{where}: field 'image_size': expected {tuple(dataset.image_shape[1:])} (the dataset's "
                             f"images), found {self.image_size}")
-        if len(self) and int(self.indices.max()) >= len(dataset):
-            raise DataError(f"{where}: field 'indices': expected positions < {len(dataset)} (the split's size), "
-                            f"found {int(self.indices.max())}")
+        if len(self) and int(self.indices.max()) + offset >= len(dataset):
+            raise DataError(f"{where}: field 'indices': expected positions < {len(dataset) - offset} (the split's size"
+                            f"{f' past offset {offset}' if offset else ''}), found {int(self.indices.max())}")
         if self.ids is not None and hasattr(dataset, "image_id"):
             for i, got in zip(self.indices.tolist(), self.ids):
-                if dataset.image_id(i) != got:
-                    raise DataError(f"{where}: field 'ids': expected {dataset.image_id(i)!r} for index {i} (the "
-                                    f"dataset's image_id), found {got!r}")
+                if dataset.image_id(i + offset) != got:
+                    raise DataError(f"{where}: field 'ids': expected {dataset.image_id(i + offset)!r} for index {i} "
+                                    f"(the dataset's image_id), found {got!r}")
+        want, made = getattr(dataset, "task", None), self.made_for(dataset)
+        if want is not None and made is not None and made != want:
+            raise DataError(f"{where}: field 'task': the sequences were made for {made!r}, the dataset "
+                            f"{self.dataset}/{getattr(dataset, 'split', self.split)} is labelled by {want!r}; use "
+                            f"sequences made for {want!r}, or label the data by {made!r}")
+
+    def made_for(self, dataset: Any = None) -> Optional[str]:
+        """The task the sequences were made for: ``task``, else the ``attribute`` data option of the
+        annotator's config (``provenance.config.data_options``); None if neither is recorded. An
+        attribute given by column index is named by ``dataset.attribute_names`` when there is one."""
+        task = self.task
+        if task is None:
+            config = self.provenance.get("config") if isinstance(self.provenance, dict) else None
+            options = config.get("data_options") if isinstance(config, dict) else None
+            task = options.get("attribute") if isinstance(options, dict) else None
+        if task is None:
+            return None
+        names = getattr(dataset, "attribute_names", None)
+        if names is not None and str(task).isdigit() and int(task) < len(names):
+            return names[int(task)]
+        return str(task)
+
+    def _offset_in(self, dataset: Any) -> int:
+        """Where position 0 of this file's split lies in ``dataset``'s split (0 for the same split)."""
+        have = getattr(dataset, "split", None)
+        if have is None or have == self.split:
+            return 0
+        contained = getattr(dataset, "contains_splits", None) or {}
+        if self.split in contained:
+            return int(contained[self.split])
+        hint = ""
+        if self.dataset == "celeba-hq" and self.split == "annotate":
+            hint = ("; to train on the annotated rows with their sequences (as the paper did), set the data option "
+                    "include_annotate: true (train = annotate+train, rows 0 .. 26,999)")
+        held = f" or a split it holds ({', '.join(map(repr, contained))})" if contained else ""
+        raise DataError(f"{self.source or 'GlimpseSequences'}: field 'split': expected {have!r} (the dataset's)"
+                        f"{held}, found {self.split!r}{hint}")
+
+    def aligned_to(self, dataset: Any) -> "GlimpseSequences":
+        """These sequences, validated, with ``split`` and ``indices`` those of ``dataset``'s split.
+
+        Itself when the splits are the same; for a split the dataset holds at offset ``o``
+        (``dataset.contains_splits``) a copy with indices ``+ o`` and the file's split recorded in
+        ``provenance["aligned_from_split"]``. ``lookup`` on the result takes the dataset's indices.
+        """
+        self.validate(dataset)
+        if getattr(dataset, "split", None) in (None, self.split):
+            return self
+        offset = self._offset_in(dataset)
+        return GlimpseSequences(
+            self.dataset, dataset.split, self.image_size, self.glimpse_size, self.indices + offset, self.corners,
+            grid=self.grid, ids=None if self.ids is None else list(self.ids), task=self.task, method=self.method,
+            epe_maps=self.epe_maps, provenance={**self.provenance, "aligned_from_split": self.split},
+            source=self.source)
 
     # -------------------------------------------------------------------------------------------- files
     def save(self, path: PathLike) -> None:

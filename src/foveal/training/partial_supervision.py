@@ -41,9 +41,18 @@ pure function of the index, so the engine's :class:`~foveal.training.loop.Iterat
 function of seed and iteration) keeps resuming exactly.
 
 :meth:`PartialSupervision.prepare` also checks the sequences against the training set (dataset
-name, split, image size, index range, ids). The training entry point must call it: ``foveal
-compare`` does; a pipeline that does not gets only the per-batch checks (image size, grid), and
+name, split, image size, index range, ids, and the task: a file made for another CelebA attribute is
+refused, naming both). The training entry point must call it: ``foveal train`` (``train_run``) and
+``foveal compare`` do; a pipeline that does not gets only the per-batch checks (image size, grid), and
 ``supervised_fraction`` is then an error rather than silently ignored.
+
+Released sequences. The released CelebA-HQ sequences cover rows 0-599, in foveal's ``annotate``
+split; the official trainer trained on rows 0-26,999 (annotated rows included). Import them as a file
+of the ``annotate`` split (``foveal sequences import ... --split annotate``) and train with the data
+option ``include_annotate: true``: the training split is then ``annotate+train``, which holds
+``annotate`` at offset 0 (``contains_splits``), so ``prepare`` accepts the file and looks its
+sequences up at the same positions (:meth:`GlimpseSequences.aligned_to`). Built-in config:
+``ps-nogs-celeba-hq-released``.
 
 Grid models. On a model with a location grid (``ram-grid``) the forced locations must be cells of
 that grid (RAM would otherwise snap them to the nearest cell silently): a file made on another grid
@@ -147,12 +156,18 @@ class OversampledDataset(Dataset):
     def __getitem__(self, v: int) -> dict[str, Any]:
         return self.base[int(self.items[v])]
 
+    def __getitems__(self, vs: list[int]) -> list[dict[str, Any]]:
+        """A whole batch (``DataLoader``); through the base's own ``__getitems__`` when it has one."""
+        rows = [int(self.items[v]) for v in vs]
+        many = getattr(self.base, "__getitems__", None)
+        return many(rows) if many is not None else [self.base[r] for r in rows]
+
     @property
     def labels(self):
         return self.base.labels[self.items.numpy()]
 
     def __getattr__(self, name: str):  # name, split, num_classes, image_shape, class_names, image_id, ...
-        if name in ("base", "items", "repeats"):
+        if name in ("base", "items", "repeats") or name.startswith("__"):  # never the base's protocol methods
             raise AttributeError(name)
         return getattr(self.base, name)
 
@@ -184,11 +199,14 @@ class PartialSupervision(PolicyEvaluation):
     def prepare(self, train_set: Dataset) -> Dataset:
         """Check the sequences against the training set; return it, oversampled if ``supervised_fraction``.
 
+        A file of a split that ``train_set`` holds inside itself (``contains_splits``: CelebA-HQ's
+        ``annotate`` inside ``annotate+train``) is accepted, its indices moved into ``train_set``'s split.
+
         Raises:
-            foveal.data.DataError: the file does not belong to this dataset split (see ``validate``).
+            foveal.data.DataError: the file does not belong to this dataset split or was made for another
+                task (see ``GlimpseSequences.validate``).
         """
-        seqs = self.sequences
-        seqs.validate(train_set)
+        seqs = self._sequences = self.sequences.aligned_to(train_set)  # validates; indices in train_set's split
         self._prepared = True
         f = self.config.supervised_fraction
         if f is None:
