@@ -54,7 +54,10 @@ def top_left(locations: Tensor, image_size: tuple[int, int], size: int) -> Tenso
 
 
 def crop(images: Tensor, corners: Tensor, size: int) -> Tensor:
-    """Cut ``size x size`` patches with zero padding, one gather for the whole batch.
+    """Cut ``size x size`` patches, zero outside the image, with one gather for the whole batch.
+
+    Pixels outside the image read the nearest pixel inside (clamped indices, so no padded copy of the
+    images is made) and are then set to zero: the same result as cutting from a zero-padded image.
 
     Args:
         images: ``[B, C, H, W]``.
@@ -64,24 +67,16 @@ def crop(images: Tensor, corners: Tensor, size: int) -> Tensor:
     Returns:
         ``[B, C, size, size]``.
     """
-    return _crop_padded(F.pad(images, (size,) * 4), size, corners, size)
-
-
-def _crop_padded(padded: Tensor, pad: int, corners: Tensor, size: int) -> Tensor:
-    """:func:`crop` from an image already zero-padded by ``pad >= size`` pixels on every side."""
-    B, C, Hp, Wp = padded.shape
+    B, C, H, W = images.shape
     if corners.shape != (B, 2):
         raise ValueError(f"crop: expected corners of shape ({B}, 2), found {tuple(corners.shape)}")
-    H, W = Hp - 2 * pad, Wp - 2 * pad
-    # A patch whose corner lies farther out than the padding reads only zeros: clamping it to the
-    # padding's edge keeps it all-zero and the index in range.
-    corners = corners.to(padded.device)
-    rows = corners[:, 0].clamp(-pad, H + pad - size) + pad  # [B] in padded coordinates
-    cols = corners[:, 1].clamp(-pad, W + pad - size) + pad
-    offsets = torch.arange(size, device=padded.device)
-    flat = (rows[:, None, None] + offsets[:, None]) * Wp + (cols[:, None, None] + offsets)  # [B, size, size]
-    index = flat.view(B, 1, size * size).expand(B, C, size * size)
-    return padded.flatten(2).gather(2, index).view(B, C, size, size)
+    offsets = torch.arange(size, device=images.device)
+    rows = corners[:, :1].to(images.device) + offsets  # [B, size]
+    cols = corners[:, 1:].to(images.device) + offsets
+    flat = rows.clamp(0, H - 1)[:, :, None] * W + cols.clamp(0, W - 1)[:, None, :]  # [B, size, size]
+    patch = images.flatten(2).gather(2, flat.view(B, 1, size * size).expand(B, C, size * size))
+    inside = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]  # [B, size, size]
+    return torch.where(inside.view(B, 1, size * size), patch, patch.new_zeros(())).view(B, C, size, size)
 
 
 def extract_glimpses(images: Tensor, locations: Tensor, size: int, num_scales: int = 1, factor: int = 2) -> Tensor:
@@ -104,12 +99,10 @@ def extract_glimpses(images: Tensor, locations: Tensor, size: int, num_scales: i
     if num_scales < 1 or factor < 1 or size < 1:
         raise ValueError(f"expected size, num_scales, factor >= 1, found {size}, {num_scales}, {factor}")
     image_size = (images.shape[2], images.shape[3])
-    largest = size * factor ** (num_scales - 1)
-    padded = F.pad(images, (largest,) * 4)  # once for all scales
     scales = []
     for k in range(num_scales):
         side = size * factor**k
-        patch = _crop_padded(padded, largest, top_left(locations, image_size, side), side)  # [B, C, side, side]
+        patch = crop(images, top_left(locations, image_size, side), side)  # [B, C, side, side]
         if k > 0:
             patch = F.avg_pool2d(patch, kernel_size=factor**k)
         scales.append(patch)

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical
 
+from foveal.config import check_fields
 from foveal.models.base import Policy, PolicyState, Rollout
 from foveal.models.registry import register_model
 from foveal.retina import LocationGrid
@@ -97,6 +98,7 @@ class BagNetConfig:
     what_dim: Optional[int] = None
 
     def __post_init__(self) -> None:
+        check_fields(self, "model")
         object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
         name = auto_layout(self.image_size) if self.layout == "auto" else self.layout
         if name not in LAYOUTS:
@@ -121,8 +123,9 @@ class BagNetConfig:
                 raise ValueError(f"{type(self).__name__}.{key}: expected a positive integer, "
                                  f"found {getattr(self, key)!r}")
         if min(self.image_size) < self.receptive_field:
-            raise ValueError(f"{type(self).__name__}.image_size: expected sides of at least the receptive field "
-                             f"{self.receptive_field} px of {name}, found {self.image_size}")
+            H, W = self.image_size
+            raise ValueError(f"model.layout: the receptive field {self.receptive_field} px of {name} is larger than "
+                             f"the {H}x{W} images (from the data); expected 'auto' or a smaller layout")
 
     @property
     def receptive_field(self) -> int:
@@ -276,7 +279,7 @@ def grid_rollout(grid: LocationGrid, grid_locations: Tensor, logit_map: Tensor,
     rows = torch.arange(B, device=logit_map.device)
     out: dict[str, list[Tensor]] = {k: [] for k in ("index", "logp", "entropy", "z")}
     for t in range(num_glimpses):
-        dist = Categorical(logits=scores(visited) - VISITED_PENALTY * visited)
+        dist = Categorical(logits=scores(visited) - VISITED_PENALTY * visited, validate_args=False)
         if policy is None:
             index = dist.sample()  # no gradient: REINFORCE scores it through log_prob
         else:

@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal
 
-from foveal.models.base import Policy, PolicyState, Rollout
+from foveal.config import check_fields
+from foveal.models.base import Policy, PolicyState, Rollout, check_glimpse_fits
 from foveal.models.registry import register_model
 from foveal.retina import extract_glimpses
 
@@ -74,6 +75,7 @@ class DRAMConfig:
     location_std: float = 0.1
 
     def __post_init__(self) -> None:
+        check_fields(self, "model")
         object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
         for name in ("in_channels", "num_classes", "glimpse_size", "num_scales", "scale_factor", "glimpse_hidden",
                      "location_hidden", "feature_size", "hidden_size", "context_size"):
@@ -82,6 +84,7 @@ class DRAMConfig:
                 raise ValueError(f"DRAMConfig.{name}: expected a positive integer, found {value!r}")
         if not self.location_std > 0:
             raise ValueError(f"DRAMConfig.location_std: expected > 0, found {self.location_std!r}")
+        check_glimpse_fits(self.image_size, self.glimpse_size)
 
 
 def _small_conv(cin: int, size: int, out: int) -> nn.Sequential:
@@ -111,7 +114,8 @@ class DRAM(nn.Module):
 
     def location_distribution(self, r2_hidden: Tensor) -> torch.distributions.Distribution:
         """pi(l | r2): ``Normal`` with batch shape [B] and event shape [2]."""
-        return Independent(Normal(torch.tanh(self.emission(r2_hidden)), self.config.location_std), 1)
+        return Independent(Normal(torch.tanh(self.emission(r2_hidden)), self.config.location_std, validate_args=False),
+                           1, validate_args=False)
 
     def initial_states(self, images: Tensor) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
         """``r1 = (0, 0)``; ``r2 = (context(coarse image), 0)``, each ``[B, hidden_size]``."""

@@ -37,7 +37,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Independent, Normal
 
-from foveal.models.base import Policy, PolicyState, Rollout
+from foveal.config import check_fields
+from foveal.models.base import Policy, PolicyState, Rollout, check_glimpse_fits, check_grid_fits
 from foveal.models.registry import register_model
 from foveal.retina import LocationGrid, extract_glimpses
 
@@ -80,6 +81,7 @@ class RAMConfig:
     grid_stride: Optional[int] = None
 
     def __post_init__(self) -> None:
+        check_fields(self, "model")
         object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
         if isinstance(self.grid, list):
             object.__setattr__(self, "grid", tuple(self.grid))
@@ -95,6 +97,9 @@ class RAMConfig:
         if self.location == "categorical" and (self.grid is None) == (self.grid_stride is None):
             raise ValueError("RAMConfig: a categorical location policy needs exactly one of grid, grid_stride; "
                              f"found grid={self.grid!r}, grid_stride={self.grid_stride!r}")
+        check_glimpse_fits(self.image_size, self.glimpse_size)
+        if self.location == "categorical":
+            check_grid_fits(self.image_size, self.glimpse_size, self.grid, self.grid_stride)
 
     def make_grid(self) -> Optional[LocationGrid]:
         if self.location != "categorical":
@@ -169,11 +174,15 @@ class RAM(nn.Module):
             self.register_buffer("grid_locations", self.grid.locations(), persistent=False)  # [G, 2]
 
     def location_distribution(self, hidden: Tensor) -> torch.distributions.Distribution:
-        """pi(l | h): ``Normal`` with batch shape [B] and event shape [2], or ``Categorical`` over cells."""
+        """pi(l | h): ``Normal`` with batch shape [B] and event shape [2], or ``Categorical`` over cells.
+
+        ``validate_args=False``: the parameters are a tanh and a constant, or a linear layer's logits, always
+        valid; checking them costs a host synchronisation per glimpse (``Tensor.all()`` read back)."""
         out = self.location_net(hidden)
         if self.grid is None:
-            return Independent(Normal(torch.tanh(out), self.config.location_std), 1)
-        return Categorical(logits=out)
+            return Independent(Normal(torch.tanh(out), self.config.location_std, validate_args=False), 1,
+                               validate_args=False)
+        return Categorical(logits=out, validate_args=False)
 
     def rollout(self, images: Tensor, num_glimpses: int, *, policy: Optional[Policy] = None,
                 forced_locations: Optional[Tensor] = None) -> Rollout:

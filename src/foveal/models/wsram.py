@@ -88,8 +88,9 @@ class WakeSleepRAM(RAM):
         """q over the next location, in the policy's family (see :meth:`RAM.location_distribution`)."""
         out = self.inference(hidden, context)
         if self.grid is None:
-            return Independent(Normal(torch.tanh(out), self.config.location_std), 1)
-        return Categorical(logits=out)
+            return Independent(Normal(torch.tanh(out), self.config.location_std, validate_args=False), 1,
+                               validate_args=False)
+        return Categorical(logits=out, validate_args=False)
 
 
 @register_model("ram-ws")

@@ -1,0 +1,197 @@
+"""Training throughput of RAM, one thread: data alone, the model step alone, and end to end, beside a
+per-sample-loop reference written here.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/throughput.py            # both settings, ~3 min
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/throughput.py --settings fashion --iterations 50
+
+Settings (the configs' own networks, batch 128):
+
+- fashion:   ram-fashion-mnist, 28x28 Fashion-MNIST, 6 glimpses of 8 px, 1 scale, GRU core
+- cluttered: ram-cluttered-fashion-mnist, 60x60 cluttered Fashion-MNIST, 6 glimpses of 12 px, 3 scales, GRU
+
+Columns, in iterations per second:
+
+- data: batches of 128 from the training set as the engine makes them (its sampler and DataLoader);
+- step: loss, backward and Adam on one batch already in memory;
+- end to end: ``fit`` for ``--iterations`` iterations (validation and checkpoints at the end only), from
+  its own folder in a temporary directory: what ``foveal train`` does;
+- reference step / end to end: the same network (same layer sizes, GRU core, the same hybrid REINFORCE
+  loss) written the way a popular per-sample RAM is: the retina cuts each image's patches in a Python
+  loop, one image at a time; its end to end reads items one by one (``dataset[i]``) and stacks them.
+
+The ratio is ours / the reference's, end to end. Writes benchmarks/results/throughput.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Normal
+from torch.utils.data import DataLoader, default_collate
+
+from foveal.config import apply_overrides, load_config
+from foveal.recipes.run import build_experiment
+from foveal.runtime import speed_up_allocator
+from foveal.training import TrainConfig, fit
+from foveal.training.loop import IterationBatches
+
+SETTINGS = {"fashion": "ram-fashion-mnist", "cluttered": "ram-cluttered-fashion-mnist"}
+
+
+class PerSampleRAM(nn.Module):
+    """RAM as a per-sample implementation writes it: the same layers as :class:`foveal.models.ram.RAM`
+    (mlp glimpse net, GRU core, Gaussian policy), a retina that loops over the images."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.cfg = cfg
+        inputs = cfg.num_scales * cfg.in_channels * cfg.glimpse_size ** 2
+        self.what = nn.Linear(inputs, cfg.glimpse_hidden)
+        self.where = nn.Linear(2, cfg.location_hidden)
+        self.mix_what = nn.Linear(cfg.glimpse_hidden, cfg.feature_size)
+        self.mix_where = nn.Linear(cfg.location_hidden, cfg.feature_size)
+        self.core = nn.GRUCell(cfg.feature_size, cfg.hidden_size)
+        self.location = nn.Linear(cfg.hidden_size, 2)
+        self.baseline = nn.Linear(cfg.hidden_size, 1)
+        self.classifier = nn.Linear(cfg.hidden_size, cfg.num_classes)
+
+    def retina(self, images: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        cfg, out = self.cfg, []
+        H, W = images.shape[2:]
+        for b in range(images.shape[0]):  # one image at a time
+            scales = []
+            for k in range(cfg.num_scales):
+                side = cfg.glimpse_size * cfg.scale_factor ** k
+                r = int(((loc[b, 0].item() + 1) / 2 * H - side / 2 + 0.5) // 1)
+                c = int(((loc[b, 1].item() + 1) / 2 * W - side / 2 + 0.5) // 1)
+                padded = F.pad(images[b], (side, side, side, side))
+                patch = padded[:, r + side:r + 2 * side, c + side:c + 2 * side]
+                if k:
+                    patch = F.avg_pool2d(patch[None], cfg.scale_factor ** k)[0]
+                scales.append(patch)
+            out.append(torch.cat(scales).flatten())
+        return torch.stack(out)
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor, T: int) -> torch.Tensor:
+        h = images.new_zeros(images.shape[0], self.cfg.hidden_size)
+        log_probs, baselines = [], []
+        for _ in range(T):
+            mean = torch.tanh(self.location(h.detach()))
+            dist = Normal(mean, self.cfg.location_std)
+            loc = dist.sample().clamp(-1, 1)
+            log_probs.append(dist.log_prob(loc).sum(1))
+            baselines.append(self.baseline(h.detach()).squeeze(1))
+            g = torch.relu(self.mix_what(torch.relu(self.what(self.retina(images, loc))))
+                           + self.mix_where(torch.relu(self.where(loc))))
+            h = self.core(g, h)
+        logits = self.classifier(h)
+        reward = (logits.argmax(1) == labels).float()
+        baseline = torch.stack(baselines, 1)
+        advantage = reward[:, None] - baseline.detach()
+        return (F.cross_entropy(logits, labels) - (torch.stack(log_probs, 1) * advantage).sum(1).mean()
+                + F.mse_loss(baseline, reward[:, None].expand_as(baseline)))
+
+
+def rate(run, seconds: float, least: int = 3) -> float:
+    """Calls of ``run`` per second: as many as fit in ``seconds`` after one warm-up call (at least ``least``)."""
+    run()
+    count, start = 0, time.perf_counter()
+    while count < least or time.perf_counter() - start < seconds:
+        run()
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+def measure(setting: str, args) -> dict:
+    cfg = apply_overrides(load_config(SETTINGS[setting]), [f"train.batch_size={args.batch_size}"])
+    torch.manual_seed(0)
+    exp = build_experiment(cfg, ("train", "val"))
+    train, model, algorithm = exp.data["train"], exp.model, exp.algorithm
+    B = args.batch_size
+
+    batches = iter(DataLoader(train, batch_sampler=IterationBatches(len(train), B, 0, 0, 10 ** 6)))
+    data = rate(lambda: next(batches), args.seconds)
+
+    batch = next(batches)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step() -> None:
+        out = algorithm.loss(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+
+    step_rate = rate(step, args.seconds)
+
+    with tempfile.TemporaryDirectory() as folder:
+        train_cfg = TrainConfig(**{**cfg["train"], "iterations": args.iterations, "val_every": args.iterations,
+                                   "val_batches": 1, "tensorboard": False, "lr_schedule": "constant"})
+        result = fit(model, algorithm, train, exp.data["val"], train_cfg, Path(folder))
+    end_to_end = result.iterations_per_second
+
+    reference = PerSampleRAM(model.config)
+    ref_optimizer = torch.optim.Adam(reference.parameters(), lr=1e-3)
+    T = algorithm.config.num_glimpses
+
+    def ref_step(images, labels) -> None:
+        loss = reference.loss(images, labels, T)
+        ref_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        ref_optimizer.step()
+
+    ref_rate = rate(lambda: ref_step(batch["image"], batch["label"]), args.seconds)
+    order = iter(IterationBatches(len(train), B, 1, 0, 10 ** 6))
+
+    def ref_end_to_end() -> None:
+        items = default_collate([train[i] for i in next(order)])  # item by item, then stacked
+        ref_step(items["image"], items["label"])
+
+    ref_e2e = rate(ref_end_to_end, args.seconds)
+    return {"setting": setting, "config": SETTINGS[setting], "batch_size": B, "data_its": data, "step_its": step_rate,
+            "end_to_end_its": end_to_end, "data_share_of_step": step_rate / data,
+            "reference_step_its": ref_rate, "reference_end_to_end_its": ref_e2e, "ratio": end_to_end / ref_e2e}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"RAM training throughput, iterations/s, batch {report['batch_size']}, {report['threads']} thread "
+             f"(torch {report['torch']}). Data share = data time / step time.", "",
+             "| setting | data | step | end to end | data share | reference step | reference end to end | "
+             "ratio (end to end) |", "|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['setting']} ({r['config']}) | {r['data_its']:.1f} | {r['step_its']:.1f} | "
+                     f"{r['end_to_end_its']:.1f} | {100 * r['data_share_of_step']:.0f} % | {r['reference_step_its']:.1f} | "
+                     f"{r['reference_end_to_end_its']:.1f} | {r['ratio']:.2f}x |")
+    lines += ["", f"Command: `{report['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--iterations", type=int, default=200, help="end-to-end iterations (default: %(default)s)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="time per measured column (default: %(default)s)")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--tag", default="throughput")
+    args = ap.parse_args()
+    speed_up_allocator()
+    torch.set_num_threads(1)
+    rows = [measure(s, args) for s in args.settings]
+    report = {"command": " ".join(["OMP_NUM_THREADS=1", ".venv/bin/python", *sys.argv]), "threads": 1,
+              "torch": torch.__version__, "batch_size": args.batch_size, "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.tag}.json").write_text(json.dumps(report, indent=2))
+    (args.out / f"{args.tag}.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
