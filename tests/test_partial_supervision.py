@@ -66,7 +66,7 @@ def nonzero_groups(model):
 
 def test_sequence_term_reaches_only_the_location_net_through_forced_log_prob(tmp_path):
     model = grid_model()
-    alg = algorithm(sequence_file(tmp_path), ce_weight=0.0, sequence_weight=1.0)
+    alg = algorithm(sequence_file(tmp_path), ce_weight=0.0, sequence_weight=1.0, weighting="per-example")
     b = batch([0, 2, 5, 7])  # all supervised
     out = alg.loss(model, b)
     out.loss.backward()
@@ -83,7 +83,7 @@ def test_reinforce_gets_no_gradient_from_supervised_images(tmp_path):
     path = sequence_file(tmp_path)
     model = grid_model()
     # Only supervised images and no sequence term: nothing may reach the location net or the baseline.
-    alg = algorithm(path, sequence_weight=0.0)
+    alg = algorithm(path, sequence_weight=0.0, weighting="per-example")
     alg.loss(model, batch([0, 2, 5])).loss.backward()
     assert "location_net" not in nonzero_groups(model) and "baseline_net" not in nonzero_groups(model)
     # Mixed batch: the location-net and baseline gradients are those of REINFORCE on the unsupervised
@@ -111,7 +111,7 @@ def test_reinforce_gets_no_gradient_from_supervised_images(tmp_path):
 def test_pure_and_mixed_batches(tmp_path):
     path = sequence_file(tmp_path)
     model = grid_model()
-    alg = algorithm(path, sequence_weight=2.0)
+    alg = algorithm(path, sequence_weight=2.0, weighting="per-example")
     # only unsupervised: exactly the REINFORCE hybrid loss
     torch.manual_seed(3)
     out = alg.loss(model, batch([1, 3, 4]))
@@ -134,6 +134,60 @@ def test_pure_and_mixed_batches(tmp_path):
     out.loss.backward()
     assert out.logs["supervised"] == 0.5 and torch.isfinite(out.loss)
     assert {"location_net", "baseline_net", "classifier", "core", "glimpse"} <= nonzero_groups(model)
+
+
+def location_grad(model, alg, b, seed=7):
+    model.zero_grad()
+    torch.manual_seed(seed)
+    alg.loss(model, b).loss.backward()
+    return model.location_net.weight.grad.clone()
+
+
+def test_official_sequence_term_is_a_sum_whose_gradient_does_not_change_with_the_batch_size(tmp_path):
+    path = sequence_file(tmp_path)  # images 0, 2, 5, 7 have sequences
+    model = grid_model()
+    only = dict(ce_weight=0.0, baseline_weight=0.0, reinforce_weight=0.0, sequence_weight=1.5)
+    official, literal = algorithm(path, **only), algorithm(path, weighting="per-example", **only)
+    small, large = batch([0, 2]), batch([0, 2, 1, 3, 4, 6, 8, 9])  # k = 2 supervised in B = 2 and B = 8
+    large = {**large, "image": torch.cat([small["image"], large["image"][2:]])}  # the same two supervised images
+    # the official formula: -w * sum over supervised images and glimpses of log pi(forced location)
+    model.zero_grad()
+    forced, _ = official.sequences.lookup(small["index"])
+    (-1.5 * model.rollout(small["image"], T, forced_locations=forced).log_prob.sum()).backward()
+    formula = model.location_net.weight.grad.clone()
+    assert formula.abs().sum() > 0
+    assert torch.allclose(location_grad(model, official, small), formula, atol=1e-6)
+    assert torch.allclose(location_grad(model, official, large), formula, atol=1e-6)  # k fixed, B x 4: unchanged
+    # the per-example reading weighs each supervised image w / B: B times weaker, and it shrinks with B
+    assert torch.allclose(location_grad(model, literal, small), formula / 2, atol=1e-6)
+    assert torch.allclose(location_grad(model, literal, large), formula / 8, atol=1e-6)
+
+
+def test_official_weighting_term_by_term_on_a_mixed_batch(tmp_path):
+    path = sequence_file(tmp_path)
+    model = grid_model()
+    alg = algorithm(path, sequence_weight=0.5)  # weighting="official" is the default
+    mixed = batch([0, 1, 2, 3, 4, 5])  # 0, 2, 5 supervised; 1, 3, 4 not
+    torch.manual_seed(5)
+    out = alg.loss(model, mixed)
+    torch.manual_seed(5)
+    unsup = torch.tensor([1, 3, 4])
+    ref = Reinforce(ReinforceConfig(num_glimpses=T)).loss(model, {k: v[unsup] for k, v in mixed.items()})
+    sup = torch.tensor([0, 2, 5])
+    forced, _ = alg.sequences.lookup(mixed["index"][sup])
+    ro = model.rollout(mixed["image"][sup], T, forced_locations=forced)
+    ce = torch.nn.functional.cross_entropy(ro.logits[:, -1], mixed["label"][sup])
+    reward = (ro.logits[:, -1].argmax(-1) == mixed["label"][sup]).float()
+    mse = torch.nn.functional.mse_loss(ro.baseline, reward[:, None].expand_as(ro.baseline))
+    # CE and baseline regression: means over all 6 images; REINFORCE over the unsupervised ones / 6;
+    # the sequence term: 0.5 * the sum over the 3 supervised images
+    expected = 0.5 * ref.loss + 0.5 * (ce + mse) + 0.5 * -ro.log_prob.sum()
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert out.logs["sequence_term"] == pytest.approx(0.5 * -ro.log_prob.sum().item(), rel=1e-5)
+    assert out.logs["sequence_nll"] == pytest.approx(0.5 * -ro.log_prob.sum(1).mean().item(), rel=1e-5)
+    with pytest.raises(ValueError, match=r"PartialSupervisionConfig.weighting: expected one of \('official', "
+                                         r"'per-example'\), found 'mean'"):
+        algorithm(path, weighting="mean")
 
 
 def test_gaussian_model_learns_the_sequence_locations(tmp_path):

@@ -20,14 +20,26 @@ maximised as follows (the loss below is its negative, per image, averaged over t
   (cross-entropy, REINFORCE with the learned baseline, baseline regression), on those images only.
 
 So the classifier, core and glimpse network learn by cross-entropy on every image; the location
-network by likelihood on supervised images and by REINFORCE on the others; the baseline only from
-unsupervised images. Each group's mean loss is weighted by its share of the batch
-(:math:`n_{sup}/B`, :math:`n_{unsup}/B`): the total is the batch mean of the per-image losses, an
-unbiased estimate of the objective's per-image average. The two groups are two rollouts on the two
-halves of the batch (one forced, one sampled); a batch of only one kind runs one rollout. The logged
-``sequence_nll``, ``reinforce``, ``baseline_mse`` and ``entropy`` are each term's contribution to the
-loss (already weighted by its share), so their window averages stay meaningful when a batch has
-none of one kind; ``ce`` and ``accuracy`` are over the whole batch.
+network by likelihood on supervised images and by REINFORCE on the others. The two groups are two
+rollouts on the two halves of the batch (one forced, one sampled); a batch of only one kind runs one
+rollout.
+
+How a batch of B with n_sup supervised images weighs the terms (``weighting``):
+
+* ``"official"`` (default), as the published trainer (``training-hard-attention/trainer.py``,
+  REFERENCE.md): cross-entropy, baseline regression and REINFORCE are batch means over the B images
+  (REINFORCE summed over the unsupervised images, divided by B; the baseline regressed on every image,
+  the supervised ones under their forced rollout), and the sequence term is a SUM over the supervised
+  images, :math:`w_{seq} \sum_{i \in sup} \sum_t -\log\pi(l^i_t)`: a supervised image weighs
+  :math:`w_{seq}` whatever B is (B times a batch-mean term's weight).
+* ``"per-example"``: the literal reading of Eq. 8 as a per-image average: every term is a batch mean,
+  so a supervised image's sequence term weighs :math:`w_{seq} / B`, and the baseline is regressed on the
+  unsupervised images only (foveal's weighting before the official one was read line by line).
+
+The logged ``sequence_nll`` is the mean sequence NLL over supervised images times their share
+``n_sup / B`` under either weighting (so that curves compare across weightings); ``sequence_term`` is
+that term's contribution to the loss. ``reinforce``, ``baseline_mse`` and ``entropy`` are each term's
+contribution; ``ce`` and ``accuracy`` are over the whole batch.
 
 Which images are supervised, and how many per batch. The batch's ``index`` field is looked up in the
 file (:meth:`GlimpseSequences.lookup`); ``num_sequences`` keeps only the file's first n. By default
@@ -77,6 +89,9 @@ from foveal.training.reinforce import Reinforce, ReinforceConfig
 __all__ = ["PartialSupervisionConfig", "PartialSupervision", "OversampledDataset", "oversampling_repeats"]
 
 
+WEIGHTINGS = ("official", "per-example")  # how the terms of Eq. 8 are weighed in a batch (module docstring)
+
+
 @dataclass(frozen=True)
 class PartialSupervisionConfig(ReinforceConfig):
     """Settings of :class:`PartialSupervision`: those of :class:`ReinforceConfig` (used for the
@@ -85,6 +100,11 @@ class PartialSupervisionConfig(ReinforceConfig):
     Attributes:
         sequences: path of the glimpse-sequence file (``<name>`` or ``<name>.json``).
         sequence_weight: :math:`w_{seq}`, the weight of the sequences' negative log-likelihood.
+        weighting: ``"official"`` (default): as the published trainer, the sequence term is a SUM over
+            the supervised images (each weighs ``w_seq``, whatever the batch size) and the baseline is
+            regressed on every image; ``"per-example"``: the literal per-example reading of Eq. 8, every
+            term a batch mean (a supervised image's sequence term weighs ``w_seq / B``), the baseline
+            regressed on unsupervised images only (module docstring).
         num_sequences: use only the file's first n sequences (None: all).
         supervised_fraction: oversample supervised images to about this share of each batch (see the
             module docstring); None keeps the dataset's own share.
@@ -94,6 +114,7 @@ class PartialSupervisionConfig(ReinforceConfig):
 
     sequences: Optional[str] = None
     sequence_weight: float = 1.0
+    weighting: str = "official"
     num_sequences: Optional[int] = None
     supervised_fraction: Optional[float] = None
     off_grid: str = "error"
@@ -113,6 +134,8 @@ class PartialSupervisionConfig(ReinforceConfig):
         if f is not None and not (isinstance(f, (int, float)) and 0 < f <= 1):
             raise ValueError(f"PartialSupervisionConfig.supervised_fraction: expected None or a number in (0, 1], "
                              f"found {f!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"PartialSupervisionConfig.weighting: expected one of {WEIGHTINGS}, found {self.weighting!r}")
         if self.off_grid not in ("error", "snap"):
             raise ValueError(f"PartialSupervisionConfig.off_grid: expected 'error' or 'snap', found {self.off_grid!r}")
         if self.train_policy != "sample":
@@ -230,7 +253,7 @@ class PartialSupervision(PolicyEvaluation):
         n_sup, n_unsup = sup.numel(), unsup.numel()
         loss = images.new_zeros(())
         ce_sum = correct = 0.0
-        logs = {"sequence_nll": 0.0, "reinforce": 0.0, "baseline_mse": 0.0, "entropy": 0.0}
+        logs = {"sequence_nll": 0.0, "sequence_term": 0.0, "reinforce": 0.0, "baseline_mse": 0.0, "entropy": 0.0}
         if n_unsup:
             out = self.reinforce.loss(model, {k: v[unsup] if isinstance(v, Tensor) else v for k, v in batch.items()})
             share = n_unsup / B
@@ -243,12 +266,21 @@ class PartialSupervision(PolicyEvaluation):
             ro = model.rollout(images[sup], T, forced_locations=forced[sup, :T].to(images))
             final = ro.logits[:, -1]  # [n_sup, C]
             ce = F.cross_entropy(final, labels[sup])
-            nll = -ro.log_prob.sum(1).mean()  # -sum_t log pi(l_t | h_{t-1}) of the forced locations
+            nll = -ro.log_prob.sum(1).mean()  # mean over supervised images of -sum_t log pi(l_t | h_{t-1})
             share = n_sup / B
-            loss = loss + share * (cfg.ce_weight * ce + cfg.sequence_weight * nll)
+            if cfg.weighting == "official":
+                sequence_term = cfg.sequence_weight * n_sup * nll  # a sum over supervised images, never / B
+                reward = (final.argmax(-1) == labels[sup]).float()
+                baseline_mse = F.mse_loss(ro.baseline, reward[:, None].expand_as(ro.baseline))  # forced rollouts too
+                loss = loss + share * (cfg.ce_weight * ce + cfg.baseline_weight * baseline_mse) + sequence_term
+                logs["baseline_mse"] += share * baseline_mse.item()
+            else:
+                sequence_term = share * cfg.sequence_weight * nll
+                loss = loss + share * cfg.ce_weight * ce + sequence_term
             ce_sum += ce.item() * n_sup
             correct += (final.argmax(-1) == labels[sup]).float().sum().item()
             logs["sequence_nll"] = share * nll.item()
+            logs["sequence_term"] = sequence_term.item()
         logs.update(ce=ce_sum / B, accuracy=correct / B, supervised=n_sup / B)
         return LossOutput(loss, logs)
 
