@@ -183,3 +183,19 @@ def test_loading_parts_the_checkpoint_lacks_is_an_error(tmp_path):
     save_checkpoint(tmp_path / "ck2", model=model, optimizer=optimizer)
     with pytest.raises(ValueError, match="ck2.json: optimizer state does not fit"):
         load_checkpoint(tmp_path / "ck2", optimizer=torch.optim.Adam([nn.Parameter(torch.zeros(1))]))
+
+
+def test_an_edited_json_is_refused_and_one_without_its_hash_still_loads(tmp_path):
+    save_checkpoint(tmp_path / "ck", model=Net(), info={"model": {"name": "ram", "config": {"scale_factor": 2}}})
+    header = json.loads((tmp_path / "ck.json").read_text())
+    edited = json.loads(json.dumps(header))
+    edited["info"]["model"]["config"]["scale_factor"] = 3
+    (tmp_path / "ck.json").write_text(json.dumps(edited, indent=1))
+    for read in (read_checkpoint_info, load_checkpoint):
+        with pytest.raises(ValueError, match=r"ck.json: modified after it was written"):
+            read(tmp_path / "ck")
+    # a checkpoint written before the JSON carried its own hash (and only whitespace changed since) loads
+    del header["json_sha256"]
+    (tmp_path / "ck.json").write_text(json.dumps(header))
+    assert read_checkpoint_info(tmp_path / "ck")["model"]["config"]["scale_factor"] == 2
+    load_checkpoint(tmp_path / "ck", model=Net())

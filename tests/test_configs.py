@@ -5,11 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from foveal.config import builtin_configs, load_config, split_name
+from foveal.config import builtin_configs, load_config
 from foveal.recipes.compare.config import load_compare_config
-from foveal.recipes.run import build_model
-from foveal.training.algorithms import build_algorithm
-from foveal.training.engine import TrainConfig
+from foveal.recipes.run import build_algorithm_of, build_model, check_run_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -34,9 +32,8 @@ def test_the_built_in_configs_are_listed():
 @pytest.mark.parametrize("name", RUN_CONFIGS)
 def test_run_config_builds_its_model_algorithm_and_training_settings(name):
     cfg = load_config(name)
-    TrainConfig(**cfg["train"])
-    algorithm, settings = split_name(cfg["algorithm"])
-    build_algorithm(algorithm, **settings)
+    check_run_config(cfg)  # train: and evaluate: as the CLI checks them (unknown keys, types)
+    build_algorithm_of(cfg)  # every setting of its annotated type
     model = build_model(cfg, stand_in_data(cfg["data"]))
     assert sum(p.numel() for p in model.parameters()) > 0
 
@@ -47,4 +44,4 @@ def test_compare_config_resolves_every_method(name):
     assert cfg.methods and len(cfg.seeds) >= 3
     for method in cfg.methods:
         assert method.kind in ("ram", "ram+", "wsram", "ps")
-    TrainConfig(**cfg.run["train"])
+    check_run_config(cfg.run)

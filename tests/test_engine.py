@@ -95,7 +95,9 @@ def test_exact_resume_after_a_kill(tmp_path):
         assert (a / "checkpoints" / ckpt).read_bytes() == (b / "checkpoints" / ckpt).read_bytes(), ckpt
     last_a, last_b = (json.loads((d / "checkpoints" / "last.json").read_text()) for d in (a, b))
     # the training time is the one thing that differs: it adds up over both calls of the killed run
+    # (and so does the JSON's hash of itself, which covers it)
     seconds_a, seconds_b = (d["extra_state"].pop("train_seconds") for d in (last_a, last_b))
+    assert all(len(d.pop("json_sha256")) == 64 for d in (last_a, last_b))
     assert last_a == last_b and seconds_a > 0 and seconds_b > 0
     assert result_b.run_time >= result_b.wall_time and result_b.run_iterations_per_second > 0
     assert (result_a.best_value, result_a.best_iteration, result_a.val_metrics) == \
@@ -191,9 +193,17 @@ def test_run_folder_accepts_only_a_longer_constant_rate_run(tmp_path):
     from foveal.config import load_config
     from foveal.recipes.run import prepare_run_dir
 
+    from foveal.checkpoint import save_checkpoint
+
     cfg = load_config("demo")
     cfg["train"].update(iterations=100, lr_schedule="constant")
     prepare_run_dir(cfg, tmp_path)
+    # a folder without a checkpoint holds nothing to resume (a start that failed): any config takes it over
+    other = {**cfg, "train": {**cfg["train"], "lr": 0.5}}
+    prepare_run_dir(other, tmp_path)
+    assert "lr: 0.5" in (tmp_path / "config.yaml").read_text()
+    prepare_run_dir(cfg, tmp_path)
+    save_checkpoint(tmp_path / "checkpoints" / "last", model=None)  # from here on, the folder holds a run
     longer = {**cfg, "train": {**cfg["train"], "iterations": 300}}
     prepare_run_dir(longer, tmp_path)  # allowed, and recorded
     assert "iterations: 300" in (tmp_path / "config.yaml").read_text()

@@ -10,12 +10,17 @@ A checkpoint ``<dir>/<name>`` is two files:
     everything else: format and version, iteration, the caller's free-form ``info`` (e.g. the resolved
     run config and the model's registry name + config, enough to rebuild the model), ``metrics`` at
     that point, ``extra_state``, the optimizer's non-tensor state and ``param_groups``, Python's
-    ``random`` state, and the SHA-256 of the safetensors file.
+    ``random`` state, the SHA-256 of the safetensors file (``tensors_sha256``) and the SHA-256 of
+    everything else in the JSON itself (``json_sha256``, over its canonical form: sorted keys, no spaces).
 
 Both files are written to a temporary name and moved into place with ``os.replace``, the JSON last,
 and the JSON records the hash of the tensors it belongs with: a checkpoint whose JSON is missing is
 not a checkpoint, and one whose tensors do not match its JSON (a crash between the two renames) is
-reported as such instead of being loaded half-old, half-new.
+reported as such instead of being loaded half-old, half-new. The JSON's own hash catches an edited
+JSON (a changed ``scale_factor`` in the model spec still fits the tensors' shapes, and would otherwise
+rebuild another model in silence). These are integrity checks against accidents, not signatures:
+anyone who edits a file on purpose can recompute them. JSONs written before ``json_sha256`` existed
+have none and are read unchecked.
 
 Nested Python values are stored in JSON with three markers, so optimizer state round-trips exactly:
 ``{"__tensor__": name}`` (a tensor in the safetensors file), ``{"__tuple__": [...]}`` and
@@ -44,6 +49,7 @@ __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "read_checkpoint_
 FORMAT = "foveal-checkpoint"
 VERSION = 1
 PathLike = Union[str, os.PathLike]
+_PICKLE_SUFFIXES = (".pth", ".pt", ".pkl", ".ckpt", ".bin")
 
 
 @dataclass
@@ -112,6 +118,8 @@ def save_checkpoint(path_prefix: PathLike, *, model: Optional[nn.Module],
     blob = save_tensors(_plain_cpu_tensors(tensors), metadata={"format": "pt"})
     header["tensors_sha256"] = hashlib.sha256(blob).hexdigest()
     try:
+        # hashed as it will be read back (tuples become lists, keys strings)
+        header["json_sha256"] = _json_sha256(json.loads(json.dumps(header)))
         text = json.dumps(header, indent=1)
     except TypeError as err:
         raise TypeError(f"{json_path}: info, metrics and extra_state must be JSON-able: {err}") from None
@@ -198,6 +206,10 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def _read_header(json_path: Path) -> dict[str, Any]:
     if not json_path.exists():
+        given = json_path.with_name(json_path.name[: -len(".json")])
+        if given.suffix.lower() in _PICKLE_SUFFIXES and given.is_file():
+            raise ValueError(f"{given}: a PyTorch pickle, not a foveal checkpoint (safetensors + JSON, named by its "
+                             "prefix, e.g. run/checkpoints/best); foveal never unpickles one")
         raise FileNotFoundError(f"{json_path}: checkpoint not found")
     try:
         header = json.loads(json_path.read_text())
@@ -208,7 +220,17 @@ def _read_header(json_path: Path) -> dict[str, Any]:
     if header.get("version") != VERSION:
         raise ValueError(f"{json_path}: checkpoint format version {header.get('version')!r}; "
                          f"this foveal reads version {VERSION}")
+    recorded = header.pop("json_sha256", None)  # absent in checkpoints written before it existed
+    if recorded is not None and recorded != _json_sha256(header):
+        raise ValueError(f"{json_path}: modified after it was written (its SHA-256 differs from the json_sha256 "
+                         "recorded in it); restore the original file, or retrain")
     return header
+
+
+def _json_sha256(header: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint JSON without its ``json_sha256``, in canonical form (sorted keys, no spaces)."""
+    body = {k: v for k, v in header.items() if k != "json_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _plain_cpu_tensors(tensors: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
+from pathlib import Path
 
 from foveal.runtime import speed_up_allocator
 
@@ -23,9 +25,16 @@ COMMAND_MODULES: tuple[str, ...] = ("foveal.cli.run", "foveal.cli.posterior", "f
                                     "foveal.cli.compare")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (argparse prints its usage block first) that point to ``--help``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="foveal", description="Hard visual attention: train, evaluate and inspect glimpse models.",
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="foveal", description="Hard visual attention: train, evaluate and inspect glimpse models.",
+                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -33,21 +42,63 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# an override as a training command takes it: section.key=value
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Arguments, with overrides accepted wherever they stand among the options.
+
+    argparse takes a command's ``key=value`` overrides as one run of positionals, so a second run
+    (``--quiet train.iterations=5 --run-dir r train.lr=0.1``) would be "unrecognized"; those are
+    appended to the first, in order. An option whose value looks like an override (``--run-dir
+    train.iterations=5``: the folder was forgotten) and anything else argparse does not know are errors
+    that say what to write instead.
+    """
+    args, extra = parser.parse_known_args(argv)
+    command = getattr(args, "command", None)
+    prog = f"foveal {command}" if command else "foveal"
+    takes_overrides = isinstance(getattr(args, "overrides", None), list)
+    for dest, value in vars(args).items():
+        if dest not in ("overrides", "command", "handler") and isinstance(value, (str, Path)) \
+                and "." in str(value).partition("=")[0] and _OVERRIDE.match(str(value)):
+            option = "--" + dest.replace("_", "-")
+            parser.exit(2, f"{prog}: error: {option} got {str(value)!r}, which is an override, not its value; "
+                           f"write {option} VALUE, then the overrides (see {prog} --help)\n")
+    overrides = [x for x in extra if _OVERRIDE.match(x)]
+    unknown = [x for x in extra if not _OVERRIDE.match(x)]
+    if overrides and not takes_overrides:
+        parser.exit(2, f"{prog}: error: takes no key=value overrides, found {' '.join(overrides)} "
+                       f"(see {prog} --help for its options)\n")
+    if unknown:
+        hint = " (settings are overrides, e.g. train.iterations=500, not options)" if takes_overrides and any(
+            x.startswith("--") for x in unknown) else ""
+        parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(unknown)}{hint} (see {prog} --help)\n")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
+def _one_line(err: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = _parse(parser, argv)
     if args.version:
         from foveal import __version__
 
         print(__version__)
         return 0
     if args.command is None:
-        _parser().print_help()
+        parser.print_help()
         return 2
     speed_up_allocator()
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"foveal {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:  # FileNotFoundError, PermissionError, a full disk: the user can act
+        print(f"foveal {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: the last checkpoint is intact; run the same command again to resume", file=sys.stderr)

@@ -26,9 +26,12 @@ def progress_bar(quiet: bool, unit: str = "it", show: tuple[str, ...] = ("loss",
         return None, lambda: None
     from tqdm import tqdm
 
-    bar = tqdm(total=0, unit=unit, dynamic_ncols=True, file=sys.stderr)
+    bars = []  # made at the first update, so that what is printed before it stays above it
 
     def update(done: int, total: int, logs: Optional[dict] = None, label: Optional[str] = None) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit=unit, dynamic_ncols=True, file=sys.stderr))
+        bar = bars[0]
         bar.total, bar.n = total, done
         if label is not None:
             bar.set_description(label, refresh=False)
@@ -37,7 +40,7 @@ def progress_bar(quiet: bool, unit: str = "it", show: tuple[str, ...] = ("loss",
             bar.set_postfix(shown, refresh=False)
         bar.refresh()
 
-    return update, bar.close
+    return update, lambda: bars[0].close() if bars else None
 
 
 def policy_help(prefix: str) -> str:
@@ -46,10 +49,20 @@ def policy_help(prefix: str) -> str:
 
 
 def run_training(cfg: dict, run_dir: Path, quiet: bool) -> dict | None:
+    """Train (and test) one run; its folder is named on stderr once training has started, so that a
+    config refused at the start answers with its one error line alone."""
     from foveal.recipes.run import train_run
 
-    progress, close = progress_bar(quiet)
-    print(f"run folder: {run_dir}", file=sys.stderr)
+    bar, close = progress_bar(quiet)
+    started = []
+
+    def progress(done: int, total: int, logs: Optional[dict] = None) -> None:
+        if not started:
+            started.append(True)
+            print(f"run folder: {run_dir}", file=sys.stderr)
+        if bar is not None:
+            bar(done, total, logs)
+
     try:
         results = train_run(cfg, run_dir, progress=progress)
     finally:

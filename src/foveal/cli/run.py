@@ -56,7 +56,7 @@ def _evaluate(args) -> int:
 
     checkpoint = Path(args.checkpoint)
     overrides = {}
-    if args.test_samples:
+    if args.test_samples is not None:
         overrides["test_samples"] = args.test_samples
     if args.policy:
         overrides["eval_policy"] = args.policy

@@ -76,3 +76,37 @@ class Policy(Protocol):
     """Seam 3: ``policy(state, images) -> locations [B, 2]`` in [-1, 1], (row, col)."""
 
     def __call__(self, state: PolicyState, images: Tensor) -> Tensor: ...
+
+
+def check_glimpse_fits(image_size: tuple[int, int], glimpse_size: int, key: str = "model.glimpse_size") -> None:
+    """The finest glimpse lies inside the image (coarser scales may reach past it, into the zero padding).
+
+    Raises:
+        ValueError: naming ``key`` and the image size, which comes from the data.
+    """
+    H, W = image_size
+    if glimpse_size > min(H, W):
+        raise ValueError(f"{key}: expected at most {min(H, W)} px, the side of the {H}x{W} images (from the data), "
+                         f"found {glimpse_size}")
+
+
+def check_grid_fits(image_size: tuple[int, int], glimpse_size: int, grid: Optional[int | tuple[int, int]],
+                    grid_stride: Optional[int], key: str = "model") -> None:
+    """A grid of ``grid`` cells per axis (or one every ``grid_stride`` px) has distinct cells inside the image.
+
+    Raises:
+        ValueError: naming ``<key>.grid`` / ``<key>.grid_stride``, the image size and the glimpse size.
+    """
+    H, W = image_size
+    if grid_stride is not None and grid_stride < 1:
+        raise ValueError(f"{key}.grid_stride: expected a positive integer, found {grid_stride!r}")
+    if grid is None:
+        return
+    counts = (grid, grid) if isinstance(grid, int) else tuple(grid)
+    if len(counts) != 2:
+        raise ValueError(f"{key}.grid: expected cells per axis, an integer or [rows, cols], found {grid!r}")
+    for n, side, axis in zip(counts, (H, W), ("rows", "cols")):
+        positions = side - glimpse_size + 1
+        if not 1 <= n <= positions:
+            raise ValueError(f"{key}.grid: expected 1..{positions} cells per axis ({axis}: {glimpse_size} px glimpses "
+                             f"have {positions} distinct positions in the {H}x{W} images from the data), found {n}")

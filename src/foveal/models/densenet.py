@@ -22,6 +22,7 @@ memory-efficient checkpointing is left out (it changes memory, not results).
 
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 
@@ -150,7 +151,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: an unknown extension, or a file that holds no dictionary of tensors.
+        ValueError: an unknown extension, an unreadable file, a pickle of anything but tensors (refused, never
+            run), or a file that holds no dictionary of tensors; one line naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -159,20 +161,45 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as err:  # safetensors raises its own error type
+            raise ValueError(f"weights {path}: not a readable safetensors file ({_first_line(err)})") from None
     elif suffix in (".pth", ".pt"):
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:  # a pickle of more than tensors (never run), or no pickle at all
+            refused = re.search(r"GLOBAL ([\w.]+)", str(err))
+            if refused is None:
+                detail = re.search(r"Unsupported [^.\n]*", str(err))
+                raise ValueError(f"weights {path}: not a readable PyTorch weight file "
+                                 f"({detail.group(0) if detail else _first_line(err)})") from None
+            raise ValueError(f"weights {path}: refused, a pickle that would create Python objects besides tensors "
+                             f"({refused.group(1)}); save a plain state dict, or convert it to .safetensors where "
+                             "it was made") from None
+        except (RuntimeError, EOFError, OSError) as err:  # not a torch file, or truncated
+            raise ValueError(f"weights {path}: not a readable PyTorch weight file ({_first_line(err)})") from None
         for wrapper in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
                 state = state[wrapper]
     else:
-        raise ValueError(f"weights: expected a .safetensors, .pth or .pt file, found {path.name!r}")
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"weights: expected {path} to hold a dictionary of tensors (a state dict), "
-                         f"found {type(state).__name__}")
+        raise ValueError(f"weights {path}: expected a .safetensors, .pth or .pt file, found {path.name!r}")
+    if not isinstance(state, dict):
+        raise ValueError(f"weights {path}: expected a dictionary of tensors (a state dict), found a "
+                         f"{type(state).__name__}")
+    for key, value in state.items():
+        if not isinstance(value, Tensor):
+            raise ValueError(f"weights {path}: expected a dictionary of tensors (a state dict), found entry "
+                             f"{key!r} holding a {type(value).__name__}")
     out = {}
     for key, value in state.items():
         key = key[len("module."):] if key.startswith("module.") else key
         match = _OLD_KEY.match(key)
         out[match.group(1) + match.group(2) if match else key] = value
     return out
+
+
+def _first_line(err: BaseException) -> str:
+    """The first sentence of an error from torch or safetensors."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0].split(". ")[0].rstrip(".") if lines else type(err).__name__

@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from foveal.config import check_fields
 from foveal.models.densenet import DenseNet, read_state_dict
 from foveal.models.posterior_cnn import expand_first_conv
 from foveal.models.registry import register_model
@@ -63,6 +64,7 @@ class DenseNetPosteriorConfig:
     pretrained_from: Optional[str] = None
 
     def __post_init__(self) -> None:
+        check_fields(self, "model")
         object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
         for name in ("in_channels", "num_classes"):
             if int(getattr(self, name)) < 1:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from foveal.config import check_fields
 from foveal.models.registry import register_model
 
 __all__ = ["PosteriorCNNConfig", "PosteriorCNN", "expand_first_conv", "posterior_cnn", "posterior_entropy",
@@ -56,6 +57,7 @@ class PosteriorCNNConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        check_fields(self, "model")
         for name in ("image_size", "widths", "strides"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         for name in ("in_channels", "num_classes"):

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -152,6 +153,9 @@ def load_init(model: nn.Module, checkpoint: str) -> None:
     A ``bagnet`` checkpoint fills ``model.representation`` (or the model itself, if it is a BagNet); a
     ``saccader`` checkpoint fills a Saccader, or the ``saccader`` part of a :class:`SaccaderPatch`.
     """
+    if Path(str(checkpoint)).suffix.lower() in (".pth", ".pt", ".pkl", ".bin"):
+        raise ValueError(f"model.init_from={checkpoint}: expected a foveal checkpoint (safetensors + JSON, given as "
+                         "run/checkpoints/best), found a PyTorch file; foveal never unpickles one")
     source = read_checkpoint_info(checkpoint).get("model", {}).get("name")
     targets = {"bagnet": [model, getattr(model, "representation", None),
                           getattr(getattr(model, "saccader", None), "representation", None)],

@@ -11,6 +11,12 @@ recipe and benchmark calls, so that every number foveal reports is made by the s
     records/             glimpses_<split>.npz: where the model looked on every evaluated image
     figures/             glimpse heatmaps per step, example glimpses, validation curve (PNG)
 
+Nothing is written before the config is known to be runnable: every section is checked, the data,
+model and algorithm are built and their geometry checked against each other (:func:`check_experiment`)
+before ``config.yaml`` is saved, so a mistake caught at the start leaves the folder as it was and
+the corrected command can use it. A folder that holds a ``config.yaml`` but no checkpoint yet (a run
+that failed before its first checkpoint) takes the new config too.
+
 A posterior run (a model of kind "posterior", :mod:`foveal.boed`) has no glimpse policy to record:
 its evaluation reports accuracy and entropy after t = 0..T uniformly random glimpses on the
 algorithm's grid (records/posterior_curves_<split>.json, figures/posterior_curves.png).
@@ -23,15 +29,16 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import torch
 import yaml
 from torch.utils.data import Dataset
 
 from foveal import __version__
-from foveal.checkpoint import load_checkpoint
-from foveal.config import config_differences, dump_config, split_name
+from foveal.checkpoint import checkpoint_paths, load_checkpoint
+from foveal.config import EvaluateConfig, check_fields, check_value, config_differences, dump_config, section_config, \
+    split_name
 from foveal.data import build_dataset
 from foveal.evaluation import plots
 from foveal.evaluation.boed_plots import plot_posterior_curves
@@ -57,6 +64,9 @@ class Experiment:
 def build_data(cfg: dict[str, Any], splits: tuple[str, ...]) -> dict[str, Dataset]:
     name, settings = split_name(cfg["data"])
     root, seed = settings.pop("root", None), settings.pop("seed", 0)
+    check_value("data", "name", str, name)
+    check_value("data", "root", Optional[Union[str, Path]], root)
+    check_value("data", "seed", int, seed)
     return {s: build_dataset(name, s, root=root, seed=seed, **settings) for s in splits}
 
 
@@ -69,32 +79,84 @@ def build_model(cfg: dict[str, Any], dataset: Dataset) -> torch.nn.Module:
     return create_model(name, in_channels=C, num_classes=dataset.num_classes, image_size=(H, W), **settings)
 
 
+def build_algorithm_of(cfg: dict[str, Any]) -> Any:
+    """The ``algorithm:`` section built, every setting checked against its annotated type."""
+    name, settings = split_name(cfg["algorithm"])
+    check_value("algorithm", "name", str, name)
+    try:
+        algorithm = build_algorithm(name, **settings)
+    except TypeError as err:  # a config dataclass comparing a value of the wrong type
+        raise ValueError(f"algorithm {name!r}: a setting has the wrong type ({err}); settings: {settings}") from None
+    if dataclasses.is_dataclass(getattr(algorithm, "config", None)):
+        check_fields(algorithm.config, "algorithm")
+    return algorithm
+
+
 def build_experiment(cfg: dict[str, Any], splits: tuple[str, ...] = ("train", "val", "test")) -> Experiment:
     data = build_data(cfg, splits)
-    name, settings = split_name(cfg["algorithm"])
-    return Experiment(cfg, build_model(cfg, data[splits[0]]), build_algorithm(name, **settings), data)
+    return Experiment(cfg, build_model(cfg, data[splits[0]]), build_algorithm_of(cfg), data)
 
 
-def prepare_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
-    """Create the folder and save the config; resuming into a folder made with another config is an error.
+def check_run_config(cfg: dict[str, Any]) -> tuple[TrainConfig, EvaluateConfig]:
+    """The ``train:`` and ``evaluate:`` sections as their dataclasses; nothing is built, errors name ``section.key``."""
+    return section_config("train", TrainConfig, cfg["train"]), section_config("evaluate", EvaluateConfig,
+                                                                             cfg["evaluate"])
+
+
+def check_experiment(exp: Experiment, train_cfg: TrainConfig) -> None:
+    """What only the built pieces can tell, checked before anything is written: the algorithm's grid
+    fits the images, a grid model has the cells its glimpses read, the train split holds a batch."""
+    cfg, train_set = exp.config, exp.data["train"]
+    _, H, W = train_set.image_shape
+    settings = getattr(exp.algorithm, "config", None)
+    make_grid = getattr(settings, "make_grid", None)
+    if callable(make_grid):
+        try:
+            make_grid((H, W))
+        except ValueError as err:
+            raise ValueError(f"algorithm.glimpse_size: the grid of {getattr(settings, 'glimpse_size', '?')} px "
+                             f"glimpses does not fit the {H}x{W} images of {train_set.name} ({err})") from None
+    grid, num_glimpses = getattr(exp.model, "grid", None), getattr(settings, "num_glimpses", None)
+    if cfg["model"]["name"] in list_models("grid") and grid is not None and isinstance(num_glimpses, int) \
+            and num_glimpses > len(grid):
+        rows, cols = grid.shape
+        raise ValueError(f"algorithm.num_glimpses: expected at most the {len(grid)} cells of the {rows}x{cols} grid "
+                         f"of model {cfg['model']['name']!r} on {H}x{W} images (no cell is read twice), "
+                         f"found {num_glimpses}")
+    if len(train_set) < train_cfg.batch_size:
+        raise ValueError(f"train.batch_size: expected at most the {len(train_set)} images of the train split of "
+                         f"{train_set.name}, found {train_cfg.batch_size}")
+
+
+def check_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
+    """Refuse a folder whose run was made with another config; reads only, writes nothing.
 
     One difference is allowed: more ``train.iterations`` with a constant learning rate. The engine then
     continues from the last checkpoint, exactly as one longer run would have (a cosine schedule depends
-    on the length, so there it stays an error); the saved config records the new length.
+    on the length, so there it stays an error). A folder without a last checkpoint holds nothing to
+    resume (a start that failed), so any config may take it over.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / "config.yaml"
-    if saved.exists():
+    if not saved.exists() or not checkpoint_paths(run_dir / "checkpoints" / "last")[1].exists():
+        return
+    try:
         old = yaml.safe_load(saved.read_text())
-        diff = config_differences(old, cfg)
-        if diff and _longer_constant_run(old, cfg):
-            dump_config(cfg, saved)
-        elif diff:
-            raise ValueError(f"{saved}: this run folder was made with another config; differing fields: "
-                             + "; ".join(diff[:8]) + ". Use a new --run-dir, or the same config to resume "
-                             "(only train.iterations may grow, with train.lr_schedule=constant).")
-    else:
-        dump_config(cfg, saved)
+    except yaml.YAMLError:
+        old = None
+    if not isinstance(old, dict):
+        raise ValueError(f"{saved}: not a foveal run config (not a YAML mapping); restore it, or use a new --run-dir")
+    diff = config_differences(old, cfg)
+    if diff and not _longer_constant_run(old, cfg):
+        raise ValueError(f"{saved}: this run folder was made with another config; differing fields: "
+                         + "; ".join(diff[:8]) + ". Use a new --run-dir, or the same config to resume "
+                         "(only train.iterations may grow, with train.lr_schedule=constant).")
+
+
+def prepare_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
+    """Check the folder (:func:`check_run_dir`), create it and save the config as ``config.yaml``."""
+    check_run_dir(cfg, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run_dir / "config.yaml")
 
 
 def _longer_constant_run(old: dict[str, Any], new: dict[str, Any]) -> bool:
@@ -129,16 +191,19 @@ def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable
     the run early or ``test`` is False.
     """
     run_dir = Path(run_dir)
-    prepare_run_dir(cfg, run_dir)
-    torch.manual_seed(int(cfg["train"].get("seed", 0)))
+    train_cfg, eval_cfg = check_run_config(cfg)
+    resolve_device(train_cfg.device)  # a device this machine lacks: refused before anything is built
+    check_run_dir(cfg, run_dir)
+    torch.manual_seed(train_cfg.seed)
     exp = build_experiment(cfg) if test else build_experiment(cfg, ("train", "val"))
+    check_experiment(exp, train_cfg)
     prepare = getattr(exp.algorithm, "prepare", None)
     train_set = prepare(exp.data["train"]) if prepare is not None else exp.data["train"]
     if init_from is not None:
         load_checkpoint(init_from, model=exp.model)
     info = {"config": cfg, "model": model_spec(exp.model), "foveal_version": __version__,
             "init_from": None if init_from is None else str(init_from)}
-    train_cfg = TrainConfig(**cfg["train"])
+    prepare_run_dir(cfg, run_dir)  # only now: the config is known to build
     result = fit(exp.model, exp.algorithm, train_set, exp.data["val"], train_cfg, run_dir,
                  info=info, progress=progress, stop_after=stop_after)
     if result.iterations < train_cfg.iterations or not test:
@@ -148,8 +213,7 @@ def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable
                 "iterations_per_s": result.run_iterations_per_second,
                 "this_call": {"wall_time_s": result.wall_time, "iterations_per_s": result.iterations_per_second},
                 "train_config": dataclasses.asdict(train_cfg)}
-    return evaluate_run(result.best_checkpoint, run_dir, dataset=exp.data[cfg["evaluate"]["split"]],
-                        training=training)
+    return evaluate_run(result.best_checkpoint, run_dir, dataset=exp.data[eval_cfg.split], training=training)
 
 
 def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dataset] = None,
@@ -171,14 +235,17 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
     """
     model, info = load_model(checkpoint)
     cfg = info["config"]
-    split = split or cfg["evaluate"]["split"]
+    # keys of runs trained before the evaluate: section was checked are ignored, as they were then
+    known = {f.name for f in dataclasses.fields(EvaluateConfig)}
+    eval_cfg = section_config("evaluate", EvaluateConfig, {k: v for k, v in cfg["evaluate"].items() if k in known})
+    split = split or eval_cfg.split
     if dataset is None:
         dataset = build_data(cfg, (split,))[split]
-    name, settings = split_name(cfg["algorithm"])
-    algorithm = build_algorithm(name, **{**settings, **(overrides or {})})
+    name = cfg["algorithm"]["name"]
+    algorithm = build_algorithm_of({"algorithm": {**cfg["algorithm"], **(overrides or {})}})
     device = resolve_device(cfg["train"].get("device", "auto"))
     model.to(device)
-    batch_size = int(cfg["evaluate"]["batch_size"])
+    batch_size = eval_cfg.batch_size
     seed = int(cfg["train"].get("seed", 0))
     torch.manual_seed(seed)
     start = time.perf_counter()
@@ -187,7 +254,7 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
         results.update({"split": split, "model": info["model"]["name"], "algorithm": name, "checkpoint": str(checkpoint),
                         "eval_time_s": time.perf_counter() - start, "foveal_version": __version__})
         return _write_posterior_results(results, Path(out_dir), split, cfg, training)
-    record = collect_glimpses(model, algorithm, dataset, batch_size, device, int(cfg["evaluate"]["examples"]))
+    record = collect_glimpses(model, algorithm, dataset, batch_size, device, eval_cfg.examples)
     numbers = record_metrics(record)
     results = {
         "dataset": dataset.name, "split": split, "num_images": len(dataset),
@@ -206,7 +273,7 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     record_path = save_record(record, model, dataset, out_dir / "records" / f"glimpses_{split}.npz")
-    if cfg["evaluate"].get("figures", True):
+    if eval_cfg.figures:
         results["figures"] = [str(p) for p in make_figures(record_path, out_dir)]
         (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results
