@@ -218,7 +218,7 @@ def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable
 
 def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dataset] = None,
                  split: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
-                 training: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                 training: Optional[dict[str, Any]] = None, repeats: int = 1) -> dict[str, Any]:
     """Test a checkpoint: metrics, accuracy after each glimpse, a glimpse record and figures.
 
     Every test image is rolled out once (:func:`foveal.evaluation.collect.collect_glimpses`): the test
@@ -232,6 +232,8 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
         dataset: the split to test on (default: the config's ``evaluate.split``).
         overrides: algorithm settings to change for this evaluation (e.g. ``test_samples``).
         training: numbers from training to store beside the test numbers.
+        repeats: rollouts per test image, each scored (sampled evaluation, e.g. ``overrides=
+            {"eval_policy": "sample"}, repeats=5`` as the official trainer); the record keeps the first.
     """
     model, info = load_model(checkpoint)
     cfg = info["config"]
@@ -254,7 +256,7 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
         results.update({"split": split, "model": info["model"]["name"], "algorithm": name, "checkpoint": str(checkpoint),
                         "eval_time_s": time.perf_counter() - start, "foveal_version": __version__})
         return _write_posterior_results(results, Path(out_dir), split, cfg, training)
-    record = collect_glimpses(model, algorithm, dataset, batch_size, device, eval_cfg.examples)
+    record = collect_glimpses(model, algorithm, dataset, batch_size, device, eval_cfg.examples, repeats)
     numbers = record_metrics(record)
     results = {
         "dataset": dataset.name, "split": split, "num_images": len(dataset),
@@ -263,6 +265,7 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
         "test_accuracy": numbers["accuracy"], "test_error": 1 - numbers["accuracy"], "test_ce": numbers["ce"],
         "accuracy_per_glimpse": numbers["accuracy_per_glimpse"],
         "eval_policy": algorithm.config.eval_policy, "test_samples": algorithm.config.test_samples,
+        "repeats": repeats,
     }
     if type(algorithm).metrics is not PolicyEvaluation.metrics:
         results["algorithm_metrics"] = evaluate(model, algorithm, dataset, batch_size=batch_size, device=device)
