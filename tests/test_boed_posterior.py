@@ -154,3 +154,16 @@ def test_trains_through_the_engine(tmp_path):
     result = fit(model, algorithm, data, data, cfg, tmp_path)
     assert result.iterations == 2 and (tmp_path / "checkpoints" / "best.safetensors").exists()
     assert set(evaluate(model, algorithm, data, batch_size=16, device="cpu")) >= {"ce", "accuracy"}
+
+
+def test_network_posterior_in_bf16_and_channels_last():
+    torch.manual_seed(0)
+    net = create_model("posterior-cnn", in_channels=1, num_classes=4, image_size=(16, 16))
+    images, masks = torch.rand(5, 1, 16, 16), (torch.rand(5, 1, 16, 16) > 0.5).float()
+    exact = NetworkPosterior(net).logits(images, masks)
+    half = NetworkPosterior(net, precision="bf16").logits(images, masks)
+    assert half.dtype == torch.float32 and torch.allclose(half, exact, atol=0.05) and not torch.equal(half, exact)
+    last = NetworkPosterior(net, channels_last=True).logits(images, masks)
+    assert torch.allclose(last, exact, atol=1e-5)
+    with pytest.raises(ValueError, match=r"NetworkPosterior.precision: expected one of \('fp32', 'bf16'\), found 'fp16'"):
+        NetworkPosterior(net, precision="fp16")
