@@ -148,6 +148,14 @@ def test_selection_and_config_errors(files):
     assert select_indices(cfg, 10).tolist() == [3, 6]
     assert select_indices(config(files, start=1, count=7, num_shards=3, shard_index=0, shard_mode="contiguous"),
                           10).tolist() == [1, 2, 3]
+    claiming = config(files, start=1, count=7, num_shards=3, shard_index=2, shard_mode="claim")
+    assert select_indices(claiming, 10).tolist() == list(range(1, 8)) and claiming.shard_name == "all"  # all, shared
+    with pytest.raises(ValueError, match="shard_mode: expected one of 'round-robin', 'contiguous', 'claim', found 'x'"):
+        config(files, shard_mode="x")
+    with pytest.raises(ValueError, match="claim_timeout: expected seconds > 0, found 0"):
+        config(files, claim_timeout=0)
+    with pytest.raises(ValueError, match=r"threads: expected None \(leave as is\) or an integer >= 1, found 0"):
+        config(files, threads=0)
     with pytest.raises(ValueError, match="within the split's 10 images, found 5..12"):
         select_indices(config(files, start=5), 10)
     with pytest.raises(ValueError, match="shard_index: expected 0 <= shard_index < num_shards = 2.*found 2"):

@@ -12,6 +12,16 @@ Selection: positions ``start .. start + count - 1`` of the split; shard ``i`` of
 from 0) takes every n-th of them from the i-th (``round-robin``, balanced even if cost drifts along
 the split) or the i-th of n near-equal consecutive blocks (``contiguous``).
 
+Claiming (``shard_mode="claim"``, what ``foveal annotate --shard auto`` does under torchrun or Slurm):
+the selection is cut into chunks and every worker started on the same output folder (on a shared file
+system) claims the next free chunk, computes it and publishes it, until none is left
+(:mod:`foveal.boed.workers`: claims are files made with ``O_EXCL``; a dead worker's claim goes stale
+and is taken over; a worker added late just claims what is left). A worker with nothing left to claim
+waits for the chunks others hold, and the one that sees the last chunk done writes the result, so no
+worker's death or arrival changes the file. ``shard_index`` / ``num_shards`` only spread where the
+workers start. Before any chunk, one worker prepares what all need (the first glimpse and its cell's
+PCA) while the others wait and then read it.
+
 Reproducibility: image ``k`` draws its completions from a generator seeded by
 ``SeedSequence([seed, k])`` (numpy; the first glimpse from ``SeedSequence([seed])``), so its sequence
 does not depend on sharding, chunking or resumption: a killed run continued, and shards merged,
@@ -20,50 +30,53 @@ give the same tensors as one uninterrupted run.
 ``out_dir`` holds::
 
     config.json                         the resolved config and the posterior's SHA-256; a rerun must match
-                                        (paths, device, batch_size and shard_index may differ)
+                                        (paths, device, batch_size, threads, shard_index may differ; with
+                                        claims num_shards too); with claims also the selected positions
     first-glimpse.{json,safetensors}    the task's first cell and its EPE map [grid_h, grid_w]
+    pca/cell-<g>.safetensors            cell PCAs shared by the workers (the first cell's; all if share_pca_cells)
     parts/shard-<i>-of-<n>/part-<k>.*   chunk k of the shard's images, one GlimpseSequences each
-    sequences.{json,safetensors}        the result; a shard writes sequences-shard-<i>-of-<n>.*
+    parts/all/part-<k>/part.*           with claims: chunk k of all the images (published as a folder)
+    claims/<name>.<g>                   with claims: who computes what (host, pid, time)
+    sequences.{json,safetensors}        the result; a fixed shard writes sequences-shard-<i>-of-<n>.*
 
 Each file is written atomically and a part only once its chunk is done, so a killed run restarts at the
-first missing chunk. :func:`merge_shards` combines the shards' results (copied into one folder).
+first missing chunk. :func:`merge_shards` combines fixed shards' results (copied into one folder),
+:func:`merge_chunks` a claiming folder's chunks (both: ``foveal sequences merge <out_dir>``). The
+result's tensors do not depend on who computed which chunk, as long as the workers compute alike
+(same software; floating-point results can differ between CPU or GPU models).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import re
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 from torch import Tensor
 
-from foveal import __version__
 from foveal.boed.annotate_config import AnnotateConfig, select_indices
+from foveal.boed.annotate_folder import (PCAFileStore, assemble, check_run_dir, merge_chunks, merge_folder,
+                                         merge_shards, part_done, part_prefix, publish_first_glimpse, publish_part,
+                                         read_first_glimpse, run_record, save_sequences)
 from foveal.boed.bank import ImageBank
 from foveal.boed.completion import BankSampler
 from foveal.boed.epe import FirstGlimpse, first_glimpse, greedy_sequence
 from foveal.boed.posterior import NetworkPosterior
+from foveal.boed.workers import HOST, ClaimBoard, run_once
 from foveal.checkpoint import checkpoint_paths
 from foveal.data import build_dataset
-from foveal.data.sequences import GlimpseSequences, atomic_write, sequence_paths
+from foveal.data.sequences import GlimpseSequences
 from foveal.models import load_model
 from foveal.retina import LocationGrid
 from foveal.runtime import resolve_device
 
-__all__ = ["AnnotateConfig", "annotate", "merge_shards", "select_indices", "image_generator", "load_posterior",
-           "result_path"]
-
-# Settings that do not change the result: a rerun or another shard may differ in them.
-_FREE_FIELDS = ("shard_index", "posterior", "bank", "data_root", "device", "batch_size")
-_SHARD_FILE = re.compile(r"^sequences-shard-(\d+)-of-(\d+)\.json$")
+__all__ = ["AnnotateConfig", "annotate", "merge_shards", "merge_chunks", "merge_folder", "select_indices",
+           "image_generator", "load_posterior", "result_path"]
 
 
 def image_generator(seed: int, index: Optional[int]) -> torch.Generator:
@@ -81,7 +94,7 @@ def load_posterior(checkpoint: str | Path, device: torch.device):
 
 def result_path(config: AnnotateConfig, out_dir: str | Path) -> Path:
     """Where :func:`annotate` writes the result (prefix, without suffix)."""
-    name = "sequences" if config.num_shards == 1 else f"sequences-{config.shard_name}"
+    name = "sequences" if config.num_shards == 1 or config.claims else f"sequences-{config.shard_name}"
     return Path(out_dir) / name
 
 
@@ -93,49 +106,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_run_dir(out_dir: Path, record: dict[str, Any]) -> None:
-    """Save the run's identity in ``config.json``, or check that a rerun / another shard matches it."""
-    path = out_dir / "config.json"
-    if not path.exists():
-        atomic_write(path, json.dumps(record, indent=1).encode())
-        return
-    old = json.loads(path.read_text())
-    # a field added to AnnotateConfig after the folder was made had its default value there
-    defaults = {f.name: f.default for f in dataclasses.fields(AnnotateConfig)
-                if f.default is not dataclasses.MISSING}
-    missing = {k: v for k, v in json.loads(json.dumps(defaults)).items()
-               if k in record["config"] and k not in old["config"]}
-    saved = {**missing, **old["config"]}
-    keys = sorted(set(saved) | set(record["config"]))
-    diff = [f"config.{k}: {saved.get(k)!r} vs {record['config'].get(k)!r}" for k in keys
-            if saved.get(k) != record["config"].get(k)]
-    diff += [f"{k}: {old.get(k)!r} vs {record.get(k)!r}" for k in ("posterior_sha256", "bank_meta")
-             if old.get(k) != record.get(k)]
-    if diff:
-        raise ValueError(f"{path}: this folder holds an annotation made with other settings; differing: "
-                         + "; ".join(diff[:6]) + ". Use another output folder, or the same settings to resume.")
-
-
-def _first_glimpse(out_dir: Path, posterior, sampler, grid: LocationGrid, channels: int, cfg: AnnotateConfig,
-                   device: torch.device):
-    """The cached first glimpse of the task (computed and written on the first call)."""
-    json_path, st_path = out_dir / "first-glimpse.json", out_dir / "first-glimpse.safetensors"
-    if json_path.exists() and st_path.exists():
-        meta, blob = json.loads(json_path.read_text()), st_path.read_bytes()
-        if meta.get("sha256") == hashlib.sha256(blob).hexdigest():
-            return FirstGlimpse(meta["cell"], load_tensors(blob)["epe_map"].flatten()), meta["seconds"]
-    tic = time.perf_counter()
-    first = first_glimpse(posterior, sampler, grid, channels, n_completions=cfg.n_completions,
-                          batch_size=cfg.batch_size, generator=image_generator(cfg.seed, None), device=device)
-    seconds = time.perf_counter() - tic
-    blob = save_tensors({"epe_map": first.epe_map.detach().cpu().float().view(grid.shape).contiguous()})
-    atomic_write(st_path, blob)
-    meta = {"cell": first.cell, "corner": grid.corners()[first.cell].tolist(), "grid_shape": list(grid.shape),
-            "seconds": seconds, "sha256": hashlib.sha256(blob).hexdigest()}
-    atomic_write(json_path, json.dumps(meta, indent=1).encode())
-    return first, seconds
-
-
 def _identity(cfg: AnnotateConfig) -> tuple[str, dict[str, Any]]:
     """``(SHA-256 of the posterior's tensors, the bank's sidecar)``: what a resumed run must share."""
     posterior_file, bank_sidecar = checkpoint_paths(cfg.posterior)[0], Path(cfg.bank).with_suffix(".json")
@@ -145,6 +115,32 @@ def _identity(cfg: AnnotateConfig) -> tuple[str, dict[str, Any]]:
         raise FileNotFoundError(f"{bank_sidecar}: image bank not found (a bank is <name>.npy + <name>.json; make one "
                                 "with foveal build-bank)")
     return _sha256(posterior_file), json.loads(bank_sidecar.read_text())
+
+
+def _prepare(out_dir: Path, board: ClaimBoard, poll: float, posterior, sampler: BankSampler, store: PCAFileStore,
+             grid: LocationGrid, channels: int, cfg: AnnotateConfig, device: torch.device) -> FirstGlimpse:
+    """The task's first glimpse and its cell's PCA, made by one worker and read by the others."""
+
+    def ready() -> bool:
+        got = read_first_glimpse(out_dir)
+        return got is not None and store.path(got[0].cell).exists()
+
+    def make() -> None:
+        got = read_first_glimpse(out_dir)
+        if got is None:
+            tic = time.perf_counter()
+            first = first_glimpse(posterior, sampler, grid, channels, n_completions=cfg.n_completions,
+                                  batch_size=cfg.batch_size, generator=image_generator(cfg.seed, None), device=device)
+            first = publish_first_glimpse(out_dir, first, time.perf_counter() - tic, grid)
+        else:
+            first = got[0]
+        store.share(first.cell)
+        sampler.cell_pca(first.cell)  # fitted and published (or read, if there)
+
+    run_once(board, "prepare", ready, make, poll=poll)
+    first = read_first_glimpse(out_dir)[0]
+    store.share(first.cell)
+    return first
 
 
 def _annotate_chunk(cfg: AnnotateConfig, dataset: Any, rows: Tensor, posterior, sampler, grid: LocationGrid, first,
@@ -161,29 +157,50 @@ def _annotate_chunk(cfg: AnnotateConfig, dataset: Any, rows: Tensor, posterior, 
             maps.append(seq.epe_maps.cpu().float().view(cfg.num_glimpses, *grid.shape))
         on_image()
     ids = [dataset.image_id(i) for i in rows.tolist()] if hasattr(dataset, "image_id") else None
+    provenance = {"seconds": time.perf_counter() - tic}
+    if cfg.claims:
+        provenance["host"] = HOST
     return GlimpseSequences(cfg.dataset, cfg.split, grid.image_size, cfg.glimpse_size, rows,
                             grid.corners()[torch.stack(cells)], grid=grid, ids=ids, task=cfg.task, method=cfg.method,
-                            epe_maps=torch.stack(maps) if cfg.keep_maps else None,
-                            provenance={"seconds": time.perf_counter() - tic})
+                            epe_maps=torch.stack(maps) if cfg.keep_maps else None, provenance=provenance)
+
+
+def _claim_order(cfg: AnnotateConfig, n_chunks: int) -> list[int]:
+    """Every chunk, starting at this worker's stretch (worker i of n at chunk i * K / n), then on, cyclically."""
+    start = cfg.shard_index * n_chunks // cfg.num_shards
+    return [(start + j) % n_chunks for j in range(n_chunks)]
 
 
 def annotate(config: AnnotateConfig, out_dir: str | Path, *, dataset: Any = None,
              progress: Optional[Callable[[int, int, dict], None]] = None,
-             stop_after: Optional[int] = None) -> Optional[Path]:
+             stop_after: Optional[int] = None, prepare_only: bool = False) -> Optional[Path]:
     """Annotate the selected images (resuming from ``out_dir``) and write the result file.
 
     Args:
         config: the settings.
-        out_dir: the output folder (module docstring); run again with the same settings to resume.
+        out_dir: the output folder (module docstring); run again with the same settings to resume. With
+            ``shard_mode="claim"`` start any number of workers on it, at once or one after another.
         dataset: the split, if already built (else built from the config).
-        progress: called as ``progress(images_done, images_total, {"images_per_min": ...})``.
+        progress: called as ``progress(images_done, images_total, {"images_per_min": ...})`` (with claims,
+            images done by every worker).
         stop_after: return after computing this many chunks (tests; a kill between chunks).
+        prepare_only: return once the shared files (config, first glimpse, its cell's PCA) are there.
 
     Returns:
-        The result's path prefix (``.json`` + ``.safetensors``), or None if ``stop_after`` stopped early.
+        The result's path prefix (``.json`` + ``.safetensors``), or None if ``stop_after`` or
+        ``prepare_only`` stopped early.
     """
+    threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        return _annotate(config, Path(out_dir), dataset, progress, stop_after, prepare_only)
+    finally:
+        torch.set_num_threads(threads)
 
-    cfg, out_dir = config, Path(out_dir)
+
+def _annotate(cfg: AnnotateConfig, out_dir: Path, dataset: Any, progress, stop_after: Optional[int],
+              prepare_only: bool) -> Optional[Path]:
     if dataset is None:
         dataset = build_dataset(cfg.dataset, cfg.split, root=cfg.data_root, seed=cfg.data_seed, **cfg.data_options)
     for name, attr in (("dataset", "name"), ("split", "split")):
@@ -195,21 +212,26 @@ def annotate(config: AnnotateConfig, out_dir: str | Path, *, dataset: Any = None
     indices = select_indices(cfg, len(dataset))
     chunks = list(indices.split(cfg.chunk_size))
     posterior_sha, bank_meta = _identity(cfg)
-    shared = {k: v for k, v in cfg.to_dict().items() if k not in _FREE_FIELDS}
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_run_dir(out_dir, {"config": shared, "posterior_sha256": posterior_sha, "bank_meta": bank_meta})
-    part_paths = [out_dir / "parts" / cfg.shard_name / f"part-{k:05d}" for k in range(len(chunks))]
-    todo = [k for k, p in enumerate(part_paths) if not sequence_paths(p)[0].exists()]
+    images = (int(indices[0]), int(indices[-1]) + 1) if len(indices) else (cfg.start, cfg.start)  # claims: all
+    record = run_record(cfg, posterior_sha, bank_meta, images)
+    check_run_dir(out_dir, record)
+    board, poll = ClaimBoard(out_dir / "claims", cfg.claim_timeout), min(cfg.claim_timeout / 8, 2.0)
+    prefixes = [part_prefix(out_dir, cfg, k) for k in range(len(chunks))]
+    todo = [k for k, p in enumerate(prefixes) if not part_done(p)]
 
-    if todo:
+    if todo or prepare_only:
         device = resolve_device(cfg.device, "AnnotateConfig.device")
         posterior, _ = load_posterior(cfg.posterior, device)
+        store = PCAFileStore(out_dir / "pca", cells=None if cfg.share_pca_cells else set())
         sampler = BankSampler(ImageBank.open(cfg.bank), grid, pca_components=cfg.pca_components,
                               n_proposals=cfg.n_proposals, sigma2_schedule=cfg.sigma2_schedule,
                               target_ess=cfg.target_ess, resampling=cfg.resampling,
                               pca_fit_samples=cfg.pca_fit_samples, cache_cells=cfg.cache_cells or len(grid),
-                              shifts=cfg.shifts)
-        first, _ = _first_glimpse(out_dir, posterior, sampler, grid, C, cfg, device)
+                              shifts=cfg.shifts, pca_store=store)
+        first = _prepare(out_dir, board, poll, posterior, sampler, store, grid, C, cfg, device)
+        if prepare_only:
+            return None
         count = {"done": len(indices) - sum(len(chunks[k]) for k in todo), "computed": 0}
         tic = time.perf_counter()
 
@@ -220,72 +242,60 @@ def annotate(config: AnnotateConfig, out_dir: str | Path, *, dataset: Any = None
                 rate = 60 * count["computed"] / (time.perf_counter() - tic)
                 progress(count["done"], len(indices), {"images_per_min": rate})
 
-        for n_chunks, k in enumerate(todo):
-            if stop_after is not None and n_chunks >= stop_after:
+        def compute(k: int) -> GlimpseSequences:
+            return _annotate_chunk(cfg, dataset, chunks[k], posterior, sampler, grid, first, device, on_image)
+
+        if cfg.claims:
+            if not _claim_chunks(cfg, board, poll, chunks, prefixes, compute, count, stop_after):
                 return None
-            part = _annotate_chunk(cfg, dataset, chunks[k], posterior, sampler, grid, first, device, on_image)
-            part.save(part_paths[k])  # atomic, JSON last: a kill leaves this chunk to redo, nothing half-written
+        else:
+            for n_chunks, k in enumerate(todo):
+                if stop_after is not None and n_chunks >= stop_after:
+                    return None
+                save_sequences(compute(k), prefixes[k])  # tensors, then JSON: a kill leaves this chunk to redo
 
-    parts = [GlimpseSequences.load(p) for p in part_paths]
-    for k, (part, expected) in enumerate(zip(parts, chunks)):
-        if not torch.equal(part.indices, expected.sort().values):
-            raise ValueError(f"{part.source}: field 'indices': expected chunk {k}'s images {expected.tolist()[:5]}..., "
-                             f"found {part.indices.tolist()[:5]}...")
-    first_meta = json.loads((out_dir / "first-glimpse.json").read_text())
-    seconds = first_meta["seconds"] + sum(p.provenance["seconds"] for p in parts)
-    result = GlimpseSequences.merge(parts)
-    result.provenance = {
-        "config": cfg.to_dict(), "foveal_version": __version__, "torch_version": torch.__version__,
-        "posterior": {"checkpoint": str(cfg.posterior), "sha256": posterior_sha},
-        "bank": {"path": str(cfg.bank), **bank_meta},
-        "first_glimpse": {"cell": first_meta["cell"], "corner": first_meta["corner"]},
-        "timing": {"seconds": seconds, "first_glimpse_seconds": first_meta["seconds"], "images": len(result),
-                   "sequences_per_min": 60 * len(result) / seconds if seconds > 0 else None},
-    }
     path = result_path(cfg, out_dir)
-    result.save(path)
+    if cfg.claims:
+        run_once(board, "result", lambda: part_done(path), lambda: merge_chunks(out_dir), poll=poll)
+        return path
+    first_meta = read_first_glimpse(out_dir)[1]
+    result = assemble([GlimpseSequences.load(p) for p in prefixes], chunks, cfg.to_dict(), record, first_meta)
+    save_sequences(result, path)
     return path
 
 
-def merge_shards(out_dir: str | Path) -> Path:
-    """Combine ``sequences-shard-<i>-of-<n>`` files in ``out_dir`` (all n of them) into ``sequences``.
+def _claim_chunks(cfg: AnnotateConfig, board: ClaimBoard, poll: float, chunks: list[Tensor], prefixes: list[Path],
+                  compute: Callable[[int], GlimpseSequences], count: dict, stop_after: Optional[int]) -> bool:
+    """Claim, compute and publish chunks until every one is done (waiting for those others hold).
 
-    The shards' settings must agree except for the shard index (and paths, device, batch size);
-    their timings add up (``seconds`` is compute time summed over workers).
-    """
-    out_dir = Path(out_dir)
-    found = {}
-    for path in sorted(out_dir.glob("sequences-shard-*-of-*.json")):
-        match = _SHARD_FILE.match(path.name)
-        if match:
-            found[(int(match.group(1)), int(match.group(2)))] = path
-    if not found:
-        raise FileNotFoundError(f"{out_dir}: expected shard results sequences-shard-<i>-of-<n>.json, found none")
-    counts = sorted({n for _, n in found})
-    if len(counts) != 1:
-        raise ValueError(f"{out_dir}: expected shards of one split into n, found n = {counts}")
-    n = counts[0]
-    missing = [i for i in range(n) if (i, n) not in found]
-    if missing:
-        raise FileNotFoundError(f"{out_dir}: expected all {n} shards, found none for shard(s) {missing} "
-                                f"(sequences-shard-{missing[0]}-of-{n}.json)")
-    shards = [GlimpseSequences.load(found[(i, n)]) for i in range(n)]
-    configs = [{k: v for k, v in s.provenance.get("config", {}).items() if k not in _FREE_FIELDS} for s in shards]
-    for s, c in zip(shards[1:], configs[1:]):
-        if c != configs[0]:
-            diff = sorted(k for k in set(c) | set(configs[0]) if c.get(k) != configs[0].get(k))
-            raise ValueError(f"{s.source}: provenance.config: expected the settings of {shards[0].source}, found "
-                             f"differences in {diff}")
-    provenances = [s.provenance for s in shards]
-    for s in shards:
-        s.provenance = {}  # rebuilt below from the shards' own
-    result = GlimpseSequences.merge(shards)
-    seconds = sum(p.get("timing", {}).get("seconds", 0.0) for p in provenances)
-    first = provenances[0]
-    result.provenance = {**first, "config": {**first.get("config", {}), "shard_index": None},
-                         "shards": [Path(s.source).name for s in shards],
-                         "timing": {"seconds": seconds, "images": len(result),
-                                    "sequences_per_min": 60 * len(result) / seconds if seconds > 0 else None}}
-    path = out_dir / "sequences"
-    result.save(path)
-    return path
+    Returns False if ``stop_after`` chunks were computed first."""
+    order, computed = _claim_order(cfg, len(chunks)), 0
+    while True:
+        done = _published(prefixes[0].parent.parent)  # one directory read per pass, not one per chunk
+        count["done"] = sum(len(chunks[k]) for k in done)
+        pending = [k for k in order if k not in done]
+        if not pending:
+            return True
+        if stop_after is not None and computed >= stop_after:
+            return False
+        claims = board.listing()
+        for k in pending:
+            claim = board.try_claim(f"part-{k:05d}", claims.get(f"part-{k:05d}", []))
+            if claim is None:
+                continue
+            with claim:
+                if not part_done(prefixes[k]):  # published meanwhile by a worker whose claim had gone stale
+                    publish_part(compute(k), prefixes[k])  # False: that worker published first, the same part
+                    computed += 1
+            break
+        else:
+            time.sleep(poll)  # every chunk left is held by a live worker: wait for it, or for its claim to go stale
+
+
+def _published(folder: Path) -> set[int]:
+    """Chunks whose part folder ``part-<k>`` is in ``folder`` (published whole, by a rename)."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return set()
+    return {int(n[5:]) for n in names if n.startswith("part-") and n[5:].isdigit()}

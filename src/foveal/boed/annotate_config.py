@@ -16,7 +16,9 @@ from torch import Tensor
 from foveal.boed.epe import SearchConfig
 from foveal.retina import LocationGrid
 
-__all__ = ["AnnotateConfig", "select_indices"]
+__all__ = ["AnnotateConfig", "select_indices", "SHARD_MODES"]
+
+SHARD_MODES = ("round-robin", "contiguous", "claim")
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,15 @@ class AnnotateConfig:
         bank: image bank ``.npy`` (``foveal build-bank``).
         task: recorded in the file (e.g. a CelebA attribute); None = the dataset's labels.
         start, count: positions ``start .. start + count - 1`` of the split (count None: to the end).
-        shard_index, num_shards, shard_mode: this worker's share, "round-robin" or "contiguous".
+        shard_index, num_shards, shard_mode: this worker's share: "round-robin" or "contiguous" (a fixed
+            share of the images), or "claim": the workers of one output folder claim chunks of all the
+            images until none is left (the index and count then only spread where each starts).
+        claim_timeout: seconds after which a claim nobody touched is stale, its holder presumed dead on
+            another host (:mod:`foveal.boed.workers`; a dead holder on the same host is seen at once).
+        threads: torch's CPU threads while annotating (the bank search runs on the CPU; torchrun sets
+            OMP_NUM_THREADS=1); None leaves the setting as it is.
+        share_pca_cells: also write every cell's PCA to the output folder for the other workers (the
+            first glimpse's cell always is); ``len(bank) * pca_components * 2`` bytes per cell.
         glimpse_size, grid, grid_stride: the candidate cells, as in ``PosteriorTrainingConfig``
             (``grid`` cells per axis, or every ``grid_stride`` pixels; neither: stride 1).
         num_glimpses: T.
@@ -65,6 +75,9 @@ class AnnotateConfig:
     shard_index: int = 0
     num_shards: int = 1
     shard_mode: str = "round-robin"
+    claim_timeout: float = 300.0
+    threads: Optional[int] = None
+    share_pca_cells: bool = False
     glimpse_size: int = 8
     grid: Optional[int | tuple[int, int]] = None
     grid_stride: Optional[int] = None
@@ -112,9 +125,15 @@ class AnnotateConfig:
         if not 0 <= self.shard_index < self.num_shards:
             raise ValueError(f"AnnotateConfig.shard_index: expected 0 <= shard_index < num_shards = {self.num_shards} "
                              f"(shards count from 0), found {self.shard_index}")
-        if self.shard_mode not in ("round-robin", "contiguous"):
-            raise ValueError(f"AnnotateConfig.shard_mode: expected 'round-robin' or 'contiguous', "
+        if self.shard_mode not in SHARD_MODES:
+            raise ValueError(f"AnnotateConfig.shard_mode: expected one of {', '.join(map(repr, SHARD_MODES))}, "
                              f"found {self.shard_mode!r}")
+        if isinstance(self.claim_timeout, bool) or not isinstance(self.claim_timeout, (int, float)) \
+                or not self.claim_timeout > 0:
+            raise ValueError(f"AnnotateConfig.claim_timeout: expected seconds > 0, found {self.claim_timeout!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"AnnotateConfig.threads: expected None (leave as is) or an integer >= 1, "
+                             f"found {self.threads!r}")
         if self.grid is not None and self.grid_stride is not None:
             raise ValueError(f"AnnotateConfig: expected at most one of grid, grid_stride; found grid={self.grid!r}, "
                              f"grid_stride={self.grid_stride!r}")
@@ -147,17 +166,25 @@ class AnnotateConfig:
         return LocationGrid.from_stride(image_size, self.glimpse_size, self.grid_stride or 1)
 
     @property
+    def claims(self) -> bool:
+        """Whether the workers claim chunks (shard_mode "claim") instead of taking a fixed share."""
+        return self.shard_mode == "claim"
+
+    @property
     def shard_name(self) -> str:
-        return f"shard-{self.shard_index}-of-{self.num_shards}"
+        return "all" if self.claims else f"shard-{self.shard_index}-of-{self.num_shards}"
 
 
 def select_indices(config: AnnotateConfig, split_size: int) -> Tensor:
-    """int64 ``[n]``: this shard's positions of the split, in processing order (module docstring)."""
+    """int64 ``[n]``: this shard's positions of the split, in processing order (module docstring); with
+    shard_mode "claim", all of them (the workers share them chunk by chunk)."""
     stop = split_size if config.count is None else config.start + config.count
     if config.start >= split_size or stop > split_size:
         raise ValueError(f"AnnotateConfig.start/count: expected positions within the split's {split_size} images, "
                          f"found {config.start}..{stop - 1}")
     chosen = torch.arange(config.start, stop)
+    if config.claims:
+        return chosen
     if config.shard_mode == "round-robin":
         return chosen[config.shard_index::config.num_shards]
     return torch.tensor_split(chosen, config.num_shards)[config.shard_index]

@@ -65,7 +65,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +74,8 @@ from torch import Tensor
 from foveal.boed.bank import ImageBank
 from foveal.retina import LocationGrid, cell_masks
 
-__all__ = ["CellPCA", "BankSampler", "residual_resample", "effective_sample_size", "shift_offsets", "shift_images"]
+__all__ = ["CellPCA", "PCAStore", "BankSampler", "residual_resample", "effective_sample_size", "shift_offsets",
+           "shift_images"]
 
 
 @dataclass
@@ -90,6 +91,19 @@ class CellPCA:
     mean: Tensor
     basis: Tensor
     coefficients: Tensor
+
+
+class PCAStore(Protocol):
+    """Where a :class:`BankSampler` finds cell PCAs fitted elsewhere (e.g. by another worker) and offers its own.
+
+    ``load(cell)``: a stored PCA or None. ``save(cell, pca)``: store it; returns the PCA to use, which is
+    the one stored first if another process stored one meanwhile (so that every user of the store uses the
+    same bases).
+    """
+
+    def load(self, cell: int) -> Optional[CellPCA]: ...
+
+    def save(self, cell: int, pca: CellPCA) -> CellPCA: ...
 
 
 def effective_sample_size(log_weights: Tensor) -> Tensor:
@@ -148,12 +162,14 @@ class BankSampler:
         cache_cells: how many cells' PCAs to keep in memory (least recently used dropped); each takes
             ``len(bank) * k * 2`` bytes (e.g. 120 k images, k = 32: 7.7 MB).
         chunk: bank images read per block when computing coefficients and exact distances.
+        pca_store: where fitted cell PCAs are looked up before fitting, and offered after (:class:`PCAStore`;
+            None: fitted in this process only). A stored PCA is the same tensors a fit gives on this machine.
     """
 
     def __init__(self, bank: ImageBank, grid: LocationGrid, *, pca_components: int = 32, n_proposals: int = 1000,
                  sigma2_schedule: Sequence[float] = (0.05,), target_ess: Optional[float] = None,
                  resampling: str = "residual", pca_fit_samples: int = 4096, cache_cells: int = 64,
-                 chunk: int = 4096, shifts: int = 0) -> None:
+                 chunk: int = 4096, shifts: int = 0, pca_store: Optional[PCAStore] = None) -> None:
         if bank.image_shape[1:] != grid.image_size:
             raise ValueError(f"BankSampler: bank images are {bank.image_shape[1:]}, expected the grid's image size "
                              f"{grid.image_size}")
@@ -177,13 +193,32 @@ class BankSampler:
         self.cache_cells, self.chunk = cache_cells, chunk
         self._cells = cell_masks(grid)  # [G, 1, H, W]
         self._pca: OrderedDict[int, CellPCA] = OrderedDict()
+        self.pca_store = pca_store
 
     # ------------------------------------------------------------------------------------------- PCA
     def cell_pca(self, cell: int) -> CellPCA:
-        """The cell's PCA (fitted and projected on first use, then cached)."""
+        """The cell's PCA (from the store, or fitted and projected on first use; then cached)."""
         if cell in self._pca:
             self._pca.move_to_end(cell)
             return self._pca[cell]
+        pca = None if self.pca_store is None else self.pca_store.load(cell)
+        if pca is None:
+            pca = self.fit_cell_pca(cell)
+            if self.pca_store is not None:
+                pca = self.pca_store.save(cell, pca)
+        k = min(self.pca_components, self.grid.glimpse_size ** 2 * self.bank.image_shape[0], self.pca_fit_samples,
+                len(self.bank))
+        if tuple(pca.coefficients.shape) != (len(self.bank), k):
+            raise ValueError(f"BankSampler: the stored PCA of cell {cell} has coefficients of shape "
+                             f"{tuple(pca.coefficients.shape)}, expected {(len(self.bank), k)} (bank size, "
+                             "components): it was made for another bank or pca_components")
+        self._pca[cell] = pca
+        while len(self._pca) > self.cache_cells:
+            self._pca.popitem(last=False)
+        return pca
+
+    def fit_cell_pca(self, cell: int) -> CellPCA:
+        """Fit the cell's PCA on a fixed subset of the bank and project every bank image (not cached)."""
         corner = tuple(int(v) for v in self.grid.corners()[cell])
         g = self.grid.glimpse_size
         fit_gen = torch.Generator().manual_seed(cell)  # fixed subset per cell: the same bases on every run
@@ -196,11 +231,7 @@ class BankSampler:
         coefficients = torch.empty(len(self.bank), k, dtype=torch.float16)
         for start, block in self.bank.region_chunks(corner, g, self.chunk):
             coefficients[start:start + block.shape[0]] = ((block - mean) @ basis).half()
-        pca = CellPCA(mean, basis, coefficients)
-        self._pca[cell] = pca
-        while len(self._pca) > self.cache_cells:
-            self._pca.popitem(last=False)
-        return pca
+        return CellPCA(mean, basis, coefficients)
 
     # ------------------------------------------------------------------------------------- distances
     def observed_cells(self, mask: Tensor) -> Tensor:

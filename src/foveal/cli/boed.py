@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,7 +20,16 @@ ANNOTATE_EPILOG = """examples:
       --bank banks/fmnist.npy --glimpse-size 8 --grid-stride 4 --num-glimpses 5 --out runs/nogs-fmnist
   foveal annotate --config annotate.yaml --shard 0/4 num_glimpses=3   (a YAML of AnnotateConfig fields + overrides)
   foveal sequences merge runs/nogs-fmnist            (after copying every shard's result there)
-Run the same command again to resume a killed run: finished chunks are kept."""
+Run the same command again to resume a killed run: finished chunks are kept.
+
+several workers on one output folder (a shared file system), each claiming chunks until none is left:
+  sbatch --array=0-31 --wrap "foveal annotate --config annotate.yaml --out runs/nogs --shard auto --threads 8"
+  torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint $HEAD:29500 -m foveal annotate \\
+      --config annotate.yaml --out runs/nogs --shard auto --device cuda --threads 4
+--shard auto reads torchrun's RANK/WORLD_SIZE/LOCAL_RANK or Slurm's SLURM_ARRAY_TASK_* / SLURM_PROCID and
+SLURM_NTASKS, and claims chunks (shard_mode claim): a worker that dies or joins late changes nothing; the
+last one writes runs/nogs/sequences (else: foveal sequences merge runs/nogs). torchrun sets
+OMP_NUM_THREADS=1: give --threads for the CPU-side bank search."""
 
 IMPORT_EPILOG = """examples (the sequences released with Harvey et al. 2021):
   CelebA-HQ, one attribute (files 0.txt .. 599.txt = rows of annotations.txt, the annotate split):
@@ -80,8 +92,17 @@ def add_parsers(sub) -> None:
     a.add_argument("--bank", help="image bank .npy (foveal build-bank)")
     a.add_argument("--start", type=int, help="first position of the split")
     a.add_argument("--count", type=int, help="number of images (default: to the end)")
-    a.add_argument("--shard", help="I/N: this worker's share, I counted from 0 (e.g. 0/4)")
-    a.add_argument("--shard-mode", choices=["round-robin", "contiguous"])
+    a.add_argument("--shard", help="I/N: this worker's share, I counted from 0 (e.g. 0/4); auto: from torchrun's or "
+                                   "Slurm's environment, claiming chunks (see below)")
+    a.add_argument("--shard-mode", choices=["round-robin", "contiguous", "claim"],
+                   help="a fixed share of the images (round-robin, contiguous; default) or claim chunks in turn "
+                        "(default with --shard auto)")
+    a.add_argument("--threads", type=int, help="torch CPU threads (default: as set, e.g. by OMP_NUM_THREADS)")
+    a.add_argument("--claim-timeout", type=float, help="seconds before an untouched claim counts as a dead worker's "
+                                                       "(default 300)")
+    a.add_argument("--prepare-only", action="store_true",
+                   help="only prepare the files every worker reads (first glimpse, its cell's PCA), then exit; give "
+                        "the workers' settings (for --shard auto workers: --shard-mode claim)")
     a.add_argument("--glimpse-size", type=int)
     a.add_argument("--grid", type=int, help="cells per axis, spread evenly")
     a.add_argument("--grid-stride", type=int, help="cells every GRID_STRIDE pixels (default: 1)")
@@ -137,7 +158,8 @@ def add_parsers(sub) -> None:
     m.add_argument("--force", action="store_true", help="replace OUT if it exists")
     m.add_argument("--no-dataset", action="store_true", help="do not build the dataset (files named <index>.txt)")
     m.set_defaults(handler=_import)
-    g = ss.add_parser("merge", help="combine shard results: a folder (merge_shards) or files with --out")
+    g = ss.add_parser("merge", help="combine results: an annotation folder (its chunks or shard results) or files "
+                                    "with --out")
     g.add_argument("paths", nargs="+")
     g.add_argument("--out", help="merged file (when merging files)")
     g.set_defaults(handler=_merge)
@@ -197,7 +219,7 @@ def _annotate_config(args):
     flags = {k: getattr(args, k) for k in ("dataset", "split", "data_root", "data_seed", "posterior", "bank", "start",
                                            "count", "shard_mode", "glimpse_size", "grid", "grid_stride", "num_glimpses",
                                            "n_completions", "pca_components", "n_proposals", "target_ess", "keep_maps",
-                                           "seed", "chunk_size", "batch_size", "device")}
+                                           "seed", "chunk_size", "batch_size", "device", "threads", "claim_timeout")}
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.option:
         values["data_options"] = {**(values.get("data_options") or {}), **_key_values(args.option, "--option")}
@@ -206,13 +228,29 @@ def _annotate_config(args):
             values["sigma2_schedule"] = [float(s) for s in args.sigma2.split(",")]
         except ValueError:
             raise ValueError(f"--sigma2: expected comma-separated numbers, found {args.sigma2!r}") from None
-    if args.shard:
+    worker = None
+    if args.shard == "auto":
+        from foveal.boed.workers import worker_from_environment
+
+        worker = worker_from_environment(os.environ)
+        values["shard_index"], values["num_shards"] = worker.rank, worker.world_size
+    elif args.shard:
         i, sep, n = args.shard.partition("/")
         if not (sep and i.strip().isdigit() and n.strip().isdigit()):
-            raise ValueError(f"--shard: expected I/N with 0 <= I < N (e.g. 0/4), found {args.shard!r}")
+            raise ValueError(f"--shard: expected I/N with 0 <= I < N (e.g. 0/4), or auto, found {args.shard!r}")
         values["shard_index"], values["num_shards"] = int(i), int(n)
     values.update(_key_values(args.overrides, "override"))
-    return AnnotateConfig.from_dict(values)
+    if worker is not None:
+        values.setdefault("shard_mode", "claim")
+        if worker.local_rank is not None:
+            from foveal.boed.workers import worker_device
+
+            values["device"] = worker_device(values.get("device", "cpu"), worker.local_rank)
+    return AnnotateConfig.from_dict(values), worker
+
+
+def _exit_on_term(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _annotate(args) -> int:
@@ -220,18 +258,29 @@ def _annotate(args) -> int:
 
     from foveal.boed.annotate import annotate
 
-    cfg = _annotate_config(args)
+    cfg, worker = _annotate_config(args)
     out = args.out or Path("runs") / f"annotate-{cfg.dataset}-{cfg.split}"
-    print(f"output folder: {out}", file=sys.stderr)
+    print(f"output folder: {out}" + (f"; worker {worker.rank} of {worker.world_size} ({worker.source}"
+                                     f"{'' if worker.local_rank is None else f', local rank {worker.local_rank}'}), "
+                                     f"{cfg.shard_mode}, device {cfg.device}" if worker else ""), file=sys.stderr)
     update, close = progress_bar(args.quiet, "img", show=("images_per_min",))
+    # Slurm (time limit, preemption) and torchrun (a failed peer) stop workers with SIGTERM: unwind, so
+    # that the claims this worker holds are released at once instead of going stale.
+    on_term = signal.signal(signal.SIGTERM, _exit_on_term) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
-        path = annotate(cfg, out, progress=update)
+        path = annotate(cfg, out, progress=update, prepare_only=args.prepare_only)
     finally:
         close()
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)
+    if path is None:
+        print(f"prepared: {out} (config.json, first-glimpse.*, pca/); now start the workers on it")
+        return 0
     timing = json.loads(path.with_name(path.name + ".json").read_text())["provenance"]["timing"]
     print(f"sequences: {path}.json (+ .safetensors): {timing['images']} images, {timing['seconds']:.1f} s of "
           f"compute, {timing['sequences_per_min'] or 0:.3g} sequences/min")
-    if cfg.num_shards > 1:
+    if cfg.num_shards > 1 and not cfg.claims:
         print(f"shard {cfg.shard_index} of {cfg.num_shards}: when every shard is done, collect the "
               f"sequences-shard-*-of-{cfg.num_shards} files in one folder and run: foveal sequences merge FOLDER")
     return 0
@@ -331,11 +380,11 @@ def _import(args) -> int:
 
 
 def _merge(args) -> int:
-    from foveal.boed.annotate import merge_shards
+    from foveal.boed.annotate import merge_folder
     from foveal.data.sequences import GlimpseSequences
 
     if len(args.paths) == 1 and Path(args.paths[0]).is_dir():
-        path = merge_shards(args.paths[0])
+        path = merge_folder(args.paths[0])
     else:
         if not args.out:
             raise ValueError("sequences merge: expected --out when merging files (or one folder of shard results)")

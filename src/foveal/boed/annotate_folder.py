@@ -1,0 +1,274 @@
+"""The annotator's output folder (layout in :mod:`foveal.boed.annotate`): its record, the files every worker
+shares (the first glimpse, cell PCAs), the chunk parts, and the result assembled from them.
+
+Every write here is safe with several workers on one shared folder (:mod:`foveal.boed.workers`): shared
+state is published first-writer-wins, so every worker reads the same; parts of the claiming layout are
+published as a folder, so a chunk's two files appear together or not at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from foveal import __version__
+from foveal.boed.annotate_config import AnnotateConfig
+from foveal.boed.completion import CellPCA
+from foveal.boed.epe import FirstGlimpse
+from foveal.boed.workers import private_dir, publish_dir, publish_file, write_atomic
+from foveal.data.sequences import GlimpseSequences, sequence_paths
+from foveal.retina import LocationGrid
+
+__all__ = ["FREE_FIELDS", "run_record", "check_run_dir", "read_first_glimpse", "publish_first_glimpse",
+           "PCAFileStore", "part_prefix", "part_done", "save_sequences", "publish_part", "assemble", "merge_shards",
+           "merge_chunks", "merge_folder"]
+
+# Settings that do not change the result: a rerun or another worker may differ in them.
+FREE_FIELDS = ("shard_index", "posterior", "bank", "data_root", "device", "batch_size", "threads", "claim_timeout",
+               "share_pca_cells")
+_SHARD_FILE = re.compile(r"^sequences-shard-(\d+)-of-(\d+)\.json$")
+
+
+# ------------------------------------------------------------------------------------------ record
+def run_record(cfg: AnnotateConfig, posterior_sha: str, bank_meta: dict, images: tuple[int, int]) -> dict[str, Any]:
+    """What ``config.json`` holds: the settings that fix the result, the posterior's hash, the bank's sidecar;
+    with claims also the selected positions ``[start, stop)`` and the first worker's full config (for merge)."""
+    free = FREE_FIELDS + (("num_shards",) if cfg.claims else ())
+    record = {"config": {k: v for k, v in cfg.to_dict().items() if k not in free},
+              "posterior_sha256": posterior_sha, "bank_meta": bank_meta}
+    if cfg.claims:
+        record.update(images=list(images), worker_config=cfg.to_dict())
+    return record
+
+
+def check_run_dir(out_dir: Path, record: dict[str, Any]) -> None:
+    """Save the run's record in ``config.json`` (the first worker's), or check that this one matches it."""
+    path = out_dir / "config.json"
+    if publish_file(path, json.dumps(record, indent=1).encode()):
+        return
+    old = json.loads(path.read_text())
+    # a field added to AnnotateConfig after the folder was made had its default value there
+    defaults = {f.name: f.default for f in dataclasses.fields(AnnotateConfig)
+                if f.default is not dataclasses.MISSING}
+    missing = {k: v for k, v in json.loads(json.dumps(defaults)).items()
+               if k in record["config"] and k not in old["config"]}
+    saved = {**missing, **old["config"]}
+    keys = sorted(set(saved) | set(record["config"]))
+    diff = [f"config.{k}: {saved.get(k)!r} vs {record['config'].get(k)!r}" for k in keys
+            if saved.get(k) != record["config"].get(k)]
+    diff += [f"{k}: {old.get(k)!r} vs {record.get(k)!r}" for k in ("posterior_sha256", "bank_meta", "images")
+             if old.get(k) != record.get(k)]
+    if diff:
+        raise ValueError(f"{path}: this folder holds an annotation made with other settings; differing: "
+                         + "; ".join(diff[:6]) + ". Use another output folder, or the same settings to resume.")
+
+
+# ----------------------------------------------------------------------------------- first glimpse
+def read_first_glimpse(out_dir: Path) -> Optional[tuple[FirstGlimpse, dict[str, Any]]]:
+    """``(first glimpse, its metadata)`` if ``first-glimpse.{json,safetensors}`` are there and match, else None."""
+    json_path, st_path = out_dir / "first-glimpse.json", out_dir / "first-glimpse.safetensors"
+    try:
+        meta, blob = json.loads(json_path.read_text()), st_path.read_bytes()
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if meta.get("sha256") != hashlib.sha256(blob).hexdigest():
+        return None
+    return FirstGlimpse(meta["cell"], load_tensors(blob)["epe_map"].flatten()), meta
+
+
+def publish_first_glimpse(out_dir: Path, first: FirstGlimpse, seconds: float, grid: LocationGrid) -> FirstGlimpse:
+    """Write the first glimpse; if another worker's map was published first, keep and return that one."""
+    st_path = out_dir / "first-glimpse.safetensors"
+    blob = save_tensors({"epe_map": first.epe_map.detach().cpu().float().view(grid.shape).contiguous()})
+    if not publish_file(st_path, blob):  # a holder presumed dead finished after all: every worker uses its map
+        blob = st_path.read_bytes()
+        epe_map = load_tensors(blob)["epe_map"].flatten()
+        first = FirstGlimpse(int(epe_map.argmin()), epe_map)  # first_glimpse's rule
+    meta = {"cell": first.cell, "corner": grid.corners()[first.cell].tolist(), "grid_shape": list(grid.shape),
+            "seconds": seconds, "sha256": hashlib.sha256(blob).hexdigest()}
+    write_atomic(out_dir / "first-glimpse.json", json.dumps(meta, indent=1).encode())  # a function of the map
+    return first
+
+
+class PCAFileStore:
+    """Cell PCAs shared through ``<folder>/cell-<g>.safetensors`` (a :class:`~foveal.boed.completion.PCAStore`).
+
+    Only the cells in ``cells`` are shared (None: all); the first PCA published for a cell is the one every
+    worker uses. The folder's ``config.json`` pins the bank, grid and PCA settings the files belong to.
+    """
+
+    def __init__(self, folder: Path, *, cells: Optional[set[int]] = None) -> None:
+        self.folder, self.cells = Path(folder), cells
+
+    def path(self, cell: int) -> Path:
+        return self.folder / f"cell-{cell:05d}.safetensors"
+
+    def shares(self, cell: int) -> bool:
+        return self.cells is None or cell in self.cells
+
+    def share(self, cell: int) -> None:
+        if self.cells is not None:
+            self.cells.add(cell)
+
+    def load(self, cell: int) -> Optional[CellPCA]:
+        if not self.shares(cell) or not self.path(cell).exists():
+            return None
+        tensors = load_tensors(self.path(cell).read_bytes())
+        try:
+            return CellPCA(tensors["mean"], tensors["basis"], tensors["coefficients"])
+        except KeyError as err:
+            raise ValueError(f"{self.path(cell)}: expected tensors mean, basis, coefficients, found "
+                             f"{sorted(tensors)}; delete the file to refit") from err
+
+    def save(self, cell: int, pca: CellPCA) -> CellPCA:
+        if not self.shares(cell):
+            return pca
+        blob = save_tensors({"mean": pca.mean.contiguous(), "basis": pca.basis.contiguous(),
+                             "coefficients": pca.coefficients.contiguous()})
+        return pca if publish_file(self.path(cell), blob) else self.load(cell)
+
+
+# ------------------------------------------------------------------------------------------- parts
+def part_prefix(out_dir: Path, cfg: AnnotateConfig, k: int) -> Path:
+    """Chunk ``k``'s part: ``parts/<shard>/part-<k>`` (fixed shares), ``parts/all/part-<k>/part`` (claims)."""
+    if cfg.claims:
+        return out_dir / "parts" / "all" / f"part-{k:05d}" / "part"
+    return out_dir / "parts" / cfg.shard_name / f"part-{k:05d}"
+
+
+def part_done(prefix: Path) -> bool:
+    return sequence_paths(prefix)[0].exists()
+
+
+def save_sequences(seqs: GlimpseSequences, prefix: Path) -> None:
+    """``seqs.save(prefix)`` through a folder of this process's own (host-safe temporary names), the tensors
+    moved into place first, the JSON last."""
+    tmp = private_dir(prefix.parent)
+    try:
+        seqs.save(tmp / prefix.name)
+        for src, dst in zip(reversed(sequence_paths(tmp / prefix.name)), reversed(sequence_paths(prefix))):
+            os.replace(src, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish_part(part: GlimpseSequences, prefix: Path) -> bool:
+    """Publish a claimed chunk's part as its folder ``prefix.parent``; False if another worker's came first."""
+    tmp = private_dir(prefix.parent.parent)
+    part.save(tmp / prefix.name)
+    return publish_dir(tmp, prefix.parent)
+
+
+# ---------------------------------------------------------------------------------------- assemble
+def assemble(parts: list[GlimpseSequences], chunks: list[torch.Tensor], config: dict[str, Any],
+             record: dict[str, Any], first_meta: dict[str, Any]) -> GlimpseSequences:
+    """The result from the parts of ``chunks`` (checked against them), with its provenance."""
+    for k, (part, expected) in enumerate(zip(parts, chunks)):
+        if not torch.equal(part.indices, expected.sort().values):
+            raise ValueError(f"{part.source}: field 'indices': expected chunk {k}'s images {expected.tolist()[:5]}..., "
+                             f"found {part.indices.tolist()[:5]}...")
+    seconds = first_meta["seconds"] + sum(p.provenance["seconds"] for p in parts)
+    hosts = sorted({p.provenance["host"] for p in parts if "host" in p.provenance})
+    result = GlimpseSequences.merge(parts)
+    result.provenance = {
+        "config": config, "foveal_version": __version__, "torch_version": torch.__version__,
+        "posterior": {"checkpoint": str(config["posterior"]), "sha256": record["posterior_sha256"]},
+        "bank": {"path": str(config["bank"]), **record["bank_meta"]},
+        "first_glimpse": {"cell": first_meta["cell"], "corner": first_meta["corner"]},
+        "timing": {"seconds": seconds, "first_glimpse_seconds": first_meta["seconds"], "images": len(result),
+                   "sequences_per_min": 60 * len(result) / seconds if seconds > 0 else None,
+                   **({"hosts": hosts} if hosts else {})},
+    }
+    return result
+
+
+def _describe(chunks: list[torch.Tensor], ks: list[int]) -> str:
+    shown = [f"{k} (images {int(chunks[k][0])}..{int(chunks[k][-1])})" for k in ks[:8]]
+    return ", ".join(shown) + (f" and {len(ks) - 8} more" if len(ks) > 8 else "")
+
+
+def merge_chunks(out_dir: str | Path) -> Path:
+    """Assemble ``sequences`` from the parts of a claiming folder (every chunk must be there)."""
+    out_dir = Path(out_dir)
+    record = json.loads((out_dir / "config.json").read_text())
+    if "images" not in record:
+        raise ValueError(f"{out_dir / 'config.json'}: expected an annotation made with shard_mode 'claim' "
+                         f"(field 'images'), found shard_mode {record['config'].get('shard_mode')!r}")
+    config = {**record["worker_config"], "shard_index": None, "num_shards": None}
+    cfg = AnnotateConfig.from_dict({**config, "shard_index": 0, "num_shards": 1})
+    chunks = list(torch.arange(*record["images"]).split(cfg.chunk_size))
+    prefixes = [part_prefix(out_dir, cfg, k) for k in range(len(chunks))]
+    missing = [k for k, p in enumerate(prefixes) if not part_done(p)]
+    if missing:
+        raise FileNotFoundError(f"{out_dir}: expected all {len(chunks)} chunks, found {len(missing)} missing: chunk(s) "
+                                f"{_describe(chunks, missing)} (parts/all/part-{missing[0]:05d}); run a worker "
+                                "(foveal annotate with the same settings and --out) to compute them")
+    first = read_first_glimpse(out_dir)
+    if first is None:
+        raise FileNotFoundError(f"{out_dir / 'first-glimpse.json'}: expected the first glimpse (with its "
+                                ".safetensors, matching), found it missing or not matching")
+    result = assemble([GlimpseSequences.load(p) for p in prefixes], chunks, config, record, first[1])
+    save_sequences(result, out_dir / "sequences")
+    return out_dir / "sequences"
+
+
+def merge_shards(out_dir: str | Path) -> Path:
+    """Combine ``sequences-shard-<i>-of-<n>`` files in ``out_dir`` (all n of them) into ``sequences``.
+
+    The shards' settings must agree except for the shard index (and paths, device, batch size);
+    their timings add up (``seconds`` is compute time summed over workers).
+    """
+    out_dir = Path(out_dir)
+    found = {}
+    for path in sorted(out_dir.glob("sequences-shard-*-of-*.json")):
+        match = _SHARD_FILE.match(path.name)
+        if match:
+            found[(int(match.group(1)), int(match.group(2)))] = path
+    if not found:
+        raise FileNotFoundError(f"{out_dir}: expected shard results sequences-shard-<i>-of-<n>.json, found none")
+    counts = sorted({n for _, n in found})
+    if len(counts) != 1:
+        raise ValueError(f"{out_dir}: expected shards of one split into n, found n = {counts}")
+    n = counts[0]
+    missing = [i for i in range(n) if (i, n) not in found]
+    if missing:
+        raise FileNotFoundError(f"{out_dir}: expected all {n} shards, found none for shard(s) {missing} "
+                                f"(sequences-shard-{missing[0]}-of-{n}.json)")
+    shards = [GlimpseSequences.load(found[(i, n)]) for i in range(n)]
+    configs = [{k: v for k, v in s.provenance.get("config", {}).items() if k not in FREE_FIELDS} for s in shards]
+    for s, c in zip(shards[1:], configs[1:]):
+        if c != configs[0]:
+            diff = sorted(k for k in set(c) | set(configs[0]) if c.get(k) != configs[0].get(k))
+            raise ValueError(f"{s.source}: provenance.config: expected the settings of {shards[0].source}, found "
+                             f"differences in {diff}")
+    provenances = [s.provenance for s in shards]
+    for s in shards:
+        s.provenance = {}  # rebuilt below from the shards' own
+    result = GlimpseSequences.merge(shards)
+    seconds = sum(p.get("timing", {}).get("seconds", 0.0) for p in provenances)
+    first = provenances[0]
+    result.provenance = {**first, "config": {**first.get("config", {}), "shard_index": None},
+                         "shards": [Path(s.source).name for s in shards],
+                         "timing": {"seconds": seconds, "images": len(result),
+                                    "sequences_per_min": 60 * len(result) / seconds if seconds > 0 else None}}
+    save_sequences(result, out_dir / "sequences")
+    return out_dir / "sequences"
+
+
+def merge_folder(out_dir: str | Path) -> Path:
+    """``foveal sequences merge <out_dir>``: the claiming layout's chunks, or the fixed shares' shard results."""
+    out_dir = Path(out_dir)
+    record_path = out_dir / "config.json"
+    if record_path.exists() and "images" in json.loads(record_path.read_text()):
+        return merge_chunks(out_dir)
+    return merge_shards(out_dir)
