@@ -65,7 +65,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import Tensor
 
-from foveal.checkpoint import atomic_write
+from foveal.checkpoint import atomic_write, checkpoint_paths
 from foveal.data.base import DataError
 from foveal.retina import LocationGrid
 
@@ -78,12 +78,10 @@ PathLike = Union[str, os.PathLike]
 
 
 def sequence_paths(path: PathLike) -> tuple[Path, Path]:
-    """``out/seqs``, ``out/seqs.json`` or ``out/seqs.safetensors`` -> ``(seqs.json, seqs.safetensors)``."""
-    path = Path(path)
-    for suffix in (".json", ".safetensors"):
-        if path.name.endswith(suffix):
-            path = path.with_name(path.name[: -len(suffix)])
-    return path.with_name(path.name + ".json"), path.with_name(path.name + ".safetensors")
+    """``out/seqs``, ``out/seqs.json`` or ``out/seqs.safetensors`` -> ``(seqs.json, seqs.safetensors)``: the
+    same pair of files as a checkpoint's (:func:`foveal.checkpoint.checkpoint_paths`), JSON first."""
+    tensors, meta = checkpoint_paths(path)
+    return meta, tensors
 
 
 def _grid_to_json(grid: Optional[LocationGrid]) -> Optional[dict[str, Any]]:
