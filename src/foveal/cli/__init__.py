@@ -1,7 +1,12 @@
 """The ``foveal`` command: one module per command group (:data:`COMMAND_MODULES`), each with
 ``add_parsers(sub)`` whose parsers ``set_defaults(handler=fn)``, ``fn(args) -> int`` (exit status).
 Heavy modules (torch) are imported inside the handlers, so that ``foveal --help`` and argument errors
-answer at once."""
+answer at once.
+
+Under torchrun (``torchrun --nproc-per-node=N -m foveal train ...``) the training commands
+(:data:`DATA_PARALLEL_COMMANDS`) train one run data-parallel: every process joins the world before the
+command runs and leaves it after (:mod:`foveal.training.distributed`); rank 0 alone writes and reports.
+Other commands keep their own use of torchrun's ranks (``compare`` trains different runs on them)."""
 
 from __future__ import annotations
 
@@ -11,18 +16,21 @@ import re
 import sys
 from pathlib import Path
 
-from foveal.runtime import speed_up_allocator
+from foveal.runtime import launcher_world_size, speed_up_allocator
 
 EPILOG = """examples:
   foveal demo                                      RAM on built-in MNIST digits, ~4 min on 2 cores
   foveal train --config ram-cluttered-fashion-mnist train.iterations=2000 model.location_std=0.1
   foveal train --config my.yaml --run-dir runs/mine   (run again to resume after a kill)
+  torchrun --nproc-per-node=2 -m foveal train --config demo   one run on 2 processes (data-parallel)
   foveal evaluate runs/mine/checkpoints/best --test-samples 10
   foveal list                                      configs, datasets, models, algorithms, policies
 """
 
 COMMAND_MODULES: tuple[str, ...] = ("foveal.cli.run", "foveal.cli.posterior", "foveal.cli.boed", "foveal.cli.saccader",
                                     "foveal.cli.compare")
+# the commands that train one run through train_run: under torchrun, data-parallel
+DATA_PARALLEL_COMMANDS: tuple[str, ...] = ("train", "train-posterior", "train-saccader", "demo")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,14 +103,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     speed_up_allocator()
+    rank = None  # this process's rank in a data-parallel run; None: one process
     try:
-        return args.handler(args)
+        if args.command in DATA_PARALLEL_COMMANDS and launcher_world_size() > 1:
+            from foveal.training import distributed
+
+            rank = distributed.start().rank
+        status = args.handler(args)
     except (ValueError, OSError) as err:  # FileNotFoundError, PermissionError, a full disk: the user can act
-        print(f"foveal {args.command}: error: {_one_line(err)}", file=sys.stderr)
-        return 2
+        who = f" (rank {rank})" if rank else ""
+        print(f"foveal {args.command}{who}: error: {_one_line(err)}", file=sys.stderr)
+        status = 2
     except KeyboardInterrupt:
-        print("\ninterrupted: the last checkpoint is intact; run the same command again to resume", file=sys.stderr)
-        return 130
+        if not rank:
+            print("\ninterrupted: the last checkpoint is intact; run the same command again to resume", file=sys.stderr)
+        status = 130
+    if rank is not None:
+        from foveal.training import distributed
+
+        distributed.stop(wait=status == 0)  # after an error the other ranks may never reach the barrier
+    return status
 
 
 if __name__ == "__main__":

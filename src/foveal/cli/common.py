@@ -13,6 +13,7 @@ from typing import Callable, Optional
 
 from foveal.config import apply_overrides, load_config
 from foveal.policies import describe_policies
+from foveal.runtime import launcher_world_size
 
 __all__ = ["progress_bar", "report", "add_training_arguments", "config_and_run_dir", "run_training", "policy_help"]
 
@@ -108,4 +109,8 @@ def config_and_run_dir(args) -> tuple[dict, Path]:
         extra.append(f"train.device={args.device}")
     cfg = apply_overrides(load_config(args.config), extra)
     run_dir = args.run_dir or Path("runs") / f"{Path(str(args.config)).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.run_dir is None and launcher_world_size() > 1:
+        from foveal.training.distributed import all_gather_objects
+
+        run_dir = all_gather_objects(run_dir)[0]  # torchrun: rank 0's clock names the one folder of every rank
     return cfg, run_dir

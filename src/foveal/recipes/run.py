@@ -17,6 +17,12 @@ before ``config.yaml`` is saved, so a mistake caught at the start leaves the fol
 the corrected command can use it. A folder that holds a ``config.yaml`` but no checkpoint yet (a run
 that failed before its first checkpoint) takes the new config too.
 
+Under torchrun (``torchrun --nproc-per-node=N -m foveal train ...``, :mod:`foveal.training.distributed`)
+every process runs :func:`train_run` on the same config: each checks and builds the same experiment,
+trains its share of every batch, and only rank 0 writes the folder and tests the best checkpoint
+(the others wait for it, so that every process leaves :func:`train_run` together). ``results.json``
+records ``training.world_size``, and every checkpoint's JSON ``info.world_size``.
+
 A posterior run (a model of kind "posterior", :mod:`foveal.boed`) has no glimpse policy to record:
 its evaluation reports accuracy and entropy after t = 0..T uniformly random glimpses on the
 algorithm's grid (records/posterior_curves_<split>.json, figures/posterior_curves.png).
@@ -45,8 +51,7 @@ from foveal.evaluation.boed_plots import plot_posterior_curves
 from foveal.evaluation.collect import collect_glimpses, make_figures, record_metrics, save_record
 from foveal.evaluation.posterior_curves import posterior_curves
 from foveal.models import create_model, list_models, load_model, model_spec
-from foveal.runtime import resolve_device
-from foveal.training import TrainConfig, evaluate, fit
+from foveal.training import TrainConfig, distributed, evaluate, fit
 from foveal.training.algorithms import build_algorithm
 from foveal.training.base import PolicyEvaluation
 
@@ -188,11 +193,13 @@ def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable
         test: evaluate the best checkpoint on ``evaluate.split`` afterwards; False only trains (and validates).
 
     Returns the results dict (also written to ``results.json``), or None if ``stop_after`` stopped
-    the run early or ``test`` is False.
+    the run early or ``test`` is False, and on every rank but 0 of a data-parallel run.
     """
     run_dir = Path(run_dir)
+    world = distributed.world()
     train_cfg, eval_cfg = check_run_config(cfg)
-    resolve_device(train_cfg.device)  # a device this machine lacks: refused before anything is built
+    distributed.local_batch_size(train_cfg.batch_size, "train.batch_size")  # one share per process of each batch
+    distributed.device(train_cfg.device)  # a device this machine lacks: refused before anything is built
     check_run_dir(cfg, run_dir)
     torch.manual_seed(train_cfg.seed)
     exp = build_experiment(cfg) if test else build_experiment(cfg, ("train", "val"))
@@ -202,18 +209,21 @@ def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable
     if init_from is not None:
         load_checkpoint(init_from, model=exp.model)
     info = {"config": cfg, "model": model_spec(exp.model), "foveal_version": __version__,
-            "init_from": None if init_from is None else str(init_from)}
-    prepare_run_dir(cfg, run_dir)  # only now: the config is known to build
+            "init_from": None if init_from is None else str(init_from), "world_size": world.size}
+    if world.main:
+        prepare_run_dir(cfg, run_dir)  # only now: the config is known to build
     result = fit(exp.model, exp.algorithm, train_set, exp.data["val"], train_cfg, run_dir,
                  info=info, progress=progress, stop_after=stop_after)
-    if result.iterations < train_cfg.iterations or not test:
-        return None
-    training = {"iterations": result.iterations, "best_iteration": result.best_iteration,
-                "best_validation": result.best_value, "wall_time_s": result.run_time,
-                "iterations_per_s": result.run_iterations_per_second,
-                "this_call": {"wall_time_s": result.wall_time, "iterations_per_s": result.iterations_per_second},
-                "train_config": dataclasses.asdict(train_cfg)}
-    return evaluate_run(result.best_checkpoint, run_dir, dataset=exp.data[eval_cfg.split], training=training)
+    results = None
+    if result.iterations == train_cfg.iterations and test and world.main:
+        training = {"iterations": result.iterations, "best_iteration": result.best_iteration,
+                    "best_validation": result.best_value, "wall_time_s": result.run_time,
+                    "iterations_per_s": result.run_iterations_per_second,
+                    "this_call": {"wall_time_s": result.wall_time, "iterations_per_s": result.iterations_per_second},
+                    "train_config": dataclasses.asdict(train_cfg), "world_size": world.size}
+        results = evaluate_run(result.best_checkpoint, run_dir, dataset=exp.data[eval_cfg.split], training=training)
+    distributed.barrier()  # the other ranks wait for rank 0's test; a next stage may read what it wrote
+    return results
 
 
 def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dataset] = None,
@@ -245,7 +255,7 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
         dataset = build_data(cfg, (split,))[split]
     name = cfg["algorithm"]["name"]
     algorithm = build_algorithm_of({"algorithm": {**cfg["algorithm"], **(overrides or {})}})
-    device = resolve_device(cfg["train"].get("device", "auto"))
+    device = distributed.device(cfg["train"].get("device", "auto"))  # rank 0's GPU under torchrun
     model.to(device)
     batch_size = eval_cfg.batch_size
     seed = int(cfg["train"].get("seed", 0))

@@ -3,7 +3,9 @@
 ``fit(model, algorithm, train_set, val_set, TrainConfig(...), run_dir)`` trains (resuming a killed run
 exactly), ``evaluate(model, algorithm, dataset, batch_size=..., device=...)`` validates and tests; an
 algorithm is what :class:`foveal.training.base.Algorithm` declares (``loss``, ``metrics``, ``predict`` and
-the evaluation settings in ``config``), registered by name in :mod:`foveal.training.algorithms`.
+the evaluation settings in ``config``), registered by name in :mod:`foveal.training.algorithms`. Under
+torchrun the same ``fit`` trains data-parallel (:mod:`foveal.training.distributed`: ``world()``,
+``is_main()``, ``all_reduce_mean``, no-ops in one process).
 """
 
 from foveal.training.base import Algorithm, LossOutput, PolicyEvaluation

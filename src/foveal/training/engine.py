@@ -21,6 +21,12 @@ never stopped. (On CUDA, bit-equality also needs deterministic kernels; data-loa
 fresh seeds on resume, which matters only for random augmentation inside a dataset.) Timing is kept
 out of ``metrics.csv`` and checkpoints for that reason: ``it_per_s`` goes to TensorBoard and to
 ``progress`` only.
+
+Data-parallel (torchrun, :mod:`foveal.training.distributed`): the same loop runs on every rank, on its
+slice of each global batch, with the gradients averaged by DistributedDataParallel; rank 0 alone
+writes the run folder, and ``last`` also holds every other rank's RNG states and log window
+(``extra_state["rank_states"]``) and the number of processes (``extra_state["world_size"]``), so the
+run resumes exactly with the same number of processes, and is refused with another.
 """
 
 from __future__ import annotations
@@ -38,14 +44,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from foveal.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
-from foveal.runtime import resolve_device
+from foveal.training import distributed
 from foveal.training.base import Algorithm, LossOutput
-from foveal.training.loop import (IterationBatches, LogWindow, MetricsLog, batch_size_of, check_finite, lr_factor,
-                                  to_device)
+from foveal.training.loop import (EvaluationBatches, IterationBatches, LogWindow, MetricsLog, batch_size_of,
+                                  check_finite, lr_factor, to_device)
 
 __all__ = ["TrainConfig", "FitResult", "fit", "evaluate"]
 
 Progress = Callable[[int, int, dict[str, float]], None]
+StepLoss = Callable[[dict[str, Any]], LossOutput]
 # Settings that change the training trajectory: a resumed run must keep them.
 _TRAJECTORY_FIELDS = ("batch_size", "lr", "weight_decay", "optimizer", "momentum", "lr_schedule", "grad_clip",
                       "log_every", "seed")
@@ -57,7 +64,8 @@ class TrainConfig:
 
     Attributes:
         iterations: optimizer steps in the whole run.
-        batch_size: training batch size; each epoch drops its last partial batch.
+        batch_size: training batch size; each epoch drops its last partial batch. In a data-parallel run
+            this is the global batch, shared equally by the processes (a multiple of their number).
         lr: base learning rate.
         weight_decay: L2 penalty (``adam``, ``sgd``) or decoupled decay (``adamw``).
         optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
@@ -69,8 +77,10 @@ class TrainConfig:
         checkpoint_every: save ``last`` every this many iterations (also at every validation and at
             the end); None means ``val_every``.
         log_every: write train metrics every this many iterations, averaged over them.
-        seed: seeds torch and Python ``random`` at the start of a fresh run, and the data order.
-        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        seed: seeds torch and Python ``random`` at the start of a fresh run (rank r of a data-parallel run:
+            :func:`foveal.training.distributed.rank_seed`), and the data order.
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (data-parallel:
+            ``"auto"`` and ``"cuda"`` put each process on ``cuda:LOCAL_RANK``).
         num_workers: DataLoader worker processes.
         monitor: validation metric that picks ``best`` (``"val/<name>"``).
         monitor_mode: ``"max"`` or ``"min"``: whether a larger or a smaller ``monitor`` is better.
@@ -155,7 +165,8 @@ class FitResult:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, algorithm: Algorithm, dataset: Dataset, *, batch_size: int,
-             device: torch.device | str, max_batches: Optional[int] = None, num_workers: int = 0) -> dict[str, float]:
+             device: torch.device | str, max_batches: Optional[int] = None, num_workers: int = 0,
+             across_ranks: bool = False) -> dict[str, float]:
     """Mean of ``algorithm.metrics`` over ``dataset`` in order, weighted by batch size.
 
     Runs in eval mode without gradients and restores the model's previous mode. Uses its own data
@@ -163,24 +174,32 @@ def evaluate(model: nn.Module, algorithm: Algorithm, dataset: Dataset, *, batch_
 
     Args:
         max_batches: stop after this many batches (the first ones); None for the whole dataset.
+        across_ranks: in a data-parallel run, every rank evaluates every R-th batch and the per-batch
+            numbers are gathered and summed in batch order: the one-process result on every rank (a
+            collective: every rank must call it). Ignored in one process.
     """
     device = torch.device(device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda", generator=torch.Generator())
+    w = distributed.world() if across_ranks else distributed.World()
+    batches = EvaluationBatches(len(dataset), batch_size, max_batches, rank=w.rank, world_size=w.size)
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator())
     was_training = model.training
     model.eval()
-    sums: dict[str, float] = {}
-    weights: dict[str, int] = {}
+    rows: list[tuple[int, int, dict[str, float]]] = []  # (batch number, batch size, metrics)
     try:
-        for i, batch in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            n = batch_size_of(batch)
-            for name, value in algorithm.metrics(model, to_device(batch, device)).items():
-                sums[name] = sums.get(name, 0.0) + float(value) * n
-                weights[name] = weights.get(name, 0) + n
+        for i, batch in zip(batches.numbers, loader):
+            metrics = algorithm.metrics(model, to_device(batch, device))
+            rows.append((i, batch_size_of(batch), {name: float(value) for name, value in metrics.items()}))
     finally:
         model.train(was_training)
+    if w.size > 1:
+        rows = sorted(row for ranks in distributed.all_gather_objects(rows) for row in ranks)
+    sums: dict[str, float] = {}
+    weights: dict[str, int] = {}
+    for _, n, metrics in rows:
+        for name, value in metrics.items():
+            sums[name] = sums.get(name, 0.0) + value * n
+            weights[name] = weights.get(name, 0) + n
     return {name: total / weights[name] for name, total in sums.items()}
 
 
@@ -215,43 +234,55 @@ def fit(model: nn.Module, algorithm: Algorithm, train_set: Dataset, val_set: Dat
     started = time.perf_counter()
     run_dir = Path(run_dir)
     last_path, best_path = run_dir / "checkpoints" / "last", run_dir / "checkpoints" / "best"
-    device = resolve_device(config.device, "TrainConfig.device")
+    world = distributed.world()
+    distributed.local_batch_size(config.batch_size)  # a batch the processes cannot share equally: refused
+    device = distributed.device(config.device, "TrainConfig.device")
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{type(model).__name__}: no trainable parameters")
     optimizer = _build_optimizer(params, config)
     window = LogWindow(device)
+    distributed.barrier()  # whatever rank 0 wrote before (a previous call's last checkpoint) is there for all
     if checkpoint_paths(last_path)[1].exists():
-        state = _resume(last_path, model, optimizer, window, config)
+        state = _resume(last_path, model, optimizer, window, config, device)
     else:
         state = _RunState()
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)
+        seed = distributed.rank_seed(config.seed, world.rank)
+        torch.manual_seed(seed)
+        random.seed(seed)
     start = state.iteration
+    _check_same_start(last_path, start)
     end = config.iterations if stop_after is None else min(config.iterations, stop_after)
     loader = _train_loader(train_set, config, start, end, device)
+    step_loss = distributed.loss_function(model, algorithm, device)
     shown: dict[str, float] = {f"val/{k}": v for k, v in state.val_metrics.items()}
 
     def run_seconds() -> Optional[float]:
         return None if state.seconds_before is None else state.seconds_before + time.perf_counter() - started
 
     def save_last(iteration: int) -> None:
+        others = _other_ranks_states(window, device)  # a collective: every rank is here
+        if not world.main:
+            return
         extra = {"best_value": state.best_value, "best_iteration": state.best_iteration,
                  "window": window.state_dict(), "train_config": dataclasses.asdict(config),
-                 "train_seconds": run_seconds()}
+                 "train_seconds": run_seconds(), "world_size": world.size}
+        if others:
+            extra["rank_states"] = others
         save_checkpoint(last_path, model=model, optimizer=optimizer, rng=True, iteration=iteration, info=info,
                         metrics={"val": state.val_metrics, "train": state.train_logs}, extra_state=extra)
 
-    log = MetricsLog(run_dir, keep_until=start, tensorboard=config.tensorboard)
+    log = MetricsLog(run_dir, keep_until=start, tensorboard=config.tensorboard) if world.main else _NoLog()
     try:
         model.train()
         for it, batch in enumerate(loader, start=start + 1):
-            window.add(_train_step(model, algorithm, optimizer, params, to_device(batch, device), config, it))
+            window.add(_train_step(step_loss, optimizer, params, to_device(batch, device), config, it))
             state.iteration = it
             final = it == config.iterations
             if it % config.log_every == 0 or final:
-                state.train_logs, rate = window.averages()
+                logs, rate = window.averages()
+                state.train_logs = distributed.mean_of_logs(logs)  # the same on every rank: all check it
                 check_finite(it, state.train_logs)
                 log.write(it, "train", state.train_logs)
                 log.write(it, "train", {"it_per_s": rate}, csv_rows=False)
@@ -261,15 +292,16 @@ def fit(model: nn.Module, algorithm: Algorithm, train_set: Dataset, val_set: Dat
                 _validate(model, algorithm, val_set, config, device, state, it)
                 log.write(it, "val", state.val_metrics)
                 shown.update({f"val/{k}": v for k, v in state.val_metrics.items()})
-                if state.best_iteration == it:
+                if state.best_iteration == it and world.main:
                     save_checkpoint(best_path, model=model, rng=False, iteration=it, info=info,
                                     metrics={"val": state.val_metrics})
             if validated or it % (config.checkpoint_every or config.val_every) == 0:
                 save_last(it)
-            if progress is not None:
+            if progress is not None and world.main:
                 progress(it, config.iterations, shown)
     finally:
         log.close()
+    distributed.barrier()  # every rank returns once rank 0 has written the folder
 
     wall = time.perf_counter() - started
     total = run_seconds()
@@ -280,18 +312,46 @@ def fit(model: nn.Module, algorithm: Algorithm, train_set: Dataset, val_set: Dat
                      run_iterations_per_second=None if total is None else state.iteration / max(total, 1e-9))
 
 
+class _NoLog:
+    """What ranks other than 0 write: nothing."""
+
+    def write(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _other_ranks_states(window: LogWindow, device: torch.device) -> Optional[list[dict[str, Any]]]:
+    """On rank 0 of a data-parallel run: ``[{"rng": ..., "window": ...} of rank 1, rank 2, ...]``; else None."""
+    if distributed.world().size == 1:
+        return None
+    gathered = distributed.gather_to_main({"rng": distributed.rng_state(device), "window": window.state_dict()})
+    return None if gathered is None else gathered[1:]
+
+
+def _check_same_start(last_path: Path, start: int) -> None:
+    """Every rank must resume from the same iteration (one run folder, shared by every machine)."""
+    starts = distributed.all_gather_objects(start)
+    if len(set(starts)) > 1:
+        raise ValueError(f"{last_path}: the processes of this run start from different iterations {starts} (by rank); "
+                         "the run folder must be one folder that every machine of the torchrun job sees")
+
+
 def _train_loader(train_set: Dataset, config: TrainConfig, start: int, end: int, device: torch.device) -> DataLoader:
     """Batches for iterations ``start + 1 .. end``; its own generator keeps the global RNG untouched."""
-    batches = IterationBatches(len(train_set), config.batch_size, config.seed, start, end)
+    world = distributed.world()
+    batches = IterationBatches(len(train_set), config.batch_size, config.seed, start, end, rank=world.rank,
+                               world_size=world.size)
     return DataLoader(train_set, batch_sampler=batches, num_workers=config.num_workers,
                       pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(config.seed + start))
 
 
-def _train_step(model: nn.Module, algorithm: Algorithm, optimizer: torch.optim.Optimizer,
-                params: list[nn.Parameter], batch: dict[str, Any], config: TrainConfig, iteration: int) -> LossOutput:
+def _train_step(step_loss: StepLoss, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
+                batch: dict[str, Any], config: TrainConfig, iteration: int) -> LossOutput:
     for group in optimizer.param_groups:
         group["lr"] = config.lr * lr_factor(config.lr_schedule, iteration, config.iterations)
-    out = algorithm.loss(model, batch)
+    out = step_loss(batch)  # algorithm.loss(model, batch); data-parallel: through DDP (gradients averaged)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     if config.grad_clip is not None:
@@ -302,9 +362,11 @@ def _train_step(model: nn.Module, algorithm: Algorithm, optimizer: torch.optim.O
 
 def _validate(model: nn.Module, algorithm: Algorithm, val_set: Dataset, config: TrainConfig, device: torch.device,
               state: _RunState, iteration: int) -> None:
-    """Evaluate on ``val_set``, store the metrics in ``state`` and note a new best there."""
+    """Evaluate on ``val_set`` (split over the ranks), store the metrics in ``state`` and note a new best there."""
+    distributed.broadcast_buffers(model)  # every rank evaluates the model rank 0 saves (its BatchNorm statistics)
     state.val_metrics = evaluate(model, algorithm, val_set, batch_size=config.eval_batch_size or config.batch_size,
-                                 device=device, max_batches=config.val_batches, num_workers=config.num_workers)
+                                 device=device, max_batches=config.val_batches, num_workers=config.num_workers,
+                                 across_ranks=True)
     name = config.monitor[len("val/"):]
     if name not in state.val_metrics:
         raise ValueError(f"TrainConfig.monitor: {config.monitor!r} is not among the validation metrics "
@@ -316,9 +378,17 @@ def _validate(model: nn.Module, algorithm: Algorithm, val_set: Dataset, config: 
 
 
 def _resume(last_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, window: LogWindow,
-            config: TrainConfig) -> _RunState:
-    ckpt = load_checkpoint(last_path, model=model, optimizer=optimizer, restore_rng=True)
+            config: TrainConfig, device: torch.device) -> _RunState:
+    ckpt = load_checkpoint(last_path, model=model, optimizer=optimizer, restore_rng=True)  # rank 0's RNG states
     extra = ckpt.extra_state
+    world = distributed.world()
+    saved_world = int(extra.get("world_size", 1))
+    if saved_world != world.size and ckpt.iteration < config.iterations:
+        raise ValueError(f"{ckpt.path}: this run was trained by {saved_world} process(es) and is resumed by "
+                         f"{world.size}; each process's share of the batches and its RNG stream depend on their "
+                         f"number, so resume it with the same: "
+                         + ("foveal train (one process)" if saved_world == 1 else
+                            f"torchrun --nproc-per-node={saved_world} (x nodes: {saved_world} processes in all)"))
     saved = extra.get("train_config", {})
     changed = [f"TrainConfig.{k}={saved[k]!r} there, {getattr(config, k)!r} now"
                for k in _TRAJECTORY_FIELDS if k in saved and saved[k] != getattr(config, k)]
@@ -332,6 +402,10 @@ def _resume(last_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
         raise ValueError(f"{ckpt.path}: the run is at iteration {ckpt.iteration}, past "
                          f"TrainConfig.iterations={config.iterations}")
     window.load_state_dict(extra["window"])
+    if world.rank > 0 and saved_world == world.size:  # this rank's own RNG states and log window
+        own = extra["rank_states"][world.rank - 1]
+        distributed.set_rng_state(own["rng"], device)
+        window.load_state_dict(own["window"])
     return _RunState(iteration=ckpt.iteration, best_value=extra["best_value"], best_iteration=extra["best_iteration"],
                      val_metrics=dict(ckpt.metrics.get("val", {})), train_logs=dict(ckpt.metrics.get("train", {})),
                      seconds_before=extra.get("train_seconds"))

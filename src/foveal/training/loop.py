@@ -42,26 +42,59 @@ class IterationBatches(Sampler[list[int]]):
     ``b % per_epoch`` in ``torch.randperm(num_items)`` drawn from a generator seeded with
     :func:`epoch_seed`. The last partial batch of each epoch is dropped. Nothing but ``start`` is
     needed to resume, and the global RNG is never touched.
+
+    In a data-parallel run of ``world_size`` processes, rank ``rank`` gets the ``rank``-th of the
+    ``world_size`` equal slices of each of those batches (:mod:`foveal.training.distributed`): the ranks
+    together see the global batches of a one-process run.
     """
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, start: int, end: int):
+    def __init__(self, num_items: int, batch_size: int, seed: int, start: int, end: int, *, rank: int = 0,
+                 world_size: int = 1):
         if num_items < batch_size:
             raise ValueError(f"the train set has {num_items} items, fewer than TrainConfig.batch_size={batch_size}")
+        if batch_size % world_size or not 0 <= rank < world_size:
+            raise ValueError(f"TrainConfig.batch_size={batch_size}: expected a multiple of the {world_size} processes "
+                             f"(rank {rank}), so that each takes an equal share")
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
         self.per_epoch = num_items // batch_size
         self.start, self.end = start, max(start, end)
+        share = batch_size // world_size
+        self._slice = (rank * share, (rank + 1) * share)  # this rank's part of a global batch
 
     def __len__(self) -> int:
         return self.end - self.start
 
     def __iter__(self):
         perm, perm_epoch = None, -1
+        first, last = self._slice
         for b in range(self.start, self.end):
             epoch, pos = divmod(b, self.per_epoch)
             if epoch != perm_epoch:
                 generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
                 perm, perm_epoch = torch.randperm(self.num_items, generator=generator), epoch
-            yield perm[pos * self.batch_size:(pos + 1) * self.batch_size].tolist()
+            yield perm[pos * self.batch_size + first:pos * self.batch_size + last].tolist()
+
+
+class EvaluationBatches(Sampler[list[int]]):
+    """Consecutive index batches of ``batch_size`` over ``num_items`` in order (the last may be smaller), the
+    first ``max_batches`` of them; rank ``rank`` of ``world_size`` takes batches ``rank, rank + world_size, ...``.
+
+    :attr:`numbers` are the batch numbers this rank gets, in the order they are yielded."""
+
+    def __init__(self, num_items: int, batch_size: int, max_batches: int | None = None, *, rank: int = 0,
+                 world_size: int = 1):
+        total = -(-num_items // batch_size)
+        if max_batches is not None:
+            total = min(total, max_batches)
+        self.num_items, self.batch_size = num_items, batch_size
+        self.numbers = range(rank, total, world_size)
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def __iter__(self):
+        for i in self.numbers:
+            yield list(range(i * self.batch_size, min((i + 1) * self.batch_size, self.num_items)))
 
 
 def lr_factor(schedule: str, iteration: int, iterations: int) -> float:

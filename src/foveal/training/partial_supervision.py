@@ -36,6 +36,15 @@ How a batch of B with n_sup supervised images weighs the terms (``weighting``):
   so a supervised image's sequence term weighs :math:`w_{seq} / B`, and the baseline is regressed on the
   unsupervised images only (foveal's weighting before the official one was read line by line).
 
+Data-parallel training (:mod:`foveal.training.distributed`, R processes, each on B/R images of the
+global batch): DDP averages the ranks' gradients, which keeps every batch-mean term (each rank's
+terms are its images' sums divided by its B/R, and the mean over ranks of those is the global sum
+divided by B). The official sequence term is a SUM: each rank's sum over its own supervised images,
+averaged over the ranks, would be the global sum divided by R. So under R processes each rank's
+sequence term is multiplied by R: the average over ranks is then
+:math:`w_{seq} \sum_{i \in sup} \sum_t -\log\pi(l^i_t)` over the global batch, the one-process term,
+and the logged ``sequence_term`` (a mean over ranks) is the one-process number too.
+
 The logged ``sequence_nll`` is the mean sequence NLL over supervised images times their share
 ``n_sup / B`` under either weighting (so that curves compare across weightings); ``sequence_term`` is
 that term's contribution to the loss. ``reinforce``, ``baseline_mse`` and ``entropy`` are each term's
@@ -83,6 +92,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from foveal.data.sequences import GlimpseSequences
+from foveal.training import distributed
 from foveal.training.base import LossOutput, PolicyEvaluation
 from foveal.training.reinforce import Reinforce, ReinforceConfig
 
@@ -269,7 +279,8 @@ class PartialSupervision(PolicyEvaluation):
             nll = -ro.log_prob.sum(1).mean()  # mean over supervised images of -sum_t log pi(l_t | h_{t-1})
             share = n_sup / B
             if cfg.weighting == "official":
-                sequence_term = cfg.sequence_weight * n_sup * nll  # a sum over supervised images, never / B
+                # a sum over supervised images, never / B; times R, which DDP's average over R ranks divides out
+                sequence_term = cfg.sequence_weight * n_sup * nll * distributed.world().size
                 reward = (final.argmax(-1) == labels[sup]).float()
                 baseline_mse = F.mse_loss(ro.baseline, reward[:, None].expand_as(ro.baseline))  # forced rollouts too
                 loss = loss + share * (cfg.ce_weight * ce + cfg.baseline_weight * baseline_mse) + sequence_term

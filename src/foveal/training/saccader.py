@@ -26,7 +26,9 @@ BatchNorm running statistics do not drift either).
 
 **3. REINFORCE fine-tuning** (``saccader-reinforce``, Eq. 6). ``S = 2`` trajectories are sampled per image
 from the cell's policy; the reward ``r = 1[prediction after T glimpses is right]``; the baseline ``b``
-is the mean reward of the minibatch (all S x B trajectories; a number, so no gradient); the prediction
+is the mean reward of the minibatch (all S x B trajectories; a number, so no gradient; in a data-parallel
+run the mean over every rank's trajectories, :func:`foveal.training.distributed.all_reduce_mean`, so that
+the estimator is the one-process estimator on the global batch); the prediction
 averages the logits of the T cells read:
 
 .. math::
@@ -49,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from foveal.training import distributed
 from foveal.training.base import LossOutput, PolicyEvaluation, check_evaluation_settings
 
 __all__ = ["RepresentationConfig", "RepresentationPretraining", "LocationConfig", "LocationPretraining",
@@ -235,7 +238,8 @@ class SaccaderReinforce(PolicyEvaluation):
         final = ro.logits[:, -1]  # [S * B, K]: logits averaged over the T glimpses
         ce = F.cross_entropy(final, labels)
         reward = (final.argmax(-1) == labels).float()  # [S * B]
-        baseline = reward.mean()  # the minibatch's accuracy: a number, no gradient
+        # the minibatch's accuracy: a number, no gradient; the global batch's under data parallelism (equal shards)
+        baseline = distributed.all_reduce_mean(reward.mean())
         policy_gradient = -(ro.log_prob.sum(1) * (reward - baseline)).sum() / B
         l2 = (l2_penalty([model.representation], cfg.l2) + l2_penalty(_location_modules(model), cfg.l2_location)).to(ce)
         loss = cfg.ce_weight * ce + cfg.reinforce_weight * policy_gradient + l2
