@@ -212,3 +212,14 @@ def test_cli_build_bank_annotate_and_sequences_commands(files, tmp_path, capsys)
     assert "--shard: expected I/N" in capsys.readouterr().err
     assert main(command[:-1] + ["n_completions=5"]) == 2  # another setting into the same folder
     assert "other settings" in capsys.readouterr().err
+
+
+def test_precision_and_layout_settings_are_checked():
+    from foveal.boed import AnnotateConfig
+
+    base = dict(dataset="mnist5k", posterior="p", bank="b")
+    assert AnnotateConfig(**base, precision="bf16", channels_last=True).precision == "bf16"
+    with pytest.raises(ValueError, match=r"AnnotateConfig.precision: expected one of \('fp32', 'bf16'\), found 'fp8'"):
+        AnnotateConfig(**base, precision="fp8")
+    with pytest.raises(ValueError, match="AnnotateConfig.channels_last: expected true or false"):
+        AnnotateConfig(**base, channels_last="yes")

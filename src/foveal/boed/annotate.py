@@ -86,10 +86,12 @@ def image_generator(seed: int, index: Optional[int]) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-def load_posterior(checkpoint: str | Path, device: torch.device):
+def load_posterior(checkpoint: str | Path, device: torch.device, *, precision: str = "fp32",
+                   channels_last: bool = False):
     """``(NetworkPosterior, checkpoint info)`` from a checkpoint of a posterior network."""
     model, info = load_model(checkpoint, kind="posterior")
-    return NetworkPosterior(model.to(device).eval(), device=device), info
+    return NetworkPosterior(model.to(device).eval(), device=device, precision=precision,
+                            channels_last=channels_last), info
 
 
 def result_path(config: AnnotateConfig, out_dir: str | Path) -> Path:
@@ -222,7 +224,7 @@ def _annotate(cfg: AnnotateConfig, out_dir: Path, dataset: Any, progress, stop_a
 
     if todo or prepare_only:
         device = resolve_device(cfg.device, "AnnotateConfig.device")
-        posterior, _ = load_posterior(cfg.posterior, device)
+        posterior, _ = load_posterior(cfg.posterior, device, precision=cfg.precision, channels_last=cfg.channels_last)
         store = PCAFileStore(out_dir / "pca", cells=None if cfg.share_pca_cells else set())
         sampler = BankSampler(ImageBank.open(cfg.bank), grid, pca_components=cfg.pca_components,
                               n_proposals=cfg.n_proposals, sigma2_schedule=cfg.sigma2_schedule,

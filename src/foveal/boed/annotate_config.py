@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from foveal.boed.epe import SearchConfig
+from foveal.boed.posterior import PRECISIONS
 from foveal.retina import LocationGrid
 
 __all__ = ["AnnotateConfig", "select_indices", "SHARD_MODES"]
@@ -59,6 +60,9 @@ class AnnotateConfig:
         chunk_size: images per part file (the unit of resumption).
         batch_size: masked images per posterior call.
         device: "cpu", "cuda" or "auto" (the posterior's; the bank search runs on the CPU).
+        precision: the posterior's forward in "fp32" or "bf16" (autocast; GPUs with bf16 matrix units), and
+        channels_last: its convolutions in the channels-last memory format (:class:`NetworkPosterior`).
+            Both change the EPE values slightly, so a rerun must keep them.
         method: recorded in the file.
     """
 
@@ -100,6 +104,8 @@ class AnnotateConfig:
     chunk_size: int = 16
     batch_size: int = 256
     device: str = "cpu"
+    precision: str = "fp32"
+    channels_last: bool = False
     method: str = "nogs"
 
     def __post_init__(self) -> None:
@@ -122,6 +128,10 @@ class AnnotateConfig:
         if self.count is not None and (not isinstance(self.count, int) or self.count < 1):
             raise ValueError(f"AnnotateConfig.count: expected None (to the end) or an integer >= 1, "
                              f"found {self.count!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"AnnotateConfig.precision: expected one of {PRECISIONS}, found {self.precision!r}")
+        if not isinstance(self.channels_last, bool):
+            raise ValueError(f"AnnotateConfig.channels_last: expected true or false, found {self.channels_last!r}")
         if not 0 <= self.shard_index < self.num_shards:
             raise ValueError(f"AnnotateConfig.shard_index: expected 0 <= shard_index < num_shards = {self.num_shards} "
                              f"(shards count from 0), found {self.shard_index}")

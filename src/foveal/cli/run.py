@@ -20,6 +20,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--split", choices=["train", "val", "test"], help="default: the run's evaluate.split")
     e.add_argument("--out", type=Path, help="output folder (default: <run>/eval-<split>)")
     e.add_argument("--test-samples", type=int, help="Monte-Carlo rollouts averaged per image")
+    e.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: the run's train.device)")
     e.add_argument("--repeats", type=int, default=1,
                    help="rollouts per image, each scored on its own (with --policy sample and 5: the official "
                         "near-optimal-sequences evaluation) (default: %(default)s)")
@@ -65,7 +66,8 @@ def _evaluate(args) -> int:
         overrides["eval_policy"] = args.policy
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     out = args.out or run_dir / f"eval-{args.split or 'default'}"
-    results = evaluate_run(checkpoint, out, split=args.split, overrides=overrides, repeats=args.repeats)
+    results = evaluate_run(checkpoint, out, split=args.split, overrides=overrides, repeats=args.repeats,
+                           device=args.device)
     report(results, out)
     return 0
 

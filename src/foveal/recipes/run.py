@@ -228,7 +228,8 @@ def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable
 
 def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dataset] = None,
                  split: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
-                 training: Optional[dict[str, Any]] = None, repeats: int = 1) -> dict[str, Any]:
+                 training: Optional[dict[str, Any]] = None, repeats: int = 1,
+                 device: Optional[str] = None) -> dict[str, Any]:
     """Test a checkpoint: metrics, accuracy after each glimpse, a glimpse record and figures.
 
     Every test image is rolled out once (:func:`foveal.evaluation.collect.collect_glimpses`): the test
@@ -244,6 +245,7 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
         training: numbers from training to store beside the test numbers.
         repeats: rollouts per test image, each scored (sampled evaluation, e.g. ``overrides=
             {"eval_policy": "sample"}, repeats=5`` as the official trainer); the record keeps the first.
+        device: where to evaluate (default: the run's ``train.device``).
     """
     model, info = load_model(checkpoint)
     cfg = info["config"]
@@ -255,7 +257,7 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
         dataset = build_data(cfg, (split,))[split]
     name = cfg["algorithm"]["name"]
     algorithm = build_algorithm_of({"algorithm": {**cfg["algorithm"], **(overrides or {})}})
-    device = distributed.device(cfg["train"].get("device", "auto"))  # rank 0's GPU under torchrun
+    device = distributed.device(device or cfg["train"].get("device", "auto"))  # rank 0's GPU under torchrun
     model.to(device)
     batch_size = eval_cfg.batch_size
     seed = int(cfg["train"].get("seed", 0))
