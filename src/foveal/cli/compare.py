@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +16,17 @@ EPILOG = """examples:
   foveal compare --report-only                                  the table and figures of what has finished
   foveal compare --report-only --methods RAM,PS-NOGS            ... of these methods only
   foveal compare --quick --out runs/compare-smoke               a tiny smoke run of the whole pipeline
-Run the same command again to resume: finished runs are skipped, interrupted ones continue.
+  foveal compare --workers 2 inputs.nogs=...                    two runs at a time, one CPU thread each
+  foveal compare --devices cuda:0,cuda:1 inputs.nogs=...        one run on each GPU
+  torchrun --nproc-per-node=4 -m foveal compare inputs.nogs=... four ranks share the runs (any machines
+                                                                that share the --out folder)
+Run the same command again, with any number of workers, to resume: finished runs are skipped,
+interrupted ones continue. Runs that need another start after it: PS-RAM after the RAM run of its
+seed, RAM+ after its pretraining; each generated input (salience maps, PS-RAM sequences) is made once.
+A run that fails is reported with its folder (traceback in <out>/status/); the runs that do not need
+it still train, then the report of what finished is written and the command exits with status 1.
+Under torchrun every rank computes the same share of the runs and waits, by polling the folder, for
+the runs of other ranks it needs; rank 0 writes the report once every rank is through.
 """
 
 
@@ -32,6 +43,12 @@ def add_parsers(sub) -> None:
                    help="time N iterations of every method and print the estimated total time; trains nothing else")
     p.add_argument("--report-only", action="store_true", help="write the table and figures; train nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="train N runs at once, each in a worker process with one torch thread (default: 1, "
+                        "here, with progress bars); a failed run stops only the runs that need it")
+    p.add_argument("--devices", metavar="LIST",
+                   help="comma-separated devices, one worker each (cuda:0,cuda:1; may repeat): the runs' train.device; "
+                        "under torchrun, local rank k takes the k-th")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="run-config overrides (train.iterations=2000) or comparison ones (seeds=[0,1], inputs.nogs=...)")
     p.set_defaults(handler=_compare)
@@ -74,16 +91,42 @@ def _compare(args) -> int:
         seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
     except ValueError:
         raise ValueError(f"--seeds: expected comma-separated integers, found {args.seeds!r}") from None
-    skipped = {}
+    devices = tuple(d.strip() for d in args.devices.split(",") if d.strip()) if args.devices else ()
+    rank, world = _torchrun()
+    skipped, failed = {}, None
     if args.report_only:  # a report of a part: only these methods and seeds
         cfg = restrict(cfg, methods, seeds)
     else:
-        skipped = run_comparison(cfg, out, log=_log, progress=lambda: progress_bar(args.quiet), methods=methods,
-                                 seeds=seeds)
+        from foveal.recipes.compare.run import RunsFailed
+
+        log = _log if world is None else lambda message: _log(f"[rank {rank}] {message}")
+        try:
+            workers = args.workers if args.workers is not None else len(devices) or 1
+            skipped = run_comparison(cfg, out, log=log, progress=lambda: progress_bar(args.quiet), methods=methods,
+                                     seeds=seeds, workers=workers, devices=devices, rank=rank, world=world)
+        except RunsFailed as err:
+            skipped, failed = err.skipped, err
+        if world is not None and rank != 0:
+            if failed is not None:
+                _log(f"foveal compare: error: [rank {rank}] {failed}")
+                return 1
+            _log(f"[rank {rank}] its share of the runs is done; rank 0 writes the report")
+            return 0
     from foveal.recipes.compare.report import write_report
 
     report = write_report(cfg, out, skipped)
     print(report["paths"]["table_md"].read_text())
     for name, path in report["paths"].items():
         print(f"{name}: {path}")
+    if failed is not None:
+        _log(f"foveal compare: error: {failed}")
+        return 1
     return 0
+
+
+def _torchrun() -> tuple:
+    """``(rank, world size)`` when torchrun started this process with more than one rank, else (None, None)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return None, None
+    return int(os.environ.get("RANK", "0")), world

@@ -9,7 +9,10 @@
 
 Supervised methods share their images: the first ``num_sequences`` of the NOGS file, or, without one, a
 fixed random subset (seed 0) of the training split. Files are written atomically and reused when they
-exist (their names carry what would make them differ).
+exist (their names carry what would make them differ). The generated ones (:data:`MADE`) are each made
+by one step of :mod:`foveal.recipes.compare.parallel` (:meth:`ComparisonInputs.make`), so that workers
+running side by side never make the same file twice; :meth:`ComparisonInputs.preflight` makes the
+stand-in NOGS file in the process that starts them.
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ from foveal.recipes.sequence_sources import hgs_sequences, points_sequences, pol
 from foveal.retina import LocationGrid
 from foveal.training.salience_pretraining import SalienceMaps, compute_salience
 
-__all__ = ["ComparisonInputs"]
+__all__ = ["ComparisonInputs", "MADE"]
+
+MADE = ("salience", "ps-ram", "hgs")  # the inputs generated from data, runs or annotations (not given as files)
+_NO_HGS = "no part annotations in the data and no inputs.hgs_points"
 
 
 class ComparisonInputs:
@@ -119,8 +125,35 @@ class ComparisonInputs:
         return torch.randperm(N, generator=torch.Generator().manual_seed(0))[:min(self.n, N)].sort().values
 
     # ---------------------------------------------------------------------------------- generated
+    def path_of(self, need: str, seed: Optional[int] = None) -> Path:
+        """Where the input ``need`` (one of :data:`MADE`; ``ps-ram`` of ``seed``) is kept; reads nothing."""
+        if need == "salience":
+            return self.folder / f"salience-{self.cfg.inputs['salience_mode']}.npz"
+        if need == "ps-ram":
+            auto = self.cfg.inputs["ps_ram_source"] == "auto"
+            return self.folder / (f"ps-ram-seed{seed}-n{self.n}" if auto else f"ps-ram-n{self.n}")
+        if need == "hgs":
+            return self.folder / f"hgs-n{self.n}"
+        raise ValueError(f"input {need!r}: expected one of {MADE}")
+
+    def made(self, need: str, seed: Optional[int] = None) -> bool:
+        """Whether the input ``need`` exists (a sequence file's JSON header is written last)."""
+        path = self.path_of(need, seed)
+        return (path if need == "salience" else sequence_paths(path)[0]).exists()
+
+    def make(self, need: str, seed: Optional[int] = None) -> Optional[str]:
+        """Make the input ``need`` (:data:`MADE`) unless it exists; a reason its runs are skipped, or None."""
+        if need == "salience":
+            self.salience()
+        elif need == "ps-ram":
+            self.ps_ram(seed)
+        elif self.hgs() is None:
+            return _NO_HGS
+        return None
+
     def ps_ram(self, seed: int) -> Path:
         source = self.cfg.inputs["ps_ram_source"]
+        path = self.path_of("ps-ram", seed)
         if source == "auto":
             ram = next((m for m in self.cfg.methods if m.kind == "ram"), None)
             if ram is None:
@@ -129,10 +162,10 @@ class ComparisonInputs:
             run = self.out / "runs" / slug(ram.name) / f"seed-{seed}"
             if not (run / "results.json").exists():
                 raise ValueError(f"PS-RAM (seed {seed}) samples from the finished run {run}, which is not finished; "
-                                 f"list {ram.name!r} before the PS-RAM method")
-            checkpoint, path = run / "checkpoints" / "best", self.folder / f"ps-ram-seed{seed}-n{self.n}"
+                                 f"list {ram.name!r} before the PS-RAM method, or train it first")
+            checkpoint = run / "checkpoints" / "best"
         else:
-            checkpoint, path = Path(source), self.folder / f"ps-ram-n{self.n}"
+            checkpoint = Path(source)
         if not sequence_paths(path)[0].exists():
             self.log(f"sampling PS-RAM sequences for {self.n} images from {checkpoint}")
             model, _ = load_model(checkpoint)
@@ -148,7 +181,7 @@ class ComparisonInputs:
         has_parts = bool(getattr(self.train_set, "part_names", None))
         if points is None and not has_parts:
             return None
-        path = self.folder / f"hgs-n{self.n}"
+        path = self.path_of("hgs")
         if not sequence_paths(path)[0].exists():
             grid = getattr(self.model, "grid", None)
             g = self.model.config.glimpse_size
@@ -164,7 +197,7 @@ class ComparisonInputs:
     def salience(self) -> Path:
         posterior = self.cfg.inputs["posterior"]
         mode = self.cfg.inputs["salience_mode"]
-        path = self.folder / f"salience-{mode}.npz"
+        path = self.path_of("salience")
         if path.exists():
             return path
         grid = self.grid()
@@ -193,10 +226,12 @@ class ComparisonInputs:
 
     # ---------------------------------------------------------------------------------- per task
     def preflight(self) -> None:
-        """Fail before any training when a method's inputs are missing or do not fit."""
+        """Fail before any training when a method's inputs are missing or do not fit; makes the stand-in
+        NOGS file (``inputs.stand_ins``), which every supervised method's input starts from."""
         kinds = {m.kind for m in self.cfg.methods}
         sources = {m.sequences for m in self.cfg.methods if m.kind == "ps"}
-        if "nogs" in sources and self.nogs() is None:
+        nogs = self.nogs() if sources else None  # checked (or a stand-in made) here, once, before any worker
+        if "nogs" in sources and nogs is None:
             raise ValueError("a PS-NOGS method needs the NOGS sequence file: set inputs.nogs=<file> (foveal annotate)")
         if "ram+" in kinds and self.cfg.inputs["posterior"] is None and not self.cfg.inputs["stand_ins"] and not (
                 self.folder / f"salience-{self.cfg.inputs['salience_mode']}.npz").exists():
@@ -227,7 +262,7 @@ class ComparisonInputs:
         elif task.needs == "hgs":
             path = self.hgs()
             if path is None:
-                return "no part annotations in the data and no inputs.hgs_points"
+                return _NO_HGS
             alg["sequences"] = str(path.resolve())
         elif task.needs == "file":
             spec = self.cfg.method(task.method).sequences

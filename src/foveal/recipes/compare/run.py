@@ -1,74 +1,90 @@
 """``foveal compare``'s runs: train every planned run of a comparison (:mod:`foveal.recipes.compare.config`)
-that is not finished, after its inputs (:mod:`foveal.recipes.compare.inputs`) are made; resumable."""
+that is not finished, after its inputs (:mod:`foveal.recipes.compare.inputs`) are made; resumable. Here
+one after the other, or side by side on worker processes, GPUs or torchrun ranks
+(:mod:`foveal.recipes.compare.parallel`)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Optional
 
+import torch
 import yaml
 
 from foveal.config import config_differences
-from foveal.recipes.compare.config import CompareConfig, RunTask, plan_runs, restrict
+from foveal.recipes.compare.config import CompareConfig, plan_runs, restrict
 from foveal.recipes.compare.inputs import ComparisonInputs
-from foveal.recipes.run import train_run
+from foveal.recipes.compare.parallel import run_rank, run_steps, sync_ranks
+from foveal.recipes.compare.steps import RunsFailed, StepRunner, clear_status, plan_steps, train_task
+from foveal.runtime import resolve_device
 
-__all__ = ["train_task", "run_comparison", "save_compare_config"]
-
-
-def train_task(task: RunTask, *, progress: Optional[Callable] = None, stop_after: Optional[int] = None) -> Optional[dict]:
-    """Train one planned run (resuming it if interrupted) and evaluate it; the results dict, or None
-    when ``stop_after`` stopped it first.
-
-    :func:`foveal.recipes.run.train_run`, which calls the algorithm's ``prepare(train_set)`` (sequence /
-    salience files checked against the training set) and, for a fresh ``ram+`` second stage, starts
-    from the weights of ``init_from``.
-    """
-    return train_run(task.config, task.run_dir, progress=progress, stop_after=stop_after, init_from=task.init_from)
+__all__ = ["train_task", "run_comparison", "save_compare_config", "RunsFailed"]
 
 
 def run_comparison(cfg: CompareConfig, out: Path, *, log: Callable[[str], None] = lambda message: None,
                    progress: Optional[Callable[[], tuple[Optional[Callable], Callable[[], None]]]] = None,
                    methods: Optional[tuple[str, ...]] = None, seeds: Optional[tuple[int, ...]] = None,
-                   stop_after: Optional[int] = None) -> dict[str, str]:
+                   stop_after: Optional[int] = None, workers: int = 1, devices: tuple[str, ...] = (),
+                   rank: Optional[int] = None, world: Optional[int] = None) -> dict[str, str]:
     """Train every planned run that is not finished yet (module docstring); returns the skipped methods
     with the reason (e.g. PS-HGS without part annotations).
 
     Args:
-        log: receives one line per event (inputs made, run started / skipped / finished).
-        progress: makes ``(callback, close)`` for each run's training (the CLI's progress bar).
+        log: receives one line per event (inputs made, run started / skipped / finished / failed).
+        progress: makes ``(callback, close)`` for each run's training (the CLI's progress bar); used
+            when the runs train in this process (workers and ranks log a line per tenth instead).
         methods, seeds: train only these (the report still covers every finished run); one the config
             lacks is an error.
         stop_after: stop each run after this iteration (timing, smoke tests).
+        workers: how many runs train at once, each in its own process with one torch thread (1: here).
+        devices: one worker per device (``cuda:0``, ...; may repeat), its runs' ``train.device``; then
+            ``workers`` is their number.
+        rank, world: this process is rank ``rank`` of ``world`` (torchrun): it trains its share of the runs,
+            waiting for the runs of other ranks that it needs; rank 0 waits for all of them.
+
+    Raises:
+        RunsFailed: some runs failed; every run that did not need them has trained.
     """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"--workers: expected a positive number of worker processes, found {workers!r}")
+    _check_devices(devices)
+    if devices and workers != len(devices):
+        raise ValueError(f"--workers {workers} with --devices {','.join(devices)}: one worker per device; give as many "
+                         "devices as workers (a device may repeat), or leave --workers out")
     wanted = restrict(cfg, methods, seeds)
     train_methods, train_seeds = {m.name for m in wanted.methods}, set(wanted.seeds)
     out = Path(out)
-    save_compare_config(cfg, out)
-    inputs = ComparisonInputs(cfg, out, log)
-    inputs.preflight()
-    skipped: dict[str, str] = {}
-    for task in plan_runs(cfg, out):
-        if task.method not in train_methods or task.seed not in train_seeds or task.method in skipped:
-            continue
-        what = f"{task.method} seed {task.seed}" + (" (pretraining)" if task.stage == "pretrain" else "")
-        if task.done:
-            log(f"finished already: {what}")
-            continue
-        reason = inputs.resolve(task)
-        if reason is not None:
-            skipped[task.method] = reason
-            log(f"skipping {task.method}: {reason}")
-            continue
-        log(f"training {what} in {task.run_dir}")
-        callback, close = progress() if progress is not None else (None, lambda: None)
-        try:
-            results = train_task(task, progress=callback, stop_after=stop_after)
-        finally:
-            close()
-        if results is not None:
-            log(f"finished {what}: test accuracy {results['test_accuracy']:.4f}")
-    return skipped
+    tasks = [t for t in plan_runs(cfg, out) if t.method in train_methods and t.seed in train_seeds]
+    steps = plan_steps(cfg, tasks)
+
+    def prepare() -> None:  # the checks, the stand-in NOGS file and fresh status files, once, before any run
+        save_compare_config(cfg, out)
+        ComparisonInputs(cfg, out, log).preflight()
+        for step in steps:
+            clear_status(out, step.name)
+
+    if world is not None and world > 1:
+        if workers > max(1, len(devices)):
+            raise ValueError("--workers: under torchrun every rank is one worker (--nproc-per-node sets how many); "
+                             "leave --workers out")
+        rank = int(rank or 0)
+        sync_ranks(rank, prepare)
+        device = devices[int(os.environ.get("LOCAL_RANK", rank)) % len(devices)] if devices else None
+        runner = StepRunner(cfg, out, device=device, log=log, stop_after=stop_after)
+        return run_rank(steps, runner, out, rank, world, log=log)
+    prepare()
+    runner = StepRunner(cfg, out, log=log, progress=progress, stop_after=stop_after)
+    return run_steps(steps, runner, out, workers=workers, devices=tuple(devices), log=log)
+
+
+def _check_devices(devices: tuple[str, ...]) -> None:
+    """Each of ``--devices`` names a device of this machine (before any worker starts)."""
+    for name in devices:
+        device = resolve_device(name, "--devices")
+        count = torch.cuda.device_count() if device.type == "cuda" else 0
+        if device.type == "cuda" and device.index is not None and device.index >= count:
+            raise ValueError(f"--devices: {name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
 
 
 def save_compare_config(cfg: CompareConfig, out: Path) -> None:
@@ -87,4 +103,6 @@ def save_compare_config(cfg: CompareConfig, out: Path) -> None:
         if diff:
             raise ValueError(f"{path}: this comparison folder was made with another config; differing fields: "
                              + "; ".join(diff[:6]) + ". Use a new --out, or the same config to resume.")
-    path.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    os.replace(tmp, path)  # never half a file for another process of the same comparison

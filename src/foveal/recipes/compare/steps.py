@@ -1,0 +1,251 @@
+"""A comparison as a graph of steps: every planned run and every generated input the runs share, what each
+step needs, a deterministic assignment of steps to ranks, the status files of steps that did not finish,
+and running one step (:class:`StepRunner`). :mod:`foveal.recipes.compare.parallel` schedules them over
+worker processes, devices or torchrun ranks; its docstring describes the graph and the schedules."""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import yaml
+
+from foveal.config import config_differences, dump_config
+from foveal.recipes.compare.config import CompareConfig, RunTask, slug
+
+__all__ = ["Step", "Outcome", "Failure", "RunsFailed", "plan_steps", "assign", "StepRunner", "train_task",
+           "status_path", "write_status", "read_status", "clear_status", "move_device", "STATUS", "NOT_DONE", "LogFn"]
+
+
+STATUS = "status"  # <out>/status/<step>.txt: failed / blocked / skipped / stopped, the reason, a traceback
+NOT_DONE = ("failed", "blocked", "skipped", "stopped")
+_MADE = ("salience", "ps-ram", "hgs")  # foveal.recipes.compare.inputs.MADE (that module imports torch)
+LogFn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One node of the graph (module docstring): train ``task``, or make the input ``need``."""
+
+    name: str
+    after: tuple[str, ...] = ()
+    task: Optional[RunTask] = None
+    need: Optional[str] = None  # one of _MADE, when task is None
+    seed: Optional[int] = None  # the seed an input is made with
+    cost: float = 1.0  # for assign() only: train.iterations of a run
+
+    @property
+    def what(self) -> str:
+        if self.task is None:
+            return f"input {self.need}" + ("" if self.seed is None or self.need != "ps-ram" else f" (seed {self.seed})")
+        t = self.task
+        return f"{t.method} seed {t.seed}" + (" (pretraining)" if t.stage == "pretrain" else "")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a step came to: ``done``, ``skipped`` (no inputs for it), ``stopped`` (``stop_after``) or
+    ``failed``; ``detail``: the test accuracy, the reason or the error."""
+
+    name: str
+    status: str
+    detail: str = ""
+    traceback: str = ""
+
+
+@dataclass(frozen=True)
+class Failure:
+    what: str
+    folder: Path
+    error: str
+    status_file: Path
+
+    def __str__(self) -> str:
+        return f"{self.what} in {self.folder}: {self.error} (traceback: {self.status_file})"
+
+
+class RunsFailed(Exception):
+    """Some runs failed; the others finished (those that need a failed one were not started).
+
+    Attributes:
+        failures: one per failed step, with its folder and error.
+        skipped: methods skipped for want of inputs, with the reason (as :func:`run_steps` returns).
+        blocked: steps not started because a step they need failed.
+    """
+
+    def __init__(self, failures: list[Failure], skipped: dict[str, str], blocked: list[str]) -> None:
+        self.failures, self.skipped, self.blocked = failures, skipped, blocked
+        lines = "; ".join(str(f) for f in failures)
+        not_started = f"; not started, as they need a failed step: {', '.join(blocked)}" if blocked else ""
+        super().__init__(f"{len(failures)} step(s) failed, every other run went on: {lines}{not_started}. "
+                         "Fix the cause and run the same command again: finished runs are skipped")
+
+
+def step_name(task: RunTask) -> str:
+    return f"{slug(task.method)}-seed-{task.seed}" + ("-pretrain" if task.stage == "pretrain" else "")
+
+
+def plan_steps(cfg: CompareConfig, tasks: list[RunTask]) -> list[Step]:
+    """The steps of these planned runs, in their order with each input just before its first run (a
+    topological order of the graph). PS-RAM's input (``ps_ram_source: auto``) waits for the RAM run of
+    its seed when that run is among ``tasks``; otherwise it needs that run finished already."""
+    ram = next((m.name for m in cfg.methods if m.kind == "ram"), None)
+    auto = cfg.inputs["ps_ram_source"] == "auto"
+    runs = {(t.method, t.seed, t.stage): step_name(t) for t in tasks}
+    steps: list[Step] = []
+    made: set[str] = set()
+    for t in tasks:
+        after = []
+        if t.needs in _MADE:
+            per_seed = t.needs == "ps-ram" and auto
+            name = f"input-{t.needs}" + (f"-seed{t.seed}" if per_seed else "")
+            if name not in made:
+                source = runs.get((ram, t.seed, "train")) if per_seed else None
+                steps.append(Step(name, (source,) if source else (), need=t.needs,
+                                  seed=t.seed if t.needs == "ps-ram" else None))
+                made.add(name)
+            after.append(name)
+        if t.kind == "ram+" and t.stage == "train" and (t.method, t.seed, "pretrain") in runs:
+            after.append(runs[(t.method, t.seed, "pretrain")])
+        steps.append(Step(step_name(t), tuple(after), task=t, cost=float(t.config["train"].get("iterations", 1))))
+    return steps
+
+
+def assign(steps: list[Step], world: int, done: frozenset[str] = frozenset()) -> tuple[list[str], dict[str, int]]:
+    """A deterministic share of the steps for each of ``world`` ranks: a list schedule simulated with each
+    step's cost (0 when ``done``), a step going to the rank free first once the steps it needs are over.
+
+    Returns ``(order, rank of each step)``: ``order`` sorts the steps by simulated start (ties: plan order),
+    an order consistent with the graph, which every rank follows through its own steps.
+    """
+    index = {s.name: i for i, s in enumerate(steps)}
+    free = [0.0] * world
+    start, finish, rank = {}, {}, {}
+    remaining = list(steps)
+    while remaining:
+        r = min(range(world), key=lambda k: (free[k], k))
+        ready = [s for s in remaining if all(d in finish for d in s.after)]  # never empty: plan order is topological
+        step = min(ready, key=lambda s: (max([free[r], *(finish[d] for d in s.after)]), index[s.name]))
+        start[step.name] = max([free[r], *(finish[d] for d in step.after)])
+        finish[step.name] = start[step.name] + (0.0 if step.name in done else max(step.cost, 1e-9))
+        rank[step.name] = r
+        free[r] = finish[step.name]
+        remaining.remove(step)
+    return sorted(start, key=lambda n: (start[n], index[n])), rank
+
+
+# ------------------------------------------------------------------------------------------ status files
+def status_path(out: Path, name: str) -> Path:
+    return Path(out) / STATUS / f"{name}.txt"
+
+
+def write_status(out: Path, name: str, status: str, detail: str, trace: str = "") -> Path:
+    path = status_path(out, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(f"{status}\n{detail}\n{trace}")
+    os.replace(tmp, path)  # a rank polling for it never reads half a file
+    return path
+
+
+def read_status(out: Path, name: str) -> Optional[tuple[str, str]]:
+    """``(status, detail)`` of a step that ended without finishing, or None."""
+    path = status_path(out, name)
+    try:
+        status, _, rest = path.read_text().partition("\n")
+    except FileNotFoundError:
+        return None
+    return status, rest.partition("\n")[0]
+
+
+def clear_status(out: Path, name: str) -> None:
+    status_path(out, name).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------- one step
+def train_task(task: RunTask, *, progress: Optional[Callable] = None, stop_after: Optional[int] = None) -> Optional[dict]:
+    """Train one planned run (resuming it if interrupted) and evaluate it; the results dict, or None
+    when ``stop_after`` stopped it first.
+
+    :func:`foveal.recipes.run.train_run`, which calls the algorithm's ``prepare(train_set)`` (sequence /
+    salience files checked against the training set) and, for a fresh ``ram+`` second stage, starts
+    from the weights of ``init_from``.
+    """
+    from foveal.recipes.run import train_run  # here: it imports torch, which a worker sets up first
+
+    return train_run(task.config, task.run_dir, progress=progress, stop_after=stop_after, init_from=task.init_from)
+
+
+class StepRunner:
+    """Runs one step, here or in a worker: makes an input, or resolves a run's inputs and trains it.
+
+    Args:
+        device: the ``train.device`` of the runs (a worker's device), or None for the config's own.
+        progress: makes ``(callback, close)`` for each run's training (the CLI's progress bar).
+        stop_after: stop each run after this iteration (timing, smoke tests).
+    """
+
+    def __init__(self, cfg: CompareConfig, out: Path, *, device: Optional[str] = None, log: LogFn = lambda m: None,
+                 progress: Optional[Callable] = None, stop_after: Optional[int] = None) -> None:
+        from foveal.recipes.compare.inputs import ComparisonInputs  # here: it imports torch
+
+        self.inputs = ComparisonInputs(cfg, out, log)
+        self.device, self.progress, self.stop_after = device, progress, stop_after
+
+    def done(self, step: Step) -> bool:
+        return step.task.done if step.task is not None else self.inputs.made(step.need, step.seed)
+
+    def run(self, step: Step) -> Outcome:
+        """The step's outcome; an exception becomes a ``failed`` outcome with its traceback."""
+        try:
+            if step.task is None:
+                reason = self.inputs.make(step.need, step.seed)
+                return Outcome(step.name, "skipped" if reason else "done", reason or "")
+            return self._train(step)
+        except Exception as err:  # reported with the run's folder; the other runs go on
+            message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+            return Outcome(step.name, "failed", f"{type(err).__name__}: {message}", traceback.format_exc())
+
+    def _train(self, step: Step) -> Outcome:
+        task = step.task
+        reason = self.inputs.resolve(task)
+        if reason is not None:
+            return Outcome(step.name, "skipped", reason)
+        if self.device is not None:
+            task.config["train"]["device"] = self.device
+        move_device(task)
+        callback, close = self.progress() if self.progress is not None else (None, lambda: None)
+        try:
+            results = train_task(task, progress=callback, stop_after=self.stop_after)
+        finally:
+            close()
+        if results is None:
+            return Outcome(step.name, "stopped", f"stopped after iteration {self.stop_after}")
+        return Outcome(step.name, "done", f"test accuracy {results['test_accuracy']:.4f}")
+
+
+def move_device(task: RunTask) -> None:
+    """Let an interrupted run continue on another device: where a run trains is not what it is, but the
+    run folder's ``config.yaml`` names its device and a run folder refuses another config. When the
+    device is the only difference, the saved config takes the new one (as starting the run would write)."""
+    saved = task.run_dir / "config.yaml"
+    if not saved.exists():
+        return
+    try:
+        old = yaml.safe_load(saved.read_text())
+    except yaml.YAMLError:
+        return  # the run's own check names the file
+    if not isinstance(old, dict) or not isinstance(old.get("train"), dict):
+        return
+    train = dict(old["train"])
+    if train.get("device", "auto") == task.config["train"].get("device", "auto"):
+        return
+    train.pop("device", None)
+    if "device" in task.config["train"]:
+        train["device"] = task.config["train"]["device"]
+    moved = {**old, "train": train}
+    if not config_differences(moved, task.config):
+        dump_config(moved, saved)
