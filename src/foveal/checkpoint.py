@@ -34,6 +34,8 @@ import hashlib
 import json
 import os
 import random
+import secrets
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -189,10 +191,18 @@ def load_checkpoint(path_prefix: PathLike, *, model: Optional[nn.Module] = None,
 # ----------------------------------------------------------------------------- files
 
 
+def unique_token() -> str:
+    """``<host>-<pid>-<random>``: a temporary name no other process makes, on any host of a shared file
+    system (a pid alone repeats across hosts)."""
+    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:64]
+    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and ``os.replace``: never a half-written file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{unique_token()}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)

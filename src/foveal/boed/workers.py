@@ -29,7 +29,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import secrets
 import shutil
 import socket
 import threading
@@ -37,6 +36,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional
+
+from foveal.checkpoint import unique_token
 
 __all__ = ["Worker", "worker_from_environment", "worker_device", "unique_token", "write_atomic", "publish_file",
            "publish_dir", "private_dir", "Claim", "ClaimBoard", "run_once", "HOST"]
@@ -130,12 +131,6 @@ def worker_device(device: str, local_rank: Optional[int]) -> str:
 
 
 # ------------------------------------------------------------------------------------------ writes
-def unique_token() -> str:
-    """``<host>-<pid>-<random>``: a temporary name no other process, on any host, makes."""
-    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in HOST)[:64]
-    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
 def _write_tmp(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{unique_token()}")

@@ -42,7 +42,7 @@ import yaml
 from torch.utils.data import Dataset
 
 from foveal import __version__
-from foveal.checkpoint import checkpoint_paths, load_checkpoint
+from foveal.checkpoint import atomic_write, checkpoint_paths, load_checkpoint
 from foveal.config import EvaluateConfig, check_fields, check_value, config_differences, dump_config, section_config, \
     split_name
 from foveal.data import build_dataset
@@ -286,11 +286,11 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
         results["training"] = training
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write(out_dir / "results.json", json.dumps(results, indent=2).encode())
     record_path = save_record(record, model, dataset, out_dir / "records" / f"glimpses_{split}.npz")
     if eval_cfg.figures:
         results["figures"] = [str(p) for p in make_figures(record_path, out_dir)]
-        (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+        atomic_write(out_dir / "results.json", json.dumps(results, indent=2).encode())
     return results
 
 
@@ -328,5 +328,5 @@ def _write_posterior_results(results: dict[str, Any], out_dir: Path, split: str,
         if metrics.exists():
             figures.append(plots.plot_training_summary(metrics, out_dir / "figures" / "training_curves.png"))
         results["figures"] = [str(p) for p in figures]
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write(out_dir / "results.json", json.dumps(results, indent=2).encode())
     return results

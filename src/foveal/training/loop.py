@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
+from foveal.checkpoint import unique_token
 from foveal.training.base import LossOutput
 
 METRICS_HEADER = ("iteration", "split", "name", "value")
@@ -194,7 +195,7 @@ def truncate_metrics(path: Path, keep_until: int) -> None:
     kept = [line for line in lines[1:] if line.strip() and int(line.split(",", 1)[0]) <= keep_until]
     if len(kept) == len(lines) - 1:
         return
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{unique_token()}")
     tmp.write_text(header + "".join(kept))
     os.replace(tmp, path)
 

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from foveal.checkpoint import unique_token
 from foveal.models.base import PolicyState
 from foveal.models.posterior_cnn import posterior_entropy
 from foveal.retina import LocationGrid, cell_masks, masked_input
@@ -101,7 +102,7 @@ class SalienceMaps:
                            "rows": list(self.grid.rows), "cols": list(self.grid.cols)},
                   "provenance": self.provenance}
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.npz")
+        tmp = path.with_name(f".{path.stem}.tmp-{unique_token()}.npz")  # numpy adds .npz to other names
         np.savez_compressed(tmp, maps=self.maps.numpy(), header=np.array(json.dumps(header)))
         tmp.replace(path)
         return path
