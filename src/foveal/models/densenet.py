@@ -22,7 +22,6 @@ memory-efficient checkpointing is left out (it changes memory, not results).
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 
@@ -168,7 +167,11 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     elif suffix in (".pth", ".pt"):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:  # a pickle of more than tensors (never run), or no pickle at all
+        except (RuntimeError, EOFError, OSError) as err:  # not a torch file, or truncated
+            raise ValueError(f"weights {path}: not a readable PyTorch weight file ({_first_line(err)})") from None
+        except Exception as err:  # the weights-only unpickler's refusal: a pickle of more than tensors (never run)
+            if type(err).__name__ != "UnpicklingError":  # matched by name: foveal imports no pickle module
+                raise
             refused = re.search(r"GLOBAL ([\w.]+)", str(err))
             if refused is None:
                 detail = re.search(r"Unsupported [^.\n]*", str(err))
@@ -177,8 +180,6 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             raise ValueError(f"weights {path}: refused, a pickle that would create Python objects besides tensors "
                              f"({refused.group(1)}); save a plain state dict, or convert it to .safetensors where "
                              "it was made") from None
-        except (RuntimeError, EOFError, OSError) as err:  # not a torch file, or truncated
-            raise ValueError(f"weights {path}: not a readable PyTorch weight file ({_first_line(err)})") from None
         for wrapper in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
                 state = state[wrapper]
