@@ -35,16 +35,8 @@ class ToySplit:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("annotate")
-    g = torch.Generator().manual_seed(1)
-    ImageBank.from_generator(lambda b: torch.rand(b, 1, 8, 8, generator=g), 30, root / "bank.npy", flips=True)
-    torch.manual_seed(2)
-    net = create_model("posterior-cnn", in_channels=1, num_classes=3, image_size=(8, 8), widths=(4,), strides=(1,))
-    with torch.no_grad():
-        net.first_conv.weight.normal_()  # mask channel too: the maps then depend on where one looks
-    save_checkpoint(root / "posterior", model=net, info={"model": model_spec(net)}, rng=False)
-    return root
+def files(annotation_inputs):
+    return annotation_inputs  # tests/conftest.py
 
 
 def config(files, **changes):

@@ -119,15 +119,8 @@ class ToySplit:
 
 
 @pytest.fixture(scope="module")
-def toy_files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distributed")
-    g = torch.Generator().manual_seed(1)
-    ImageBank.from_generator(lambda b: torch.rand(b, 1, 8, 8, generator=g), 30, root / "bank.npy", flips=True)
-    torch.manual_seed(2)
-    net = create_model("posterior-cnn", in_channels=1, num_classes=3, image_size=(8, 8), widths=(4,), strides=(1,))
-    with torch.no_grad():
-        net.first_conv.weight.normal_()
-    save_checkpoint(root / "posterior", model=net, info={"model": model_spec(net)}, rng=False)
+def toy_files(annotation_inputs):
+    root = annotation_inputs  # tests/conftest.py
     reference = annotate(toy_config(root), root / "reference", dataset=ToySplit())  # fixed share, one worker
     return root, sequence_paths(reference)[1].read_bytes()
 

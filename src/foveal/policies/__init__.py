@@ -114,3 +114,4 @@ for _name, _function, _summary, _needs_model in (
         ("learned", "learned", "another model's own policy: the Saccader cell's arg-max, or a glimpse model's greedy "
          "path", True)):
     register_policy(_name, f"foveal.policies.builtin:{_function}", summary=_summary, needs_model=_needs_model)
+del _name, _function, _summary, _needs_model

@@ -136,10 +136,11 @@ def check_experiment(exp: Experiment, train_cfg: TrainConfig) -> None:
 def check_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
     """Refuse a folder whose run was made with another config; reads only, writes nothing.
 
-    One difference is allowed: more ``train.iterations`` with a constant learning rate. The engine then
-    continues from the last checkpoint, exactly as one longer run would have (a cosine schedule depends
-    on the length, so there it stays an error). A folder without a last checkpoint holds nothing to
-    resume (a start that failed), so any config may take it over.
+    Two differences are allowed: ``train.device`` (where a run trains is not what it is: a run stopped on
+    one device may continue on another), and more ``train.iterations`` with a constant learning rate. The
+    engine then continues from the last checkpoint, exactly as one longer run would have (a cosine
+    schedule depends on the length, so there it stays an error). A folder without a last checkpoint holds
+    nothing to resume (a start that failed), so any config may take it over.
     """
     saved = run_dir / "config.yaml"
     if not saved.exists() or not checkpoint_paths(run_dir / "checkpoints" / "last")[1].exists():
@@ -150,11 +151,17 @@ def check_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
         old = None
     if not isinstance(old, dict):
         raise ValueError(f"{saved}: not a foveal run config (not a YAML mapping); restore it, or use a new --run-dir")
+    old, cfg = _without_device(old), _without_device(cfg)
     diff = config_differences(old, cfg)
     if diff and not _longer_constant_run(old, cfg):
         raise ValueError(f"{saved}: this run folder was made with another config; differing fields: "
                          + "; ".join(diff[:8]) + ". Use a new --run-dir, or the same config to resume "
                          "(only train.iterations may grow, with train.lr_schedule=constant).")
+
+
+def _without_device(cfg: dict[str, Any]) -> dict[str, Any]:
+    train = cfg.get("train")
+    return {**cfg, "train": {k: v for k, v in train.items() if k != "device"}} if isinstance(train, dict) else cfg
 
 
 def prepare_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:

@@ -11,13 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-import yaml
-
-from foveal.config import config_differences, dump_config
 from foveal.recipes.compare.config import CompareConfig, RunTask, slug
 
 __all__ = ["Step", "Outcome", "Failure", "RunsFailed", "plan_steps", "assign", "StepRunner", "train_task",
-           "status_path", "write_status", "read_status", "clear_status", "move_device", "STATUS", "NOT_DONE", "LogFn"]
+           "status_path", "write_status", "read_status", "clear_status", "STATUS", "NOT_DONE", "LogFn"]
 
 
 STATUS = "status"  # <out>/status/<step>.txt: failed / blocked / skipped / stopped, the reason, a traceback
@@ -216,7 +213,6 @@ class StepRunner:
             return Outcome(step.name, "skipped", reason)
         if self.device is not None:
             task.config["train"]["device"] = self.device
-        move_device(task)
         callback, close = self.progress() if self.progress is not None else (None, lambda: None)
         try:
             results = train_task(task, progress=callback, stop_after=self.stop_after)
@@ -225,27 +221,3 @@ class StepRunner:
         if results is None:
             return Outcome(step.name, "stopped", f"stopped after iteration {self.stop_after}")
         return Outcome(step.name, "done", f"test accuracy {results['test_accuracy']:.4f}")
-
-
-def move_device(task: RunTask) -> None:
-    """Let an interrupted run continue on another device: where a run trains is not what it is, but the
-    run folder's ``config.yaml`` names its device and a run folder refuses another config. When the
-    device is the only difference, the saved config takes the new one (as starting the run would write)."""
-    saved = task.run_dir / "config.yaml"
-    if not saved.exists():
-        return
-    try:
-        old = yaml.safe_load(saved.read_text())
-    except yaml.YAMLError:
-        return  # the run's own check names the file
-    if not isinstance(old, dict) or not isinstance(old.get("train"), dict):
-        return
-    train = dict(old["train"])
-    if train.get("device", "auto") == task.config["train"].get("device", "auto"):
-        return
-    train.pop("device", None)
-    if "device" in task.config["train"]:
-        train["device"] = task.config["train"]["device"]
-    moved = {**old, "train": train}
-    if not config_differences(moved, task.config):
-        dump_config(moved, saved)
