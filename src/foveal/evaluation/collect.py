@@ -44,7 +44,8 @@ def collect_glimpses(model, algorithm, dataset: Dataset, batch_size: int, device
     # its own generator: the global RNG is consumed by the rollouts alone (as in foveal.training.evaluate)
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator()):
         B = len(batch["image"])
-        probs, locations = algorithm.predict(model, batch["image"].to(device).repeat(repeats, 1, 1, 1))
+        images_in = batch["image"].to(device)
+        probs, locations = algorithm.predict(model, images_in if repeats == 1 else images_in.repeat(repeats, 1, 1, 1))
         probs = probs.view(repeats, B, *probs.shape[1:]).transpose(0, 1).cpu().numpy()  # [B, M, T, K]
         out["probs"].append(probs[:, 0])
         if repeats > 1:

@@ -96,9 +96,10 @@ def make_policy(name: str, *, model: Any = None, grid: Any = None) -> Optional["
     if entry.needs_model and model is None:
         raise ValueError(f"policy {name!r}: needs a model")
     builder = entry.builder
-    if isinstance(builder, str):
+    if isinstance(builder, str):  # imported once, then kept: algorithms build their policy every step
         module, _, function = builder.partition(":")
         builder = getattr(importlib.import_module(module), function)
+        _POLICIES[name] = _Entry(builder, entry.summary, entry.needs_model)
     return builder(model=model, grid=grid)
 
 
