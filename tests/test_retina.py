@@ -17,6 +17,18 @@ def test_batched_equals_per_sample_reference(shape, size, scales):
     assert torch.equal(fast, extract_glimpses_loop(images, locations, size, scales))
 
 
+@pytest.mark.parametrize("size,scales,factor", [(12, 3, 2), (5, 3, 3), (5, 3, 2), (4, 2, 3)])
+def test_scales_cut_from_one_square_equal_their_own_cuts(size, scales, factor):
+    """The finer scales are sliced out of the largest square; on and off the half-pixel lattice (where
+    floor(centre - side / 2 + 0.5) flips) they equal squares cut one by one."""
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(1, 2, 31, 37, generator=g).expand(400, -1, -1, -1)
+    half = (torch.randint(0, 70, (200, 2), generator=g) + 0.5) / torch.tensor([31.0, 37.0]) * 2 - 1  # centre m + 1/2
+    locations = torch.cat([half, torch.rand(200, 2, generator=g) * 2.4 - 1.2])
+    assert torch.equal(extract_glimpses(images, locations, size, scales, factor),
+                       extract_glimpses_loop(images, locations, size, scales, factor))
+
+
 def test_crop_exact_pixels_and_zero_padding():
     image = torch.arange(36.0).view(1, 1, 6, 6)
     patch = crop(image, torch.tensor([[-1, 4]]), 3)[0, 0]

@@ -102,13 +102,17 @@ def extract_glimpses(images: Tensor, locations: Tensor, size: int, num_scales: i
     if num_scales < 1 or factor < 1 or size < 1:
         raise ValueError(f"expected size, num_scales, factor >= 1, found {size}, {num_scales}, {factor}")
     image_size = (images.shape[2], images.shape[3])
+    # One gather, of the largest square: a finer square is centred in it, and where (largest - side) / 2
+    # is an integer, floor(centre - side / 2 + 0.5) moves by exactly that offset, so a slice holds the
+    # pixels a gather of its own would (an odd size with an even factor: the finest scale is cut alone).
+    largest = size * factor ** (num_scales - 1)
+    outer = crop(images, top_left(locations, image_size, largest), largest)  # [B, C, largest, largest]
     scales = []
     for k in range(num_scales):
         side = size * factor**k
-        patch = crop(images, top_left(locations, image_size, side), side)  # [B, C, side, side]
-        if k > 0:
-            patch = F.avg_pool2d(patch, kernel_size=factor**k)
-        scales.append(patch)
+        at, odd = divmod(largest - side, 2)
+        patch = crop(images, top_left(locations, image_size, side), side) if odd else outer[:, :, at:at + side, at:at + side]
+        scales.append(F.avg_pool2d(patch, kernel_size=factor**k) if k > 0 else patch)
     return torch.stack(scales, dim=1)
 
 
