@@ -192,7 +192,7 @@ def saccader_step(values) -> tuple[float, float]:
     images = torch.tensor(values).view(-1, 1, 1, 1).expand(-1, 1, 2, 2)
     out = algorithm.loss(stub, {"image": images, "label": torch.zeros(len(values), dtype=torch.long)})
     out.loss.backward()
-    return stub.score.grad.item(), out.logs["accuracy"]
+    return stub.score.grad.item(), float(out.logs["accuracy"])
 
 
 def _saccader_baseline(rank: int, folder: Path) -> None:

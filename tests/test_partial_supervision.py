@@ -119,7 +119,7 @@ def test_pure_and_mixed_batches(tmp_path):
     ref = Reinforce(ReinforceConfig(num_glimpses=T)).loss(model, batch([1, 3, 4]))
     assert out.loss.item() == pytest.approx(ref.loss.item(), rel=1e-6)
     assert out.logs["supervised"] == 0.0 and out.logs["sequence_nll"] == 0.0
-    assert out.logs["reinforce"] == pytest.approx(ref.logs["reinforce"], rel=1e-6)
+    assert out.logs["reinforce"] == pytest.approx(float(ref.logs["reinforce"]), rel=1e-6)
     # only supervised: CE + 2 * NLL of the forced locations
     sup = batch([0, 2, 5, 7])
     out = alg.loss(model, sup)

@@ -64,3 +64,42 @@ def test_mc_averaging_shapes():
     assert torch.allclose(probs.sum(-1), torch.ones(2, 3))
     m = alg.metrics(model, {"image": torch.rand(2, 1, 12, 12), "label": torch.tensor([0, 1])})
     assert set(m) == {"accuracy", "ce"}
+
+
+def test_a_training_step_of_ram_reads_nothing_back_to_the_host(monkeypatch):
+    """The loss logs tensors, so one iteration has no ``.item()`` (a GPU host synchronisation)."""
+    from foveal.models import create_model
+    from foveal.training.loop import LogWindow
+
+    model = create_model("ram", in_channels=1, num_classes=10, image_size=(28, 28), glimpse_size=8)
+    alg = Reinforce(ReinforceConfig(num_glimpses=3))
+    batch = {"image": torch.rand(4, 1, 28, 28), "label": torch.tensor([0, 1, 2, 3])}
+
+    def no_item(self):
+        raise AssertionError("Tensor.item() called during a training step")
+
+    monkeypatch.setattr(torch.Tensor, "item", no_item)
+    window = LogWindow(torch.device("cpu"))
+    for _ in range(2):
+        out = alg.loss(model, batch)
+        out.loss.backward()
+        window.add(out)
+    monkeypatch.undo()
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in out.logs.values())
+    logs, _ = window.averages()
+    assert set(logs) == {"loss", "ce", "accuracy", "reinforce", "baseline_mse", "entropy"}
+    assert all(isinstance(v, float) for v in logs.values())
+
+
+def test_log_window_sums_tensors_and_floats_and_round_trips():
+    from foveal.training.base import LossOutput
+    from foveal.training.loop import LogWindow
+
+    window = LogWindow(torch.device("cpu"))
+    window.add(LossOutput(torch.tensor(1.0), {"a": torch.tensor(0.25), "b": 2.0}))
+    state = window.state_dict()
+    resumed = LogWindow(torch.device("cpu"))
+    resumed.load_state_dict(state)
+    for w in (window, resumed):
+        w.add(LossOutput(torch.tensor(3.0), {"a": torch.tensor(0.5), "b": 4.0}))
+        assert w.averages()[0] == {"loss": 2.0, "a": 0.375, "b": 3.0}

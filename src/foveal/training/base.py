@@ -26,10 +26,13 @@ __all__ = ["LossOutput", "EvaluationSettings", "Algorithm", "PolicyEvaluation", 
 
 @dataclass
 class LossOutput:
-    """A scalar loss to minimise and the floats worth logging for it (``{"loss/ce": 0.3, ...}``)."""
+    """A scalar loss to minimise and the numbers worth logging for it (``{"ce": ce.detach(), ...}``).
+
+    A log is a float or a 0-dim tensor; give tensors (``x.detach()``, not ``x.item()``): the engine sums
+    them where they are and reads them back once per logged row, not once per iteration."""
 
     loss: Tensor
-    logs: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, float | Tensor] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -45,7 +45,7 @@ class ImageClassification:
         logits = model(batch["image"])
         ce = F.cross_entropy(logits, batch["label"])
         accuracy = (logits.argmax(-1) == batch["label"]).float().mean()
-        return LossOutput(ce, {"ce": ce.item(), "accuracy": accuracy.item()})
+        return LossOutput(ce, {"ce": ce.detach(), "accuracy": accuracy.detach()})
 
     @torch.no_grad()
     def predict(self, model: nn.Module, images: Tensor, num_glimpses: Optional[int] = None) -> tuple[Tensor, Tensor]:

@@ -110,8 +110,10 @@ def lr_factor(schedule: str, iteration: int, iterations: int) -> float:
 class LogWindow:
     """Sums of the loss and of ``LossOutput.logs`` since the last train row.
 
-    The loss is summed on its own device in float64 (no host sync per iteration); the sums go into
-    the last checkpoint (:meth:`state_dict`), so a resumed run writes the same averages.
+    The loss and every log given as a tensor are summed on their device in float64, so an iteration
+    causes no host synchronisation (the algorithms log ``x.detach()``, not ``x.item()``); they are read
+    back only when a row is written. The sums go into the last checkpoint (:meth:`state_dict`), so a
+    resumed run writes the same averages.
     """
 
     def __init__(self, device: torch.device):
@@ -120,26 +122,27 @@ class LogWindow:
 
     def reset(self) -> None:
         self.loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, float | Tensor] = {}
         self.count = 0
         self._timed, self._t0 = 0, time.perf_counter()
 
     def add(self, out: LossOutput) -> None:
         self.loss += out.loss.detach().double()
         for name, value in out.logs.items():
-            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+            value = value.detach().double() if isinstance(value, Tensor) else float(value)
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
         self.count += 1
         self._timed += 1
 
     def averages(self) -> tuple[dict[str, float], float]:
         """``({"loss": ..., **logs}, iterations per second)`` over the window; then starts a new one."""
-        logs = {"loss": float(self.loss) / self.count, **{k: v / self.count for k, v in self.sums.items()}}
+        logs = {"loss": float(self.loss) / self.count, **{k: float(v) / self.count for k, v in self.sums.items()}}
         rate = self._timed / max(time.perf_counter() - self._t0, 1e-9)
         self.reset()
         return logs, rate
 
     def state_dict(self) -> dict[str, Any]:
-        return {"loss": float(self.loss), "sums": dict(self.sums), "count": self.count}
+        return {"loss": float(self.loss), "sums": {k: float(v) for k, v in self.sums.items()}, "count": self.count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reset()

@@ -284,14 +284,14 @@ class PartialSupervision(PolicyEvaluation):
                 reward = (final.argmax(-1) == labels[sup]).float()
                 baseline_mse = F.mse_loss(ro.baseline, reward[:, None].expand_as(ro.baseline))  # forced rollouts too
                 loss = loss + share * (cfg.ce_weight * ce + cfg.baseline_weight * baseline_mse) + sequence_term
-                logs["baseline_mse"] += share * baseline_mse.item()
+                logs["baseline_mse"] += share * baseline_mse.detach()
             else:
                 sequence_term = share * cfg.sequence_weight * nll
                 loss = loss + share * cfg.ce_weight * ce + sequence_term
-            ce_sum += ce.item() * n_sup
-            correct += (final.argmax(-1) == labels[sup]).float().sum().item()
-            logs["sequence_nll"] = share * nll.item()
-            logs["sequence_term"] = sequence_term.item()
+            ce_sum += ce.detach() * n_sup
+            correct += (final.argmax(-1) == labels[sup]).float().sum().detach()
+            logs["sequence_nll"] = share * nll.detach()
+            logs["sequence_term"] = sequence_term.detach()
         logs.update(ce=ce_sum / B, accuracy=correct / B, supervised=n_sup / B)
         return LossOutput(loss, logs)
 

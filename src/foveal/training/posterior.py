@@ -122,7 +122,7 @@ class PosteriorTraining:
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> LossOutput:
         loss, accuracy, mean_t = self._forward(model, batch)
-        return LossOutput(loss, {"ce": loss.item(), "accuracy": accuracy.item(), "mean_glimpses": mean_t.item()})
+        return LossOutput(loss, {"ce": loss.detach(), "accuracy": accuracy.detach(), "mean_glimpses": mean_t.detach()})
 
     @torch.no_grad()
     def metrics(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:

@@ -66,7 +66,7 @@ class Reinforce(PolicyEvaluation):
         ce = F.cross_entropy(final, labels)
         reward = (final.argmax(-1) == labels).float()  # [B]
         loss = cfg.ce_weight * ce
-        logs = {"ce": ce.item(), "accuracy": reward.mean().item()}
+        logs = {"ce": ce.detach(), "accuracy": reward.mean().detach()}
         if policy is None:
             advantage = reward[:, None] - ro.baseline.detach()  # [B, T]; stop-gradient 3
             policy_gradient = -(ro.log_prob * advantage).sum(1).mean()
@@ -74,5 +74,5 @@ class Reinforce(PolicyEvaluation):
             entropy = ro.entropy.sum(1).mean()
             loss = loss + cfg.reinforce_weight * policy_gradient + cfg.baseline_weight * baseline_mse
             loss = loss - cfg.entropy_weight * entropy
-            logs.update(reinforce=policy_gradient.item(), baseline_mse=baseline_mse.item(), entropy=entropy.item())
+            logs.update(reinforce=policy_gradient.detach(), baseline_mse=baseline_mse.detach(), entropy=entropy.detach())
         return LossOutput(loss, logs)

@@ -128,7 +128,7 @@ class RepresentationPretraining(PolicyEvaluation):
         ce = F.cross_entropy(avg, batch["label"])  # log-softmax of the mean log-probabilities: Eq. 4
         l2 = l2_penalty([_representation(model)], self.config.l2).to(ce)
         accuracy = (avg.argmax(-1) == batch["label"]).float().mean()
-        return LossOutput(ce + l2, {"ce": ce.item(), "l2": l2.item(), "accuracy": accuracy.item()})
+        return LossOutput(ce + l2, {"ce": ce.detach(), "l2": l2.detach(), "accuracy": accuracy.detach()})
 
     @torch.no_grad()
     def metrics(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, float]:
@@ -194,7 +194,7 @@ class LocationPretraining(PolicyEvaluation):
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> LossOutput:
         nll = self.target_nll(model, batch["image"]).mean()
         l2 = l2_penalty(_location_modules(model), self.config.l2).to(nll)
-        return LossOutput(nll + l2, {"location_nll": nll.item(), "l2": l2.item()})
+        return LossOutput(nll + l2, {"location_nll": nll.detach(), "l2": l2.detach()})
 
 
 @dataclass(frozen=True)
@@ -243,5 +243,5 @@ class SaccaderReinforce(PolicyEvaluation):
         policy_gradient = -(ro.log_prob.sum(1) * (reward - baseline)).sum() / B
         l2 = (l2_penalty([model.representation], cfg.l2) + l2_penalty(_location_modules(model), cfg.l2_location)).to(ce)
         loss = cfg.ce_weight * ce + cfg.reinforce_weight * policy_gradient + l2
-        return LossOutput(loss, {"ce": ce.item(), "accuracy": baseline.item(), "reinforce": policy_gradient.item(),
-                                 "l2": l2.item(), "entropy": ro.entropy.sum(1).mean().item()})
+        return LossOutput(loss, {"ce": ce.detach(), "accuracy": baseline.detach(), "reinforce": policy_gradient.detach(),
+                                 "l2": l2.detach(), "entropy": ro.entropy.sum(1).mean().detach()})

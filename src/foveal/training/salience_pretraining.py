@@ -279,4 +279,4 @@ class SaliencePretraining(PolicyEvaluation):
         final = ro.logits[:, -1]
         ce = F.cross_entropy(final, batch["label"])
         accuracy = (final.argmax(-1) == batch["label"]).float().mean()
-        return LossOutput(ce, {"ce": ce.item(), "accuracy": accuracy.item()})
+        return LossOutput(ce, {"ce": ce.detach(), "accuracy": accuracy.detach()})

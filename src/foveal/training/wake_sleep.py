@@ -147,8 +147,8 @@ class WakeSleep(PolicyEvaluation):
         q_term = -(q_weights * log_q.view(M, B)).sum(0).mean()
         loss = model_term + cfg.inference_weight * q_term
         correct = (ro.logits[:, -1].argmax(-1) == labels_m).float().view(M, B)
-        logs = {"ce": -(w * log_py.detach().view(M, B)).sum(0).mean().item(),
-                "accuracy": (w * correct).sum(0).mean().item(),
-                "log_likelihood": (torch.logsumexp(log_w, 0) - math.log(M)).mean().item(),
-                "ess": (1.0 / w.square().sum(0)).mean().item() / M}
+        logs = {"ce": -(w * log_py.detach().view(M, B)).sum(0).mean().detach(),
+                "accuracy": (w * correct).sum(0).mean().detach(),
+                "log_likelihood": (torch.logsumexp(log_w, 0) - math.log(M)).mean().detach(),
+                "ess": (1.0 / w.square().sum(0)).mean().detach() / M}
         return LossOutput(loss, logs)
