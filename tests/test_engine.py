@@ -304,3 +304,28 @@ def test_keyboard_interrupt_leaves_a_resumable_run(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last").iteration == 10
     fit(MLP(), NoisyCE(), TRAIN, VAL, config, tmp_path / "run")
     assert (tmp_path / "run" / "metrics.csv").read_text() == (tmp_path / "straight" / "metrics.csv").read_text()
+
+
+class PlainCE:
+    """Cross-entropy without noise or Python-side randomness: a compiled and an eager run must agree."""
+
+    def loss(self, model, batch):
+        ce = F.cross_entropy(model(batch["image"]), batch["label"])
+        return LossOutput(ce, {"ce": ce.detach()})
+
+    @torch.no_grad()
+    def metrics(self, model, batch):
+        return {"accuracy": (model(batch["image"]).argmax(-1) == batch["label"]).float().mean().item()}
+
+
+def test_compiled_loss_trains_like_the_eager_one_and_resumes_either_way(tmp_path):
+    config = dataclasses.replace(BASE, iterations=12, val_every=6, log_every=3, seed=3)
+    eager = fit(MLP(), PlainCE(), TRAIN, VAL, dataclasses.replace(config, compile=False), tmp_path / "eager")
+    half = fit(MLP(), PlainCE(), TRAIN, VAL, dataclasses.replace(config, compile=True), tmp_path / "mixed", stop_after=6)
+    assert half.iterations == 6
+    mixed = fit(MLP(), PlainCE(), TRAIN, VAL, dataclasses.replace(config, compile=False), tmp_path / "mixed")
+    assert mixed.val_metrics == pytest.approx(eager.val_metrics)
+    for a, b in zip(rows(tmp_path / "eager", "train"), rows(tmp_path / "mixed", "train")):
+        assert a["name"] == b["name"] and float(a["value"]) == pytest.approx(float(b["value"]), rel=1e-5)
+    with pytest.raises(ValueError, match="TrainConfig.compile: expected true or false, found 'yes'"):
+        dataclasses.replace(config, compile="yes")

@@ -8,9 +8,9 @@ from foveal.data.sequences import GlimpseSequences
 from foveal.models import create_model
 from foveal.policies.basic import ReplayPolicy
 from foveal.retina import LocationGrid
-from foveal.training.loop import IterationBatches
-from foveal.training.partial_supervision import (OversampledDataset, PartialSupervision, PartialSupervisionConfig,
-                                                 oversampling_repeats)
+from foveal.training.loop import FixedShareBatches, IterationBatches
+from foveal.training.partial_supervision import (FixedShareDataset, OversampledDataset, PartialSupervision,
+                                                 PartialSupervisionConfig, oversampling_repeats)
 from foveal.training.reinforce import Reinforce, ReinforceConfig
 
 SIZE, G, T = (16, 16), 4, 3
@@ -243,7 +243,7 @@ def test_prepare_validates_against_the_training_set(tmp_path):
 def test_oversampling_is_deterministic_and_reaches_the_fraction(tmp_path):
     assert oversampling_repeats(10, 990, 0.5) == 99 and oversampling_repeats(10, 990, 0.01) == 1
     assert oversampling_repeats(3, 0, 0.2) == 1
-    alg = algorithm(sequence_file(tmp_path), supervised_fraction=0.5)  # 4 supervised of 12
+    alg = algorithm(sequence_file(tmp_path), supervised_fraction=0.5, oversampling="repeat")  # 4 supervised of 12
     with pytest.raises(ValueError, match="prepare"):  # oversampling cannot be skipped silently
         alg.loss(grid_model(), batch([0, 1]))
     data = alg.prepare(Toy())
@@ -256,7 +256,7 @@ def test_oversampling_is_deterministic_and_reaches_the_fraction(tmp_path):
     assert share == pytest.approx(0.5, abs=1e-9)  # whole epochs: exactly half
     again = list(IterationBatches(len(data), 4, seed=0, start=20, end=40))
     assert again == batches[20:]  # resuming at iteration 20 serves the same items
-    only = algorithm(sequence_file(tmp_path), supervised_fraction=1.0).prepare(Toy())
+    only = algorithm(sequence_file(tmp_path), supervised_fraction=1.0, oversampling="repeat").prepare(Toy())
     assert sorted(only[v]["index"] for v in range(len(only))) == [0, 2, 5, 7]
 
 
@@ -269,7 +269,7 @@ def test_oversampled_batches_go_through_the_base_getitems(tmp_path):
             assert all(0 <= r < len(self) for r in rows), rows
             return [self[r] for r in rows]
 
-    data = algorithm(sequence_file(tmp_path), supervised_fraction=0.5).prepare(Batched())
+    data = algorithm(sequence_file(tmp_path), supervised_fraction=0.5, oversampling="repeat").prepare(Batched())
     assert len(data) == 16 > len(data.base)
     got = [item["index"] for item in data.__getitems__(list(range(16)))]
     assert got == [data[v]["index"] for v in range(16)]
@@ -277,3 +277,45 @@ def test_oversampled_batches_go_through_the_base_getitems(tmp_path):
     assert batch["index"].tolist() == got
     with pytest.raises(AttributeError):
         data.__len_hint__  # dunder names are never the base's
+
+
+def test_fixed_share_puts_exactly_round_f_b_supervised_images_in_every_batch(tmp_path):
+    """The default oversampling, as the official trainer's --fixed_attention_prop: a count per batch, not an
+    expectation; a pure function of seed and iteration (resumes exactly); rank slices make up the batch."""
+    supervised = (0, 2, 5, 7)
+    data = algorithm(sequence_file(tmp_path), supervised_fraction=0.25).prepare(Toy())  # 4 supervised of 12
+    assert isinstance(data, FixedShareDataset) and len(data) == 12 and data.name == "toy" and data[5]["index"] == 5
+    assert data.per_batch(6) == 2 and data.per_batch(2) == 1 and data.per_batch(1) == 1
+    batches = list(data.batch_sampler(6, seed=3, start=0, end=30))
+    assert all(sum(i in supervised for i in b) == 2 and len(b) == 6 and len(set(b)) == 6 for b in batches)
+    served = [i for b in batches for i in b if i in supervised]
+    assert all(served.count(i) == 15 for i in supervised)  # 60 supervised slots over 4 images: whole shuffles
+    assert list(data.batch_sampler(6, seed=3, start=12, end=30)) == batches[12:]
+    assert list(data.batch_sampler(6, seed=4, start=0, end=30)) != batches
+    halves = [list(data.batch_sampler(6, seed=3, start=0, end=30, rank=r, world_size=2)) for r in (0, 1)]
+    assert [a + b for a, b in zip(*halves)] == batches
+    only = algorithm(sequence_file(tmp_path), supervised_fraction=1.0).prepare(Toy())
+    assert all(set(b) <= set(supervised) for b in only.batch_sampler(4, seed=0, start=0, end=5))
+    with pytest.raises(ValueError, match="2 of 6 per batch from 0 chosen"):
+        FixedShareBatches(12, torch.tensor([], dtype=torch.long), 6, 2, 0, 0, 1)
+    with pytest.raises(ValueError, match="oversampling: expected 'fixed' or 'repeat', found 'often'"):
+        algorithm(sequence_file(tmp_path), oversampling="often")
+
+
+def test_the_engine_trains_on_the_fixed_share_batches(tmp_path):
+    from foveal.training import TrainConfig, fit
+
+    alg = algorithm(sequence_file(tmp_path), supervised_fraction=0.5)
+    data = alg.prepare(Toy())
+    seen = []
+    original = alg.loss
+
+    def spy(model, b):
+        seen.append(b["index"].tolist())
+        return original(model, b)
+
+    alg.loss = spy
+    config = TrainConfig(iterations=4, batch_size=4, lr=1e-3, val_every=4, device="cpu", tensorboard=False, seed=1)
+    fit(grid_model(), alg, data, Toy(), config, tmp_path / "run")
+    assert seen == list(data.batch_sampler(4, seed=1, start=0, end=4))
+    assert all(sum(i in (0, 2, 5, 7) for i in b) == 2 for b in seen)

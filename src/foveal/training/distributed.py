@@ -260,17 +260,28 @@ class _Loss(nn.Module):
         return self.loss(self.model, batch)
 
 
-def loss_function(model: nn.Module, algorithm: Algorithm, on: torch.device) -> Callable[[dict[str, Any]], LossOutput]:
+# random draws (glimpse sampling, dropout) as eager draws them, from the same generator: a compiled run
+# equals the eager one up to floating point and resumes exactly with either
+_COMPILE_OPTIONS = {"fallback_random": True}
+
+
+def loss_function(model: nn.Module, algorithm: Algorithm, on: torch.device, *,
+                  compile: bool = False) -> Callable[[dict[str, Any]], LossOutput]:
     """``batch -> LossOutput`` of one training step: ``algorithm.loss`` itself in one process; in a data-parallel
-    run, through DistributedDataParallel, whose backward averages the gradients over the ranks."""
+    run, through DistributedDataParallel, whose backward averages the gradients over the ranks. ``compile``:
+    through ``torch.compile`` (around DDP, which then splits the graph at its gradient buckets)."""
     if _world.size == 1:
-        return lambda batch: algorithm.loss(model, batch)
+        def step(batch: dict[str, Any]) -> LossOutput:
+            return algorithm.loss(model, batch)
+
+        return torch.compile(step, options=_COMPILE_OPTIONS) if compile else step
     # only rank 0's buffers are kept: no broadcast at every forward (broadcast_buffers() before validating)
     sync = "forward_sync_buffers" if "forward_sync_buffers" in _DDP_OPTIONS else "broadcast_buffers"  # torch < 2.13
-    return nn.parallel.DistributedDataParallel(
+    ddp = nn.parallel.DistributedDataParallel(
         _Loss(model, algorithm.loss), device_ids=[on.index] if on.type == "cuda" else None,
         find_unused_parameters=True,  # module docstring: some steps leave some parameters without a gradient
         **{sync: False})
+    return torch.compile(ddp, options=_COMPILE_OPTIONS) if compile else ddp
 
 
 def rng_state(on: torch.device) -> dict[str, Any]:

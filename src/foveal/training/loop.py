@@ -76,6 +76,63 @@ class IterationBatches(Sampler[list[int]]):
             yield perm[pos * self.batch_size + first:pos * self.batch_size + last].tolist()
 
 
+def endless_shuffle(items: Tensor, seed: int, first: int, count: int) -> Tensor:
+    """Positions ``first .. first + count - 1`` of an endless sequence of shuffles of ``items``: epoch ``e``
+    is ``items[torch.randperm(len(items))]`` from a generator seeded with :func:`epoch_seed` ``(seed, e)``."""
+    n = items.shape[0]
+    parts, pos = [], first
+    while pos < first + count:
+        epoch, at = divmod(pos, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
+        take = min(n - at, first + count - pos)
+        parts.append(items[perm[at:at + take]])
+        pos += take
+    return torch.cat(parts) if parts else items[:0]
+
+
+class FixedShareBatches(Sampler[list[int]]):
+    """Index batches for iterations ``start + 1 .. end`` with exactly ``per_batch`` items of ``chosen`` in each
+    (the official PS trainer's ``--fixed_attention_prop``), the rest from the other items.
+
+    Batch ``b = i - 1`` takes positions ``b * k ..`` of an endless shuffle of ``chosen`` and ``b * (B - k) ..``
+    of one of the others (:func:`endless_shuffle`, two seeds drawn from ``seed``), then shuffles the two
+    together: a pure function of seed and iteration, like :class:`IterationBatches`, so a run resumes
+    exactly. Rank ``rank`` of ``world_size`` takes its equal slice of each global batch (its own count of
+    ``chosen`` items varies; the global count does not).
+    """
+
+    def __init__(self, num_items: int, chosen: Tensor, batch_size: int, per_batch: int, seed: int, start: int,
+                 end: int, *, rank: int = 0, world_size: int = 1):
+        if batch_size % world_size or not 0 <= rank < world_size:
+            raise ValueError(f"TrainConfig.batch_size={batch_size}: expected a multiple of the {world_size} processes "
+                             f"(rank {rank}), so that each takes an equal share")
+        is_chosen = torch.zeros(num_items, dtype=torch.bool)
+        is_chosen[chosen.long()] = True
+        self.chosen, self.others = is_chosen.nonzero().flatten(), (~is_chosen).nonzero().flatten()
+        if not 0 <= per_batch <= batch_size:
+            raise ValueError(f"FixedShareBatches: expected 0 <= per_batch <= {batch_size}, found {per_batch}")
+        if (per_batch and not len(self.chosen)) or (per_batch < batch_size and not len(self.others)):
+            raise ValueError(f"FixedShareBatches: {per_batch} of {batch_size} per batch from {len(self.chosen)} "
+                             f"chosen and {len(self.others)} other items")
+        self.batch_size, self.per_batch, self.seed = batch_size, per_batch, seed
+        self.start, self.end = start, max(start, end)
+        share = batch_size // world_size
+        self._slice = (rank * share, (rank + 1) * share)
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __iter__(self):
+        k, rest = self.per_batch, self.batch_size - self.per_batch
+        seeds = [_splitmix64(self.seed & _MASK64 ^ tag) >> 1 for tag in (1, 2, 3)]  # chosen, others, mixing
+        first, last = self._slice
+        for b in range(self.start, self.end):
+            batch = torch.cat([endless_shuffle(self.chosen, seeds[0], b * k, k),
+                               endless_shuffle(self.others, seeds[1], b * rest, rest)])
+            mix = torch.randperm(self.batch_size, generator=torch.Generator().manual_seed(epoch_seed(seeds[2], b)))
+            yield batch[mix][first:last].tolist()
+
+
 class EvaluationBatches(Sampler[list[int]]):
     """Consecutive index batches of ``batch_size`` over ``num_items`` in order (the last may be smaller), the
     first ``max_batches`` of them; rank ``rank`` of ``world_size`` takes batches ``rank, rank + world_size, ...``.

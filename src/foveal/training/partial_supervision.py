@@ -54,12 +54,14 @@ Which images are supervised, and how many per batch. The batch's ``index`` field
 file (:meth:`GlimpseSequences.lookup`); ``num_sequences`` keeps only the file's first n. By default
 the engine's ordinary shuffle decides how many supervised images a batch holds (on average
 ``B * n_sup / N``; the paper's setting, e.g. 600 of 27,000 CelebA-HQ images). ``supervised_fraction
-= f`` oversamples them instead: :meth:`PartialSupervision.prepare` returns the training set as an
-:class:`OversampledDataset` in which every supervised image appears ``k`` times per epoch (``k``
-the integer making the share nearest ``f``), so a fraction :math:`\approx f` of every batch is
-supervised *in expectation* (the count per batch is hypergeometric, not fixed). The wrapper is a
-pure function of the index, so the engine's :class:`~foveal.training.loop.IterationBatches` (a pure
-function of seed and iteration) keeps resuming exactly.
+= f`` oversamples them instead. With ``oversampling="fixed"`` (default, the official trainer's
+``--fixed_attention_prop``) :meth:`PartialSupervision.prepare` returns a :class:`FixedShareDataset`
+whose batches hold exactly ``round(f * B)`` supervised images, drawn from an endless shuffle of them,
+the rest from one of the others (:class:`~foveal.training.loop.FixedShareBatches`). With
+``oversampling="repeat"`` it returns an :class:`OversampledDataset` in which every supervised image
+appears ``k`` times per epoch (``k`` the integer making the share nearest ``f``), so a fraction
+:math:`\approx f` of every batch is supervised *in expectation* (the count per batch is
+hypergeometric). Both batchings are pure functions of seed and iteration, so runs resume exactly.
 
 :meth:`PartialSupervision.prepare` also checks the sequences against the training set (dataset
 name, split, image size, index range, ids, and the task: a file made for another CelebA attribute is
@@ -94,9 +96,11 @@ from torch.utils.data import Dataset
 from foveal.data.sequences import GlimpseSequences
 from foveal.training import distributed
 from foveal.training.base import LossOutput, PolicyEvaluation
+from foveal.training.loop import FixedShareBatches
 from foveal.training.reinforce import Reinforce, ReinforceConfig
 
-__all__ = ["PartialSupervisionConfig", "PartialSupervision", "OversampledDataset", "oversampling_repeats"]
+__all__ = ["PartialSupervisionConfig", "PartialSupervision", "FixedShareDataset", "OversampledDataset",
+           "oversampling_repeats"]
 
 
 WEIGHTINGS = ("official", "per-example")  # how the terms of Eq. 8 are weighed in a batch (module docstring)
@@ -116,8 +120,12 @@ class PartialSupervisionConfig(ReinforceConfig):
             term a batch mean (a supervised image's sequence term weighs ``w_seq / B``), the baseline
             regressed on unsupervised images only (module docstring).
         num_sequences: use only the file's first n sequences (None: all).
-        supervised_fraction: oversample supervised images to about this share of each batch (see the
+        supervised_fraction: oversample supervised images to this share of each batch (see the
             module docstring); None keeps the dataset's own share.
+        oversampling: how ``supervised_fraction`` is reached: ``"fixed"`` (default), exactly
+            ``round(f * B)`` supervised images in every batch, as the official trainer's
+            ``--fixed_attention_prop``; ``"repeat"``: every supervised image repeated ``k`` times per epoch,
+            a share ``f`` per batch in expectation (the README's 3k comparison was made so).
         off_grid: ``"error"`` or ``"snap"``: what to do when a grid model's grid does not hold the
             sequences' locations.
     """
@@ -127,6 +135,7 @@ class PartialSupervisionConfig(ReinforceConfig):
     weighting: str = "official"
     num_sequences: Optional[int] = None
     supervised_fraction: Optional[float] = None
+    oversampling: str = "fixed"
     off_grid: str = "error"
 
     def __post_init__(self) -> None:
@@ -146,6 +155,9 @@ class PartialSupervisionConfig(ReinforceConfig):
                              f"found {f!r}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"PartialSupervisionConfig.weighting: expected one of {WEIGHTINGS}, found {self.weighting!r}")
+        if self.oversampling not in ("fixed", "repeat"):
+            raise ValueError(f"PartialSupervisionConfig.oversampling: expected 'fixed' or 'repeat', "
+                             f"found {self.oversampling!r}")
         if self.off_grid not in ("error", "snap"):
             raise ValueError(f"PartialSupervisionConfig.off_grid: expected 'error' or 'snap', found {self.off_grid!r}")
         if self.train_policy != "sample":
@@ -205,6 +217,39 @@ class OversampledDataset(Dataset):
         return getattr(self.base, name)
 
 
+class FixedShareDataset(Dataset):
+    """The training set as it is, whose batches hold exactly ``round(fraction * B)`` supervised images
+    (:class:`~foveal.training.loop.FixedShareBatches`, which the engine takes from :meth:`batch_sampler`).
+    Dataset attributes are the base's."""
+
+    def __init__(self, base: Dataset, supervised: Tensor, fraction: float) -> None:
+        self.base, self.supervised, self.fraction = base, supervised.long(), fraction
+
+    def per_batch(self, batch_size: int) -> int:
+        """Supervised images in a batch of ``batch_size``: ``round(f * B)``, at least 1."""
+        return min(batch_size, max(1, round(self.fraction * batch_size)))
+
+    def batch_sampler(self, batch_size: int, seed: int, start: int, end: int, *, rank: int = 0,
+                      world_size: int = 1) -> FixedShareBatches:
+        return FixedShareBatches(len(self.base), self.supervised, batch_size, self.per_batch(batch_size), seed, start,
+                                 end, rank=rank, world_size=world_size)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.base[i]
+
+    def __getitems__(self, rows: list[int]) -> list[dict[str, Any]]:
+        many = getattr(self.base, "__getitems__", None)
+        return many(rows) if many is not None else [self.base[r] for r in rows]
+
+    def __getattr__(self, name: str):  # name, split, labels, num_classes, image_shape, ...
+        if name in ("base", "supervised", "fraction") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+
 class PartialSupervision(PolicyEvaluation):
     """Eq. 8: sequence likelihood on supervised images, REINFORCE on the others (module docstring)."""
 
@@ -245,6 +290,8 @@ class PartialSupervision(PolicyEvaluation):
         if f is None:
             return train_set
         n_sup = len(seqs)
+        if self.config.oversampling == "fixed":
+            return FixedShareDataset(train_set, seqs.indices, f)
         repeats = oversampling_repeats(n_sup, len(train_set) - n_sup, f)
         return OversampledDataset(train_set, seqs.indices, repeats, keep_unsupervised=f < 1)
 
