@@ -329,3 +329,22 @@ def test_compiled_loss_trains_like_the_eager_one_and_resumes_either_way(tmp_path
         assert a["name"] == b["name"] and float(a["value"]) == pytest.approx(float(b["value"]), rel=1e-5)
     with pytest.raises(ValueError, match="TrainConfig.compile: expected true or false, found 'yes'"):
         dataclasses.replace(config, compile="yes")
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_the_engines_optimizer_steps_like_the_per_parameter_loop(name):
+    from foveal.training.engine import _build_optimizer
+
+    config = dataclasses.replace(BASE, optimizer=name, weight_decay=0.01)
+    ours, plain = MLP(seed=1), MLP(seed=1)
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[name]
+    extra = {"momentum": config.momentum} if name == "sgd" else {}
+    optimizers = [_build_optimizer(list(ours.parameters()), config),
+                  cls(plain.parameters(), lr=config.lr, weight_decay=0.01, foreach=False, **extra)]
+    for i in range(5):
+        for model, optimizer in zip((ours, plain), optimizers):
+            model.eval()  # no dropout: the two models see the same function
+            optimizer.zero_grad()
+            F.cross_entropy(model(TRAIN.x[16 * i:16 * i + 16]), TRAIN.labels[16 * i:16 * i + 16]).backward()
+            optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), plain.parameters()))

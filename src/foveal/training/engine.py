@@ -426,10 +426,13 @@ def _resume(last_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
 
 
 def _build_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    # foreach: one call per operation over all parameters, as on CUDA by default; on the CPU it gives the
+    # per-parameter loop's numbers bit for bit (tests/test_engine.py) with less Python per step
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                               foreach=True)
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
 
 
 def _check_int(name: str, value: Any, *, minimum: Optional[int], owner: str = "TrainConfig") -> None:
