@@ -3,10 +3,10 @@ r"""The annotator: near-optimal glimpse sequences for many images, resumable and
 For every selected image of a split, :func:`annotate` runs :func:`foveal.boed.epe.greedy_sequence`
 (at step t, the cell minimising the expected posterior entropy given the true pixels seen so far)
 with a posterior network loaded from a checkpoint (:class:`~foveal.boed.posterior.NetworkPosterior`)
-and an image bank (:class:`~foveal.boed.completion.BankSampler`), and writes the sequences as a
-:class:`~foveal.data.sequences.GlimpseSequences` file. Its cost is ``T - 1`` steps per image, each
-``len(grid) x n_completions`` posterior evaluations plus one bank search; the first glimpse sees
-nothing, so it is the same for every image of a task and computed once.
+and an image bank (:class:`~foveal.boed.completion.BankSampler`, searched on the posterior's device), and
+writes the sequences as a :class:`~foveal.data.sequences.GlimpseSequences` file. Its cost is ``T - 1``
+steps per image, each ``len(grid) x n_completions`` posterior evaluations plus one bank search; the first
+glimpse sees nothing, so it is the same for every image of a task and computed once.
 
 Selection: positions ``start .. start + count - 1`` of the split; shard ``i`` of ``n`` (``i`` counts
 from 0) takes every n-th of them from the i-th (``round-robin``, balanced even if cost drifts along
@@ -87,11 +87,11 @@ def image_generator(seed: int, index: Optional[int]) -> torch.Generator:
 
 
 def load_posterior(checkpoint: str | Path, device: torch.device, *, precision: str = "fp32",
-                   channels_last: bool = False):
+                   channels_last: bool = False, compile: bool = False):
     """``(NetworkPosterior, checkpoint info)`` from a checkpoint of a posterior network."""
     model, info = load_model(checkpoint, kind="posterior")
     return NetworkPosterior(model.to(device).eval(), device=device, precision=precision,
-                            channels_last=channels_last), info
+                            channels_last=channels_last, compile=compile), info
 
 
 def result_path(config: AnnotateConfig, out_dir: str | Path) -> Path:
@@ -224,13 +224,14 @@ def _annotate(cfg: AnnotateConfig, out_dir: Path, dataset: Any, progress, stop_a
 
     if todo or prepare_only:
         device = resolve_device(cfg.device, "AnnotateConfig.device")
-        posterior, _ = load_posterior(cfg.posterior, device, precision=cfg.precision, channels_last=cfg.channels_last)
+        posterior, _ = load_posterior(cfg.posterior, device, precision=cfg.precision, channels_last=cfg.channels_last,
+                                      compile=cfg.compile)
         store = PCAFileStore(out_dir / "pca", cells=None if cfg.share_pca_cells else set())
         sampler = BankSampler(ImageBank.open(cfg.bank), grid, pca_components=cfg.pca_components,
                               n_proposals=cfg.n_proposals, sigma2_schedule=cfg.sigma2_schedule,
                               target_ess=cfg.target_ess, resampling=cfg.resampling,
                               pca_fit_samples=cfg.pca_fit_samples, cache_cells=cfg.cache_cells or len(grid),
-                              shifts=cfg.shifts, pca_store=store)
+                              shifts=cfg.shifts, pca_store=store, device=device)
         first = _prepare(out_dir, board, poll, posterior, sampler, store, grid, C, cfg, device)
         if prepare_only:
             return None

@@ -37,8 +37,8 @@ class AnnotateConfig:
             images until none is left (the index and count then only spread where each starts).
         claim_timeout: seconds after which a claim nobody touched is stale, its holder presumed dead on
             another host (:mod:`foveal.boed.workers`; a dead holder on the same host is seen at once).
-        threads: torch's CPU threads while annotating (the bank search runs on the CPU; torchrun sets
-            OMP_NUM_THREADS=1); None leaves the setting as it is.
+        threads: torch's CPU threads while annotating (the bank search runs on the CPU when ``device`` is the
+            CPU; torchrun sets OMP_NUM_THREADS=1); None leaves the setting as it is.
         share_pca_cells: also write every cell's PCA to the output folder for the other workers (the
             first glimpse's cell always is); ``len(bank) * pca_components * 2`` bytes per cell.
         glimpse_size, grid, grid_stride: the candidate cells, as in ``PosteriorTrainingConfig``
@@ -59,10 +59,12 @@ class AnnotateConfig:
         seed: per-image randomness (module docstring).
         chunk_size: images per part file (the unit of resumption).
         batch_size: masked images per posterior call.
-        device: "cpu", "cuda" or "auto" (the posterior's; the bank search runs on the CPU).
-        precision: the posterior's forward in "fp32" or "bf16" (autocast; GPUs with bf16 matrix units), and
-        channels_last: its convolutions in the channels-last memory format (:class:`NetworkPosterior`).
-            Both change the EPE values slightly, so a rerun must keep them.
+        device: "cpu", "cuda", "cuda:N" or "auto": the posterior's, and the bank search's distance
+            arithmetic (:class:`~foveal.boed.completion.BankSampler`; the bank is read on the host).
+        precision: the posterior's forward in "fp32" or "bf16" (autocast; GPUs with bf16 matrix units),
+        channels_last: its convolutions in the channels-last memory format, and
+        compile: its forward through ``torch.compile`` (:class:`NetworkPosterior`). All three change the
+            EPE values slightly, so a rerun must keep them.
         method: recorded in the file.
     """
 
@@ -106,6 +108,7 @@ class AnnotateConfig:
     device: str = "cpu"
     precision: str = "fp32"
     channels_last: bool = False
+    compile: bool = False
     method: str = "nogs"
 
     def __post_init__(self) -> None:
@@ -130,8 +133,9 @@ class AnnotateConfig:
                              f"found {self.count!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"AnnotateConfig.precision: expected one of {PRECISIONS}, found {self.precision!r}")
-        if not isinstance(self.channels_last, bool):
-            raise ValueError(f"AnnotateConfig.channels_last: expected true or false, found {self.channels_last!r}")
+        for name in ("channels_last", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"AnnotateConfig.{name}: expected true or false, found {getattr(self, name)!r}")
         if not 0 <= self.shard_index < self.num_shards:
             raise ValueError(f"AnnotateConfig.shard_index: expected 0 <= shard_index < num_shards = {self.num_shards} "
                              f"(shards count from 0), found {self.shard_index}")
@@ -148,7 +152,7 @@ class AnnotateConfig:
             raise ValueError(f"AnnotateConfig: expected at most one of grid, grid_stride; found grid={self.grid!r}, "
                              f"grid_stride={self.grid_stride!r}")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
-            raise ValueError(f"AnnotateConfig.device: expected cpu, cuda or auto, found {self.device!r}")
+            raise ValueError(f"AnnotateConfig.device: expected cpu, cuda, cuda:N or auto, found {self.device!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "AnnotateConfig":

@@ -58,6 +58,13 @@ only at the grid's corners, and a shifted comparison needs them at corners offse
 and the work of the stage's scan of the whole bank. So an image that matches only after a shift must be
 near enough unshifted to be among the ``n_proposals`` candidates. An observation mask that covers no grid
 cell completely falls back to exact distances to the whole bank.
+
+**Device.** The bank stays on the host (a memory map); with ``device`` a GPU (the annotator passes the
+posterior's), each block of bank images or coefficients read is moved there and the distance arithmetic
+(PCA fits and projections, the PCA distances and the nearest ``n_proposals``, the exact and shifted
+distances) runs there; the cached cell PCAs live there too (``cache_cells`` of them). The distances come
+back to the host, where the weights, :math:`\sigma^2` and the resampling (with the caller's CPU generator)
+are computed as before. On the CPU (the default) nothing changes.
 """
 
 from __future__ import annotations
@@ -73,6 +80,7 @@ from torch import Tensor
 
 from foveal.boed.bank import ImageBank
 from foveal.retina import LocationGrid, cell_masks
+from foveal.runtime import resolve_device
 
 __all__ = ["CellPCA", "PCAStore", "BankSampler", "residual_resample", "effective_sample_size", "shift_offsets",
            "shift_images"]
@@ -91,6 +99,12 @@ class CellPCA:
     mean: Tensor
     basis: Tensor
     coefficients: Tensor
+
+    def to(self, device: torch.device) -> "CellPCA":
+        """The same PCA with its tensors on ``device`` (itself if they are there already)."""
+        if self.coefficients.device == device:
+            return self
+        return CellPCA(self.mean.to(device), self.basis.to(device), self.coefficients.to(device))
 
 
 class PCAStore(Protocol):
@@ -160,16 +174,20 @@ class BankSampler:
             the module docstring). Completions come back translated by their best shift.
         pca_fit_samples: bank images the PCA bases are fitted on (a fixed random subset).
         cache_cells: how many cells' PCAs to keep in memory (least recently used dropped); each takes
-            ``len(bank) * k * 2`` bytes (e.g. 120 k images, k = 32: 7.7 MB).
+            ``len(bank) * k * 2`` bytes (e.g. 120 k images, k = 32: 7.7 MB), on ``device``.
         chunk: bank images read per block when computing coefficients and exact distances.
         pca_store: where fitted cell PCAs are looked up before fitting, and offered after (:class:`PCAStore`;
-            None: fitted in this process only). A stored PCA is the same tensors a fit gives on this machine.
+            None: fitted in this process only). A stored PCA is the same tensors a fit gives on this machine
+            and device.
+        device: where the distances are computed (module docstring): ``"cpu"`` (None, the default),
+            ``"cuda"``, ``"cuda:N"``, ``"auto"`` or a ``torch.device``; results come back on the CPU.
     """
 
     def __init__(self, bank: ImageBank, grid: LocationGrid, *, pca_components: int = 32, n_proposals: int = 1000,
                  sigma2_schedule: Sequence[float] = (0.05,), target_ess: Optional[float] = None,
                  resampling: str = "residual", pca_fit_samples: int = 4096, cache_cells: int = 64,
-                 chunk: int = 4096, shifts: int = 0, pca_store: Optional[PCAStore] = None) -> None:
+                 chunk: int = 4096, shifts: int = 0, pca_store: Optional[PCAStore] = None,
+                 device: Optional[str | torch.device] = None) -> None:
         if bank.image_shape[1:] != grid.image_size:
             raise ValueError(f"BankSampler: bank images are {bank.image_shape[1:]}, expected the grid's image size "
                              f"{grid.image_size}")
@@ -192,8 +210,9 @@ class BankSampler:
         self.resampling, self.pca_fit_samples = resampling, pca_fit_samples
         self.cache_cells, self.chunk = cache_cells, chunk
         self._cells = cell_masks(grid)  # [G, 1, H, W]
-        self._pca: OrderedDict[int, CellPCA] = OrderedDict()
+        self._pca: OrderedDict[int, CellPCA] = OrderedDict()  # on self.device
         self.pca_store = pca_store
+        self.device = torch.device("cpu") if device is None else resolve_device(device, "BankSampler.device")
 
     # ------------------------------------------------------------------------------------------- PCA
     def cell_pca(self, cell: int) -> CellPCA:
@@ -205,7 +224,8 @@ class BankSampler:
         if pca is None:
             pca = self.fit_cell_pca(cell)
             if self.pca_store is not None:
-                pca = self.pca_store.save(cell, pca)
+                pca = self.pca_store.save(cell, pca.to(torch.device("cpu")))  # stores keep host tensors
+        pca = pca.to(self.device)
         k = min(self.pca_components, self.grid.glimpse_size ** 2 * self.bank.image_shape[0], self.pca_fit_samples,
                 len(self.bank))
         if tuple(pca.coefficients.shape) != (len(self.bank), k):
@@ -218,19 +238,20 @@ class BankSampler:
         return pca
 
     def fit_cell_pca(self, cell: int) -> CellPCA:
-        """Fit the cell's PCA on a fixed subset of the bank and project every bank image (not cached)."""
+        """Fit the cell's PCA on a fixed subset of the bank and project every bank image (on ``device``; not
+        cached)."""
         corner = tuple(int(v) for v in self.grid.corners()[cell])
-        g = self.grid.glimpse_size
+        g, device = self.grid.glimpse_size, self.device
         fit_gen = torch.Generator().manual_seed(cell)  # fixed subset per cell: the same bases on every run
         fit_idx = torch.randperm(len(self.bank), generator=fit_gen)[: self.pca_fit_samples].sort().values
-        regions = self.bank.regions(fit_idx, corner, g)  # [S, D]
+        regions = self.bank.regions(fit_idx, corner, g).to(device)  # [S, D]
         mean = regions.mean(0)
         k = min(self.pca_components, regions.shape[1], regions.shape[0])
         _, _, vh = torch.linalg.svd(regions - mean, full_matrices=False)
         basis = vh[:k].T.contiguous()  # [D, k]
-        coefficients = torch.empty(len(self.bank), k, dtype=torch.float16)
+        coefficients = torch.empty(len(self.bank), k, dtype=torch.float16, device=device)
         for start, block in self.bank.region_chunks(corner, g, self.chunk):
-            coefficients[start:start + block.shape[0]] = ((block - mean) @ basis).half()
+            coefficients[start:start + block.shape[0]] = ((block.to(device) - mean) @ basis).half()
         return CellPCA(mean, basis, coefficients)
 
     # ------------------------------------------------------------------------------------- distances
@@ -240,14 +261,16 @@ class BankSampler:
         return torch.nonzero(covered == self._cells.sum((1, 2, 3))).flatten()
 
     def approximate_distances(self, image: Tensor, cells: Tensor) -> Tensor:
-        """``[M]`` sum over ``cells`` of the squared distance of the observation to each bank image's PCA reconstruction."""
+        """``[M]`` sum over ``cells`` of the squared distance of the observation to each bank image's PCA
+        reconstruction (on ``device``)."""
         g = self.grid.glimpse_size
         corners = self.grid.corners()
-        total = torch.zeros(len(self.bank))
+        total = torch.zeros(len(self.bank), device=self.device)
+        x_all = image.to(self.device, torch.float32)
         for cell in cells.tolist():
             pca = self.cell_pca(cell)
             r, c = corners[cell].tolist()
-            x = image.cpu().float()[:, r:r + g, c:c + g].flatten() - pca.mean  # [D]
+            x = x_all[:, r:r + g, c:c + g].flatten() - pca.mean  # [D]
             z = x @ pca.basis  # [k]
             residual = (x - pca.basis @ z).square().sum()
             for s in range(0, len(self.bank), self.chunk):
@@ -256,13 +279,14 @@ class BankSampler:
         return total
 
     def exact_distances(self, image: Tensor, mask: Tensor, indices: Tensor) -> Tensor:
-        """``[n]`` squared distance over the observed pixels between ``image`` and bank images ``indices``."""
-        out = torch.empty(indices.shape[0])
-        x, m = image.cpu().float(), mask.cpu().float()
+        """``[n]`` squared distance over the observed pixels between ``image`` and bank images ``indices``
+        (computed on ``device``, returned on the CPU)."""
+        out = torch.empty(indices.shape[0], device=self.device)
+        x, m = image.to(self.device, torch.float32), mask.to(self.device, torch.float32)
         for s in range(0, indices.shape[0], self.chunk):
-            block = self.bank.images(indices[s:s + self.chunk])  # [b, C, H, W]
+            block = self.bank.images(indices[s:s + self.chunk]).to(self.device)  # [b, C, H, W]
             out[s:s + block.shape[0]] = ((block - x).square() * m).flatten(1).sum(1)
-        return out
+        return out.cpu()
 
     def shifted_distances(self, image: Tensor, mask: Tensor, indices: Tensor) -> Tensor:
         """``[n, J]`` squared distance over the observed pixels between ``image`` and bank images ``indices``
@@ -271,23 +295,25 @@ class BankSampler:
         Computed as one correlation over the observed pixels' bounding box,
         ``sum m (x - y)^2 = sum m x^2 + sum (-2 m x) y + sum m y^2``, with ``y`` every translated window: 2-3x
         faster than a loop over shifts, exact up to float32 rounding (about 1e-7 of ``sum m x^2 + sum m y^2``).
+        Computed on ``device``, returned on the CPU.
         """
         s = self.shifts
-        x, m = image.cpu().float(), mask.cpu().float()
+        x, m = image.to(self.device, torch.float32), mask.to(self.device, torch.float32)
         rows, cols = torch.nonzero(m.amax((0, 2))).flatten(), torch.nonzero(m.amax((0, 1))).flatten()
         r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1  # observed bounding box
         x, m = x[:, r0:r1, c0:c1], m[:, r0:r1, c0:c1]
         weight = torch.cat([-2 * m * x, m.expand_as(x)])[None]  # [1, 2C, h, w]: against (y, y^2)
         constant = (m * x.square()).sum()
         # The correlation's output (a, b) is the window at padded (r0 + a, c0 + b), i.e. offset (s - a, s - b).
-        column = (s - self._offsets[:, 0]) * (2 * s + 1) + (s - self._offsets[:, 1])  # [J]
-        out = torch.empty(indices.shape[0], self._offsets.shape[0])
+        column = ((s - self._offsets[:, 0]) * (2 * s + 1) + (s - self._offsets[:, 1])).to(self.device)  # [J]
+        out = torch.empty(indices.shape[0], self._offsets.shape[0], device=self.device)
         for start in range(0, indices.shape[0], self.chunk):
-            padded = F.pad(self.bank.images(indices[start:start + self.chunk]), (s, s, s, s))  # zero fill
+            block = self.bank.images(indices[start:start + self.chunk]).to(self.device)  # [b, C, H, W]
+            padded = F.pad(block, (s, s, s, s))  # zero fill
             y = padded[:, :, r0:r1 + 2 * s, c0:c1 + 2 * s]  # [b, C, h + 2s, w + 2s]
             scores = F.conv2d(torch.cat([y, y.square()], 1), weight).flatten(1)  # [b, (2s + 1)^2]
             out[start:start + y.shape[0]] = scores[:, column] + constant
-        return out
+        return out.cpu()
 
     @staticmethod
     def log_likelihood(distances: Tensor, sigma2: float) -> Tensor:
@@ -324,9 +350,9 @@ class BankSampler:
         """``(indices [P] ascending, normalised weights [P], best offsets [P, 2])`` (offsets 0 without shifts)."""
         cells = self.observed_cells(mask)
         if len(cells) > 0:
-            approx = self.approximate_distances(image, cells)
+            approx = self.approximate_distances(image, cells)  # [M] on device
             P = min(self.n_proposals, len(self.bank))
-            indices = torch.topk(approx, P, largest=False).indices.sort().values
+            indices = torch.topk(approx, P, largest=False).indices.sort().values.cpu()
         else:
             indices = torch.arange(len(self.bank))
         if self.shifts == 0:

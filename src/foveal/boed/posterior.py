@@ -31,18 +31,24 @@ class NetworkPosterior:
             bf16 matrix units several times the fp32 rate; logits are returned in float32 either way).
         channels_last: run convolutions in the channels-last memory format (faster cuDNN kernels on GPUs);
             the network's parameters are converted once, here.
+        compile: run :meth:`logits`' forward through ``torch.compile(network)`` (compiled at the first call
+            and again for a new batch shape, then faster, mostly on GPUs; needs a C++ compiler on the CPU).
+            :meth:`cell_logits` (local updates) runs the network's layers one by one, uncompiled.
     """
 
     def __init__(self, network: nn.Module, *, multilabel: Optional[bool] = None,
-                 device: Optional[torch.device] = None, precision: str = "fp32", channels_last: bool = False) -> None:
+                 device: Optional[torch.device] = None, precision: str = "fp32", channels_last: bool = False,
+                 compile: bool = False) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"NetworkPosterior.precision: expected one of {PRECISIONS}, found {precision!r}")
         self.network = network
         self.multilabel = bool(getattr(network, "multilabel", False) if multilabel is None else multilabel)
         self.device = torch.device(device) if device is not None else next(network.parameters()).device
-        self.precision, self.channels_last = precision, channels_last
+        self.precision, self.channels_last, self.compile = precision, channels_last, bool(compile)
         if channels_last:
             network.to(memory_format=torch.channels_last)
+        # the compiled module shares the network's parameters and train/eval mode
+        self._forward = torch.compile(network) if compile else network
 
     def cell_logits(self, images: Tensor, observed: Tensor, grid, cells: Tensor, image_index: Tensor, *,
                     batch_size: int = 256) -> Tensor:
@@ -66,7 +72,7 @@ class NetworkPosterior:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                out = self.network(x)
+                out = self._forward(x)
         finally:
             self.network.train(was_training)
         return out.float().to(images.device)

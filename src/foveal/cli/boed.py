@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any, Optional
 
-from foveal.cli.common import progress_bar
+from foveal.cli.common import add_device_argument, checked_device, progress_bar
 
 ANNOTATE_EPILOG = """examples:
   foveal build-bank fashion-mnist --split train --out banks/fmnist.npy
@@ -29,7 +29,8 @@ several workers on one output folder (a shared file system), each claiming chunk
 --shard auto reads torchrun's RANK/WORLD_SIZE/LOCAL_RANK or Slurm's SLURM_ARRAY_TASK_* / SLURM_PROCID and
 SLURM_NTASKS, and claims chunks (shard_mode claim): a worker that dies or joins late changes nothing; the
 last one writes runs/nogs/sequences (else: foveal sequences merge runs/nogs). torchrun sets
-OMP_NUM_THREADS=1: give --threads for the CPU-side bank search."""
+OMP_NUM_THREADS=1: give --threads for the work on the CPU (reading the bank; all of the bank search with
+--device cpu; with a GPU its distances are computed there)."""
 
 IMPORT_EPILOG = """examples (the sequences released with Harvey et al. 2021):
   CelebA-HQ, one attribute (files 0.txt .. 599.txt = rows of annotations.txt, the annotate split):
@@ -116,7 +117,14 @@ def add_parsers(sub) -> None:
     a.add_argument("--seed", type=int)
     a.add_argument("--chunk-size", type=int, help="images per part file")
     a.add_argument("--batch-size", type=int, help="masked images per posterior call")
-    a.add_argument("--device", help="cpu, cuda or auto")
+    add_device_argument(a, "the config's device, else cpu; the posterior's and the bank search's")
+    a.add_argument("--precision", choices=["fp32", "bf16"], help="the posterior's forward: fp32 or bf16 autocast "
+                                                                 "(default: the config's, else fp32)")
+    a.add_argument("--channels-last", action="store_true", default=None,
+                   help="the posterior's convolutions in the channels-last memory format (GPUs)")
+    a.add_argument("--compile", action="store_true", default=None,
+                   help="the posterior's forward through torch.compile (off by default; pays off on GPUs; a rerun "
+                        "must keep it, as --precision and --channels-last)")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     a.add_argument("overrides", nargs="*", metavar="key=value", help="AnnotateConfig fields, e.g. n_completions=50")
     a.set_defaults(handler=_annotate)
@@ -208,6 +216,7 @@ def _annotate_config(args):
 
     from foveal.boed.annotate import AnnotateConfig
 
+    checked_device(args.device)
     values: dict[str, Any] = {}
     if args.config is not None:
         if not args.config.is_file():
@@ -219,7 +228,8 @@ def _annotate_config(args):
     flags = {k: getattr(args, k) for k in ("dataset", "split", "data_root", "data_seed", "posterior", "bank", "start",
                                            "count", "shard_mode", "glimpse_size", "grid", "grid_stride", "num_glimpses",
                                            "n_completions", "pca_components", "n_proposals", "target_ess", "keep_maps",
-                                           "seed", "chunk_size", "batch_size", "device", "threads", "claim_timeout")}
+                                           "seed", "chunk_size", "batch_size", "device", "threads", "claim_timeout",
+                                           "precision", "channels_last", "compile")}
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.option:
         values["data_options"] = {**(values.get("data_options") or {}), **_key_values(args.option, "--option")}

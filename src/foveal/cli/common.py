@@ -15,7 +15,8 @@ from foveal.config import apply_overrides, load_config
 from foveal.policies import describe_policies
 from foveal.runtime import launcher_world_size
 
-__all__ = ["progress_bar", "report", "add_training_arguments", "config_and_run_dir", "run_training", "policy_help"]
+__all__ = ["progress_bar", "report", "add_training_arguments", "config_and_run_dir", "run_training", "policy_help",
+           "add_device_argument", "checked_device"]
 
 
 def progress_bar(quiet: bool, unit: str = "it", show: tuple[str, ...] = ("loss", "ce", "accuracy", "val/accuracy")
@@ -87,13 +88,40 @@ def report(results: dict, out_dir: Path) -> None:
         print(f"figure: {fig}")
 
 
+def add_device_argument(parser, default: str) -> None:
+    """``--device`` as every command that runs a model or a search takes it; ``default`` says what its absence
+    means (the option's value stays None then). Read it with :func:`checked_device`."""
+    parser.add_argument("--device", metavar="DEVICE",
+                        help=f"cpu, cuda, cuda:N or auto (CUDA when available) (default: {default})")
+
+
+def checked_device(name: Optional[str], field: str = "--device") -> Optional[str]:
+    """``name`` as given, once :func:`foveal.runtime.resolve_device` has accepted it (None stays None).
+
+    Called first in a handler, so that a device this machine lacks (``--device cuda`` without CUDA) or a
+    misspelt one is refused at once, naming the option, before any data or model is built. The name itself
+    is passed on (not the resolved device), so that under torchrun ``cuda`` still means each process's GPU.
+    """
+    if name is None:
+        return None
+    import torch
+
+    from foveal.runtime import resolve_device
+
+    device = resolve_device(name, field)
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and device.index is not None and device.index >= count:
+        raise ValueError(f"{field}: {name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return name
+
+
 def add_training_arguments(parser, *, default_config: str) -> None:
     """The arguments of a command that trains one run from a config (read by :func:`config_and_run_dir`)."""
     parser.add_argument("--config", default=default_config,
                         help="YAML file or built-in config name (default: %(default)s)")
     parser.add_argument("--run-dir", type=Path, help="output folder (default: runs/<config>-<time>)")
     parser.add_argument("--data-dir", help="dataset root (sets data.root)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (sets train.device)")
+    add_device_argument(parser, "the config's train.device; sets it")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="config overrides, e.g. train.iterations=500")
@@ -105,7 +133,7 @@ def config_and_run_dir(args) -> tuple[dict, Path]:
     extra = list(args.overrides)
     if args.data_dir:
         extra.append(f"data.root={args.data_dir}")
-    if args.device:
+    if checked_device(args.device) is not None:
         extra.append(f"train.device={args.device}")
     cfg = apply_overrides(load_config(args.config), extra)
     run_dir = args.run_dir or Path("runs") / f"{Path(str(args.config)).stem}-{time.strftime('%Y%m%d-%H%M%S')}"

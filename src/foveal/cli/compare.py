@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from foveal.cli.common import add_device_argument, checked_device
+
 EPILOG = """examples:
   foveal compare --estimate 300 inputs.nogs=runs/nogs/train      time every method, estimate the total
   foveal compare inputs.nogs=runs/nogs/train inputs.posterior=runs/posterior/checkpoints/best
@@ -18,6 +20,7 @@ EPILOG = """examples:
   foveal compare --quick --out runs/compare-smoke               a tiny smoke run of the whole pipeline
   foveal compare --workers 2 inputs.nogs=...                    two runs at a time, one CPU thread each
   foveal compare --devices cuda:0,cuda:1 inputs.nogs=...        one run on each GPU
+  foveal compare --device cuda inputs.nogs=...                  every run on the GPU, one at a time
   torchrun --nproc-per-node=4 -m foveal compare inputs.nogs=... four ranks share the runs (any machines
                                                                 that share the --out folder)
 Run the same command again, with any number of workers, to resume: finished runs are skipped,
@@ -46,6 +49,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--workers", type=int, metavar="N",
                    help="train N runs at once, each in a worker process with one torch thread (default: 1, "
                         "here, with progress bars); a failed run stops only the runs that need it")
+    add_device_argument(p, "the run config's train.device; sets it for every run, also with --estimate; "
+                           "for several workers, one device each, use --devices")
     p.add_argument("--devices", metavar="LIST",
                    help="comma-separated devices, one worker each (cuda:0,cuda:1; may repeat): the runs' train.device; "
                         "under torchrun, local rank k takes the k-th")
@@ -67,7 +72,13 @@ def _compare(args) -> int:
     from foveal.recipes.compare.config import load_compare_config, restrict
     from foveal.recipes.compare.run import run_comparison
 
-    cfg = load_compare_config(args.config, tuple(args.overrides), quick=args.quick)
+    overrides = tuple(args.overrides)
+    if checked_device(args.device) is not None:
+        if args.devices:
+            raise ValueError(f"--device {args.device} with --devices {args.devices}: expected one of them (--device: "
+                             "every run's device, one worker; --devices: one worker per device)")
+        overrides += (f"train.device={args.device}",)  # last: the option wins over an override
+    cfg = load_compare_config(args.config, overrides, quick=args.quick)
     out = args.out or Path("runs") / f"{Path(str(args.config)).stem}{'-quick' if args.quick else ''}"
     if args.estimate is not None:
         from foveal.recipes.compare.estimate import estimate_comparison

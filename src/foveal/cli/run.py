@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from foveal.cli.common import add_training_arguments, config_and_run_dir, policy_help, report, run_training
+from foveal.cli.common import (add_device_argument, add_training_arguments, checked_device, config_and_run_dir,
+                               policy_help, report, run_training)
 
 
 def add_parsers(sub) -> None:
@@ -20,7 +21,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--split", choices=["train", "val", "test"], help="default: the run's evaluate.split")
     e.add_argument("--out", type=Path, help="output folder (default: <run>/eval-<split>)")
     e.add_argument("--test-samples", type=int, help="Monte-Carlo rollouts averaged per image")
-    e.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: the run's train.device)")
+    add_device_argument(e, "the run's train.device")
     e.add_argument("--repeats", type=int, default=1,
                    help="rollouts per image, each scored on its own (with --policy sample and 5: the official "
                         "near-optimal-sequences evaluation) (default: %(default)s)")
@@ -29,6 +30,7 @@ def add_parsers(sub) -> None:
 
     d = sub.add_parser("demo", help="train and evaluate RAM on built-in data (the README's main job)")
     d.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
+    add_device_argument(d, "auto, the demo config's train.device; sets it")
     d.add_argument("--quiet", action="store_true")
     d.add_argument("overrides", nargs="*", metavar="section.key=value")
     d.set_defaults(handler=_demo)
@@ -48,7 +50,10 @@ def _train(args) -> int:
 def _demo(args) -> int:
     from foveal.config import apply_overrides, load_config
 
-    cfg = apply_overrides(load_config("demo"), list(args.overrides))
+    extra = list(args.overrides)
+    if checked_device(args.device) is not None:
+        extra.append(f"train.device={args.device}")
+    cfg = apply_overrides(load_config("demo"), extra)
     results = run_training(cfg, args.run_dir, args.quiet)
     if results:
         report(results, args.run_dir)
@@ -58,6 +63,7 @@ def _demo(args) -> int:
 def _evaluate(args) -> int:
     from foveal.recipes.run import evaluate_run
 
+    device = checked_device(args.device)
     checkpoint = Path(args.checkpoint)
     overrides = {}
     if args.test_samples is not None:
@@ -67,7 +73,7 @@ def _evaluate(args) -> int:
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     out = args.out or run_dir / f"eval-{args.split or 'default'}"
     results = evaluate_run(checkpoint, out, split=args.split, overrides=overrides, repeats=args.repeats,
-                           device=args.device)
+                           device=device)
     report(results, out)
     return 0
 

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from foveal.cli.common import policy_help, progress_bar
+from foveal.cli.common import add_device_argument, checked_device, policy_help, progress_bar
 
 STAGE_CONFIGS = {"representation": "saccader-representation-cluttered-fashion-mnist",
                  "location": "saccader-location-cluttered-fashion-mnist",
@@ -36,6 +36,7 @@ def add_parsers(sub) -> None:
     for stage, default in STAGE_CONFIGS.items():
         t.add_argument(f"--{stage}-config", default=default, help=f"YAML or built-in config (default: {default})")
     t.add_argument("--no-test", action="store_true", help="train only; skip each stage's test-split evaluation")
+    add_device_argument(t, "each stage config's train.device; sets it for every stage")
     t.add_argument("--quiet", action="store_true")
     t.add_argument("overrides", nargs="*", metavar="[stage.]section.key=value")
     t.set_defaults(handler=_train_saccader)
@@ -59,7 +60,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--occlusion-cnn", help="checkpoint of the full-image CNN (default: train one in <out>)")
     e.add_argument("--occlusion-iterations", type=int, default=1500)
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--device", default="cpu")
+    add_device_argument(e, "auto")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(handler=_evaluate_policies)
 
@@ -91,7 +92,9 @@ def _train_saccader(args) -> int:
     from foveal.config import apply_overrides, load_config
     from foveal.recipes.saccader import STAGES, run_stages
 
-    per_stage = split_stage_overrides(list(args.overrides), STAGES)
+    device = checked_device(args.device)
+    extra = [] if device is None else [f"train.device={device}"]  # last: the option wins over an override
+    per_stage = split_stage_overrides([*args.overrides, *extra], STAGES)
     configs = {s: apply_overrides(load_config(getattr(args, f"{s}_config")), per_stage[s]) for s in STAGES}
     progress, close = progress_bar(args.quiet)
     try:
@@ -110,6 +113,9 @@ def _train_saccader(args) -> int:
 
 def _evaluate_policies(args) -> int:
     from foveal.recipes.policy_eval import run_policy_evaluation
+    from foveal.runtime import resolve_device
+
+    device = str(resolve_device(checked_device(args.device) or "auto", "--device"))  # "auto" -> "cuda" or "cpu"
 
     update, close = progress_bar(args.quiet, "img")
     bar = None if update is None else lambda label, done, total: update(done, total, label=label)
@@ -119,7 +125,7 @@ def _evaluate_policies(args) -> int:
         policy_of=_labelled(args.policy_of, "--policy-of"), max_glimpses=args.max_glimpses,
         train_glimpses=args.train_glimpses, split=args.split, limit=args.limit, batch_size=args.batch_size,
         occlusion=not args.no_occlusion, occluder_checkpoint=args.occlusion_cnn,
-        occluder_iterations=args.occlusion_iterations, seed=args.seed, device=args.device, progress=bar)
+        occluder_iterations=args.occlusion_iterations, seed=args.seed, device=device, progress=bar)
     close()
     print((args.out / "policy_eval.md").read_text(), end="")
     for path in summary["files"]:
