@@ -284,3 +284,23 @@ def test_batched_random_words_are_numpys():
                           [[(int(w) * int(b)) >> 64 for w, b in zip(wr, br)] for wr, br in zip(words, bounds)])
     with pytest.raises(ValueError, match=r"entropy: expected shape \[N, 3\]"):
         pcg64_raw(np.zeros((2, 2)), 1)
+
+
+def test_train_rows_keep_a_range_of_the_train_split_with_their_positions():
+    from foveal.data.base import Rows
+    from foveal.recipes.run import build_data
+
+    cfg = {"data": {"name": "mnist5k", "train_rows": [3000, None]}}
+    data = build_data(cfg, ("train", "val"))
+    full = build_data({"data": {"name": "mnist5k"}}, ("train",))["train"]
+    train = data["train"]
+    assert isinstance(train, Rows) and len(train) == len(full) - 3000 and len(data["val"]) == 500
+    assert train[0]["index"] == 3000 and torch.equal(train[5]["image"], full[3005]["image"])
+    assert [item["index"] for item in train.__getitems__([0, 7])] == [3000, 3007]
+    assert list(train.labels) == list(full.labels[3000:]) and train.name == "mnist5k" and train.split == "train"
+    with pytest.raises(IndexError, match="position 1000 out of range for 1000 items"):
+        train[1000]
+    with pytest.raises(ValueError, match=r"data.train_rows: expected \[start, stop\].*found 'x'"):
+        build_data({"data": {"name": "mnist5k", "train_rows": "x"}}, ("train",))
+    with pytest.raises(DataError, match=r"rows 3000..4999: expected 0 <= start < stop <= 4000"):
+        build_data({"data": {"name": "mnist5k", "train_rows": [3000, 5000]}}, ("train",))

@@ -254,3 +254,46 @@ def file_stamp(*paths: Path) -> tuple[tuple[str, int, int], ...]:
         except OSError:
             out.append((str(p), 0, 0))
     return tuple(out)
+
+
+class Rows(Dataset):
+    """Positions ``start .. stop - 1`` of a dataset (e.g. the training images an annotator's posterior may
+    see, leaving the first ones for annotation). Position ``i`` is the base's item ``start + i``, whose
+    ``index`` field stays the base's position; ``labels`` are sliced; other attributes are the base's."""
+
+    def __init__(self, base: Dataset, start: int, stop: Optional[int] = None) -> None:
+        n = len(base)
+        stop = n if stop is None else stop
+        if not 0 <= start < stop <= n:
+            raise DataError(f"{getattr(base, 'name', 'dataset')} {getattr(base, 'split', '')}: rows {start}..{stop - 1}: "
+                            f"expected 0 <= start < stop <= {n} (the split's size)")
+        self.base, self.start, self.stop = base, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def _row(self, i: Any) -> int:
+        i = operator.index(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"rows {self.start}..{self.stop - 1}: position {i} out of range for {len(self)} items")
+        return self.start + i
+
+    def __getitem__(self, i: Any) -> dict[str, Any]:
+        return self.base[self._row(i)]
+
+    def __getitems__(self, positions: Sequence[Any]) -> list[dict[str, Any]]:
+        rows = [self._row(i) for i in positions]
+        many = getattr(self.base, "__getitems__", None)
+        return many(rows) if many is not None else [self.base[r] for r in rows]
+
+    @property
+    def labels(self):
+        return self.base.labels[self.start:self.stop]
+
+    def __getattr__(self, name: str):  # name, split, num_classes, image_shape, class_names, ...
+        if name in ("base", "start", "stop") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def __repr__(self) -> str:
+        return f"Rows({self.base!r}, {self.start}, {self.stop})"

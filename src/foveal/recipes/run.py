@@ -46,6 +46,7 @@ from foveal.checkpoint import atomic_write, checkpoint_paths, load_checkpoint
 from foveal.config import EvaluateConfig, check_fields, check_value, config_differences, dump_config, section_config, \
     split_name
 from foveal.data import build_dataset
+from foveal.data.base import Rows
 from foveal.evaluation import plots
 from foveal.evaluation.boed_plots import plot_posterior_curves
 from foveal.evaluation.collect import collect_glimpses, make_figures, record_metrics, save_record
@@ -67,12 +68,23 @@ class Experiment:
 
 
 def build_data(cfg: dict[str, Any], splits: tuple[str, ...]) -> dict[str, Dataset]:
+    """The config's ``data:`` splits. ``data.train_rows: [start, stop]`` (``stop`` null: to the end) keeps
+    only those positions of the train split (:class:`foveal.data.base.Rows`), e.g. ``[2000, null]`` for an
+    annotator's posterior that must not see the images it will annotate (``foveal annotate`` start 0, count
+    2000); items keep their split positions as ``index``."""
     name, settings = split_name(cfg["data"])
     root, seed = settings.pop("root", None), settings.pop("seed", 0)
+    rows = settings.pop("train_rows", None)
     check_value("data", "name", str, name)
     check_value("data", "root", Optional[Union[str, Path]], root)
     check_value("data", "seed", int, seed)
-    return {s: build_dataset(name, s, root=root, seed=seed, **settings) for s in splits}
+    if rows is not None and not (isinstance(rows, (list, tuple)) and len(rows) == 2 and all(
+            v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in rows) and rows[0] is not None):
+        raise ValueError(f"data.train_rows: expected [start, stop] (integers; stop null for the end), found {rows!r}")
+    data = {s: build_dataset(name, s, root=root, seed=seed, **settings) for s in splits}
+    if rows is not None and "train" in data:
+        data["train"] = Rows(data["train"], rows[0], rows[1])
+    return data
 
 
 def build_model(cfg: dict[str, Any], dataset: Dataset) -> torch.nn.Module:
