@@ -80,6 +80,12 @@ def numbers(out: Path, run: str) -> dict:
         "metrics.csv": (out / "runs" / run / "metrics.csv").read_text()}
 
 
+def sampled(out: Path, run: str) -> dict:
+    """A run's sampled test numbers (``sampled/results.json``)."""
+    results = json.loads((out / "runs" / run / "sampled" / "results.json").read_text())
+    return {k: results[k] for k in ("test_accuracy", "test_ce", "accuracy_per_glimpse", "repeats", "eval_policy")}
+
+
 def test_two_workers_give_the_serial_results_in_dependency_order(toy, serial, capfd, monkeypatch):
     from foveal.recipes.compare.run import train_task
 
@@ -100,6 +106,8 @@ def test_two_workers_give_the_serial_results_in_dependency_order(toy, serial, ca
     assert err.count("1 torch thread(s), OMP_NUM_THREADS=1") == 2
     for run in RUNS:  # every run finished, with the numbers of the serial run (every run is seeded)
         assert numbers(out, run) == numbers(serial, run), run
+        if not run.endswith("pretrain"):  # and its sampled evaluation too
+            assert sampled(out, run) == sampled(serial, run), run
     assert "(worker 0)" in err and "(worker 1)" in err
     lines = err.splitlines()
 
@@ -143,7 +151,8 @@ def test_a_failed_run_is_reported_by_its_folder_and_the_others_finish(toy, tmp_p
     assert f"FAILED RAM seed 0 in {folder}:" in err and "no_such_setting" in err
     assert f"foveal compare: error: 1 step(s) failed, every other run went on: RAM seed 0 in {folder}" in err
     assert "not started: input ps-ram (seed 0): it needs RAM seed 0, which failed" in err
-    assert "not started, as they need a failed step: input ps-ram (seed 0), PS-RAM seed 0" in err
+    assert ("not started, as they need a failed step: RAM seed 0 (sampled evaluation, M=5), input ps-ram (seed 0), "
+            "PS-RAM seed 0, PS-RAM seed 0 (sampled evaluation, M=5)") in err
     status = (out / "status" / "ram-seed-0.txt").read_text()
     assert status.startswith("failed\n") and "Traceback" in status
     assert (out / "runs" / "ps-nogs" / "seed-0" / "results.json").exists()  # the run that does not need it
@@ -175,9 +184,10 @@ def test_assignment_to_ranks_respects_the_graph_and_shares_the_work(toy, tmp_pat
     cfg = load_compare_config(config)
     steps = plan_steps(cfg, plan_runs(cfg, tmp_path))
     names = [s.name for s in steps]
-    assert names[:5] == ["ram-seed-0", "input-salience", "ram-plus-seed-0-pretrain", "ram-plus-seed-0",
-                         "input-ps-ram-seed0"]
+    assert names[:7] == ["ram-seed-0", "ram-seed-0-sampled", "input-salience", "ram-plus-seed-0-pretrain",
+                         "ram-plus-seed-0", "ram-plus-seed-0-sampled", "input-ps-ram-seed0"]
     by_name = {s.name: s for s in steps}
+    assert by_name["ps-ram-seed-1-sampled"].after == ("ps-ram-seed-1",)  # nothing waits for a sampled evaluation
     assert by_name["ps-ram-seed-1"].after == ("input-ps-ram-seed1",)
     assert by_name["input-ps-ram-seed1"].after == ("ram-seed-1",)
     assert by_name["ram-plus-seed-1"].after == ("ram-plus-seed-1-pretrain",)

@@ -26,18 +26,29 @@ A comparison config (YAML, ``compare-*.yaml`` among the built-in configs)::
              pretrain_iterations: 1000, salience_mode: linear, uniform_mix: 0.1, salience_stride: null,
              stand_ins: false}
     convergence: {ce_tolerance: 0.01, accuracy_tolerance: 0.01, target_accuracy: null}
+    evaluate_repeats: 5                  # sampled evaluation: rollouts per test image (0: none)
     quick: {run_overrides: [...], seeds: [0], inputs: {...}}   # merged in by --quick (smoke runs)
 
 Layout of the output folder: ``runs/<method>/seed-<s>/`` are ordinary run folders (``ram+`` adds
-``pretrain/`` inside); ``inputs/`` holds generated sequence files and salience maps; the report is
-``table.md``, ``table.csv``, ``runs.csv``, ``summary.json`` and ``figures/``
-(:mod:`foveal.recipes.compare.report`). Running again resumes: a run with ``results.json`` is
-finished and skipped, an interrupted one continues from its last checkpoint, generated inputs are
-reused. ``inputs.stand_ins: true`` (smoke runs only) replaces a missing NOGS file by random sequences on
-the model's grid and missing salience maps by random ones, so that the pipeline runs before any
-annotation exists; the report then says so. Runs go seed by seed (every method with seed 0 first), so a partial comparison is already a
-table. Supervised methods all use the same images: the first ``num_sequences`` of the NOGS file (or
-a fixed random subset of the training split when there is none).
+``pretrain/`` inside) and ``runs/<method>/seed-<s>/sampled/`` the sampled evaluation of each (below);
+``inputs/`` holds generated sequence files and salience maps; the report is ``table.md``,
+``table.csv``, ``runs.csv``, ``summary.json`` and ``figures/`` (:mod:`foveal.recipes.compare.report`).
+Running again resumes: a run with ``results.json`` is finished and skipped, an interrupted one
+continues from its last checkpoint, generated inputs are reused, and a finished run without its sampled
+evaluation gets it (without training again). ``inputs.stand_ins: true`` (smoke runs only) replaces a
+missing NOGS file by random sequences on the model's grid and missing salience maps by random ones, so
+that the pipeline runs before any annotation exists; the report then says so. Runs go seed by seed
+(every method with seed 0 first), so a partial comparison is already a table. Supervised methods all
+use the same images: the first ``num_sequences`` of the NOGS file (or a fixed random subset of the
+training split when there is none).
+
+A run's own test numbers (its ``results.json``) come from the run config's ``eval_policy``, ``greedy``
+by default: the mode of the location policy (the mean location, or the most probable cell of a grid
+policy). The official partial-supervision trainer evaluates with sampled locations instead, every test
+image repeated M = 5 times and every rollout scored. ``evaluate_repeats: M`` (default 5) does that too
+once a run has finished: its best checkpoint through :func:`foveal.recipes.run.evaluate_run` with
+``eval_policy: sample`` and ``repeats=M``, into ``sampled/``; the report shows both test accuracies.
+``evaluate_repeats: 0`` leaves the sampled evaluation out.
 """
 
 from __future__ import annotations
@@ -51,17 +62,20 @@ import yaml
 
 from foveal.config import SECTIONS, apply_overrides, check_config, load_config, read_yaml, slug, split_name
 
-__all__ = ["MethodSpec", "CompareConfig", "RunTask", "load_compare_config", "plan_runs", "slug", "KINDS"]
+__all__ = ["MethodSpec", "CompareConfig", "RunTask", "load_compare_config", "plan_runs", "slug", "KINDS", "SAMPLED",
+           "EVALUATE_REPEATS"]
 
 KINDS = ("ram", "ram+", "wsram", "ps")
+SAMPLED = "sampled"  # runs/<method>/seed-<s>/sampled/: a run's sampled evaluation
 SEQUENCE_SOURCES = ("nogs", "ps-ram", "hgs")
 WAKE_SLEEP_MODELS = {"ram": "ram-ws", "ram-grid": "ram-grid-ws"}
-_TOP_KEYS = ("run", "run_overrides", "seeds", "methods", "inputs", "convergence", "quick")
+_TOP_KEYS = ("run", "run_overrides", "seeds", "methods", "inputs", "convergence", "evaluate_repeats", "quick")
 _INPUT_DEFAULTS = {"nogs": None, "posterior": None, "ps_ram_source": "auto", "hgs_points": None,
                    "num_sequences": 1000, "pretrain_iterations": 1000, "salience_mode": "linear", "uniform_mix": 0.1,
                    "salience_stride": None, "stand_ins": False}
 # foveal.evaluation.convergence's CE_TOLERANCE / ACCURACY_TOLERANCE (not imported: it brings torch)
 _CONVERGENCE_DEFAULTS = {"ce_tolerance": 0.01, "accuracy_tolerance": 0.01, "target_accuracy": None}
+EVALUATE_REPEATS = 5  # the official partial-supervision trainer's M: sampled rollouts per test image
 
 
 @dataclass(frozen=True)
@@ -103,8 +117,13 @@ class CompareConfig:
     ce_tolerance: float = _CONVERGENCE_DEFAULTS["ce_tolerance"]
     accuracy_tolerance: float = _CONVERGENCE_DEFAULTS["accuracy_tolerance"]
     target_accuracy: Optional[float] = _CONVERGENCE_DEFAULTS["target_accuracy"]
+    evaluate_repeats: int = EVALUATE_REPEATS  # sampled evaluation's rollouts per test image; 0: none
 
     def __post_init__(self) -> None:
+        m = self.evaluate_repeats
+        if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+            raise ValueError(f"evaluate_repeats: expected a non-negative integer (sampled rollouts per test image, "
+                             f"0: no sampled evaluation), found {m!r}")
         t = self.target_accuracy
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1):
             raise ValueError(f"convergence.target_accuracy: expected null or a fraction in (0, 1], found {t!r}")
@@ -165,7 +184,8 @@ def _merge(base: dict, extra: dict) -> dict:
 
 def load_compare_config(name_or_path: str | Path, overrides: tuple[str, ...] = (), *, quick: bool = False) -> CompareConfig:
     """Read a comparison config; ``overrides`` are ``section.key=value`` for the run config (as for
-    ``foveal train``) or ``seeds=[0,1]`` / ``inputs.nogs=path`` / ``convergence.x=v`` for the comparison."""
+    ``foveal train``) or ``seeds=[0,1]`` / ``inputs.nogs=path`` / ``convergence.x=v`` / ``evaluate_repeats=M``
+    for the comparison."""
     raw, where = read_yaml(name_or_path, "comparison config")
     raw = raw or {}
     if not isinstance(raw, dict) or set(raw) - set(_TOP_KEYS):
@@ -181,7 +201,7 @@ def load_compare_config(name_or_path: str | Path, overrides: tuple[str, ...] = (
             raise ValueError(f"override {item!r}: expected key=value")
         if head in SECTIONS:
             run_overrides.append(item)
-        elif head in ("seeds", "inputs", "convergence"):
+        elif head in ("seeds", "inputs", "convergence", "evaluate_repeats"):
             node = raw
             parts = key.split(".")
             for p in parts[:-1]:
@@ -189,7 +209,7 @@ def load_compare_config(name_or_path: str | Path, overrides: tuple[str, ...] = (
             node[parts[-1]] = yaml.safe_load(value) if value != "" else None
         else:
             raise ValueError(f"override {item!r}: expected a run-config key ({', '.join(SECTIONS)}) or seeds / inputs.* / "
-                             "convergence.*")
+                             "convergence.* / evaluate_repeats")
     run = raw.get("run")
     run_cfg = check_config(copy.deepcopy(run), f"{where}: run") if isinstance(run, dict) else load_config(run)
     run_cfg = apply_overrides(run_cfg, run_overrides)
@@ -199,8 +219,10 @@ def load_compare_config(name_or_path: str | Path, overrides: tuple[str, ...] = (
     if unknown:
         raise ValueError(f"{where}: convergence: unknown key(s) {sorted(unknown)}; expected some of "
                          f"{sorted(_CONVERGENCE_DEFAULTS)}")
+    repeats = raw.get("evaluate_repeats", EVALUATE_REPEATS)
     return CompareConfig(run=run_cfg, methods=methods, seeds=tuple(int(s) for s in raw.get("seeds") or [0]),
-                         inputs={**_INPUT_DEFAULTS, **(raw.get("inputs") or {})}, **conv)
+                         inputs={**_INPUT_DEFAULTS, **(raw.get("inputs") or {})}, **conv,
+                         evaluate_repeats=EVALUATE_REPEATS if repeats is None else repeats)
 
 
 @dataclass
@@ -220,6 +242,11 @@ class RunTask:
     @property
     def done(self) -> bool:
         return (self.run_dir / "results.json").exists()
+
+    @property
+    def sampled_dir(self) -> Path:
+        """Where the sampled evaluation of the run's best checkpoint goes (``results.json``, ``records/``)."""
+        return self.run_dir / SAMPLED
 
 
 def method_config(cfg: CompareConfig, method: MethodSpec, seed: int, stage: str = "train") -> dict:

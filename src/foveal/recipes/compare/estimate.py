@@ -7,6 +7,7 @@ not), then adds up::
 
     total = sum over methods and seeds of  iterations / (it/s of the method)
           + one test evaluation per run (timed once: evaluate + glimpse record, twice the metric pass)
+          + its sampled evaluation (``evaluate_repeats`` = M > 0): M times the metric pass, M rollouts per image
           + RAM+: pretrain_iterations / (it/s of the pretraining stage) per seed, and the salience maps once
             (their per-image cost timed on a few batches, times the training split's size)
 
@@ -99,7 +100,10 @@ def estimate_comparison(cfg: CompareConfig, out: Path, *, iterations: int = 300,
     test = exp.data[cfg.run["evaluate"]["split"]]
     start = time.perf_counter()
     evaluate(exp.model, exp.algorithm, test, batch_size=int(cfg.run["evaluate"]["batch_size"]), device="cpu")
-    eval_s = 2 * (time.perf_counter() - start) + 3.0  # + the glimpse record pass and figures
+    one_pass = time.perf_counter() - start
+    eval_s = 2 * one_pass + 3.0  # + the glimpse record pass and figures
+    # M rollouts per image, each a pass of the same cost (a sampled location costs what the mode does), + figures
+    sampled_s = cfg.evaluate_repeats * one_pass + 3.0 if cfg.evaluate_repeats > 0 else 0.0
     salience_s = 0.0
     if any(m.kind == "ram+" for m in cfg.methods):
         network = _posterior_for_timing(cfg, inputs)
@@ -110,7 +114,7 @@ def estimate_comparison(cfg: CompareConfig, out: Path, *, iterations: int = 300,
         start = time.perf_counter()
         salience(network, images, grid, mode=cfg.inputs["salience_mode"])
         salience_s = (time.perf_counter() - start) / k * len(inputs.train_set)
-    return _total(cfg, rates, eval_s, salience_s, iterations)
+    return _total(cfg, rates, eval_s, salience_s, iterations, sampled_s)
 
 
 def _posterior_for_timing(cfg: CompareConfig, inputs: ComparisonInputs):
@@ -120,7 +124,8 @@ def _posterior_for_timing(cfg: CompareConfig, inputs: ComparisonInputs):
     return create_model("posterior-cnn", in_channels=C, num_classes=inputs.train_set.num_classes, image_size=(H, W))
 
 
-def _total(cfg: CompareConfig, rates: dict[str, float], eval_s: float, salience_s: float, timed: int) -> dict:
+def _total(cfg: CompareConfig, rates: dict[str, float], eval_s: float, salience_s: float, timed: int,
+           sampled_s: float) -> dict:
     rows, total = [], salience_s
     for m in cfg.methods:
         run_iterations = method_config(cfg, m, cfg.seeds[0])["train"]["iterations"]
@@ -128,7 +133,7 @@ def _total(cfg: CompareConfig, rates: dict[str, float], eval_s: float, salience_
         if key not in rates:
             rows.append({"method": m.name, "skipped": True})
             continue
-        per_run = run_iterations / rates[key] + eval_s
+        per_run = run_iterations / rates[key] + eval_s + sampled_s
         if m.kind == "ram+":
             per_run += cfg.inputs["pretrain_iterations"] / rates[_rate_key(cfg, m.name, "pretrain")] + eval_s
         seconds = per_run * len(cfg.seeds)
@@ -136,6 +141,7 @@ def _total(cfg: CompareConfig, rates: dict[str, float], eval_s: float, salience_
         rows.append({"method": m.name, "it_per_s": rates[key],
                      "pretrain_it_per_s": rates.get(_rate_key(cfg, m.name, "pretrain")) if m.kind == "ram+" else None,
                      "iterations": run_iterations, "seconds_per_run": per_run, "runs": len(cfg.seeds), "seconds": seconds})
-    return {"methods": rows, "test_evaluation_s": eval_s, "salience_s": salience_s, "total_s": total,
+    return {"methods": rows, "test_evaluation_s": eval_s, "sampled_evaluation_s": sampled_s,
+            "evaluate_repeats": cfg.evaluate_repeats, "salience_s": salience_s, "total_s": total,
             "total_h": total / 3600, "timed_iterations": timed, "torch_threads": torch.get_num_threads()}
 

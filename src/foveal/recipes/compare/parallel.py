@@ -1,8 +1,9 @@
 """A comparison's runs side by side: local worker processes, one per GPU, or torchrun ranks.
 
 A comparison is a graph of steps (:func:`plan_steps`): every planned run
-(:func:`foveal.recipes.compare.config.plan_runs`) and every generated input that runs share
-(:data:`foveal.recipes.compare.inputs.MADE`), each made by exactly one step:
+(:func:`foveal.recipes.compare.config.plan_runs`), its sampled evaluation (``evaluate_repeats`` > 0)
+and every generated input that runs share (:data:`foveal.recipes.compare.inputs.MADE`), each made by
+exactly one step:
 
 ===============================  ===============================================  ==========================
 step                             what it does                                     starts after
@@ -12,11 +13,13 @@ step                             what it does                                   
 ``input-hgs``                    PS-HGS's sequences (or: PS-HGS is skipped)       -
 ``<method>-seed-<s>-pretrain``   RAM+'s salience pretraining                      ``input-salience``
 ``<method>-seed-<s>``            a run                                            its input; RAM+: its pretraining
+``<method>-seed-<s>-sampled``    the run's best checkpoint, sampled locations,    ``<method>-seed-<s>``
+                                 M rollouts per test image (``sampled/``)
 ===============================  ===============================================  ==========================
 
-A step is done when its run has ``results.json`` or its input file exists; done steps are skipped, an
-interrupted run continues from its last checkpoint, so any of the three ways below resumes what any
-other left:
+A step is done when its run has ``results.json`` (a sampled evaluation: ``sampled/results.json`` of
+the same M) or its input file exists; done steps are skipped, an interrupted run continues from its
+last checkpoint, so any of the three ways below resumes what any other left:
 
 * **one process** (``workers=1``): the steps in plan order, here (progress bars as before).
 * **worker processes** (``workers=N``, or ``devices``: one worker per device): N processes started
@@ -132,7 +135,7 @@ def run_steps(steps: list[Step], runner: StepRunner, out: Path, *, workers: int 
     for step in steps:
         if runner.done(step):
             ledger.state[step.name] = "done"
-            if step.task is not None:
+            if step.task is not None and not step.repeats:
                 log(f"finished already: {step.what}")
     pending = [s for s in steps if s.name not in ledger.state]
     if not pending:
@@ -191,6 +194,8 @@ class _Here:
 def _starting(step: Step, where: str) -> str:
     if step.task is None:
         return f"making {step.what}{where}"
+    if step.repeats:
+        return f"evaluating {step.what} in {step.task.sampled_dir}{where}"
     return f"training {step.what} in {step.task.run_dir}{where}"
 
 
@@ -381,7 +386,7 @@ def run_rank(steps: list[Step], runner: StepRunner, out: Path, rank: int, world:
             continue
         if name in done:
             ledger.state[name] = "done"
-            if step.task is not None:
+            if step.task is not None and not step.repeats:
                 log(f"finished already: {step.what}")
             continue
         waiting = False

@@ -7,7 +7,11 @@ For every method and seed the run folder (``runs/<method>/seed-<s>/``) gives:
   accuracy within ``accuracy_tolerance`` of its best;
 * with ``convergence.target_accuracy``, iterations until validation accuracy first reaches that fixed
   target (for runs cut short before they converge; runs that never reach it are counted in the table);
-* test accuracy and training speed from its ``results.json``.
+* test accuracy and training speed from its ``results.json`` (the run config's ``eval_policy``,
+  ``greedy`` by default);
+* with ``evaluate_repeats: M`` > 0, the sampled test accuracy from ``sampled/results.json``: sampled
+  locations, M rollouts per test image, every rollout scored, as the official partial-supervision
+  trainer evaluates (:mod:`foveal.recipes.compare.config`); a sampled evaluation of another M is left out.
 
 Written to the comparison folder: ``table.md`` and ``table.csv`` (one row per method: mean, sample
 standard deviation and number of finished seeds), ``runs.csv`` (one row per run), ``summary.json``,
@@ -34,16 +38,24 @@ import numpy as np
 from foveal.evaluation import compare_plots, plots
 from foveal.evaluation.convergence import mean_and_spread, run_convergence
 from foveal.evaluation.records import read_metrics
-from foveal.recipes.compare.config import CompareConfig, method_config, slug
+from foveal.recipes.compare.config import SAMPLED, CompareConfig, method_config, slug
 
 __all__ = ["collect_runs", "summarise", "markdown_table", "policy_curves", "write_report"]
 
 _RUN_FIELDS = ("method", "seed", "status", "ce_iterations", "accuracy_iterations", "target_iterations", "best_val_ce",
-               "best_val_accuracy", "test_accuracy", "iterations", "pretrain_iterations", "iterations_per_s", "train_time_s")
+               "best_val_accuracy", "test_accuracy", "sampled_test_accuracy", "iterations", "pretrain_iterations",
+               "iterations_per_s", "train_time_s")
+_MEANS = ("ce_iterations", "accuracy_iterations", "target_iterations", "test_accuracy", "sampled_test_accuracy",
+          "iterations_per_s")  # the columns of table.csv
 
 
 def _read_json(path: Path) -> Optional[dict]:
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def _fields(cfg: CompareConfig, fields: tuple[str, ...]) -> list[str]:
+    """``fields`` without the sampled test accuracy when the comparison has no sampled evaluation."""
+    return [f for f in fields if cfg.evaluate_repeats > 0 or f != "sampled_test_accuracy"]
 
 
 def collect_runs(cfg: CompareConfig, out: Path) -> list[dict[str, Any]]:
@@ -53,7 +65,7 @@ def collect_runs(cfg: CompareConfig, out: Path) -> list[dict[str, Any]]:
         for seed in cfg.seeds:
             run = Path(out) / "runs" / slug(method.name) / f"seed-{seed}"
             results = _read_json(run / "results.json")
-            row: dict[str, Any] = {k: None for k in _RUN_FIELDS}
+            row: dict[str, Any] = {k: None for k in _fields(cfg, _RUN_FIELDS)}
             row.update(method=method.name, seed=seed,
                        status="finished" if results else "partial" if (run / "metrics.csv").exists() else "pending")
             if (run / "metrics.csv").exists():
@@ -66,6 +78,9 @@ def collect_runs(cfg: CompareConfig, out: Path) -> list[dict[str, Any]]:
                 training = results.get("training", {})
                 row.update(test_accuracy=results["test_accuracy"], iterations=training.get("iterations"),
                            iterations_per_s=training.get("iterations_per_s"), train_time_s=training.get("wall_time_s"))
+            sampled = _read_json(run / SAMPLED / "results.json") if cfg.evaluate_repeats > 0 else None
+            if sampled and sampled.get("repeats") == cfg.evaluate_repeats:
+                row["sampled_test_accuracy"] = sampled["test_accuracy"]
             pre = _read_json(run / "pretrain" / "results.json")
             if pre:
                 row["pretrain_iterations"] = pre.get("training", {}).get("iterations")
@@ -80,8 +95,8 @@ def summarise(cfg: CompareConfig, rows: list[dict[str, Any]], skipped: Optional[
         done = [r for r in rows if r["method"] == method.name and r["status"] == "finished"]
         entry: dict[str, Any] = {"method": method.name, "kind": method.kind, "finished": len(done),
                                  "seeds": len(cfg.seeds), "skipped": (skipped or {}).get(method.name)}
-        for key in ("ce_iterations", "accuracy_iterations", "target_iterations", "test_accuracy", "iterations_per_s",
-                    "train_time_s", "pretrain_iterations"):
+        for key in _fields(cfg, ("ce_iterations", "accuracy_iterations", "target_iterations", "test_accuracy",
+                                 "sampled_test_accuracy", "iterations_per_s", "train_time_s", "pretrain_iterations")):
             mean, sd, n = mean_and_spread([r[key] for r in done])
             entry[key] = {"mean": mean, "sd": sd, "n": n}
         out.append(entry)
@@ -101,11 +116,30 @@ def _reached(entry: dict) -> str:
     return _fmt(entry["target_iterations"]) + (f" ({n}/{finished})" if n < finished else "") + " | "
 
 
+def _sampled(entry: dict) -> str:
+    """The sampled accuracy's cell; (k/n): only k of the n finished seeds have their sampled evaluation yet."""
+    n, finished = entry["sampled_test_accuracy"]["n"], entry["finished"]
+    return _fmt(entry["sampled_test_accuracy"], 1, 100) + (f" ({n}/{finished})" if 0 < n < finished else "") + " | "
+
+
+def _accuracy_columns(cfg: CompareConfig) -> tuple[list[str], list[str]]:
+    """The test accuracy columns' headers, and the header's sentence on them (none without sampled evaluation)."""
+    if cfg.evaluate_repeats == 0:
+        return ["test accuracy (%)"], []
+    policy, M = cfg.run["algorithm"].get("eval_policy", "greedy"), cfg.evaluate_repeats
+    own = ("greedy: the mode of the location policy (the mean location, or the most probable cell of a grid "
+           "policy)" if policy == "greedy" else f"{policy}: the run config's eval_policy")
+    return ([f"test accuracy, {policy} (%)", f"test accuracy, sampled (M={M}) (%)"],
+            ["", f"Test accuracy, {own}; sampled: locations sampled from the policy, every test image rolled out "
+                 f"M = {M} times and every rollout scored, as the official partial-supervision trainer evaluates."])
+
+
 def markdown_table(cfg: CompareConfig, summary: list[dict]) -> str:
     """The Table 1 analogue as Markdown (mean ± sample sd over finished seeds)."""
     run, target = cfg.run, cfg.target_accuracy
     data = run["data"]["name"]
     model = run["model"]
+    accuracy, accuracy_note = _accuracy_columns(cfg)
     lines = [f"## Iterations to converge and test accuracy on {data}", "",
              f"Model `{model['name']}` ({model.get('glimpse_size', '?')} px glimpses, "
              f"{run['algorithm'].get('num_glimpses', '?')} glimpses), {run['train']['iterations']:,} iterations per run, "
@@ -116,18 +150,22 @@ def markdown_table(cfg: CompareConfig, summary: list[dict]) -> str:
                  "the pipeline, not a result."] if cfg.inputs.get("stand_ins") else []),
              *(["", f"Target column: iterations until validation accuracy first reaches {100 * target:g} % (the same "
                  f"target for every method; (k/n): only k of the n finished seeds reached it)."] if target else []),
+             *accuracy_note,
              "", "| method | seeds | iterations (CE) | iterations (acc.) | " + (f"iterations to {100 * target:g} % | "
-                                                                            if target else "") + "test accuracy (%) | it/s |",
-             "|---|---|---|---|" + ("---|" if target else "") + "---|---|"]
+                                                                            if target else "")
+             + "".join(f"{a} | " for a in accuracy) + "it/s |",
+             "|---|---|---|---|" + ("---|" if target else "") + "---|" * len(accuracy) + "---|"]
     for e in summary:
         if e["skipped"]:
-            lines.append(f"| {e['method']} | skipped: {e['skipped']} | | | | |" + (" |" if target else ""))
+            lines.append(f"| {e['method']} | skipped: {e['skipped']} | | | | |" + (" |" if target else "")
+                         + " |" * (len(accuracy) - 1))
             continue
         name = e["method"] + (f" (+{_fmt(e['pretrain_iterations'])} pretraining)" if e["kind"] == "ram+" and
                               e["pretrain_iterations"]["n"] else "")
         lines.append(f"| {name} | {e['finished']}/{e['seeds']} | {_fmt(e['ce_iterations'])} | "
                      f"{_fmt(e['accuracy_iterations'])} | " + (_reached(e) if target else "") +
-                     f"{_fmt(e['test_accuracy'], 1, 100)} | "
+                     f"{_fmt(e['test_accuracy'], 1, 100)} | " +
+                     (_sampled(e) if len(accuracy) > 1 else "") +
                      f"{_fmt(e['iterations_per_s'], 1)} |")
     return "\n".join(lines) + "\n"
 
@@ -183,12 +221,12 @@ def write_report(cfg: CompareConfig, out: Path, skipped: Optional[dict[str, str]
     paths["table_md"].write_text(markdown_table(cfg, summary))
     flat = [{"method": e["method"], "kind": e["kind"], "finished": e["finished"], "seeds": e["seeds"],
              "skipped": e["skipped"] or "",
-             **{f"{k}_{s}": e[k][s] for k in ("ce_iterations", "accuracy_iterations", "target_iterations",
-                                             "test_accuracy", "iterations_per_s") for s in ("mean", "sd")}}
+             **{f"{k}_{s}": e[k][s] for k in _fields(cfg, _MEANS) for s in ("mean", "sd")}}
             for e in summary]
     _write_csv(paths["table_csv"], flat, list(flat[0]) if flat else ["method"])
-    _write_csv(paths["runs_csv"], rows, list(_RUN_FIELDS))
-    paths["summary"].write_text(json.dumps({"methods": summary, "runs": rows, "skipped": skipped}, indent=2))
+    _write_csv(paths["runs_csv"], rows, _fields(cfg, _RUN_FIELDS))
+    paths["summary"].write_text(json.dumps({"methods": summary, "runs": rows, "skipped": skipped,
+                                            "evaluate_repeats": cfg.evaluate_repeats}, indent=2))
     if skipped:
         skipped_file.write_text(json.dumps(skipped, indent=2))
     if not figures:

@@ -93,7 +93,8 @@ def save_compare_config(cfg: CompareConfig, out: Path) -> None:
                 "methods": [{"name": m.name, "kind": m.kind, "sequences": m.sequences, "algorithm": dict(m.algorithm),
                              "overrides": list(m.overrides)} for m in cfg.methods],
                 "convergence": {"ce_tolerance": cfg.ce_tolerance, "accuracy_tolerance": cfg.accuracy_tolerance,
-                                "target_accuracy": cfg.target_accuracy}}
+                                "target_accuracy": cfg.target_accuracy},
+                "evaluate_repeats": cfg.evaluate_repeats}
     path = out / "compare.yaml"
     out.mkdir(parents=True, exist_ok=True)
     if path.exists():

@@ -1,10 +1,12 @@
-"""A comparison as a graph of steps: every planned run and every generated input the runs share, what each
-step needs, a deterministic assignment of steps to ranks, the status files of steps that did not finish,
-and running one step (:class:`StepRunner`). :mod:`foveal.recipes.compare.parallel` schedules them over
-worker processes, devices or torchrun ranks; its docstring describes the graph and the schedules."""
+"""A comparison as a graph of steps: every planned run, its sampled evaluation and every generated input the
+runs share, what each step needs, a deterministic assignment of steps to ranks, the status files of steps
+that did not finish, and running one step (:class:`StepRunner`). :mod:`foveal.recipes.compare.parallel`
+schedules them over worker processes, devices or torchrun ranks; its docstring describes the graph and the
+schedules."""
 
 from __future__ import annotations
 
+import json
 import os
 import traceback
 from dataclasses import dataclass
@@ -14,7 +16,8 @@ from typing import Callable, Optional
 from foveal.recipes.compare.config import CompareConfig, RunTask, slug
 
 __all__ = ["Step", "Outcome", "Failure", "RunsFailed", "plan_steps", "assign", "StepRunner", "train_task",
-           "status_path", "write_status", "read_status", "clear_status", "STATUS", "NOT_DONE", "LogFn"]
+           "evaluate_sampled", "sampled_done", "status_path", "write_status", "read_status", "clear_status", "STATUS",
+           "NOT_DONE", "LogFn"]
 
 
 STATUS = "status"  # <out>/status/<step>.txt: failed / blocked / skipped / stopped, the reason, a traceback
@@ -25,7 +28,8 @@ LogFn = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Step:
-    """One node of the graph (module docstring): train ``task``, or make the input ``need``."""
+    """One node of the graph (module docstring): train ``task``, evaluate its best checkpoint with sampled
+    locations (``repeats`` > 0), or make the input ``need``."""
 
     name: str
     after: tuple[str, ...] = ()
@@ -33,12 +37,15 @@ class Step:
     need: Optional[str] = None  # one of _MADE, when task is None
     seed: Optional[int] = None  # the seed an input is made with
     cost: float = 1.0  # for assign() only: train.iterations of a run
+    repeats: int = 0  # > 0: the sampled evaluation of task, M rollouts per test image
 
     @property
     def what(self) -> str:
         if self.task is None:
             return f"input {self.need}" + ("" if self.seed is None or self.need != "ps-ram" else f" (seed {self.seed})")
         t = self.task
+        if self.repeats:
+            return f"{t.method} seed {t.seed} (sampled evaluation, M={self.repeats})"
         return f"{t.method} seed {t.seed}" + (" (pretraining)" if t.stage == "pretrain" else "")
 
 
@@ -86,9 +93,11 @@ def step_name(task: RunTask) -> str:
 
 
 def plan_steps(cfg: CompareConfig, tasks: list[RunTask]) -> list[Step]:
-    """The steps of these planned runs, in their order with each input just before its first run (a
+    """The steps of these planned runs, in their order with each input just before its first run and each
+    run's sampled evaluation (``cfg.evaluate_repeats`` > 0; not of RAM+'s pretraining) just after it (a
     topological order of the graph). PS-RAM's input (``ps_ram_source: auto``) waits for the RAM run of
-    its seed when that run is among ``tasks``; otherwise it needs that run finished already."""
+    its seed when that run is among ``tasks``; otherwise it needs that run finished already. Nothing waits
+    for a sampled evaluation."""
     ram = next((m.name for m in cfg.methods if m.kind == "ram"), None)
     auto = cfg.inputs["ps_ram_source"] == "auto"
     runs = {(t.method, t.seed, t.stage): step_name(t) for t in tasks}
@@ -108,6 +117,9 @@ def plan_steps(cfg: CompareConfig, tasks: list[RunTask]) -> list[Step]:
         if t.kind == "ram+" and t.stage == "train" and (t.method, t.seed, "pretrain") in runs:
             after.append(runs[(t.method, t.seed, "pretrain")])
         steps.append(Step(step_name(t), tuple(after), task=t, cost=float(t.config["train"].get("iterations", 1))))
+        if t.stage == "train" and cfg.evaluate_repeats > 0:
+            # cost: a token; a test pass costs little beside a run's training, and the split's size is not known here
+            steps.append(Step(f"{step_name(t)}-sampled", (step_name(t),), task=t, repeats=cfg.evaluate_repeats))
     return steps
 
 
@@ -176,8 +188,34 @@ def train_task(task: RunTask, *, progress: Optional[Callable] = None, stop_after
     return train_run(task.config, task.run_dir, progress=progress, stop_after=stop_after, init_from=task.init_from)
 
 
+SAMPLED_OVERRIDES = {"eval_policy": "sample"}  # the official partial-supervision trainer's test policy
+
+
+def sampled_done(task: RunTask, repeats: int) -> bool:
+    """Whether ``task``'s sampled evaluation exists with ``repeats`` rollouts per image (another M: to do again)."""
+    try:
+        return json.loads((task.sampled_dir / "results.json").read_text()).get("repeats") == repeats
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+
+
+def evaluate_sampled(task: RunTask, repeats: int, *, device: Optional[str] = None) -> dict:
+    """Test ``task``'s best checkpoint with sampled locations, ``repeats`` rollouts per test image, each
+    scored (:func:`foveal.recipes.run.evaluate_run`), into ``task.sampled_dir``; the results dict.
+
+    Args:
+        device: where to evaluate (default: the comparison's ``train.device`` of the run, which may
+            differ from the one the checkpoint was trained on).
+    """
+    from foveal.recipes.run import evaluate_run  # here: it imports torch, which a worker sets up first
+
+    return evaluate_run(task.run_dir / "checkpoints" / "best", task.sampled_dir, overrides=dict(SAMPLED_OVERRIDES),
+                        repeats=repeats, device=device or task.config["train"].get("device"))
+
+
 class StepRunner:
-    """Runs one step, here or in a worker: makes an input, or resolves a run's inputs and trains it.
+    """Runs one step, here or in a worker: makes an input, resolves a run's inputs and trains it, or
+    evaluates a finished run with sampled locations.
 
     Args:
         device: the ``train.device`` of the runs (a worker's device), or None for the config's own.
@@ -193,7 +231,9 @@ class StepRunner:
         self.device, self.progress, self.stop_after = device, progress, stop_after
 
     def done(self, step: Step) -> bool:
-        return step.task.done if step.task is not None else self.inputs.made(step.need, step.seed)
+        if step.task is None:
+            return self.inputs.made(step.need, step.seed)
+        return sampled_done(step.task, step.repeats) if step.repeats else step.task.done
 
     def run(self, step: Step) -> Outcome:
         """The step's outcome; an exception becomes a ``failed`` outcome with its traceback."""
@@ -201,6 +241,9 @@ class StepRunner:
             if step.task is None:
                 reason = self.inputs.make(step.need, step.seed)
                 return Outcome(step.name, "skipped" if reason else "done", reason or "")
+            if step.repeats:
+                results = evaluate_sampled(step.task, step.repeats, device=self.device)
+                return Outcome(step.name, "done", f"test accuracy {results['test_accuracy']:.4f}")
             return self._train(step)
         except Exception as err:  # reported with the run's folder; the other runs go on
             message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
