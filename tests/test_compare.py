@@ -3,6 +3,7 @@ are written, a second call resumes instead of retraining, inputs are checked bef
 time estimate runs."""
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -208,3 +209,20 @@ def test_policy_curves_undo_the_share_weighting_and_count_per_glimpse():
     np.testing.assert_allclose(ps["sequence_nll"][1], [3.0, 3.0])
     with pytest.raises(ValueError, match="'entropy' and 'supervised' are logged at different iterations"):
         policy_curves({"entropy": (its, np.ones(3)), "supervised": (its[:2], np.zeros(2))}, num_glimpses=1)
+
+
+def test_wall_time_with_workers_follows_the_plan_and_its_dependencies():
+    """Two seeds of RAM (10 s), PS-RAM (needs RAM of its seed, 4 s), RAM+ (needs the salience maps, 6 s; 5 s)."""
+    from foveal.recipes.compare.estimate import wall_time
+
+    cfg = load_compare_config("compare-cluttered-fashion-mnist", ("seeds=[0,1]",))
+    cfg = dataclasses.replace(cfg, methods=tuple(m for m in cfg.methods if m.name in ("RAM", "PS-RAM", "RAM+")))
+    est = {"salience_s": 5.0, "methods": [{"method": "RAM", "seconds_per_run": 10.0},
+                                         {"method": "RAM+", "seconds_per_run": 6.0},
+                                         {"method": "PS-RAM", "seconds_per_run": 4.0}]}
+    assert wall_time(cfg, est, 1) == 5 + 2 * (10 + 6 + 4)  # everything one after the other
+    # 2 workers: w0 RAM0 0-10; w1 salience 0-5, RAM+0 5-11; w0 PS-RAM0 10-14; w1 RAM1 11-21; w0 RAM+1 14-20;
+    # w0 PS-RAM1 waits for RAM1: 21-25
+    assert wall_time(cfg, est, 2) == 25
+    with pytest.raises(ValueError, match="workers: expected at least 1, found 0"):
+        wall_time(cfg, est, 0)

@@ -83,7 +83,12 @@ def _compare(args) -> int:
     if args.estimate is not None:
         from foveal.recipes.compare.estimate import estimate_comparison
 
-        est = estimate_comparison(cfg, out, iterations=args.estimate, log=_log)
+        from foveal.runtime import resolve_device
+
+        n_devices = len([d for d in (args.devices or "").split(",") if d.strip()])
+        workers = args.workers if args.workers is not None else n_devices or 1
+        device = resolve_device(cfg.run["train"].get("device", "auto"), "train.device")
+        est = estimate_comparison(cfg, out, iterations=args.estimate, workers=workers, device=str(device), log=_log)
         out.mkdir(parents=True, exist_ok=True)
         (out / "estimate.json").write_text(json.dumps(est, indent=2))
         print(f"{'method':<12} {'it/s':>7} {'iterations':>11} {'per run':>9} {'runs':>5} {'total':>9}")
@@ -96,6 +101,8 @@ def _compare(args) -> int:
         print(f"salience maps (RAM+): {_hours(est['salience_s'])}; one test evaluation: {est['test_evaluation_s']:.0f} s")
         print(f"estimated total, one process, {est['torch_threads']} torch thread(s): {_hours(est['total_s'])} "
               f"({out / 'estimate.json'})")
+        if workers > 1:
+            print(f"estimated wall time with {workers} workers at that speed each: {_hours(est['wall_s'])}")
         return 0
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else None
     try:

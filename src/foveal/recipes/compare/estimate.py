@@ -68,9 +68,11 @@ def _rate_key(cfg: CompareConfig, name: str, stage: str) -> str:
     return name
 
 
-def estimate_comparison(cfg: CompareConfig, out: Path, *, iterations: int = 300,
-                        log: Callable[[str], None] = lambda message: None) -> dict:
-    """Measure each method's speed and estimate the comparison's total time (module docstring)."""
+def estimate_comparison(cfg: CompareConfig, out: Path, *, iterations: int = 300, workers: int = 1,
+                        device: str = "cpu", log: Callable[[str], None] = lambda message: None) -> dict:
+    """Measure each method's speed and estimate the comparison's total time (module docstring), and its wall
+    time with ``workers`` runs at once (:func:`wall_time`). ``device``: where the test pass is timed (the
+    runs' ``train.device``)."""
     if iterations < 3:
         raise ValueError(f"--estimate: expected at least 3 iterations to time, found {iterations}")
     scratch = Path(out) / "estimate"
@@ -99,7 +101,7 @@ def estimate_comparison(cfg: CompareConfig, out: Path, *, iterations: int = 300,
     exp = build_experiment(method_config(cfg, cfg.methods[0], seed), splits=("train", cfg.run["evaluate"]["split"]))
     test = exp.data[cfg.run["evaluate"]["split"]]
     start = time.perf_counter()
-    evaluate(exp.model, exp.algorithm, test, batch_size=int(cfg.run["evaluate"]["batch_size"]), device="cpu")
+    evaluate(exp.model, exp.algorithm, test, batch_size=int(cfg.run["evaluate"]["batch_size"]), device=device)
     one_pass = time.perf_counter() - start
     eval_s = 2 * one_pass + 3.0  # + the glimpse record pass and figures
     # M rollouts per image, each a pass of the same cost (a sampled location costs what the mode does), + figures
@@ -114,7 +116,41 @@ def estimate_comparison(cfg: CompareConfig, out: Path, *, iterations: int = 300,
         start = time.perf_counter()
         salience(network, images, grid, mode=cfg.inputs["salience_mode"])
         salience_s = (time.perf_counter() - start) / k * len(inputs.train_set)
-    return _total(cfg, rates, eval_s, salience_s, iterations, sampled_s)
+    est = _total(cfg, rates, eval_s, salience_s, iterations, sampled_s)
+    est["workers"] = workers
+    est["wall_s"] = wall_time(cfg, est, workers)
+    return est
+
+
+def wall_time(cfg: CompareConfig, est: dict, workers: int) -> float:
+    """The comparison's wall time when ``workers`` runs go at once, each at its measured one-process speed
+    (so measure with the workers' thread count, e.g. ``OMP_NUM_THREADS=1`` for CPU workers): the runs are
+    started in plan order (seed by seed), each on the first free worker once what it needs has finished
+    (PS-RAM with ``ps_ram_source: auto`` after RAM of its seed, RAM+ after the salience maps, which one
+    worker makes first). Its sampled evaluation is counted inside a run's time."""
+    if workers < 1:
+        raise ValueError(f"workers: expected at least 1, found {workers}")
+    per_run = {row["method"]: row["seconds_per_run"] for row in est["methods"] if not row.get("skipped")}
+    ram = next((m.name for m in cfg.methods if m.kind == "ram"), None)
+    free = [0.0] * workers
+    done: dict[tuple[str, int], float] = {}
+    salience_end = None
+    for seed in cfg.seeds:
+        for m in cfg.methods:
+            if m.name not in per_run:
+                continue
+            ready = 0.0
+            if m.kind == "ps" and m.sequences == "ps-ram" and cfg.inputs["ps_ram_source"] == "auto" and ram in per_run:
+                ready = done[(ram, seed)]
+            if m.kind == "ram+":
+                if salience_end is None:  # made once, by the first free worker, before the first RAM+ run
+                    w = min(range(workers), key=free.__getitem__)
+                    salience_end = free[w] = free[w] + est["salience_s"]
+                ready = salience_end
+            w = min(range(workers), key=free.__getitem__)
+            start = max(free[w], ready)
+            done[(m.name, seed)] = free[w] = start + per_run[m.name]
+    return max(free)
 
 
 def _posterior_for_timing(cfg: CompareConfig, inputs: ComparisonInputs):
