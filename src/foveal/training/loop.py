@@ -11,7 +11,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -76,14 +76,21 @@ class IterationBatches(Sampler[list[int]]):
             yield perm[pos * self.batch_size + first:pos * self.batch_size + last].tolist()
 
 
-def endless_shuffle(items: Tensor, seed: int, first: int, count: int) -> Tensor:
+def endless_shuffle(items: Tensor, seed: int, first: int, count: int, cache: Optional[dict] = None) -> Tensor:
     """Positions ``first .. first + count - 1`` of an endless sequence of shuffles of ``items``: epoch ``e``
-    is ``items[torch.randperm(len(items))]`` from a generator seeded with :func:`epoch_seed` ``(seed, e)``."""
+    is ``items[torch.randperm(len(items))]`` from a generator seeded with :func:`epoch_seed` ``(seed, e)``.
+    ``cache``: a dict that keeps the last epochs' permutations between calls (one draw per epoch)."""
     n = items.shape[0]
     parts, pos = [], first
     while pos < first + count:
         epoch, at = divmod(pos, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
+        perm = None if cache is None else cache.get((seed, epoch))
+        if perm is None:
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
+            if cache is not None:
+                for key in [k for k in cache if k[0] == seed and k[1] < epoch]:  # earlier epochs are done with
+                    del cache[key]
+                cache[(seed, epoch)] = perm
         take = min(n - at, first + count - pos)
         parts.append(items[perm[at:at + take]])
         pos += take
@@ -126,9 +133,10 @@ class FixedShareBatches(Sampler[list[int]]):
         k, rest = self.per_batch, self.batch_size - self.per_batch
         seeds = [_splitmix64(self.seed & _MASK64 ^ tag) >> 1 for tag in (1, 2, 3)]  # chosen, others, mixing
         first, last = self._slice
+        cache: dict = {}
         for b in range(self.start, self.end):
-            batch = torch.cat([endless_shuffle(self.chosen, seeds[0], b * k, k),
-                               endless_shuffle(self.others, seeds[1], b * rest, rest)])
+            batch = torch.cat([endless_shuffle(self.chosen, seeds[0], b * k, k, cache),
+                               endless_shuffle(self.others, seeds[1], b * rest, rest, cache)])
             mix = torch.randperm(self.batch_size, generator=torch.Generator().manual_seed(epoch_seed(seeds[2], b)))
             yield batch[mix][first:last].tolist()
 
