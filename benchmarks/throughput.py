@@ -15,6 +15,8 @@ Columns, in iterations per second:
 - step: loss, backward and Adam on one batch already in memory;
 - end to end: ``fit`` for ``--iterations`` iterations (validation and checkpoints at the end only), from
   its own folder in a temporary directory: what ``foveal train`` does;
+- compiled step / end to end (``--compile``): the same with ``train.compile=true`` (the loss through
+  ``torch.compile``; its first call, the compiling, is not timed);
 - reference step / end to end: the same network (same layer sizes, GRU core, the same hybrid REINFORCE
   loss) written the way a popular per-sample RAM is: the retina cuts each image's patches in a Python
   loop, one image at a time; its end to end reads items one by one (``dataset[i]``) and stacks them.
@@ -25,6 +27,7 @@ The ratio is ours / the reference's, end to end. Writes benchmarks/results/throu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -35,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Normal
+from torch.utils.flop_counter import FlopCounterMode
 from torch.utils.data import DataLoader, default_collate
 
 from foveal.config import apply_overrides, load_config
@@ -110,6 +114,12 @@ def rate(run, seconds: float, least: int = 3) -> float:
     return count / (time.perf_counter() - start)
 
 
+def gemm_gflops(seconds: float = 2.0) -> float:
+    """This core's float32 matrix-product speed at the step's largest shape (GRU: [128, 256] x [256, 768])."""
+    a, b = torch.randn(128, 256), torch.randn(256, 768)
+    return rate(lambda: a @ b, seconds) * 2 * 128 * 256 * 768 / 1e9
+
+
 def measure(setting: str, args) -> dict:
     cfg = apply_overrides(load_config(SETTINGS[setting]), [f"train.batch_size={args.batch_size}"])
     torch.manual_seed(0)
@@ -130,12 +140,35 @@ def measure(setting: str, args) -> dict:
         optimizer.step()
 
     step_rate = rate(step, args.seconds)
+    with FlopCounterMode(display=False) as counter:  # matrix products of one step (forward and backward)
+        step()
+    step_gflop = counter.get_total_flops() / 1e9
+    compiled = {}
+    if args.compile:
+        from foveal.training.distributed import loss_function
+
+        compiled_loss = loss_function(model, algorithm, torch.device("cpu"), compile=True)
+
+        def compiled_step() -> None:
+            out = compiled_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+
+        compiled["compiled_step_its"] = rate(compiled_step, args.seconds)
 
     with tempfile.TemporaryDirectory() as folder:
         train_cfg = TrainConfig(**{**cfg["train"], "iterations": args.iterations, "val_every": args.iterations,
                                    "val_batches": 1, "tensorboard": False, "lr_schedule": "constant"})
         result = fit(model, algorithm, train, exp.data["val"], train_cfg, Path(folder))
     end_to_end = result.iterations_per_second
+    if args.compile:  # fit compiles in its first iteration: time the iterations after it
+        with tempfile.TemporaryDirectory() as folder:
+            short = dataclasses.replace(train_cfg, compile=True, iterations=5, val_every=5)
+            fit(model, algorithm, train, exp.data["val"], short, Path(folder))
+            result = fit(model, algorithm, train, exp.data["val"], dataclasses.replace(short, iterations=5 + args.iterations,
+                                                                                    val_every=5 + args.iterations), Path(folder))
+        compiled["compiled_end_to_end_its"] = result.iterations_per_second
 
     reference = PerSampleRAM(model.config)
     ref_optimizer = torch.optim.Adam(reference.parameters(), lr=1e-3)
@@ -157,18 +190,28 @@ def measure(setting: str, args) -> dict:
     ref_e2e = rate(ref_end_to_end, args.seconds)
     return {"setting": setting, "config": SETTINGS[setting], "batch_size": B, "data_its": data, "step_its": step_rate,
             "end_to_end_its": end_to_end, "data_share_of_step": step_rate / data,
-            "reference_step_its": ref_rate, "reference_end_to_end_its": ref_e2e, "ratio": end_to_end / ref_e2e}
+            "step_gflop": step_gflop, "bound_its": gemm_gflops() / step_gflop,
+            **compiled, "reference_step_its": ref_rate, "reference_end_to_end_its": ref_e2e, "ratio": end_to_end / ref_e2e}
 
 
 def markdown(report: dict) -> str:
     lines = [f"RAM training throughput, iterations/s, batch {report['batch_size']}, {report['threads']} thread "
-             f"(torch {report['torch']}). Data share = data time / step time.", "",
+             f"(torch {report['torch']}). Data share = data time / step time. Bound = the step's matrix products "
+             "(GFLOP, forward and backward, counted by torch's FlopCounterMode) at this core's measured speed "
+             "for the step's largest product: the it/s of a step that did nothing else.", "",
              "| setting | data | step | end to end | data share | reference step | reference end to end | "
-             "ratio (end to end) |", "|---|---|---|---|---|---|---|---|"]
+             "ratio (end to end) | step GFLOP | bound |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(f"| {r['setting']} ({r['config']}) | {r['data_its']:.1f} | {r['step_its']:.1f} | "
                      f"{r['end_to_end_its']:.1f} | {100 * r['data_share_of_step']:.0f} % | {r['reference_step_its']:.1f} | "
-                     f"{r['reference_end_to_end_its']:.1f} | {r['ratio']:.2f}x |")
+                     f"{r['reference_end_to_end_its']:.1f} | {r['ratio']:.2f}x | {r['step_gflop']:.2f} | "
+                     f"{r['bound_its']:.1f} |")
+    if any("compiled_step_its" in r for r in report["rows"]):
+        lines += ["", "With `train.compile=true` (compiling not timed):", "",
+                  "| setting | step | end to end | ratio to the reference (end to end) |", "|---|---|---|---|"]
+        lines += [f"| {r['setting']} | {r['compiled_step_its']:.1f} | {r['compiled_end_to_end_its']:.1f} | "
+                  f"{r['compiled_end_to_end_its'] / r['reference_end_to_end_its']:.2f}x |"
+                  for r in report["rows"] if "compiled_step_its" in r]
     lines += ["", f"Command: `{report['command']}`"]
     return "\n".join(lines) + "\n"
 
@@ -181,6 +224,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="time per measured column (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--tag", default="throughput")
+    ap.add_argument("--compile", action="store_true", help="also time the loss through torch.compile (train.compile)")
     args = ap.parse_args()
     speed_up_allocator()
     torch.set_num_threads(1)
