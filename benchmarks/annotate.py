@@ -136,9 +136,10 @@ def main() -> None:
     write(args, report, seqs, val)
 
 
-def train_posterior(args) -> Path:
-    overrides = [f"train.iterations={args.iterations}"] if args.iterations else []
-    run = args.work / "posterior"
+def train_posterior(args, name: str = "posterior", overrides: tuple[str, ...] = ()) -> Path:
+    """The posterior of CONFIG trained in <work>/<name> (resumed if killed); ``overrides`` e.g. another seed."""
+    overrides = [*([f"train.iterations={args.iterations}"] if args.iterations else []), *overrides]
+    run = args.work / name
     if not (run / "results.json").exists():
         log(f"== posterior -> {run}")
         train_run(apply_overrides(load_config(CONFIG), overrides), run)
