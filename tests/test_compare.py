@@ -13,35 +13,17 @@ import yaml
 
 from foveal.checkpoint import save_checkpoint
 from foveal.cli import main
-from foveal.data import FovealDataset, register_dataset
+from foveal.data import register_dataset
 from foveal.data.sequences import GlimpseSequences
 from foveal.evaluation.convergence import run_convergence
 from foveal.models import create_model, model_spec
 from foveal.recipes.compare.config import load_compare_config, plan_runs, slug
 from foveal.retina import LocationGrid
-
-SIZE = 16
-
-
-class Squares(FovealDataset):
-    """A bright 4x4 square in one of the four quadrants; the label is the quadrant."""
-
-    def __init__(self, split, n):
-        self.name, self.split, self.num_classes = "compare-toy", split, 4
-        self.image_shape, self.class_names = (1, SIZE, SIZE), ["tl", "tr", "bl", "br"]
-        self.offset = {"train": 0, "val": 1000, "test": 2000}[split]
-        self.labels = np.arange(n) % 4
-
-    def load(self, i):
-        g = torch.Generator().manual_seed(self.offset + i)
-        image = 0.1 * torch.rand(1, SIZE, SIZE, generator=g)
-        r, c = divmod(int(self.labels[i]), 2)
-        dr, dc = (int(v) for v in torch.randint(0, 4, (2,), generator=g))
-        image[0, 8 * r + dr:8 * r + dr + 4, 8 * c + dc:8 * c + dc + 4] = 1.0
-        return image
+from squares import SIZE, Squares  # tests/squares.py
 
 
-register_dataset("compare-toy", lambda split, *, root=None, seed=0: Squares(split, {"train": 48}.get(split, 16)))
+register_dataset("compare-toy",
+                 lambda split, *, root=None, seed=0: Squares("compare-toy", split, {"train": 48}.get(split, 16)))
 
 RUN = {"data": {"name": "compare-toy"},
        "model": {"name": "ram-grid", "glimpse_size": 4, "grid_stride": 4, "hidden_size": 16, "glimpse_hidden": 8,

@@ -7,38 +7,17 @@ import csv
 import json
 import shutil
 
-import numpy as np
 import pytest
-import torch
 import yaml
 
 from foveal.cli import main
-from foveal.data import FovealDataset, register_dataset
+from foveal.data import register_dataset
 from foveal.recipes.compare.config import load_compare_config, plan_runs
 from foveal.recipes.compare.steps import plan_steps
+from squares import Squares  # tests/squares.py
 
-SIZE = 16
-
-
-class Squares(FovealDataset):
-    """A bright 4x4 square in one of the four quadrants; the label is the quadrant."""
-
-    def __init__(self, split, n):
-        self.name, self.split, self.num_classes = "compare-sampled-toy", split, 4
-        self.image_shape, self.class_names = (1, SIZE, SIZE), ["tl", "tr", "bl", "br"]
-        self.offset = {"train": 0, "val": 1000, "test": 2000}[split]
-        self.labels = np.arange(n) % 4
-
-    def load(self, i):
-        g = torch.Generator().manual_seed(self.offset + i)
-        image = 0.1 * torch.rand(1, SIZE, SIZE, generator=g)
-        r, c = divmod(int(self.labels[i]), 2)
-        dr, dc = (int(v) for v in torch.randint(0, 4, (2,), generator=g))
-        image[0, 8 * r + dr:8 * r + dr + 4, 8 * c + dc:8 * c + dc + 4] = 1.0
-        return image
-
-
-register_dataset("compare-sampled-toy", lambda split, *, root=None, seed=0: Squares(split, {"train": 48}.get(split, 16)))
+register_dataset("compare-sampled-toy",
+                 lambda split, *, root=None, seed=0: Squares("compare-sampled-toy", split, {"train": 48}.get(split, 16)))
 
 RUN = {"data": {"name": "compare-sampled-toy"},
        "model": {"name": "ram-grid", "glimpse_size": 4, "grid_stride": 4, "hidden_size": 16, "glimpse_hidden": 8,
