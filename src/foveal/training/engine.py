@@ -87,7 +87,7 @@ class TrainConfig:
         tensorboard: also write TensorBoard scalars.
         eval_batch_size: validation batch size; None means ``batch_size``.
         compile: run the training loss through ``torch.compile`` (validation stays eager). It pays on a GPU,
-            where a rollout is hundreds of small kernels; on one CPU core RAM's step gains about 5-10 %
+            where a rollout is hundreds of small kernels; on one CPU core RAM's step is about a quarter faster
             after about a minute of compiling (``benchmarks/throughput.py --compile``). Results equal the
             eager ones up to floating point, so a run may be resumed with it on or off.
     """
