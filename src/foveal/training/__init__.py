@@ -9,6 +9,7 @@ torchrun the same ``fit`` trains data-parallel (:mod:`foveal.training.distribute
 """
 
 from foveal.training.base import Algorithm, LossOutput, PolicyEvaluation
-from foveal.training.engine import FitResult, TrainConfig, evaluate, fit
+from foveal.training.engine import FitResult, evaluate, fit
+from foveal.training.train_config import TrainConfig
 
 __all__ = ["Algorithm", "LossOutput", "PolicyEvaluation", "TrainConfig", "FitResult", "fit", "evaluate"]
