@@ -75,3 +75,27 @@ def test_baseline_sequences_are_glimpse_sequence_files(tmp_path):
     assert r1.method == "random" and torch.equal(r1.corners, r2.corners) and r1.provenance["seed"] == 5
     with pytest.raises(ValueError, match="method: expected 'salient' or 'random', found 'nogs'"):
         baseline_sequences("nogs", data, [0], GRID, 2)
+
+
+def test_sequences_make_gives_baselines_of_the_images_and_grid_of_another_file(tmp_path, capsys):
+    from foveal.cli import main
+    from foveal.data import build_dataset
+
+    val = build_dataset("mnist5k", "val")
+    grid = LocationGrid.from_stride((28, 28), 8, 4)
+    like = baseline_sequences("random", val, [7, 3, 11], grid, 3, seed=1)
+    like = GlimpseSequences(**{**like.__dict__, "method": "nogs", "provenance": {"config": {"data_options": {}}}})
+    like.save(tmp_path / "nogs")
+    assert main(["sequences", "make", "salient", "--like", str(tmp_path / "nogs"), "--out", str(tmp_path / "sal")]) == 0
+    salient = GlimpseSequences.load(tmp_path / "sal", dataset=val)
+    assert salient.method == "salient" and salient.indices.tolist() == [7, 3, 11] and salient.grid == grid
+    assert salient.num_glimpses == 3 and salient.provenance["like"].endswith("nogs.json")
+    expected = baseline_sequences("salient", val, [7, 3, 11], grid, 3)
+    assert torch.equal(salient.corners, expected.corners)
+    assert main(["sequences", "make", "random", "--like", str(tmp_path / "nogs"), "--out", str(tmp_path / "rnd"),
+                 "--seed", "4"]) == 0
+    assert torch.equal(GlimpseSequences.load(tmp_path / "rnd").corners,
+                       baseline_sequences("random", val, [7, 3, 11], grid, 3, seed=4).corners)
+    capsys.readouterr()
+    assert main(["sequences", "make", "random", "--like", str(tmp_path / "nogs"), "--out", str(tmp_path / "rnd")]) == 2
+    assert "rnd: exists; use --force to replace it" in capsys.readouterr().err

@@ -166,6 +166,17 @@ def add_parsers(sub) -> None:
     m.add_argument("--force", action="store_true", help="replace OUT if it exists")
     m.add_argument("--no-dataset", action="store_true", help="do not build the dataset (files named <index>.txt)")
     m.set_defaults(handler=_import)
+    k = ss.add_parser("make", help="baseline sequences (salient or random) of the images and grid of a file")
+    k.add_argument("method", choices=["salient", "random"])
+    k.add_argument("--like", required=True, help="a sequence file (e.g. foveal annotate's): the same dataset split, "
+                                                 "images, grid and number of glimpses")
+    k.add_argument("--out", required=True, help="sequence file to write (prefix)")
+    k.add_argument("--seed", type=int, default=0, help="random: the generator's seed (default: %(default)s)")
+    k.add_argument("--kind", choices=["edge", "variance"], default="edge",
+                   help="salient: the saliency map (default: %(default)s)")
+    k.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    _data_arguments(k, dataset=False)
+    k.set_defaults(handler=_make)
     g = ss.add_parser("merge", help="combine results: an annotation folder (its chunks or shard results) or files "
                                     "with --out")
     g.add_argument("paths", nargs="+")
@@ -327,6 +338,29 @@ def _validate(args) -> int:
     dataset = _build(s.dataset, s.split, args, s.provenance.get("config"))
     s.validate(dataset)
     print(f"{s.source}: valid for {s.dataset}/{s.split} ({len(s)} of {len(dataset)} images)")
+    return 0
+
+
+def _make(args) -> int:
+    import dataclasses
+
+    from foveal.boed.salient import SalientConfig, baseline_sequences
+    from foveal.data.sequences import GlimpseSequences, sequence_paths
+
+    like = GlimpseSequences.load(args.like)
+    if like.grid is None:
+        raise ValueError(f"{like.source}: --like: expected a file with a grid (foveal annotate's), found none")
+    if not args.force and any(p.exists() for p in sequence_paths(args.out)):
+        raise ValueError(f"--out {args.out}: exists; use --force to replace it")
+    dataset = _build(like.dataset, like.split, args, like.provenance.get("config"))
+    made = baseline_sequences(args.method, dataset, like.indices, like.grid, like.num_glimpses,
+                              dataset_name=like.dataset, seed=args.seed, config=SalientConfig(args.kind))
+    provenance = {**made.provenance, "like": str(like.source), "config": like.provenance.get("config")}
+    made = dataclasses.replace(made, task=like.task, provenance=provenance)
+    made.validate(dataset)
+    made.save(args.out)
+    print(f"{args.out}: {len(made)} {args.method} sequences of {made.num_glimpses} glimpses, the images and grid of "
+          f"{like.source}")
     return 0
 
 
