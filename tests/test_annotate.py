@@ -11,6 +11,7 @@ from foveal.boed.bank import ImageBank
 from foveal.boed.completion import BankSampler
 from foveal.boed.epe import SearchConfig
 from foveal.checkpoint import save_checkpoint
+from foveal.data import build_dataset
 from foveal.data.sequences import GlimpseSequences, sequence_paths
 from foveal.models import create_model, model_spec
 
@@ -167,6 +168,13 @@ def test_cli_build_bank_annotate_and_sequences_commands(files, tmp_path, capsys)
     assert main(["build-bank", "mnist5k", "--split", "val", "--limit", "40", "--no-flips", "--out", str(bank),
                  "--quiet"]) == 0
     assert f"bank: {bank}" in capsys.readouterr().out and ImageBank.open(bank).image_shape == (1, 28, 28)
+    later = tmp_path / "later.npy"  # a bank past the images to annotate: positions 490.. of val
+    assert main(["build-bank", "mnist5k", "--split", "val", "--start", "490", "--no-flips", "--out", str(later),
+                 "--quiet"]) == 0
+    assert "mnist5k/val[490:]" in capsys.readouterr().out and len(ImageBank.open(later)) == 10
+    image = build_dataset("mnist5k", "val")[490]["image"][None]
+    assert torch.equal(ImageBank.open(later).images(torch.tensor([0])),
+                       ImageBank.from_tensor(image, dtype="uint8").images(torch.tensor([0])))
     torch.manual_seed(3)
     net = create_model("posterior-cnn", in_channels=1, num_classes=10, image_size=(28, 28), widths=(4,), strides=(2,))
     save_checkpoint(tmp_path / "post", model=net, info={"model": model_spec(net)}, rng=False)

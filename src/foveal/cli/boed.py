@@ -80,6 +80,9 @@ def add_parsers(sub) -> None:
     b.add_argument("--no-flips", action="store_true", help="do not add the horizontally mirrored images")
     b.add_argument("--dtype", choices=["uint8", "float16"], default="uint8", help="storage (default: %(default)s)")
     b.add_argument("--limit", type=int, help="only the first LIMIT images")
+    b.add_argument("--start", type=int, default=0,
+                   help="from this position of the split on (default: %(default)s), e.g. past the images to annotate, "
+                        "so that no completion is the annotated image itself")
     b.add_argument("--quiet", action="store_true")
     _data_arguments(b, dataset=False)
     b.set_defaults(handler=_build_bank)
@@ -198,7 +201,11 @@ def _build(name: str, split: str, args, defaults: Optional[dict] = None):
 def _build_bank(args) -> int:
     from foveal.boed.bank import ImageBank
 
+    from foveal.data.base import Rows
+
     dataset = _build(args.dataset, args.split, args)
+    if args.start:
+        dataset = Rows(dataset, args.start)
     count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     update, close = progress_bar(args.quiet, "img", show=("images_per_min",))
 
@@ -214,7 +221,9 @@ def _build_bank(args) -> int:
             return dataset[i]
 
     try:
-        bank = ImageBank.build(Counted(), args.out, flips=not args.no_flips, dtype=args.dtype, limit=args.limit)
+        source = f"{dataset.name}/{dataset.split}" + (f"[{args.start}:]" if args.start else "")
+        bank = ImageBank.build(Counted(), args.out, flips=not args.no_flips, dtype=args.dtype, limit=args.limit,
+                               source=source)
     finally:
         close()
     print(f"bank: {args.out} (+ {args.out.with_suffix('.json').name}): {bank.stored} images of {bank.image_shape}"
