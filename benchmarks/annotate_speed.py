@@ -49,6 +49,7 @@ from foveal.boed.epe import FirstGlimpse, SearchConfig  # noqa: E402
 from foveal.data import build_dataset  # noqa: E402
 from foveal.data.sequences import GlimpseSequences  # noqa: E402
 from foveal.evaluation.posterior_curves import posterior_curves  # noqa: E402
+from foveal.evaluation.sequence_quality import paired_bootstrap  # noqa: E402
 from foveal.recipes.run import load_model  # noqa: E402
 from foveal.retina import LocationGrid  # noqa: E402
 from foveal.runtime import speed_up_allocator  # noqa: E402
@@ -197,14 +198,6 @@ def per_image_curves(model, val, grid: LocationGrid, rec: dict, positions: list[
     return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def paired_ci(diff: torch.Tensor, resamples: int) -> dict:
-    """Mean of the per-image differences ``diff [K]`` and its 95 % percentile-bootstrap CI over images."""
-    g = torch.Generator().manual_seed(0)
-    means = diff[torch.randint(len(diff), (resamples, len(diff)), generator=g)].double().mean(1)
-    lo, hi = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    return {"mean": float(diff.double().mean()), "ci95": [lo, hi], "contains_0": lo <= 0 <= hi}
-
-
 def summarise(args, records: dict, positions, grid, val, chooser, scorer) -> dict:
     pos = positions.tolist()
     plain = records["plain"]["images"]
@@ -219,8 +212,8 @@ def summarise(args, records: dict, positions, grid, val, chooser, scorer) -> dic
         same = (cells[:, 1:] == plain_cells[:, 1:]).float()  # steps 2..T (step 1 is the task's)
         q, q0 = scored[name], scored["plain"]
         acc_T, h_mean = q["accuracy"][:, -1], q["entropy"][:, 1:].mean(1)
-        d_acc = paired_ci(acc_T - q0["accuracy"][:, -1], args.resamples)
-        d_h = paired_ci(h_mean - q0["entropy"][:, 1:].mean(1), args.resamples)
+        d_acc = paired_bootstrap(acc_T - q0["accuracy"][:, -1], resamples=args.resamples)
+        d_h = paired_bootstrap(h_mean - q0["entropy"][:, 1:].mean(1), resamples=args.resamples)
         chooser_acc = per_image_curves(chooser, val, grid, rec, pos)["accuracy"][:, -1]
         out[name] = {
             "search": rec["search"], "seed_offset": rec["seed_offset"], "images": len(pos),

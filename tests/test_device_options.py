@@ -13,7 +13,8 @@ MODEL_COMMANDS = {
     "train": [], "demo": [], "train-posterior": [], "train-saccader": [], "compare": [],
     "evaluate": ["runs/none/checkpoints/best"], "evaluate-policies": ["--out", "policy-eval"], "annotate": [],
 }
-# Commands that read or write files only (plots from records, banks, sequence files, the registries).
+# Commands that read or write files only (plots from records, banks, sequence files, the registries); of
+# `sequences`, only `sequences score` runs a network, and it takes --device (test below).
 NO_MODEL_COMMANDS = {"list", "plot-epe", "build-bank", "sequences"}
 
 
@@ -108,3 +109,13 @@ def test_a_gpu_index_beyond_the_machines_is_refused(command, tmp_path, monkeypat
     assert main([command, *MODEL_COMMANDS[command], "--device", f"cuda:{count}"]) == 2
     err = capsys.readouterr().err
     assert "--device: " in err and ("CUDA is not available" in err or f"has {count} CUDA device(s)" in err), err
+
+
+def test_sequences_score_takes_device_and_refuses_a_missing_gpu(capsys):
+    sequences = _commands()["sequences"]
+    actions = next(a for a in sequences._actions if isinstance(a, argparse._SubParsersAction)).choices
+    options = {o: a for a in actions["score"]._actions for o in a.option_strings}
+    assert "--device" in options and options["--device"].default is None
+    if not torch.cuda.is_available():
+        assert main(["sequences", "score", "none", "--scorer", "none", "--device", "cuda"]) == 2
+        assert "--device: 'cuda' requested but CUDA is not available" in capsys.readouterr().err

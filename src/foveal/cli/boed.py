@@ -180,6 +180,17 @@ def add_parsers(sub) -> None:
     k.add_argument("--force", action="store_true", help="replace OUT if it exists")
     _data_arguments(k, dataset=False)
     k.set_defaults(handler=_make)
+    q = ss.add_parser("score", help="score files by a posterior network that did not choose them, image for image, "
+                                    "paired with the first file")
+    q.add_argument("paths", nargs="+", help="sequence files of the same split and grid (scored on the images all hold)")
+    q.add_argument("--scorer", required=True, help="checkpoint of a posterior network (foveal train-posterior), "
+                                                   "ideally not the one that chose the sequences")
+    q.add_argument("--num-glimpses", type=int, help="score the first T glimpses (default: the shortest file's)")
+    q.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default: %(default)s)")
+    q.add_argument("--json", type=Path, help="also write the numbers here")
+    add_device_argument(q, "cpu")
+    _data_arguments(q, dataset=False)
+    q.set_defaults(handler=_score)
     g = ss.add_parser("merge", help="combine results: an annotation folder (its chunks or shard results) or files "
                                     "with --out")
     g.add_argument("paths", nargs="+")
@@ -370,6 +381,39 @@ def _make(args) -> int:
     made.save(args.out)
     print(f"{args.out}: {len(made)} {args.method} sequences of {made.num_glimpses} glimpses, the images and grid of "
           f"{like.source}")
+    return 0
+
+
+def _score(args) -> int:
+    import json
+
+    from foveal.data.sequences import GlimpseSequences
+    from foveal.evaluation.sequence_quality import compare_sequences
+    from foveal.models import load_model
+    from foveal.runtime import resolve_device
+
+    device = resolve_device(checked_device(args.device) or "cpu", "--device")
+    files = [GlimpseSequences.load(p) for p in args.paths]
+    dataset = _build(files[0].dataset, files[0].split, args, files[0].provenance.get("config"))
+    for f in files:
+        f.validate(dataset)
+    model, _ = load_model(args.scorer, kind="posterior")
+    result = compare_sequences(model, dataset, files, num_glimpses=args.num_glimpses, resamples=args.resamples,
+                               device=device)
+    T = result["num_glimpses"]
+    print(f"scorer {args.scorer}; {result['images']} images all files hold; after t = 1..{T} glimpses:")
+    for f in result["files"]:
+        acc = " ".join(f"{v:.3f}" for v in f["accuracy"][1:])
+        ent = " ".join(f"{v:.3f}" for v in f["entropy"][1:])
+        print(f"  {f['source']} ({f['method']}): accuracy {acc}; entropy {ent}")
+        d = f["vs_first"]
+        if d is not None:
+            a, h = d["accuracy_after_T"], d["entropy_mean"]
+            print(f"    vs the first: accuracy after T {a['mean']:+.3f} [{a['ci95'][0]:+.3f}, {a['ci95'][1]:+.3f}], "
+                  f"mean entropy {h['mean']:+.3f} [{h['ci95'][0]:+.3f}, {h['ci95'][1]:+.3f}] (95 % bootstrap over "
+                  "images)")
+    if args.json is not None:
+        args.json.write_text(json.dumps({"scorer": str(args.scorer), **result}, indent=2))
     return 0
 
 
