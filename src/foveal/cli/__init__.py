@@ -27,8 +27,8 @@ EPILOG = """examples:
   foveal list                                      configs, datasets, models, algorithms, policies
 """
 
-COMMAND_MODULES: tuple[str, ...] = ("foveal.cli.run", "foveal.cli.posterior", "foveal.cli.boed", "foveal.cli.saccader",
-                                    "foveal.cli.compare")
+COMMAND_MODULES: tuple[str, ...] = ("foveal.cli.run", "foveal.cli.posterior", "foveal.cli.boed", "foveal.cli.sequences",
+                                    "foveal.cli.saccader", "foveal.cli.compare")
 # the commands that train one run through train_run: under torchrun, data-parallel
 DATA_PARALLEL_COMMANDS: tuple[str, ...] = ("train", "train-posterior", "train-saccader", "demo")
 

@@ -9,14 +9,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from foveal.config import apply_overrides, load_config
 from foveal.policies import describe_policies
 from foveal.runtime import launcher_world_size
 
 __all__ = ["progress_bar", "report", "add_training_arguments", "config_and_run_dir", "run_training", "policy_help",
-           "add_device_argument", "checked_device"]
+           "add_device_argument", "checked_device", "add_data_arguments", "build_split",
+           "key_values"]
 
 
 def progress_bar(quiet: bool, unit: str = "it", show: tuple[str, ...] = ("loss", "ce", "accuracy", "val/accuracy")
@@ -142,3 +143,43 @@ def config_and_run_dir(args) -> tuple[dict, Path]:
 
         run_dir = all_gather_objects(run_dir)[0]  # torchrun: rank 0's clock names the one folder of every rank
     return cfg, run_dir
+
+
+def _yaml_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text) if text != "" else None
+
+
+def key_values(items: list[str], what: str) -> dict[str, Any]:
+    """``["k=v", ...]`` -> ``{k: YAML value of v}``; ``what`` names the option in errors."""
+    out = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{what} {item!r}: expected key=value")
+        out[key] = _yaml_value(raw)
+    return out
+
+
+def add_data_arguments(p, dataset: bool = True) -> None:
+    """``--dataset``/``--split`` (unless ``dataset`` is False), ``--data-root``, ``--data-seed`` and ``--option``
+    (read by :func:`build_split`)."""
+    if dataset:
+        p.add_argument("--dataset", help="dataset name (foveal list)")
+        p.add_argument("--split", help="split (train, val, test, annotate)")
+    p.add_argument("--data-root", help="dataset root folder or file")
+    p.add_argument("--data-seed", type=int, help="dataset seed (translated / cluttered placement)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="dataset option, e.g. canvas=60 (repeatable)")
+
+
+def build_split(name: str, split: str, args, defaults: Optional[dict] = None):
+    """The split ``name``/``split`` built from :func:`add_data_arguments`' options, over ``defaults``
+    (``data_root``, ``data_seed``, ``data_options``: e.g. an annotation's config)."""
+    from foveal.data import build_dataset
+
+    defaults = defaults or {}
+    root = args.data_root if args.data_root is not None else defaults.get("data_root")
+    seed = args.data_seed if args.data_seed is not None else defaults.get("data_seed", 0)
+    options = {**(defaults.get("data_options") or {}), **key_values(args.option, "--option")}
+    return build_dataset(name, split, root=root, seed=seed, **options)
