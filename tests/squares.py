@@ -24,3 +24,17 @@ class Squares(FovealDataset):
         dr, dc = (int(v) for v in torch.randint(0, 4, (2,), generator=g))
         image[0, 8 * r + dr:8 * r + dr + 4, 8 * c + dc:8 * c + dc + 4] = 1.0
         return image
+
+
+def register_squares(name: str) -> dict:
+    """Register ``Squares`` as dataset ``name`` (48 training images, 16 val / test) and return the run config
+    of a tiny comparison on it: a 2-glimpse grid RAM trained for 6 iterations."""
+    from foveal.data import register_dataset
+
+    register_dataset(name, lambda split, *, root=None, seed=0: Squares(name, split, {"train": 48}.get(split, 16)))
+    return {"data": {"name": name},
+            "model": {"name": "ram-grid", "glimpse_size": 4, "grid_stride": 4, "hidden_size": 16, "glimpse_hidden": 8,
+                      "location_hidden": 8, "feature_size": 16},
+            "algorithm": {"name": "reinforce", "num_glimpses": 2},
+            "train": {"iterations": 6, "batch_size": 8, "lr": 0.01, "val_every": 3, "tensorboard": False},
+            "evaluate": {"examples": 4, "figures": False, "batch_size": 16}}

@@ -13,24 +13,15 @@ import yaml
 
 from foveal.checkpoint import save_checkpoint
 from foveal.cli import main
-from foveal.data import register_dataset
 from foveal.data.sequences import GlimpseSequences
 from foveal.evaluation.convergence import run_convergence
 from foveal.models import create_model, model_spec
 from foveal.recipes.compare.config import load_compare_config, plan_runs, slug
 from foveal.retina import LocationGrid
-from squares import SIZE, Squares  # tests/squares.py
+from squares import SIZE, register_squares  # tests/squares.py
 
 
-register_dataset("compare-toy",
-                 lambda split, *, root=None, seed=0: Squares("compare-toy", split, {"train": 48}.get(split, 16)))
-
-RUN = {"data": {"name": "compare-toy"},
-       "model": {"name": "ram-grid", "glimpse_size": 4, "grid_stride": 4, "hidden_size": 16, "glimpse_hidden": 8,
-                 "location_hidden": 8, "feature_size": 16},
-       "algorithm": {"name": "reinforce", "num_glimpses": 2},
-       "train": {"iterations": 6, "batch_size": 8, "lr": 0.01, "val_every": 3, "tensorboard": False},
-       "evaluate": {"examples": 4, "figures": False, "batch_size": 16}}
+RUN = register_squares("compare-toy")
 METHODS = [{"name": "RAM", "kind": "ram"}, {"name": "RAM+", "kind": "ram+"},
            {"name": "WSRAM", "kind": "wsram", "algorithm": {"samples": 2}},
            {"name": "PS-RAM", "kind": "ps", "sequences": "ps-ram"}, {"name": "PS-NOGS", "kind": "ps", "sequences": "nogs"},

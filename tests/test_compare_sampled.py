@@ -11,20 +11,11 @@ import pytest
 import yaml
 
 from foveal.cli import main
-from foveal.data import register_dataset
 from foveal.recipes.compare.config import load_compare_config, plan_runs
 from foveal.recipes.compare.steps import plan_steps
-from squares import Squares  # tests/squares.py
+from squares import register_squares  # tests/squares.py
 
-register_dataset("compare-sampled-toy",
-                 lambda split, *, root=None, seed=0: Squares("compare-sampled-toy", split, {"train": 48}.get(split, 16)))
-
-RUN = {"data": {"name": "compare-sampled-toy"},
-       "model": {"name": "ram-grid", "glimpse_size": 4, "grid_stride": 4, "hidden_size": 16, "glimpse_hidden": 8,
-                 "location_hidden": 8, "feature_size": 16},
-       "algorithm": {"name": "reinforce", "num_glimpses": 2},
-       "train": {"iterations": 6, "batch_size": 8, "lr": 0.01, "val_every": 3, "tensorboard": False},
-       "evaluate": {"examples": 4, "figures": False, "batch_size": 16}}
+RUN = register_squares("compare-sampled-toy")
 METHODS = [{"name": "RAM", "kind": "ram"}, {"name": "PS-NOGS", "kind": "ps", "sequences": "nogs"}]
 RUNS = ("ram", "ps-nogs")
 
