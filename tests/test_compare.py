@@ -144,6 +144,38 @@ def test_estimate_times_each_method(setup, capsys):
     assert est["total_s"] > 0 and est["salience_s"] > 0 and "estimated total" in capsys.readouterr().out
 
 
+def test_salient_and_random_supervision_use_the_nogs_images_and_grid(setup):
+    """PS-SALIENT / PS-RANDOM: baseline sequences of exactly the supervised images, made before any run."""
+    from foveal.boed.salient import salient_cells
+    from foveal.recipes.compare.inputs import ComparisonInputs
+    from squares import Squares
+
+    tmp, config = setup
+    text = yaml.safe_load(config.read_text())
+    text["methods"] = [{"name": "PS-SALIENT", "kind": "ps", "sequences": "salient"},
+                       {"name": "PS-RANDOM", "kind": "ps", "sequences": "random"}]
+    config.write_text(yaml.safe_dump(text))
+    cfg = load_compare_config(config, quick=True)
+    out = tmp / "base"
+    ComparisonInputs(cfg, out).preflight()
+    grid = LocationGrid.from_stride((SIZE, SIZE), 4, 4)
+    train = Squares("compare-toy", "train", 48)
+    nogs_first = list(range(0, 32, 4))
+    salient = GlimpseSequences.load(out / "inputs" / "salient-n8")
+    assert salient.method == "salient" and salient.indices.tolist() == nogs_first
+    images = torch.stack([train[i]["image"] for i in nogs_first])
+    assert torch.equal(salient.corners, grid.corners()[salient_cells(images, grid, 2)])
+    random = GlimpseSequences.load(out / "inputs" / "random-n8")
+    assert random.method == "random" and random.indices.tolist() == nogs_first
+    before = (out / "inputs" / "random-n8.json").stat().st_mtime_ns
+    assert main(["compare", "--config", str(config), "--out", str(out), "--quick", "--quiet"]) == 0
+    assert (out / "inputs" / "random-n8.json").stat().st_mtime_ns == before  # made once, reused
+    for method, name in (("ps-salient", "salient-n8"), ("ps-random", "random-n8")):
+        run = yaml.safe_load((out / "runs" / method / "seed-0" / "config.yaml").read_text())
+        assert run["algorithm"]["name"] == "partial-supervision" and run["algorithm"]["sequences"].endswith(name)
+        assert (out / "runs" / method / "seed-0" / "results.json").exists()
+
+
 def test_interrupted_runs_resume_exactly(setup):
     """Oversampled partial supervision and wake-sleep, trained straight or killed and resumed: same metrics."""
     from foveal.recipes.compare.inputs import ComparisonInputs

@@ -13,7 +13,8 @@ from foveal.cli import main
 from foveal.data import build_dataset
 from foveal.data.sequences import GlimpseSequences
 from foveal.evaluation.posterior_curves import posterior_curves
-from foveal.evaluation.sequence_quality import compare_sequences, paired_bootstrap, per_image_curves
+from foveal.evaluation.sequence_quality import (compare_sequences, glimpse_model_curves, paired_bootstrap,
+                                              per_image_curves)
 from foveal.models import create_model, model_spec
 from foveal.retina import LocationGrid
 
@@ -97,3 +98,45 @@ def test_files_are_scored_on_the_images_they_share_and_paired_with_the_first(sco
                                          torch.zeros(4, 3, dtype=torch.long)]})
     with pytest.raises(ValueError, match="on another grid"):
         compare_sequences(scorer, val, [salient, other_grid])
+
+
+def test_a_glimpse_network_scores_sequences_by_looking_along_them(scorer, tmp_path, capsys):
+    torch.manual_seed(1)
+    ram = create_model("ram-grid", in_channels=1, num_classes=10, image_size=(28, 28), glimpse_size=8, grid_stride=4,
+                       num_scales=1, hidden_size=16, glimpse_hidden=8, location_hidden=8, feature_size=16)
+    assert ram.grid == GRID
+    val = torch.utils.data.Subset(build_dataset("mnist5k", "val"), [0, 1, 2, 3, 4])
+    cells = torch.tensor([[0, 5, 35], [7, 7, 7], [35, 0, 1], [2, 3, 4], [10, 20, 30]])
+    q = glimpse_model_curves(ram, val, GRID, cells, batch_size=2)
+    images = torch.stack([val[i]["image"] for i in range(5)])
+    labels = torch.tensor([int(val[i]["label"]) for i in range(5)])
+    with torch.no_grad():
+        rollout = ram.eval().rollout(images, 3, forced_locations=GRID.locations().float()[cells])
+        prior = ram.classifier(torch.zeros(5, 16))  # the GRU's initial state
+    assert torch.equal(rollout.indices, cells)  # it looked where it was told
+    logits = torch.cat([prior[:, None], rollout.logits], 1)
+    assert torch.equal(q["accuracy"], (logits.argmax(-1) == labels[:, None]).double())
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, None].expand(5, 4), reduction="none")
+    assert torch.allclose(q["ce"], ce.double(), atol=1e-6)
+    other = create_model("ram-grid", in_channels=1, num_classes=10, image_size=(28, 28), glimpse_size=8, grid_stride=5,
+                         num_scales=1, hidden_size=16, glimpse_hidden=8, location_hidden=8, feature_size=16)
+    with pytest.raises(ValueError, match="is not the sequences'"):
+        glimpse_model_curves(other, val, GRID, cells)
+    with pytest.raises(ValueError, match="expected a glimpse network"):
+        glimpse_model_curves(scorer, val, GRID, cells)
+    # the command: a posterior and a glimpse network side by side
+    full = build_dataset("mnist5k", "val")
+    salient, random = (baseline_sequences(m, full, [1, 2, 3], GRID, 3) for m in ("salient", "random"))
+    salient.save(tmp_path / "sal")
+    random.save(tmp_path / "rnd")
+    save_checkpoint(tmp_path / "scorer", model=scorer, info={"model": model_spec(scorer)}, rng=False)
+    save_checkpoint(tmp_path / "ram", model=ram, info={"model": model_spec(ram)}, rng=False)
+    assert main(["sequences", "score", str(tmp_path / "sal"), str(tmp_path / "rnd"), "--scorer", str(tmp_path / "scorer"),
+                 "--classifier", str(tmp_path / "ram"), "--resamples", "200", "--json", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("3 images all files hold") == 2 and "glimpse network" in out
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert [r["kind"] for r in saved] == ["posterior", "glimpse network"]
+    assert saved[1]["files"][0]["accuracy"] == pytest.approx(compare_sequences(ram, full, [salient])["files"][0]["accuracy"])
+    assert main(["sequences", "score", str(tmp_path / "sal")]) == 2
+    assert "expected at least one --scorer or --classifier" in capsys.readouterr().err

@@ -73,11 +73,16 @@ def add_parsers(sub) -> None:
     k.add_argument("--force", action="store_true", help="replace OUT if it exists")
     add_data_arguments(k, dataset=False)
     k.set_defaults(handler=_make)
-    q = ss.add_parser("score", help="score files by a posterior network that did not choose them, image for image, "
-                                    "paired with the first file")
+    q = ss.add_parser("score", help="score files by networks that did not choose them, image for image, paired "
+                                    "with the first file")
     q.add_argument("paths", nargs="+", help="sequence files of the same split and grid (scored on the images all hold)")
-    q.add_argument("--scorer", required=True, help="checkpoint of a posterior network (foveal train-posterior), "
-                                                   "ideally not the one that chose the sequences")
+    q.add_argument("--scorer", action="append", default=[],
+                   help="checkpoint of a posterior network (foveal train-posterior), ideally not the one that chose "
+                        "the sequences; repeatable")
+    q.add_argument("--classifier", action="append", default=[],
+                   help="checkpoint of a glimpse network on the files' grid (foveal train, e.g. ram-grid with "
+                        "algorithm.train_policy=random: a classifier trained on random glimpses), forced to look "
+                        "along the sequences; repeatable")
     q.add_argument("--num-glimpses", type=int, help="score the first T glimpses (default: the shortest file's)")
     q.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default: %(default)s)")
     q.add_argument("--json", type=Path, help="also write the numbers here")
@@ -156,16 +161,29 @@ def _score(args) -> int:
     from foveal.models import load_model
     from foveal.runtime import resolve_device
 
+    if not args.scorer and not args.classifier:
+        raise ValueError("sequences score: expected at least one --scorer or --classifier checkpoint, found none")
     device = resolve_device(checked_device(args.device) or "cpu", "--device")
     files = [GlimpseSequences.load(p) for p in args.paths]
     dataset = build_split(files[0].dataset, files[0].split, args, files[0].provenance.get("config"))
     for f in files:
         f.validate(dataset)
-    model, _ = load_model(args.scorer, kind="posterior")
-    result = compare_sequences(model, dataset, files, num_glimpses=args.num_glimpses, resamples=args.resamples,
-                               device=device)
+    results = []
+    for kind, paths in (("posterior", args.scorer), ("glimpse network", args.classifier)):
+        for path in paths:
+            model, _ = load_model(path, kind="posterior" if kind == "posterior" else None)
+            result = compare_sequences(model, dataset, files, num_glimpses=args.num_glimpses,
+                                       resamples=args.resamples, device=device)
+            results.append({"scorer": str(path), "kind": kind, **result})
+            _print_scores(results[-1])
+    if args.json is not None:
+        args.json.write_text(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+    return 0
+
+
+def _print_scores(result: dict) -> None:
     T = result["num_glimpses"]
-    print(f"scorer {args.scorer}; {result['images']} images all files hold; after t = 1..{T} glimpses:")
+    print(f"{result['kind']} {result['scorer']}; {result['images']} images all files hold; after t = 1..{T} glimpses:")
     for f in result["files"]:
         acc = " ".join(f"{v:.3f}" for v in f["accuracy"][1:])
         ent = " ".join(f"{v:.3f}" for v in f["entropy"][1:])
@@ -176,9 +194,6 @@ def _score(args) -> int:
             print(f"    vs the first: accuracy after T {a['mean']:+.3f} [{a['ci95'][0]:+.3f}, {a['ci95'][1]:+.3f}], "
                   f"mean entropy {h['mean']:+.3f} [{h['ci95'][0]:+.3f}, {h['ci95'][1]:+.3f}] (95 % bootstrap over "
                   "images)")
-    if args.json is not None:
-        args.json.write_text(json.dumps({"scorer": str(args.scorer), **result}, indent=2))
-    return 0
 
 
 def _export(args) -> int:

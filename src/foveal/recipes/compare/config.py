@@ -13,7 +13,9 @@ wsram      wake-sleep training (:mod:`foveal.training.wake_sleep`); the model ge
 ps         partial supervision (:mod:`foveal.training.partial_supervision`) by the sequences named in
            ``sequences``: ``nogs`` (the annotator's file), ``ps-ram`` (sampled from the RAM run of the
            same seed, or from ``inputs.ps_ram_source``), ``hgs`` (CUB parts, or ``inputs.hgs_points``),
-           or a path
+           ``salient`` / ``random`` (Sobel-salient or uniformly random cells of the model's grid for the
+           same images, :func:`foveal.boed.salient.baseline_sequences`: what NOGS must beat as
+           supervision), or a path
 =========  ======================================================================================
 
 A comparison config (YAML, ``compare-*.yaml`` among the built-in configs)::
@@ -67,7 +69,8 @@ __all__ = ["MethodSpec", "CompareConfig", "RunTask", "load_compare_config", "pla
 
 KINDS = ("ram", "ram+", "wsram", "ps")
 SAMPLED = "sampled"  # runs/<method>/seed-<s>/sampled/: a run's sampled evaluation
-SEQUENCE_SOURCES = ("nogs", "ps-ram", "hgs")
+SEQUENCE_SOURCES = ("nogs", "ps-ram", "hgs", "salient", "random")
+BASELINES = ("salient", "random")  # made from the supervised images themselves, before any run starts
 WAKE_SLEEP_MODELS = {"ram": "ram-ws", "ram-grid": "ram-grid-ws"}
 _TOP_KEYS = ("run", "run_overrides", "seeds", "methods", "inputs", "convergence", "evaluate_repeats", "quick")
 _INPUT_DEFAULTS = {"nogs": None, "posterior": None, "ps_ram_source": "auto", "hgs_points": None,
@@ -85,7 +88,7 @@ class MethodSpec:
     Attributes:
         name: the label (``"PS-NOGS"``).
         kind: one of :data:`KINDS`.
-        sequences: for ``ps``: ``nogs``, ``ps-ram``, ``hgs`` or a sequence-file path.
+        sequences: for ``ps``: one of :data:`SEQUENCE_SOURCES` or a sequence-file path.
         algorithm: settings that override the method's algorithm settings.
         overrides: run-config overrides (``section.key=value``) for this method only.
     """
@@ -237,7 +240,8 @@ class RunTask:
     run_dir: Path
     config: dict
     init_from: Optional[Path] = None
-    needs: Optional[str] = None  # the input to make first: "nogs", "ps-ram", "hgs", "salience" or None
+    needs: Optional[str] = None  # the input to make first: "nogs", "ps-ram", "hgs", "salient", "random",
+    # "salience", "file" or None
 
     @property
     def done(self) -> bool:

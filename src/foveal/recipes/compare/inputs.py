@@ -5,6 +5,9 @@
 * ``ps-ram-seed<s>-n<n>`` - sequences sampled from the policy of the finished RAM run of seed ``s``
   (``inputs.ps_ram_source: auto``), or ``ps-ram-n<n>`` from a given checkpoint.
 * ``hgs-n<n>`` - hand-crafted sequences from CUB parts, or from the points of ``inputs.hgs_points``.
+* ``salient-n<n>`` / ``random-n<n>`` - Sobel-salient / uniformly random cells of the model's grid for the
+  supervised images (:func:`foveal.boed.salient.baseline_sequences`, random with seed 0): the baselines
+  NOGS must beat as supervision. Cheap and deterministic, made by :meth:`ComparisonInputs.preflight`.
 * ``salience-<mode>.npz`` - RAM+'s salience maps of the training split, from ``inputs.posterior``.
 
 Supervised methods share their images: the first ``num_sequences`` of the NOGS file, or, without one, a
@@ -22,9 +25,10 @@ from typing import Callable, Optional
 
 import torch
 
+from foveal.boed.salient import baseline_sequences
 from foveal.data.sequences import GlimpseSequences, sequence_paths
 from foveal.models import load_model
-from foveal.recipes.compare.config import CompareConfig, RunTask, slug
+from foveal.recipes.compare.config import BASELINES, CompareConfig, RunTask, slug
 from foveal.recipes.run import build_data, build_model
 from foveal.recipes.sequence_sources import hgs_sequences, points_sequences, policy_sequences
 from foveal.retina import LocationGrid
@@ -194,6 +198,17 @@ class ComparisonInputs:
             seqs.save(path)
         return path
 
+    def baseline(self, method: str) -> Path:
+        """The ``salient`` or ``random`` sequences of the supervised images on the model's grid (made once)."""
+        path = self.folder / f"{method}-n{self.n}"
+        if not sequence_paths(path)[0].exists():
+            indices = self.indices()
+            self.log(f"making {method} sequences for {len(indices)} images")
+            seqs = baseline_sequences(method, self.train_set, indices, self.grid(), self.num_glimpses, seed=0)
+            self._check_sequences(seqs, f"{method} sequences")
+            seqs.save(path)
+        return path
+
     def salience(self) -> Path:
         posterior = self.cfg.inputs["posterior"]
         mode = self.cfg.inputs["salience_mode"]
@@ -243,8 +258,11 @@ class ComparisonInputs:
             if "ram" not in order[:first_ps_ram]:
                 raise ValueError("PS-RAM samples from the comparison's RAM runs (inputs.ps_ram_source: auto): list a "
                                  "method of kind ram before it, or give a checkpoint")
+        for method in BASELINES:
+            if method in sources:
+                self.baseline(method)
         for m in self.cfg.methods:
-            if m.kind == "ps" and m.sequences not in ("nogs", "ps-ram", "hgs"):
+            if m.kind == "ps" and m.sequences not in ("nogs", "ps-ram", "hgs") + BASELINES:
                 self._check_sequences(GlimpseSequences.load(m.sequences, dataset=self.train_set), f"{m.name} sequences")
 
     def resolve(self, task: RunTask) -> Optional[str]:
@@ -264,6 +282,8 @@ class ComparisonInputs:
             if path is None:
                 return _NO_HGS
             alg["sequences"] = str(path.resolve())
+        elif task.needs in BASELINES:
+            alg["sequences"] = str(self.baseline(task.needs).resolve())
         elif task.needs == "file":
             spec = self.cfg.method(task.method).sequences
             self._check_sequences(GlimpseSequences.load(spec, dataset=self.train_set), f"{task.method} sequences")
