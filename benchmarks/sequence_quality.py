@@ -51,18 +51,19 @@ def markdown(report: dict) -> str:
     T = report["num_glimpses"]
     lines = [f"Sequence quality on {report['images']} images of {report['dataset']}/{report['split']}, "
              f"scored by networks that did not choose them (the chooser, if listed, did). Accuracy after t = 1..{T} "
-             "glimpses; mean entropy over t = 1..T (nats); differences to the first file per image, 95 % bootstrap "
+             "glimpses; mean accuracy and entropy (nats) over t = 1..T; differences to the first file per image, 95 % bootstrap "
              "intervals over images.", ""]
     for s in report["scorers"]:
         lines += [f"**{s['label']}** ({s['kind']}, `{s['checkpoint']}`)", "",
                   "| sequences | " + " | ".join(f"acc. t={t}" for t in range(1, T + 1)) +
-                  " | mean entropy | acc. after T vs first | mean entropy vs first |",
-                  "|---|" + "---|" * (T + 3)]
+                  " | mean acc. | mean entropy | acc. after T vs first | mean acc. vs first | mean entropy vs first |",
+                  "|---|" + "---|" * (T + 5)]
         for f in s["files"]:
             d = f["vs_first"]
             lines.append(f"| {f['method']} | " + " | ".join(f"{v:.3f}" for v in f["accuracy"][1:]) +
-                         f" | {f['entropy_mean']:.3f} | " +
+                         f" | {f['accuracy_mean']:.3f} | {f['entropy_mean']:.3f} | " +
                          ("-" if d is None else _ci(d["accuracy_after_T"])) + " | " +
+                         ("-" if d is None else _ci(d["accuracy_mean"])) + " | " +
                          ("-" if d is None else _ci(d["entropy_mean"])) + " |")
         lines.append("")
     lines.append(f"Command: `{report['command']}`")

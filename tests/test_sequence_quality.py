@@ -83,6 +83,11 @@ def test_files_are_scored_on_the_images_they_share_and_paired_with_the_first(sco
     cells = GRID.corner_to_index(salient.corners[1:, :3].reshape(-1, 2)).view(3, 3)
     direct = per_image_curves(scorer, sub, GRID, cells)["accuracy"][:, -1]
     assert first["accuracy_after_T"] == pytest.approx(float(direct.mean()))
+    rows = {k: per_image_curves(scorer, sub, GRID, GRID.corner_to_index(f.corners[f_rows, :3].reshape(-1, 2)).view(3, 3))
+            for k, f, f_rows in (("salient", salient, [1, 2, 3]), ("random", random, [0, 1, 2]))}
+    paired = (rows["random"]["accuracy"][:, 1:].mean(1) - rows["salient"]["accuracy"][:, 1:].mean(1)).mean()
+    assert other["vs_first"]["accuracy_mean"]["mean"] == pytest.approx(float(paired))
+    assert other["accuracy_mean"] == pytest.approx(float(rows["random"]["accuracy"][:, 1:].mean()))
     # the command, on the files
     salient.save(tmp_path / "sal")
     random.save(tmp_path / "rnd")

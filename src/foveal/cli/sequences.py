@@ -190,8 +190,9 @@ def _print_scores(result: dict) -> None:
         print(f"  {f['source']} ({f['method']}): accuracy {acc}; entropy {ent}")
         d = f["vs_first"]
         if d is not None:
-            a, h = d["accuracy_after_T"], d["entropy_mean"]
+            a, m, h = d["accuracy_after_T"], d["accuracy_mean"], d["entropy_mean"]
             print(f"    vs the first: accuracy after T {a['mean']:+.3f} [{a['ci95'][0]:+.3f}, {a['ci95'][1]:+.3f}], "
+                  f"mean accuracy {m['mean']:+.3f} [{m['ci95'][0]:+.3f}, {m['ci95'][1]:+.3f}], "
                   f"mean entropy {h['mean']:+.3f} [{h['ci95'][0]:+.3f}, {h['ci95'][1]:+.3f}] (95 % bootstrap over "
                   "images)")
 

@@ -5,7 +5,7 @@ A sequence set chosen with one posterior looks best to that same posterior; the 
 network's (trained separately, e.g. another seed or architecture). :func:`per_image_curves` gives that
 scorer's accuracy, entropy and cross-entropy after t = 0..T glimpses of each image's sequence;
 :func:`compare_sequences` scores several files on the images they share and pairs every file with the first
-(per-image differences of accuracy after T and of entropy averaged over t = 1..T, with 95 % percentile-bootstrap
+(per-image differences of accuracy after T, and of accuracy and entropy averaged over t = 1..T, with 95 % percentile-bootstrap
 intervals over images, :func:`paired_bootstrap`). ``foveal sequences score`` prints it.
 
 A second kind of scorer asks what users want from sequences: how well a *glimpse network* classifies along
@@ -159,8 +159,8 @@ def compare_sequences(model: nn.Module, dataset: Dataset, files: Sequence[Glimps
 
     Returns:
         ``{"images": K, "num_glimpses": T, "files": [{"source", "method", "accuracy" [T + 1], "entropy",
-        "ce", "accuracy_after_T", "entropy_mean", "vs_first": {"accuracy_after_T", "entropy_mean"} or None}]}``,
-        the curves averaged over the K images, ``entropy_mean`` over t = 1..T.
+        "ce", "accuracy_after_T", "accuracy_mean", "entropy_mean", "vs_first": {"accuracy_after_T", "accuracy_mean",
+        "entropy_mean"} or None}]}``, the curves averaged over the K images, ``*_mean`` also over t = 1..T.
     """
     if not files:
         raise ValueError("files: expected at least one sequence file")
@@ -194,10 +194,13 @@ def compare_sequences(model: nn.Module, dataset: Dataset, files: Sequence[Glimps
         entry = {"source": str(f.source), "method": f.method,
                  **{k: v.mean(0).tolist() for k, v in q.items()},
                  "accuracy_after_T": float(q["accuracy"][:, -1].mean()),
+                 "accuracy_mean": float(q["accuracy"][:, 1:].mean()),
                  "entropy_mean": float(q["entropy"][:, 1:].mean()), "vs_first": None}
         if k > 0:
             entry["vs_first"] = {
                 "accuracy_after_T": paired_bootstrap(q["accuracy"][:, -1] - q0["accuracy"][:, -1], resamples=resamples),
+                "accuracy_mean": paired_bootstrap(q["accuracy"][:, 1:].mean(1) - q0["accuracy"][:, 1:].mean(1),
+                                                  resamples=resamples),
                 "entropy_mean": paired_bootstrap(q["entropy"][:, 1:].mean(1) - q0["entropy"][:, 1:].mean(1),
                                                  resamples=resamples)}
         out.append(entry)
