@@ -5,8 +5,8 @@ A sequence set chosen with one posterior looks best to that same posterior; the 
 network's (trained separately, e.g. another seed or architecture). :func:`per_image_curves` gives that
 scorer's accuracy, entropy and cross-entropy after t = 0..T glimpses of each image's sequence;
 :func:`compare_sequences` scores several files on the images they share and pairs every file with the first
-(per-image differences of accuracy after T, and of accuracy and entropy averaged over t = 1..T, with 95 % percentile-bootstrap
-intervals over images, :func:`paired_bootstrap`). ``foveal sequences score`` prints it.
+(per-image differences of accuracy after T, and of accuracy and entropy averaged over t = 1..T, with 95 %
+percentile-bootstrap intervals over images, :func:`paired_bootstrap`). ``foveal sequences score`` prints it.
 
 A second kind of scorer asks what users want from sequences: how well a *glimpse network* classifies along
 them. :func:`glimpse_model_curves` forces a hard-attention model (one with ``rollout`` and the sequences'
@@ -183,10 +183,10 @@ def compare_sequences(model: nn.Module, dataset: Dataset, files: Sequence[Glimps
     subset = Subset(dataset, images)
     grid = first.grid
     scored = []
+    curves = glimpse_model_curves if callable(getattr(model, "rollout", None)) else per_image_curves
     for f in files:
         row = {int(i): r for r, i in enumerate(f.indices.tolist())}
         cells = grid.corner_to_index(f.corners[[row[i] for i in images], :T].reshape(-1, 2)).view(len(images), T)
-        curves = glimpse_model_curves if callable(getattr(model, "rollout", None)) else per_image_curves
         scored.append(curves(model, subset, grid, cells, batch_size=batch_size, device=device))
     out = []
     q0 = scored[0]

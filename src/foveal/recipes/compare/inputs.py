@@ -28,7 +28,7 @@ import torch
 from foveal.boed.salient import baseline_sequences
 from foveal.data.sequences import GlimpseSequences, sequence_paths
 from foveal.models import load_model
-from foveal.recipes.compare.config import BASELINES, CompareConfig, RunTask, slug
+from foveal.recipes.compare.config import BASELINES, SEQUENCE_SOURCES, CompareConfig, RunTask, slug
 from foveal.recipes.run import build_data, build_model
 from foveal.recipes.sequence_sources import hgs_sequences, points_sequences, policy_sequences
 from foveal.retina import LocationGrid
@@ -262,7 +262,7 @@ class ComparisonInputs:
             if method in sources:
                 self.baseline(method)
         for m in self.cfg.methods:
-            if m.kind == "ps" and m.sequences not in ("nogs", "ps-ram", "hgs") + BASELINES:
+            if m.kind == "ps" and m.sequences not in SEQUENCE_SOURCES:
                 self._check_sequences(GlimpseSequences.load(m.sequences, dataset=self.train_set), f"{m.name} sequences")
 
     def resolve(self, task: RunTask) -> Optional[str]:
