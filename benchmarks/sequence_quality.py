@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -51,8 +52,8 @@ def markdown(report: dict) -> str:
     T = report["num_glimpses"]
     lines = [f"Sequence quality on {report['images']} images of {report['dataset']}/{report['split']}, "
              f"scored by networks that did not choose them (the chooser, if listed, did). Accuracy after t = 1..{T} "
-             "glimpses; mean accuracy and entropy (nats) over t = 1..T; differences to the first file per image, 95 % bootstrap "
-             "intervals over images.", ""]
+             "glimpses; mean accuracy and entropy (nats) over t = 1..T; differences to the first file per image, "
+             "95 % bootstrap intervals over images.", ""]
     for s in report["scorers"]:
         lines += [f"**{s['label']}** ({s['kind']}, `{s['checkpoint']}`)", "",
                   "| sequences | " + " | ".join(f"acc. t={t}" for t in range(1, T + 1)) +
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
     dataset = build_dataset(files[0].dataset, files[0].split)
     report = {"dataset": files[0].dataset, "split": files[0].split, "files": args.files, "scorers": [],
               "command": "python benchmarks/sequence_quality.py " + " ".join(
-                  a if " " not in a else f'"{a}"' for a in (argv if argv is not None else __import__("sys").argv[1:]))}
+                  a if " " not in a else f'"{a}"' for a in (sys.argv[1:] if argv is None else argv))}
     for kind, specs in (("posterior", args.scorer), ("glimpse network", args.classifier),
                         ("posterior, chose NOGS", args.chooser)):
         for spec in specs:
