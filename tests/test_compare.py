@@ -123,6 +123,14 @@ def test_inputs_are_checked_before_training(setup, tmp_path):
     with pytest.raises(ValueError, match="inputs.posterior"):
         run_comparison(load_compare_config(config, ("inputs.posterior=null",)), tmp_path / "y")
     assert not (tmp_path / "x" / "runs").exists() and not (tmp_path / "y" / "runs").exists()
+    # A refused start writes no compare.yaml, so the corrected command is not taken for another config.
+    assert not (tmp_path / "y" / "compare.yaml").exists()
+    # Only the methods to train are checked: RAM+ needs the posterior, RAM and WSRAM do not.
+    no_posterior = load_compare_config(config, ("inputs.posterior=null",), quick=True)
+    run_comparison(no_posterior, tmp_path / "y", methods=("RAM", "WSRAM"), stop_after=1)
+    assert (tmp_path / "y" / "compare.yaml").exists() and (tmp_path / "y" / "runs" / "wsram" / "seed-0").is_dir()
+    with pytest.raises(ValueError, match="inputs.posterior"):
+        run_comparison(no_posterior, tmp_path / "y", methods=("RAM+",), stop_after=1)
     with pytest.raises(ValueError, match="override"):
         load_compare_config(config, ("nonsense=1",))
     tasks = plan_runs(load_compare_config(config), tmp_path / "z")

@@ -21,7 +21,7 @@ stand-in NOGS file in the process that starts them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Collection, Optional
 
 import torch
 
@@ -240,11 +240,13 @@ class ComparisonInputs:
         return maps.save(path)
 
     # ---------------------------------------------------------------------------------- per task
-    def preflight(self) -> None:
-        """Fail before any training when a method's inputs are missing or do not fit; makes the stand-in
-        NOGS file (``inputs.stand_ins``), which every supervised method's input starts from."""
-        kinds = {m.kind for m in self.cfg.methods}
-        sources = {m.sequences for m in self.cfg.methods if m.kind == "ps"}
+    def preflight(self, methods: Optional[Collection[str]] = None) -> None:
+        """Fail before any training when the inputs of a method to train (``methods``, names; None: every
+        method of the config) are missing or do not fit; makes the stand-in NOGS file (``inputs.stand_ins``),
+        which every supervised method's input starts from."""
+        chosen = [m for m in self.cfg.methods if methods is None or m.name in methods]
+        kinds = {m.kind for m in chosen}
+        sources = {m.sequences for m in chosen if m.kind == "ps"}
         nogs = self.nogs() if sources else None  # checked (or a stand-in made) here, once, before any worker
         if "nogs" in sources and nogs is None:
             raise ValueError("a PS-NOGS method needs the NOGS sequence file: set inputs.nogs=<file> (foveal annotate)")
@@ -261,7 +263,7 @@ class ComparisonInputs:
         for method in BASELINES:
             if method in sources:
                 self.baseline(method)
-        for m in self.cfg.methods:
+        for m in chosen:
             if m.kind == "ps" and m.sequences not in SEQUENCE_SOURCES:
                 self._check_sequences(GlimpseSequences.load(m.sequences, dataset=self.train_set), f"{m.name} sequences")
 

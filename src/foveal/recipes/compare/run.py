@@ -59,8 +59,11 @@ def run_comparison(cfg: CompareConfig, out: Path, *, log: Callable[[str], None] 
     steps = plan_steps(cfg, tasks)
 
     def prepare() -> None:  # the checks, the stand-in NOGS file and fresh status files, once, before any run
+        # compare.yaml is written only once the checks pass: a start refused for a missing input leaves the
+        # folder as it was, so the corrected command is not refused as "another config"
+        save_compare_config(cfg, out, write=False)
+        ComparisonInputs(cfg, out, log).preflight(train_methods)
         save_compare_config(cfg, out)
-        ComparisonInputs(cfg, out, log).preflight()
         for step in steps:
             clear_status(out, step.name)
 
@@ -87,8 +90,9 @@ def _check_devices(devices: tuple[str, ...]) -> None:
             raise ValueError(f"--devices: {name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
 
 
-def save_compare_config(cfg: CompareConfig, out: Path) -> None:
-    """Write ``compare.yaml`` (the resolved comparison); a folder made with another one is an error."""
+def save_compare_config(cfg: CompareConfig, out: Path, *, write: bool = True) -> None:
+    """Write ``compare.yaml`` (the resolved comparison; ``write=False``: only check); a folder made with
+    another one is an error."""
     resolved = {"run": cfg.run, "seeds": list(cfg.seeds), "inputs": dict(cfg.inputs),
                 "methods": [{"name": m.name, "kind": m.kind, "sequences": m.sequences, "algorithm": dict(m.algorithm),
                              "overrides": list(m.overrides)} for m in cfg.methods],
@@ -96,7 +100,6 @@ def save_compare_config(cfg: CompareConfig, out: Path) -> None:
                                 "target_accuracy": cfg.target_accuracy},
                 "evaluate_repeats": cfg.evaluate_repeats}
     path = out / "compare.yaml"
-    out.mkdir(parents=True, exist_ok=True)
     if path.exists():
         old = yaml.safe_load(path.read_text()) or {}
         shared = {k: old.get(k) for k in ("run", "inputs")}
@@ -104,6 +107,9 @@ def save_compare_config(cfg: CompareConfig, out: Path) -> None:
         if diff:
             raise ValueError(f"{path}: this comparison folder was made with another config; differing fields: "
                              + "; ".join(diff[:6]) + ". Use a new --out, or the same config to resume.")
+    if not write:
+        return
+    out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
     os.replace(tmp, path)  # never half a file for another process of the same comparison
