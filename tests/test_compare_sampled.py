@@ -138,3 +138,41 @@ def test_the_estimate_counts_the_sampled_evaluation(finished):
         per_run = {m["method"]: m["seconds_per_run"] for m in est["methods"]}
         assert per_run == {"RAM": 6 / 2.0 + 1.0 + sampled_s, "PS-NOGS": 6 / 3.0 + 1.0 + sampled_s}
         assert (est["sampled_evaluation_s"], est["evaluate_repeats"]) == (sampled_s, repeats)
+
+
+def test_more_iterations_continue_every_finished_run_as_one_longer_run(tmp_path, capfd, one_thread):
+    """The same comparison with more ``train.iterations`` (constant learning rate) continues each finished
+    run from its last checkpoint to the same metrics and weights as a run trained that long straight away,
+    and evaluates it again, sampled evaluation included; the shorter config's report then counts it partial."""
+    config = tmp_path / "compare.yaml"
+    config.write_text(yaml.safe_dump({"run": RUN, "run_overrides": ["train.lr_schedule=constant"], "seeds": [0],
+                                      "methods": METHODS, "inputs": {"stand_ins": True, "num_sequences": 8},
+                                      "evaluate_repeats": 2}))
+    short, straight = tmp_path / "short", tmp_path / "straight"
+    assert main(["compare", "--config", str(config), "--out", str(short), "--quiet"]) == 0
+    assert main(["compare", "--config", str(config), "--out", str(straight), "--quiet", "train.iterations=12"]) == 0
+    capfd.readouterr()
+    assert main(["compare", "--config", str(config), "--out", str(short), "--quiet", "train.iterations=12"]) == 0
+    err = capfd.readouterr().err
+    assert "finished already" not in err and err.count("(sampled evaluation, M=2) in") == 2
+    for folder in RUNS:
+        a, b = (out / "runs" / folder / "seed-0" for out in (short, straight))
+        # validation the same (the train lines are means over each logging window, which the stop at 6 cut)
+        continued, once = ([line for line in (d / "metrics.csv").read_text().splitlines() if ",val," in line]
+                           for d in (a, b))
+        assert continued == once and any(line.startswith("12,val,") for line in once), folder
+        assert (a / "checkpoints" / "last.safetensors").read_bytes() == (b / "checkpoints" / "last.safetensors").read_bytes()
+        for name in ("results.json", "sampled/results.json"):  # greedy and sampled test of the longer run
+            got, want = (json.loads((d / name).read_text()) for d in (a, b))
+            assert (got["test_accuracy"], got["accuracy_per_glimpse"], got["repeats"]) == \
+                (want["test_accuracy"], want["accuracy_per_glimpse"], want["repeats"]), (folder, name)
+        assert json.loads((a / "results.json").read_text())["training"]["iterations"] == 12
+    rows = {r["method"]: r for r in read_csv(short / "runs.csv")}
+    assert rows["RAM"]["status"] == "finished" and rows["RAM"]["iterations"] == "12"
+    # Again at 12: nothing to do. The 6-iteration config's report: the runs are of another length.
+    assert main(["compare", "--config", str(config), "--out", str(short), "--quiet", "train.iterations=12"]) == 0
+    assert capfd.readouterr().err.count("finished already") == 2
+    assert main(["compare", "--config", str(config), "--out", str(short), "--quiet", "--report-only"]) == 0
+    rows = {r["method"]: r for r in read_csv(short / "runs.csv")}
+    assert rows["RAM"]["status"] == "partial" and rows["RAM"]["test_accuracy"] == ""
+    assert rows["RAM"]["sampled_test_accuracy"] == ""

@@ -165,7 +165,7 @@ def check_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
         raise ValueError(f"{saved}: not a foveal run config (not a YAML mapping); restore it, or use a new --run-dir")
     old, cfg = _without_device(old), _without_device(cfg)
     diff = config_differences(old, cfg)
-    if diff and not _longer_constant_run(old, cfg):
+    if diff and not longer_constant_run(old, cfg):
         raise ValueError(f"{saved}: this run folder was made with another config; differing fields: "
                          + "; ".join(diff[:8]) + ". Use a new --run-dir, or the same config to resume "
                          "(only train.iterations may grow, with train.lr_schedule=constant).")
@@ -183,7 +183,7 @@ def prepare_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
     dump_config(cfg, run_dir / "config.yaml")
 
 
-def _longer_constant_run(old: dict[str, Any], new: dict[str, Any]) -> bool:
+def longer_constant_run(old: dict[str, Any], new: dict[str, Any]) -> bool:
     """True if ``new`` is ``old`` with more ``train.iterations`` and a constant learning rate."""
     old_train, new_train = old.get("train") or {}, new.get("train") or {}
     if new_train.get("lr_schedule", "constant") != "constant":

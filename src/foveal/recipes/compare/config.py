@@ -35,11 +35,16 @@ Layout of the output folder: ``runs/<method>/seed-<s>/`` are ordinary run folder
 ``pretrain/`` inside) and ``runs/<method>/seed-<s>/sampled/`` the sampled evaluation of each (below);
 ``inputs/`` holds generated sequence files and salience maps; the report is ``table.md``,
 ``table.csv``, ``runs.csv``, ``summary.json`` and ``figures/`` (:mod:`foveal.recipes.compare.report`).
-Running again resumes: a run with ``results.json`` is finished and skipped, an interrupted one
-continues from its last checkpoint, generated inputs are reused, and a finished run without its sampled
-evaluation gets it (without training again). ``inputs.stand_ins: true`` (smoke runs only) replaces a
-missing NOGS file by random sequences on the model's grid and missing salience maps by random ones, so
-that the pipeline runs before any annotation exists; the report then says so. Runs go seed by seed
+Running again resumes: a run with ``results.json`` of as many iterations as the config asks is finished
+and skipped, an interrupted one continues from its last checkpoint, generated inputs are reused, and a
+finished run without its sampled evaluation gets it (without training again). With a constant learning
+rate, the same command with more ``train.iterations`` continues every finished run from its last
+checkpoint, exactly as a longer run would have gone (:func:`foveal.recipes.run.check_run_dir`), and
+evaluates it again, sampled evaluation included; the report counts only runs of the config's length
+(PS-RAM's sequences stay those sampled once from the RAM run as it was then). ``inputs.stand_ins: true``
+(smoke runs only) replaces a missing NOGS file by random sequences on the model's grid and missing
+salience maps by random ones, so that the pipeline runs before any annotation exists; the report then
+says so. Runs go seed by seed
 (every method with seed 0 first), so a partial comparison is already a table. Supervised methods all
 use the same images: the first ``num_sequences`` of the NOGS file (or a fixed random subset of the
 training split when there is none).
@@ -56,6 +61,7 @@ once a run has finished: its best checkpoint through :func:`foveal.recipes.run.e
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
@@ -245,12 +251,23 @@ class RunTask:
 
     @property
     def done(self) -> bool:
-        return (self.run_dir / "results.json").exists()
+        """Trained and tested, for as many iterations as its config asks (fewer: it is to be continued)."""
+        return finished_iterations(self.run_dir) == self.config["train"]["iterations"]
 
     @property
     def sampled_dir(self) -> Path:
         """Where the sampled evaluation of the run's best checkpoint goes (``results.json``, ``records/``)."""
         return self.run_dir / SAMPLED
+
+
+def finished_iterations(run_dir: Path) -> Optional[int]:
+    """The iterations a run folder's ``results.json`` was trained for; None without one."""
+    try:
+        results = json.loads((Path(run_dir) / "results.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    training = results.get("training") if isinstance(results, dict) else None
+    return training.get("iterations") if isinstance(training, dict) else None
 
 
 def method_config(cfg: CompareConfig, method: MethodSpec, seed: int, stage: str = "train") -> dict:

@@ -65,6 +65,9 @@ def collect_runs(cfg: CompareConfig, out: Path) -> list[dict[str, Any]]:
         for seed in cfg.seeds:
             run = Path(out) / "runs" / slug(method.name) / f"seed-{seed}"
             results = _read_json(run / "results.json")
+            length = method_config(cfg, method, seed)["train"]["iterations"]
+            if results and results.get("training", {}).get("iterations") != length:
+                results = None  # a run of another length (being continued): partial here
             row: dict[str, Any] = {k: None for k in _fields(cfg, _RUN_FIELDS)}
             row.update(method=method.name, seed=seed,
                        status="finished" if results else "partial" if (run / "metrics.csv").exists() else "pending")
@@ -79,7 +82,7 @@ def collect_runs(cfg: CompareConfig, out: Path) -> list[dict[str, Any]]:
                 row.update(test_accuracy=results["test_accuracy"], iterations=training.get("iterations"),
                            iterations_per_s=training.get("iterations_per_s"), train_time_s=training.get("wall_time_s"))
             sampled = _read_json(run / SAMPLED / "results.json") if cfg.evaluate_repeats > 0 else None
-            if sampled and sampled.get("repeats") == cfg.evaluate_repeats:
+            if results and sampled and sampled.get("repeats") == cfg.evaluate_repeats:
                 row["sampled_test_accuracy"] = sampled["test_accuracy"]
             pre = _read_json(run / "pretrain" / "results.json")
             if pre:

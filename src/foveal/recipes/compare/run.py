@@ -17,6 +17,7 @@ from foveal.recipes.compare.config import CompareConfig, plan_runs, restrict
 from foveal.recipes.compare.inputs import ComparisonInputs
 from foveal.recipes.compare.parallel import run_rank, run_steps, sync_ranks
 from foveal.recipes.compare.steps import RunsFailed, StepRunner, clear_status, plan_steps, train_task
+from foveal.recipes.run import longer_constant_run
 from foveal.runtime import resolve_device
 
 __all__ = ["train_task", "run_comparison", "save_compare_config", "RunsFailed"]
@@ -92,7 +93,8 @@ def _check_devices(devices: tuple[str, ...]) -> None:
 
 def save_compare_config(cfg: CompareConfig, out: Path, *, write: bool = True) -> None:
     """Write ``compare.yaml`` (the resolved comparison; ``write=False``: only check); a folder made with
-    another one is an error."""
+    another one is an error, except more ``train.iterations`` at a constant learning rate (its runs are
+    continued)."""
     resolved = {"run": cfg.run, "seeds": list(cfg.seeds), "inputs": dict(cfg.inputs),
                 "methods": [{"name": m.name, "kind": m.kind, "sequences": m.sequences, "algorithm": dict(m.algorithm),
                              "overrides": list(m.overrides)} for m in cfg.methods],
@@ -104,7 +106,8 @@ def save_compare_config(cfg: CompareConfig, out: Path, *, write: bool = True) ->
         old = yaml.safe_load(path.read_text()) or {}
         shared = {k: old.get(k) for k in ("run", "inputs")}
         diff = config_differences(shared, {k: resolved[k] for k in ("run", "inputs")})
-        if diff:
+        if diff and not (shared["inputs"] == resolved["inputs"] and isinstance(shared["run"], dict)
+                         and longer_constant_run(shared["run"], resolved["run"])):  # continued runs
             raise ValueError(f"{path}: this comparison folder was made with another config; differing fields: "
                              + "; ".join(diff[:6]) + ". Use a new --out, or the same config to resume.")
     if not write:

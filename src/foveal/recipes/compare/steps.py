@@ -192,7 +192,10 @@ SAMPLED_OVERRIDES = {"eval_policy": "sample"}  # the official partial-supervisio
 
 
 def sampled_done(task: RunTask, repeats: int) -> bool:
-    """Whether ``task``'s sampled evaluation exists with ``repeats`` rollouts per image (another M: to do again)."""
+    """Whether ``task``'s sampled evaluation exists with ``repeats`` rollouts per image (another M: to do
+    again), of the run as it is now (a run to be continued is evaluated again once it has been)."""
+    if not task.done:
+        return False
     try:
         return json.loads((task.sampled_dir / "results.json").read_text()).get("repeats") == repeats
     except (FileNotFoundError, json.JSONDecodeError):
@@ -256,6 +259,13 @@ class StepRunner:
             return Outcome(step.name, "skipped", reason)
         if self.device is not None:
             task.config["train"]["device"] = self.device
+        # a finished run continued to more iterations: its sampled evaluation is of the shorter run; gone
+        # before training (once the folder is known to take this config), so that a continuation killed
+        # after training still gets a new one
+        from foveal.recipes.run import check_run_dir
+
+        check_run_dir(task.config, task.run_dir)
+        (task.sampled_dir / "results.json").unlink(missing_ok=True)
         callback, close = self.progress() if self.progress is not None else (None, lambda: None)
         try:
             results = train_task(task, progress=callback, stop_after=self.stop_after)
