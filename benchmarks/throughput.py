@@ -11,7 +11,9 @@ Settings (the configs' own networks, batch 128):
 
 Columns, in iterations per second:
 
-- data: batches of 128 from the training set as the engine makes them (its sampler and DataLoader);
+- data: batches of 128 from the training set as the engine makes them (its sampler and DataLoader), after
+  the first epoch; "data, first epoch": the first epoch's own rate (translated / cluttered items are made
+  when first read and kept as their bytes, :mod:`foveal.data.synthetic`);
 - step: loss, backward and Adam on one batch already in memory;
 - end to end: ``fit`` for ``--iterations`` iterations (validation and checkpoints at the end only), from
   its own folder in a temporary directory: what ``foveal train`` does;
@@ -21,7 +23,8 @@ Columns, in iterations per second:
   loss) written the way a popular per-sample RAM is: the retina cuts each image's patches in a Python
   loop, one image at a time; its end to end reads items one by one (``dataset[i]``) and stacks them.
 
-The ratio is ours / the reference's, end to end. Writes benchmarks/results/throughput.{md,json}.
+The ratio is ours / the reference's, end to end. "Bound (products)": the step's matrix products and
+convolutions, recorded in one step and each timed alone at its own shapes and strides. Writes benchmarks/results/throughput.{md,json}.
 """
 
 from __future__ import annotations
@@ -120,6 +123,37 @@ def gemm_gflops(seconds: float = 2.0) -> float:
     return rate(lambda: a @ b, seconds) * 2 * 128 * 256 * 768 / 1e9
 
 
+PRODUCTS = ("mm", "addmm", "bmm", "baddbmm", "convolution", "convolution_backward", "mkldnn_convolution")
+
+
+def product_seconds(step) -> tuple[float, int]:
+    """Seconds of one ``step``'s matrix products and convolutions, each timed alone at its own shapes and
+    strides (``(seconds, calls)``): a tighter bound than FLOPs at peak, as small products run below it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func._overloadpacket.__name__ in PRODUCTS:
+                calls.append((func, args, kwargs or {}))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        step()
+
+    def alone(a):  # a fresh tensor of the same shape, strides and values, outside autograd
+        if isinstance(a, torch.Tensor):
+            return torch.empty_strided(a.shape, a.stride(), dtype=a.dtype).copy_(a.detach())
+        return type(a)(alone(x) for x in a) if isinstance(a, (list, tuple)) else a
+
+    total = 0.0
+    for func, a, k in calls:
+        a, k = alone(a), {name: alone(v) for name, v in k.items()}
+        total += 1 / rate(lambda: func(*a, **k), 0.05, least=5)
+    return total, len(calls)
+
+
 def measure(setting: str, args) -> dict:
     cfg = apply_overrides(load_config(SETTINGS[setting]), [f"train.batch_size={args.batch_size}"])
     torch.manual_seed(0)
@@ -128,7 +162,12 @@ def measure(setting: str, args) -> dict:
     B = args.batch_size
 
     batches = iter(DataLoader(train, batch_sampler=IterationBatches(len(train), B, 0, 0, 10 ** 6)))
-    data = rate(lambda: next(batches), args.seconds)
+    epoch = -(-len(train) // B)  # the first epoch makes every item (kept after, on a base of bytes)
+    start = time.perf_counter()
+    for _ in range(epoch):
+        next(batches)
+    data_first = epoch / (time.perf_counter() - start)
+    data = rate(lambda: next(batches), args.seconds)  # after it: what every later epoch costs
 
     batch = next(batches)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -143,6 +182,7 @@ def measure(setting: str, args) -> dict:
     with FlopCounterMode(display=False) as counter:  # matrix products of one step (forward and backward)
         step()
     step_gflop = counter.get_total_flops() / 1e9
+    products_s, products_calls = product_seconds(step)
     compiled = {}
     if args.compile:
         from foveal.training.distributed import loss_function
@@ -188,7 +228,9 @@ def measure(setting: str, args) -> dict:
         ref_step(items["image"], items["label"])
 
     ref_e2e = rate(ref_end_to_end, args.seconds)
-    return {"setting": setting, "config": SETTINGS[setting], "batch_size": B, "data_its": data, "step_its": step_rate,
+    return {"setting": setting, "config": SETTINGS[setting], "batch_size": B, "data_first_epoch_its": data_first,
+            "data_its": data, "step_its": step_rate, "products_ms": 1e3 * products_s, "products_calls": products_calls,
+            "products_bound_its": 1 / products_s,
             "end_to_end_its": end_to_end, "data_share_of_step": step_rate / data,
             "step_gflop": step_gflop, "bound_its": gemm_gflops() / step_gflop,
             **compiled, "reference_step_its": ref_rate, "reference_end_to_end_its": ref_e2e, "ratio": end_to_end / ref_e2e}
@@ -196,16 +238,20 @@ def measure(setting: str, args) -> dict:
 
 def markdown(report: dict) -> str:
     lines = [f"RAM training throughput, iterations/s, batch {report['batch_size']}, {report['threads']} thread "
-             f"(torch {report['torch']}). Data share = data time / step time. Bound = the step's matrix products "
+             f"(torch {report['torch']}). Data: after the first epoch (which makes every item; its own rate "
+             "in the next column); data share = data time / step time. Bound (peak) = the step's matrix products "
              "(GFLOP, forward and backward, counted by torch's FlopCounterMode) at this core's measured speed "
-             "for the step's largest product: the it/s of a step that did nothing else.", "",
-             "| setting | data | step | end to end | data share | reference step | reference end to end | "
-             "ratio (end to end) | step GFLOP | bound |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "for the step's largest product; bound (products) = the step's matrix products and convolutions, "
+             "each timed alone at its own shapes: the it/s of a step that did nothing else.", "",
+             "| setting | data | data, first epoch | step | end to end | data share | reference step | "
+             "reference end to end | ratio (end to end) | step GFLOP | bound (peak) | products, ms | bound (products) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
-        lines.append(f"| {r['setting']} ({r['config']}) | {r['data_its']:.1f} | {r['step_its']:.1f} | "
-                     f"{r['end_to_end_its']:.1f} | {100 * r['data_share_of_step']:.0f} % | {r['reference_step_its']:.1f} | "
-                     f"{r['reference_end_to_end_its']:.1f} | {r['ratio']:.2f}x | {r['step_gflop']:.2f} | "
-                     f"{r['bound_its']:.1f} |")
+        lines.append(f"| {r['setting']} ({r['config']}) | {r['data_its']:.1f} | {r['data_first_epoch_its']:.1f} | "
+                     f"{r['step_its']:.1f} | {r['end_to_end_its']:.1f} | {100 * r['data_share_of_step']:.0f} % | "
+                     f"{r['reference_step_its']:.1f} | {r['reference_end_to_end_its']:.1f} | {r['ratio']:.2f}x | "
+                     f"{r['step_gflop']:.2f} | {r['bound_its']:.1f} | {r['products_ms']:.1f} ({r['products_calls']} calls) | "
+                     f"{r['products_bound_its']:.1f} |")
     if any("compiled_step_its" in r for r in report["rows"]):
         lines += ["", "With `train.compile=true` (compiling not timed):", "",
                   "| setting | step | end to end | ratio to the reference (end to end) |", "|---|---|---|---|"]

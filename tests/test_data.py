@@ -270,6 +270,31 @@ def test_batches_are_the_items_of_the_per_item_generator(name, split, options):
     assert ds.load_batch([]).shape == (0, *ds.image_shape)
 
 
+def test_items_read_again_come_back_from_their_bytes_bit_for_bit():
+    """On a base of bytes an item is made once and read back from its kept bytes after that: the same floats
+    as made (a batch with repeats, overlapping batches); a pickled copy goes without them."""
+    import pickle
+
+    ds = build_dataset("cluttered-mnist5k", "train", seed=2)
+    assert ds.bytes_exact and ds.base.bytes_exact
+    first, second = [5, 0, 5, 31, 7], [7, 8, 0, 9, 31, 31]
+    made = [ds.make_batch(first), ds.make_batch(second)]
+    assert ds._made is None  # make_batch keeps nothing
+    assert torch.equal(ds.load_batch(first), made[0]) and ds._made.sum() == 4
+    held = ds._bytes[0].clone()
+    assert torch.equal(ds.load_batch(second), made[1]) and ds._made.sum() == 6
+    assert torch.equal(ds._bytes[0], held)  # made once
+    ds._bytes[31] = 0  # what is read again comes from the bytes, not from a new draw
+    assert not ds.load_batch([31]).any() and torch.equal(ds.load_batch([0]), made[0][1:2])
+    copy = pickle.loads(pickle.dumps(ds))
+    assert copy._bytes is None and torch.equal(copy.load_batch(second), made[1])
+    # a base whose pixels are not bytes (here a float subclass) is made every time, nothing kept
+    floats = PlacedDataset(array_base(np.full((4, 28, 28), 3)), "translated")
+    floats.base.bytes_exact = False
+    floats.bytes_exact = False
+    assert torch.equal(floats.load_batch([1, 2]), floats.make_batch([1, 2])) and floats._bytes is None
+
+
 def test_batched_random_words_are_numpys():
     from foveal.data.rng import pcg64_raw, uniform_below
 

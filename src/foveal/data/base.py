@@ -130,8 +130,11 @@ class FovealDataset(Dataset):
         image_shape: ``(C, H, W)`` of every image.
         class_names: ``num_classes`` names, index = label.
         labels: int64 ``[N]``, the label of every item (cheap, no image is read).
+        bytes_exact: every image is ``uint8 / 255`` exactly (float32), so that it can be kept as its bytes
+            and read back bit for bit (:class:`foveal.data.synthetic.PlacedDataset` caches them).
     """
 
+    bytes_exact: bool = False
     name: str
     split: str
     num_classes: int

@@ -51,6 +51,8 @@ class ArrayDataset(FovealDataset):
         indices: ``[M]`` rows of ``images`` that form this split, in item order.
     """
 
+    bytes_exact = True  # uint8 / 255
+
     def __init__(self, name: str, split: str, images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
                  class_names: list[str]):
         self.name, self.split = name, split
