@@ -14,9 +14,9 @@ Columns, in iterations per second:
 - data: batches of 128 from the training set as the engine makes them (its sampler and DataLoader), after
   the first epoch; "data, first epoch": the first epoch's own rate (translated / cluttered items are made
   when first read and kept as their bytes, :mod:`foveal.data.synthetic`);
-- step: loss, backward and Adam on one batch already in memory;
-- end to end: ``fit`` for ``--iterations`` iterations (validation and checkpoints at the end only), from
-  its own folder in a temporary directory: what ``foveal train`` does;
+- step: loss, backward and Adam (``foreach``, as the engine's) on one batch already in memory;
+- end to end: ``fit``, what ``foveal train`` does, in a long run: its own measured rate over
+  ``--iterations`` iterations after its first logging window (:func:`fit_rate`);
 - compiled step / end to end (``--compile``): the same with ``train.compile=true`` (the loss through
   ``torch.compile``; its first call, the compiling, is not timed);
 - reference step / end to end: the same network (same layer sizes, GRU core, the same hybrid REINFORCE
@@ -154,6 +154,23 @@ def product_seconds(step) -> tuple[float, int]:
     return total, len(calls)
 
 
+def fit_rate(model, algorithm, data, train_cfg: TrainConfig, n: int) -> float:
+    """``fit``'s iterations per second in a long run: the rate of its own log windows (every ``log_every``
+    iterations: data, step and logging), over ``n`` iterations after the first window, which holds the
+    start (and with ``train.compile`` the compiling); the last validation and checkpoint come after them."""
+    every, rates = train_cfg.log_every, []
+
+    def progress(iteration: int, total: int, shown: dict) -> None:
+        if iteration % every == 0 and iteration > every:
+            rates.append(shown["it_per_s"])
+
+    iterations = every + n // every * every
+    with tempfile.TemporaryDirectory() as folder:
+        fit(model, algorithm, data["train"], data["val"],
+            dataclasses.replace(train_cfg, iterations=iterations, val_every=iterations), Path(folder), progress=progress)
+    return len(rates) / sum(1 / r for r in rates)  # windows of equal length: time adds up
+
+
 def measure(setting: str, args) -> dict:
     cfg = apply_overrides(load_config(SETTINGS[setting]), [f"train.batch_size={args.batch_size}"])
     torch.manual_seed(0)
@@ -170,7 +187,7 @@ def measure(setting: str, args) -> dict:
     data = rate(lambda: next(batches), args.seconds)  # after it: what every later epoch costs
 
     batch = next(batches)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)  # as the engine builds it
 
     def step() -> None:
         out = algorithm.loss(model, batch)
@@ -197,18 +214,11 @@ def measure(setting: str, args) -> dict:
 
         compiled["compiled_step_its"] = rate(compiled_step, args.seconds)
 
-    with tempfile.TemporaryDirectory() as folder:
-        train_cfg = TrainConfig(**{**cfg["train"], "iterations": args.iterations, "val_every": args.iterations,
-                                   "val_batches": 1, "tensorboard": False, "lr_schedule": "constant"})
-        result = fit(model, algorithm, train, exp.data["val"], train_cfg, Path(folder))
-    end_to_end = result.iterations_per_second
-    if args.compile:  # fit compiles in its first iteration: time the iterations after it
-        with tempfile.TemporaryDirectory() as folder:
-            short = dataclasses.replace(train_cfg, compile=True, iterations=5, val_every=5)
-            fit(model, algorithm, train, exp.data["val"], short, Path(folder))
-            result = fit(model, algorithm, train, exp.data["val"], dataclasses.replace(short, iterations=5 + args.iterations,
-                                                                                    val_every=5 + args.iterations), Path(folder))
-        compiled["compiled_end_to_end_its"] = result.iterations_per_second
+    train_cfg = TrainConfig(**{**cfg["train"], "val_batches": 1, "tensorboard": False, "lr_schedule": "constant"})
+    end_to_end = fit_rate(model, algorithm, exp.data, train_cfg, args.iterations)
+    if args.compile:
+        compiled["compiled_end_to_end_its"] = fit_rate(model, algorithm, exp.data,
+                                                       dataclasses.replace(train_cfg, compile=True), args.iterations)
 
     reference = PerSampleRAM(model.config)
     ref_optimizer = torch.optim.Adam(reference.parameters(), lr=1e-3)
@@ -239,8 +249,9 @@ def measure(setting: str, args) -> dict:
 def markdown(report: dict) -> str:
     lines = [f"RAM training throughput, iterations/s, batch {report['batch_size']}, {report['threads']} thread "
              f"(torch {report['torch']}). Data: after the first epoch (which makes every item; its own rate "
-             "in the next column); data share = data time / step time. Bound (peak) = the step's matrix products "
-             "(GFLOP, forward and backward, counted by torch's FlopCounterMode) at this core's measured speed "
+             "in the next column); data share = data time / step time. End to end: `fit` in a long run (its own rate "
+             f"over {report['iterations']} iterations after its first logging window). Bound (peak) "
+             "= the step's matrix products (GFLOP, forward and backward, counted by torch's FlopCounterMode) at this core's measured speed "
              "for the step's largest product; bound (products) = the step's matrix products and convolutions, "
              "each timed alone at its own shapes: the it/s of a step that did nothing else.", "",
              "| setting | data | data, first epoch | step | end to end | data share | reference step | "
@@ -276,7 +287,7 @@ def main() -> None:
     torch.set_num_threads(1)
     rows = [measure(s, args) for s in args.settings]
     report = {"command": " ".join(["OMP_NUM_THREADS=1", ".venv/bin/python", *sys.argv]), "threads": 1,
-              "torch": torch.__version__, "batch_size": args.batch_size, "rows": rows}
+              "torch": torch.__version__, "batch_size": args.batch_size, "iterations": args.iterations, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.tag}.json").write_text(json.dumps(report, indent=2))
     (args.out / f"{args.tag}.md").write_text(markdown(report))
