@@ -63,6 +63,7 @@ def test_compare_trains_every_method_reports_and_resumes(setup, capsys):
     assert seqs.method == "ps-ram" and seqs.indices.tolist() == list(range(0, 32, 4))  # NOGS's first 8 images
     table = (out / "table.md").read_text()
     assert "| RAM | 1/1 |" in table and "PS-HGS | skipped" in table
+    assert "## Against RAM: the paper's claim" in table and "\n| PS-NOGS | 1 | " in table
     with open(out / "runs.csv") as f:
         rows = {r["method"]: r for r in csv.DictReader(f)}
     conv = run_convergence(out / "runs" / "ps-nogs" / "seed-0" / "metrics.csv")
@@ -204,6 +205,30 @@ def test_interrupted_runs_resume_exactly(setup):
     for method in ("ps-nogs", "wsram"):
         straight, resumed = ((tmp / k / "runs" / method / "seed-0" / "metrics.csv").read_text() for k in "ab")
         assert straight == resumed, method
+
+
+def test_claim_table_pairs_seeds_against_ram_and_applies_the_papers_claim(setup):
+    from foveal.recipes.compare.report import claim_table
+
+    _, config = setup
+    cfg = load_compare_config(config)  # RAM first, seeds 0 and 1, sampled evaluation (M = 5)
+
+    def row(method, seed, ce, acc, test, sampled=None, status="finished"):
+        return {"method": method, "seed": seed, "status": status, "ce_iterations": ce, "accuracy_iterations": acc,
+                "test_accuracy": test, "sampled_test_accuracy": sampled}
+
+    rows = [row("RAM", 0, 1000, 800, 0.80, 0.79), row("RAM", 1, 1200, 1000, 0.82, 0.80),
+            row("PS-NOGS", 0, 200, 400, 0.796, 0.78), row("PS-NOGS", 1, 200, 500, 0.81, 0.80),  # 5.5x, -0.7 points
+            row("PS-RAM", 0, 100, 100, 0.78), row("PS-RAM", 1, 100, 100, 0.80),  # 11x but 2 points lower
+            row("WSRAM", 0, 300, 300, 0.90), row("WSRAM", 1, 999, 999, 0.10, status="partial")]  # seed 0 only
+    table = claim_table(cfg, rows)
+    assert "## Against RAM: the paper's claim" in table
+    lines = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ") and "---" not in line}
+    assert lines["PS-NOGS"] == "| PS-NOGS | 2 | 5.50x | 2.00x | -0.7 ± 0.4 | -0.5 ± 0.7 | **yes** |"
+    assert lines["PS-RAM"] == "| PS-RAM | 2 | 11.00x | 9.00x | -2.0 ± 0.0 | - | no |"
+    assert lines["WSRAM"] == "| WSRAM | 1 | 3.33x | 2.67x | 10.0 | - | no |"  # its partial seed 1 left out
+    assert "RAM+" not in lines and "PS-HGS" not in lines  # no finished seeds
+    assert claim_table(cfg, [r for r in rows if r["method"] != "RAM"]) == ""
 
 
 def test_policy_curves_undo_the_share_weighting_and_count_per_glimpse():

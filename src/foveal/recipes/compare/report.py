@@ -13,7 +13,8 @@ For every method and seed the run folder (``runs/<method>/seed-<s>/``) gives:
   locations, M rollouts per test image, every rollout scored, as the official partial-supervision
   trainer evaluates (:mod:`foveal.recipes.compare.config`); a sampled evaluation of another M is left out.
 
-Written to the comparison folder: ``table.md`` and ``table.csv`` (one row per method: mean, sample
+Written to the comparison folder: ``table.md`` (with, below the table, every method against RAM and
+whether the paper's claim holds: :func:`claim_table`) and ``table.csv`` (one row per method: mean, sample
 standard deviation and number of finished seeds), ``runs.csv`` (one row per run), ``summary.json``,
 and ``figures/``: ``val_accuracy.png`` and ``val_ce.png`` (Fig. 6), ``iterations_ce.png`` and
 ``iterations_accuracy.png`` (Fig. 5), ``heatmaps.png`` (Fig. 4: all methods, first finished seed) and
@@ -40,7 +41,7 @@ from foveal.evaluation.convergence import mean_and_spread, run_convergence
 from foveal.evaluation.records import read_metrics
 from foveal.recipes.compare.config import SAMPLED, CompareConfig, method_config, slug
 
-__all__ = ["collect_runs", "summarise", "markdown_table", "policy_curves", "write_report"]
+__all__ = ["collect_runs", "summarise", "markdown_table", "claim_table", "policy_curves", "write_report"]
 
 _RUN_FIELDS = ("method", "seed", "status", "ce_iterations", "accuracy_iterations", "target_iterations", "best_val_ce",
                "best_val_accuracy", "test_accuracy", "sampled_test_accuracy", "iterations", "pretrain_iterations",
@@ -173,6 +174,55 @@ def markdown_table(cfg: CompareConfig, summary: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+CLAIM_SPEED_UP, CLAIM_ACCURACY_DROP = 5.0, 0.01  # issue 13's reading of the paper: >= 5x faster, within 1 point
+
+
+def claim_table(cfg: CompareConfig, rows: list[dict[str, Any]]) -> str:
+    """Every method against RAM (the config's first method of kind ``ram``) on the seeds both finished, as
+    Markdown ("" without RAM or such seeds): the speed-up, RAM's mean iterations to converge over the
+    method's (CE criterion, the paper's for CelebA-HQ; the accuracy criterion beside it), the test accuracy
+    difference paired by seed (mean ± sd; sampled too), and whether the paper's claim holds, at least
+    5x RAM's speed with a test accuracy at most 1 point lower (greedy)."""
+    ram = next((m.name for m in cfg.methods if m.kind == "ram"), None)
+    done = {(r["method"], r["seed"]): r for r in rows if r["status"] == "finished"}
+    sampled = cfg.evaluate_repeats > 0
+    lines = []
+    for method in cfg.methods:
+        seeds = [s for s in cfg.seeds if (method.name, s) in done and (ram, s) in done]
+        if method.name == ram or not seeds:
+            continue
+        pairs = [(done[(ram, s)], done[(method.name, s)]) for s in seeds]
+
+        def speed_up(key: str) -> Optional[float]:
+            theirs, ours = ([p[i][key] for p in pairs] for i in (0, 1))
+            if None in theirs or None in ours or not sum(ours):
+                return None
+            return sum(theirs) / sum(ours)
+
+        def difference(key: str) -> tuple[str, Optional[float]]:
+            d = [b[key] - a[key] for a, b in pairs if a.get(key) is not None and b.get(key) is not None]
+            mean, sd, n = mean_and_spread(d)
+            return (_fmt({"mean": mean, "sd": sd, "n": n}, 1, 100) if n else "-"), (mean if n else None)
+
+        ce, acc = speed_up("ce_iterations"), speed_up("accuracy_iterations")
+        greedy, drop = difference("test_accuracy")
+        holds = ce is not None and drop is not None and ce >= CLAIM_SPEED_UP and drop >= -CLAIM_ACCURACY_DROP
+        lines.append(f"| {method.name} | {len(seeds)} | " + " | ".join("-" if x is None else f"{x:.2f}x" for x in (ce, acc))
+                     + f" | {greedy} | " + (f"{difference('sampled_test_accuracy')[0]} | " if sampled else "")
+                     + ("**yes**" if holds else "no") + " |")
+    if ram is None or not lines:
+        return ""
+    return "\n".join([
+        "", f"## Against {ram}: the paper's claim", "",
+        f"Speed-up: {ram}'s mean iterations to converge over the method's, on the seeds both finished (CE criterion; "
+        "accuracy criterion beside it). Test accuracy difference: method minus "
+        f"{ram}, paired by seed, points (mean ± sd). Claim: at least {CLAIM_SPEED_UP:g}x {ram}'s speed (CE) with a "
+        f"greedy test accuracy at most {100 * CLAIM_ACCURACY_DROP:g} point lower.", "",
+        "| method | seeds | speed-up (CE) | speed-up (acc.) | test accuracy difference (points) | "
+        + ("sampled difference (points) | " if sampled else "") + "claim holds |",
+        "|---|---|---|---|---|" + ("---|" if sampled else "") + "---|", *lines]) + "\n"
+
+
 def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
@@ -221,7 +271,7 @@ def write_report(cfg: CompareConfig, out: Path, skipped: Optional[dict[str, str]
     summary = summarise(cfg, rows, skipped)
     paths = {"table_md": out / "table.md", "table_csv": out / "table.csv", "runs_csv": out / "runs.csv",
              "summary": out / "summary.json"}
-    paths["table_md"].write_text(markdown_table(cfg, summary))
+    paths["table_md"].write_text(markdown_table(cfg, summary) + claim_table(cfg, rows))
     flat = [{"method": e["method"], "kind": e["kind"], "finished": e["finished"], "seeds": e["seeds"],
              "skipped": e["skipped"] or "",
              **{f"{k}_{s}": e[k][s] for k in _fields(cfg, _MEANS) for s in ("mean", "sd")}}
