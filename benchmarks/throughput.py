@@ -24,7 +24,8 @@ Columns, in iterations per second:
   loop, one image at a time; its end to end reads items one by one (``dataset[i]``) and stacks them.
 
 The ratio is ours / the reference's, end to end. "Bound (products)": the step's matrix products and
-convolutions, recorded in one step and each timed alone at its own shapes and strides. Writes benchmarks/results/throughput.{md,json}.
+convolutions, recorded in one step and each timed alone at its own shapes and strides. Writes
+benchmarks/results/throughput.{md,json}.
 """
 
 from __future__ import annotations
@@ -250,9 +251,9 @@ def markdown(report: dict) -> str:
     lines = [f"RAM training throughput, iterations/s, batch {report['batch_size']}, {report['threads']} thread "
              f"(torch {report['torch']}). Data: after the first epoch (which makes every item; its own rate "
              "in the next column); data share = data time / step time. End to end: `fit` in a long run (its own rate "
-             f"over {report['iterations']} iterations after its first logging window). Bound (peak) "
-             "= the step's matrix products (GFLOP, forward and backward, counted by torch's FlopCounterMode) at this core's measured speed "
-             "for the step's largest product; bound (products) = the step's matrix products and convolutions, "
+             f"over {report['iterations']} iterations after its first logging window). Bound (peak) = the step's "
+             "matrix products (GFLOP, forward and backward, counted by torch's FlopCounterMode) at this core's "
+             "measured speed for the step's largest product; bound (products) = the step's matrix products and convolutions, "
              "each timed alone at its own shapes: the it/s of a step that did nothing else.", "",
              "| setting | data | data, first epoch | step | end to end | data share | reference step | "
              "reference end to end | ratio (end to end) | step GFLOP | bound (peak) | products, ms | bound (products) |",

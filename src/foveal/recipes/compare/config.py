@@ -44,10 +44,9 @@ evaluates it again, sampled evaluation included; the report counts only runs of 
 (PS-RAM's sequences stay those sampled once from the RAM run as it was then). ``inputs.stand_ins: true``
 (smoke runs only) replaces a missing NOGS file by random sequences on the model's grid and missing
 salience maps by random ones, so that the pipeline runs before any annotation exists; the report then
-says so. Runs go seed by seed
-(every method with seed 0 first), so a partial comparison is already a table. Supervised methods all
-use the same images: the first ``num_sequences`` of the NOGS file (or a fixed random subset of the
-training split when there is none).
+says so. Runs go seed by seed (every method with seed 0 first), so a partial comparison is already a
+table. Supervised methods all use the same images: the first ``num_sequences`` of the NOGS file (or a
+fixed random subset of the training split when there is none).
 
 A run's own test numbers (its ``results.json``) come from the run config's ``eval_policy``, ``greedy``
 by default: the mode of the location policy (the mean location, or the most probable cell of a grid
