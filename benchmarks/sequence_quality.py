@@ -93,14 +93,17 @@ def figure(report: dict, path: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tag", required=True, help="results/<tag>.{md,json,png}")
-    p.add_argument("--files", nargs="+", required=True, help="sequence files of the same split and grid")
+    p.add_argument("--files", nargs="+", required=True,
+                   help="sequence files of the same split and grid, each PATH or LABEL=PATH (LABEL: its row's name; "
+                        "default the file's method)")
     p.add_argument("--scorer", action="append", default=[], help="LABEL=posterior checkpoint (repeatable)")
     p.add_argument("--classifier", action="append", default=[], help="LABEL=glimpse network checkpoint (repeatable)")
     p.add_argument("--chooser", action="append", default=[], help="LABEL=the posterior that chose a file (biased)")
     p.add_argument("--resamples", type=int, default=10_000)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    files = [GlimpseSequences.load(f) for f in args.files]
+    specs = [_labelled(f) if "=" in f else (None, f) for f in args.files]
+    files = [GlimpseSequences.load(path) for _, path in specs]
     dataset = build_dataset(files[0].dataset, files[0].split)
     report = {"dataset": files[0].dataset, "split": files[0].split, "files": args.files, "scorers": [],
               "command": "python benchmarks/sequence_quality.py " + " ".join(
@@ -111,6 +114,8 @@ def main(argv=None) -> int:
             label, path = _labelled(spec)
             model, _ = load_model(path)
             result = compare_sequences(model, dataset, files, resamples=args.resamples)
+            for (name, _), entry in zip(specs, result["files"]):
+                entry["method"] = name or entry["method"]
             report.update(images=result["images"], num_glimpses=result["num_glimpses"])
             report["scorers"].append({"label": label, "kind": kind, "checkpoint": path, "files": result["files"]})
             print(f"scored by {label}", flush=True)
