@@ -37,9 +37,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _labelled(text: str) -> tuple[str, str]:
-    label, sep, path = text.partition("=")
+    label, sep, path = text.rpartition("=")  # the last "=": a label may hold one ("N=64"), a path does not
     if not sep or not label or not path:
-        raise SystemExit(f"expected LABEL=CHECKPOINT, found {text!r}")
+        raise SystemExit(f"expected LABEL=PATH, found {text!r}")
     return label, path
 
 
@@ -102,8 +102,8 @@ def main(argv=None) -> int:
     p.add_argument("--resamples", type=int, default=10_000)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    specs = [_labelled(f) if "=" in f else (None, f) for f in args.files]
-    files = [GlimpseSequences.load(path) for _, path in specs]
+    named = [_labelled(f) if "=" in f else (None, f) for f in args.files]
+    files = [GlimpseSequences.load(path) for _, path in named]
     dataset = build_dataset(files[0].dataset, files[0].split)
     report = {"dataset": files[0].dataset, "split": files[0].split, "files": args.files, "scorers": [],
               "command": "python benchmarks/sequence_quality.py " + " ".join(
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
             label, path = _labelled(spec)
             model, _ = load_model(path)
             result = compare_sequences(model, dataset, files, resamples=args.resamples)
-            for (name, _), entry in zip(specs, result["files"]):
+            for (name, _), entry in zip(named, result["files"]):
                 entry["method"] = name or entry["method"]
             report.update(images=result["images"], num_glimpses=result["num_glimpses"])
             report["scorers"].append({"label": label, "kind": kind, "checkpoint": path, "files": result["files"]})
