@@ -262,9 +262,13 @@ class RunTask:
 def finished_iterations(run_dir: Path) -> Optional[int]:
     """The iterations a run folder's ``results.json`` was trained for; None without one."""
     try:
-        results = json.loads((Path(run_dir) / "results.json").read_text())
+        return trained_iterations(json.loads((Path(run_dir) / "results.json").read_text()))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def trained_iterations(results) -> Optional[int]:
+    """The iterations of a run's results dict (``results.json``'s ``training.iterations``), or None."""
     training = results.get("training") if isinstance(results, dict) else None
     return training.get("iterations") if isinstance(training, dict) else None
 

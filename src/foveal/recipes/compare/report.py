@@ -39,7 +39,7 @@ import numpy as np
 from foveal.evaluation import compare_plots, plots
 from foveal.evaluation.convergence import mean_and_spread, run_convergence
 from foveal.evaluation.records import read_metrics
-from foveal.recipes.compare.config import SAMPLED, CompareConfig, method_config, slug
+from foveal.recipes.compare.config import SAMPLED, CompareConfig, method_config, slug, trained_iterations
 
 __all__ = ["collect_runs", "summarise", "markdown_table", "claim_table", "policy_curves", "write_report"]
 
@@ -67,7 +67,7 @@ def collect_runs(cfg: CompareConfig, out: Path) -> list[dict[str, Any]]:
             run = Path(out) / "runs" / slug(method.name) / f"seed-{seed}"
             results = _read_json(run / "results.json")
             length = method_config(cfg, method, seed)["train"]["iterations"]
-            if results and results.get("training", {}).get("iterations") != length:
+            if results and trained_iterations(results) != length:
                 results = None  # a run of another length (being continued): partial here
             row: dict[str, Any] = {k: None for k in _fields(cfg, _RUN_FIELDS)}
             row.update(method=method.name, seed=seed,

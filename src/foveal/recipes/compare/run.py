@@ -20,7 +20,7 @@ from foveal.recipes.compare.steps import RunsFailed, StepRunner, clear_status, p
 from foveal.recipes.run import longer_constant_run
 from foveal.runtime import resolve_device
 
-__all__ = ["train_task", "run_comparison", "save_compare_config", "RunsFailed"]
+__all__ = ["train_task", "run_comparison", "check_compare_config", "save_compare_config", "RunsFailed"]
 
 
 def run_comparison(cfg: CompareConfig, out: Path, *, log: Callable[[str], None] = lambda message: None,
@@ -62,9 +62,9 @@ def run_comparison(cfg: CompareConfig, out: Path, *, log: Callable[[str], None] 
     def prepare() -> None:  # the checks, the stand-in NOGS file and fresh status files, once, before any run
         # compare.yaml is written only once the checks pass: a start refused for a missing input leaves the
         # folder as it was, so the corrected command is not refused as "another config"
-        save_compare_config(cfg, out, write=False)
+        resolved = check_compare_config(cfg, out)
         ComparisonInputs(cfg, out, log).preflight(train_methods)
-        save_compare_config(cfg, out)
+        save_compare_config(resolved, out)
         for step in steps:
             clear_status(out, step.name)
 
@@ -91,10 +91,9 @@ def _check_devices(devices: tuple[str, ...]) -> None:
             raise ValueError(f"--devices: {name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
 
 
-def save_compare_config(cfg: CompareConfig, out: Path, *, write: bool = True) -> None:
-    """Write ``compare.yaml`` (the resolved comparison; ``write=False``: only check); a folder made with
-    another one is an error, except more ``train.iterations`` at a constant learning rate (its runs are
-    continued)."""
+def check_compare_config(cfg: CompareConfig, out: Path) -> dict:
+    """The resolved comparison that ``compare.yaml`` holds; a folder made with another one is an error,
+    except more ``train.iterations`` at a constant learning rate (its runs are continued). Writes nothing."""
     resolved = {"run": cfg.run, "seeds": list(cfg.seeds), "inputs": dict(cfg.inputs),
                 "methods": [{"name": m.name, "kind": m.kind, "sequences": m.sequences, "algorithm": dict(m.algorithm),
                              "overrides": list(m.overrides)} for m in cfg.methods],
@@ -110,8 +109,12 @@ def save_compare_config(cfg: CompareConfig, out: Path, *, write: bool = True) ->
                          and longer_constant_run(shared["run"], resolved["run"])):  # continued runs
             raise ValueError(f"{path}: this comparison folder was made with another config; differing fields: "
                              + "; ".join(diff[:6]) + ". Use a new --out, or the same config to resume.")
-    if not write:
-        return
+    return resolved
+
+
+def save_compare_config(resolved: dict, out: Path) -> None:
+    """Write ``compare.yaml``: what :func:`check_compare_config` returned."""
+    path = out / "compare.yaml"
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
