@@ -6,7 +6,10 @@ validation accuracy the reference method reached on the same seed.
         --targets 0.4 0.5 0.6 0.65 --reference RAM
 
 Prints a Markdown table (mean ± sd over seeds; "k/n" when only k of n finished seeds reached a target).
-Reads ``runs/<method>/seed-<s>/metrics.csv`` and ``results.json`` only; trains nothing.
+Reads ``compare.yaml``, ``runs/<method>/seed-<s>/metrics.csv`` and ``results.json`` only; trains nothing.
+Counts only runs trained for the comparison's length (``run.train.iterations`` of ``compare.yaml``, or
+``--iterations``), as ``foveal compare --report-only`` does: a folder being continued to more iterations
+holds runs of both lengths.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 from foveal.evaluation.convergence import mean_and_spread, run_convergence
 from foveal.evaluation.records import read_metrics
-from foveal.recipes.compare.config import slug
+from foveal.recipes.compare.config import finished_iterations, slug
 
 
 def _cell(values: list) -> str:
@@ -30,25 +35,54 @@ def _cell(values: list) -> str:
     return text + (f" ({n}/{len(values)})" if n < len(values) else "")
 
 
+def _up_to(metrics: dict, length: int) -> dict:
+    """A run's curves up to ``length`` iterations (a run being continued already logs beyond it)."""
+    return {split: {name: (its[its <= length], vals[its <= length]) for name, (its, vals) in names.items()}
+            for split, names in metrics.items()}
+
+
+def _compare_length(folder: Path) -> int:
+    """``run.train.iterations`` of a comparison folder's ``compare.yaml``."""
+    path = folder / "compare.yaml"
+    if not path.exists():
+        raise SystemExit(f"{path}: not found; give --iterations to say which run length to count")
+    try:
+        return int(yaml.safe_load(path.read_text())["run"]["train"]["iterations"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise SystemExit(f"{path}: run.train.iterations: expected an integer, could not read it ({e!r})")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", type=Path, help="a comparison folder (foveal compare --out)")
     p.add_argument("--methods", nargs="+", required=True, help="method names, as in the comparison config")
     p.add_argument("--targets", nargs="+", type=float, default=[0.4, 0.5, 0.6], help="validation accuracies (fractions)")
     p.add_argument("--reference", help="method whose per-seed best validation accuracy is the equal-accuracy target")
+    p.add_argument("--iterations", type=int,
+                   help="count runs trained this long (default: run.train.iterations of the folder's compare.yaml)")
     args = p.parse_args(argv)
     if args.reference and args.reference not in args.methods:
         p.error(f"--reference: expected one of --methods {args.methods}, found {args.reference!r}")
+    length = args.iterations if args.iterations is not None else _compare_length(args.folder)
     runs: dict[str, dict[int, Path]] = {}
     metrics: dict[Path, dict] = {}  # each run's metrics.csv, read once
     for method in args.methods:
         folder = args.folder / "runs" / slug(method)
-        found = {int(d.name.split("-")[1]): d for d in sorted(folder.glob("seed-*")) if (d / "results.json").exists()}
+        found, other = {}, []
+        for d in sorted(folder.glob("seed-*")):
+            trained = finished_iterations(d)
+            if trained == length:
+                found[int(d.name.split("-")[1])] = d
+            elif trained is not None:
+                other.append(f"{d.name} ({trained:,})")
+        if other:
+            print(f"{method}: left out, not trained for {length:,} iterations: {', '.join(other)}", file=sys.stderr)
         if not found:
-            print(f"{folder}: no finished run (seed-*/results.json) of {method!r}", file=sys.stderr)
+            print(f"{folder}: no run of {method!r} finished at {length:,} iterations (seed-*/results.json)",
+                  file=sys.stderr)
             return 2
         runs[method] = found
-        metrics.update({run: read_metrics(run / "metrics.csv") for run in found.values()})
+        metrics.update({run: _up_to(read_metrics(run / "metrics.csv"), length) for run in found.values()})
     best_of_reference = {}
     if args.reference:
         for seed, run in runs[args.reference].items():
