@@ -112,17 +112,21 @@ def test_shards_merged_equal_the_unsharded_run(files, tmp_path):
         merge_shards(tmp_path / "contiguous")
 
 
-@pytest.mark.parametrize("search", [{}, {"local_updates": True, "screen_completions": 2, "screen_top_k": 3}])
+@pytest.mark.parametrize("search", [{}, {"local_updates": True, "screen_completions": 2, "screen_top_k": 3},
+                                    {"first_completions": 9}])
 def test_equals_greedy_sequence_with_the_same_generators_and_keeps_maps(files, tmp_path, search):
     data = ToySplit()
-    cfg = config(files, keep_maps=True, start=2, count=4, **search)
+    search = dict(search)
+    first_completions = search.pop("first_completions", None)
+    cfg = config(files, keep_maps=True, start=2, count=4, first_completions=first_completions, **search)
     assert cfg.search() == SearchConfig(**search)
     seqs = GlimpseSequences.load(annotate(cfg, tmp_path, dataset=data))
 
     posterior, _ = load_posterior(cfg.posterior, torch.device("cpu"))
     grid = cfg.make_grid((8, 8))
     sampler = BankSampler(ImageBank.open(cfg.bank), grid, pca_components=4, n_proposals=10)
-    first = first_glimpse(posterior, sampler, grid, 1, n_completions=4, generator=image_generator(7, None))
+    first = first_glimpse(posterior, sampler, grid, 1, n_completions=first_completions or 4,
+                          generator=image_generator(7, None))
     for row, i in enumerate(range(2, 6)):
         cells, maps = greedy_sequence(data.images[i], posterior, sampler, grid, 2, n_completions=4,
                                       first_location=first, keep_maps=True, search=SearchConfig(**search),
@@ -149,6 +153,8 @@ def test_selection_and_config_errors(files):
         config(files, claim_timeout=0)
     with pytest.raises(ValueError, match=r"threads: expected None \(leave as is\) or an integer >= 1, found 0"):
         config(files, threads=0)
+    with pytest.raises(ValueError, match="first_completions: expected None or an integer >= 1, found 0"):
+        config(files, first_completions=0)
     with pytest.raises(ValueError, match="within the split's 10 images, found 5..12"):
         select_indices(config(files, start=5), 10)
     with pytest.raises(ValueError, match="shard_index: expected 0 <= shard_index < num_shards = 2.*found 2"):

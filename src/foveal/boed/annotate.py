@@ -131,7 +131,8 @@ def _prepare(out_dir: Path, board: ClaimBoard, poll: float, posterior, sampler: 
         got = read_first_glimpse(out_dir)
         if got is None:
             tic = time.perf_counter()
-            first = first_glimpse(posterior, sampler, grid, channels, n_completions=cfg.n_completions,
+            first = first_glimpse(posterior, sampler, grid, channels,
+                                  n_completions=cfg.first_completions or cfg.n_completions,
                                   batch_size=cfg.batch_size, generator=image_generator(cfg.seed, None), device=device)
             first = publish_first_glimpse(out_dir, first, time.perf_counter() - tic, grid)
         else:

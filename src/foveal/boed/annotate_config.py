@@ -45,6 +45,9 @@ class AnnotateConfig:
             (``grid`` cells per axis, or every ``grid_stride`` pixels; neither: stride 1).
         num_glimpses: T.
         n_completions: completions per step (the paper: 200).
+        first_completions: completions for the task's first glimpse (None: ``n_completions``). It is made
+            once per task from prior samples, so many more cost little, and every image's sequence
+            starts from it.
         pca_components, n_proposals, sigma2_schedule, target_ess, resampling, pca_fit_samples: the
             :class:`~foveal.boed.completion.BankSampler`'s settings.
         shifts: translations of up to this many pixels marginalised when re-weighting the candidates
@@ -89,6 +92,7 @@ class AnnotateConfig:
     grid_stride: Optional[int] = None
     num_glimpses: int = 5
     n_completions: int = 200
+    first_completions: Optional[int] = None
     pca_components: int = 32
     n_proposals: int = 1000
     sigma2_schedule: tuple[float, ...] = (0.05,)
@@ -125,8 +129,10 @@ class AnnotateConfig:
         for name in ("start", "seed", "data_seed", "shifts"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"AnnotateConfig.{name}: expected an integer >= 0, found {getattr(self, name)!r}")
-        if self.cache_cells is not None and (not isinstance(self.cache_cells, int) or self.cache_cells < 1):
-            raise ValueError(f"AnnotateConfig.cache_cells: expected None or an integer >= 1, found {self.cache_cells!r}")
+        for name in ("cache_cells", "first_completions"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"AnnotateConfig.{name}: expected None or an integer >= 1, found {value!r}")
         self.search()  # SearchConfig checks its own fields
         if self.count is not None and (not isinstance(self.count, int) or self.count < 1):
             raise ValueError(f"AnnotateConfig.count: expected None (to the end) or an integer >= 1, "
