@@ -83,9 +83,12 @@ def figure(report: dict, path: Path) -> None:
         axes[0][k].set_ylabel("accuracy")
         axes[1][k].set_ylabel("entropy (nats)")
         axes[1][k].set_xlabel("glimpses t")
-        axes[0][k].legend(fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    rows = -(-len(labels) // 2)  # one shared legend under the plots, two columns, so no curve is hidden
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.set_figheight(6.5 + 0.22 * rows)
     fig.suptitle(f"{report['dataset']}: sequences of {report['images']} images scored by other networks", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.22 * rows / fig.get_figheight() + 0.01, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
