@@ -5,6 +5,7 @@ time estimate runs."""
 import csv
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ def setup(tmp_path):
     return tmp_path, path
 
 
-def test_compare_trains_every_method_reports_and_resumes(setup, capsys):
+def test_compare_trains_every_method_reports_and_resumes(setup, capsys, monkeypatch):
     tmp, config = setup
     out = tmp / "cmp"
     assert main(["compare", "--config", str(config), "--out", str(out), "--quick", "--quiet"]) == 0
@@ -94,9 +95,15 @@ def test_compare_trains_every_method_reports_and_resumes(setup, capsys):
         rows = {r["method"]: r for r in csv.DictReader(f)}
     reach = run_convergence(out / "runs" / "ram" / "seed-0" / "metrics.csv", target_accuracy=0.05).target_iterations
     assert rows["RAM"]["target_iterations"] == ("" if reach is None else str(reach))
-    # A report of a part covers only the methods asked for; a name the config lacks is an error.
+    # A report of a part covers only the methods asked for; a name the config lacks is an error. Each file
+    # is moved into place whole: the processes of one comparison each write the report as they finish.
+    replace, moved = os.replace, []
+    monkeypatch.setattr(os, "replace", lambda src, dst: (moved.append(os.path.basename(dst)), replace(src, dst)))
     assert main(["compare", "--config", str(config), "--out", str(out), "--quick", "--report-only",
                  "--methods", "RAM,PS-NOGS"]) == 0
+    monkeypatch.undo()
+    assert {"table.md", "table.csv", "runs.csv", "summary.json"} <= set(moved)
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
     table = (out / "table.md").read_text()
     assert "| RAM | 1/1 |" in table and "| PS-NOGS | 1/1 |" in table and "WSRAM" not in table
     with open(out / "runs.csv") as f:

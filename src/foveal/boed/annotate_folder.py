@@ -25,7 +25,8 @@ from foveal import __version__
 from foveal.boed.annotate_config import AnnotateConfig
 from foveal.boed.completion import CellPCA
 from foveal.boed.epe import FirstGlimpse
-from foveal.boed.workers import private_dir, publish_dir, publish_file, write_atomic
+from foveal.boed.workers import private_dir, publish_dir, publish_file
+from foveal.checkpoint import atomic_write
 from foveal.data.sequences import GlimpseSequences, sequence_paths
 from foveal.retina import LocationGrid
 
@@ -96,7 +97,7 @@ def publish_first_glimpse(out_dir: Path, first: FirstGlimpse, seconds: float, gr
         first = FirstGlimpse(int(epe_map.argmin()), epe_map)  # first_glimpse's rule
     meta = {"cell": first.cell, "corner": grid.corners()[first.cell].tolist(), "grid_shape": list(grid.shape),
             "seconds": seconds, "sha256": hashlib.sha256(blob).hexdigest()}
-    write_atomic(out_dir / "first-glimpse.json", json.dumps(meta, indent=1).encode())  # a function of the map
+    atomic_write(out_dir / "first-glimpse.json", json.dumps(meta, indent=1).encode())  # a function of the map
     return first
 
 

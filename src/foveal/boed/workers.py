@@ -39,7 +39,7 @@ from typing import Callable, Mapping, Optional
 
 from foveal.checkpoint import unique_token
 
-__all__ = ["Worker", "worker_from_environment", "worker_device", "unique_token", "write_atomic", "publish_file",
+__all__ = ["Worker", "worker_from_environment", "worker_device", "unique_token", "publish_file",
            "publish_dir", "private_dir", "Claim", "ClaimBoard", "run_once", "HOST"]
 
 HOST = socket.gethostname()
@@ -139,15 +139,6 @@ def _write_tmp(path: Path, data: bytes) -> Path:
         f.flush()
         os.fsync(f.fileno())
     return tmp
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` through a host-unique temporary file: never half-written."""
-    tmp = _write_tmp(path, data)
-    try:
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def publish_file(path: Path, data: bytes) -> bool:

@@ -31,6 +31,7 @@ stage (its pretraining iterations are reported beside them).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -38,6 +39,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from foveal.checkpoint import atomic_write
 from foveal.evaluation import compare_plots, plots
 from foveal.evaluation.convergence import mean_and_spread, run_convergence
 from foveal.evaluation.records import read_metrics
@@ -252,10 +254,11 @@ def claim_table(cfg: CompareConfig, rows: list[dict[str, Any]]) -> str:
 
 
 def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in fields} for r in rows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in fields} for r in rows)
+    atomic_write(path, text.getvalue().encode())
 
 
 def policy_curves(train: dict[str, tuple[np.ndarray, np.ndarray]], num_glimpses: int) -> dict[str, tuple]:
@@ -299,17 +302,19 @@ def write_report(cfg: CompareConfig, out: Path, skipped: Optional[dict[str, str]
     summary = summarise(cfg, rows, skipped)
     paths = {"table_md": out / "table.md", "table_csv": out / "table.csv", "runs_csv": out / "runs.csv",
              "summary": out / "summary.json"}
-    paths["table_md"].write_text(markdown_table(cfg, summary) + claim_table(cfg, rows))
+    # Every file is moved into place whole: processes of one comparison (seeds split between them, or
+    # ranks) each write the report when they finish, and a reader never sees half a file.
+    atomic_write(paths["table_md"], (markdown_table(cfg, summary) + claim_table(cfg, rows)).encode())
     flat = [{"method": e["method"], "kind": e["kind"], "finished": e["finished"], "seeds": e["seeds"],
              "skipped": e["skipped"] or "",
              **{f"{k}_{s}": e[k][s] for k in _fields(cfg, _MEANS) for s in ("mean", "sd")}}
             for e in summary]
     _write_csv(paths["table_csv"], flat, list(flat[0]) if flat else ["method"])
     _write_csv(paths["runs_csv"], rows, _fields(cfg, _RUN_FIELDS))
-    paths["summary"].write_text(json.dumps({"methods": summary, "runs": rows, "skipped": skipped,
-                                            "evaluate_repeats": cfg.evaluate_repeats}, indent=2))
+    atomic_write(paths["summary"], json.dumps({"methods": summary, "runs": rows, "skipped": skipped,
+                                              "evaluate_repeats": cfg.evaluate_repeats}, indent=2).encode())
     if skipped:
-        skipped_file.write_text(json.dumps(skipped, indent=2))
+        atomic_write(skipped_file, json.dumps(skipped, indent=2).encode())
     if not figures:
         return {"summary": summary, "paths": paths}
     fig_dir = out / "figures"

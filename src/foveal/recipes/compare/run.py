@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import torch
 import yaml
 
+from foveal.checkpoint import atomic_write
 from foveal.config import config_differences
 from foveal.recipes.compare.config import CompareConfig, plan_runs, restrict
 from foveal.recipes.compare.inputs import ComparisonInputs
@@ -114,8 +115,5 @@ def check_compare_config(cfg: CompareConfig, out: Path) -> dict:
 
 def save_compare_config(resolved: dict, out: Path) -> None:
     """Write ``compare.yaml``: what :func:`check_compare_config` returned."""
-    path = out / "compare.yaml"
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
-    os.replace(tmp, path)  # never half a file for another process of the same comparison
+    # never half a file for another process of the same comparison, on this host or another
+    atomic_write(out / "compare.yaml", yaml.safe_dump(resolved, sort_keys=False).encode())

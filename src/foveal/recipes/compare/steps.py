@@ -7,12 +7,12 @@ schedules."""
 from __future__ import annotations
 
 import json
-import os
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from foveal.checkpoint import atomic_write
 from foveal.recipes.compare.config import CompareConfig, RunTask, slug
 
 __all__ = ["Step", "Outcome", "Failure", "RunsFailed", "plan_steps", "assign", "StepRunner", "train_task",
@@ -153,10 +153,7 @@ def status_path(out: Path, name: str) -> Path:
 
 def write_status(out: Path, name: str, status: str, detail: str, trace: str = "") -> Path:
     path = status_path(out, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(f"{status}\n{detail}\n{trace}")
-    os.replace(tmp, path)  # a rank polling for it never reads half a file
+    atomic_write(path, f"{status}\n{detail}\n{trace}".encode())  # a rank polling for it never reads half a file
     return path
 
 
