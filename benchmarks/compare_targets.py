@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", required=True, help="method names, as in the comparison config")
     p.add_argument("--targets", nargs="+", type=float, default=[0.4, 0.5, 0.6], help="validation accuracies (fractions)")
     p.add_argument("--reference", help="method whose per-seed best validation accuracy is the equal-accuracy target")
+    p.add_argument("--seeds", nargs="+", type=int, help="count only these seeds (default: every finished seed)")
     p.add_argument("--iterations", type=int,
                    help="count runs trained this long (default: run.train.iterations of the folder's compare.yaml)")
     args = p.parse_args(argv)
@@ -70,6 +71,8 @@ def main(argv=None) -> int:
         folder = args.folder / "runs" / slug(method)
         found, other = {}, []
         for d in sorted(folder.glob("seed-*")):
+            if args.seeds is not None and int(d.name.split("-")[1]) not in args.seeds:
+                continue
             trained = finished_iterations(d)
             if trained == length:
                 found[int(d.name.split("-")[1])] = d
