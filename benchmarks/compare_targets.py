@@ -71,11 +71,12 @@ def main(argv=None) -> int:
         folder = args.folder / "runs" / slug(method)
         found, other = {}, []
         for d in sorted(folder.glob("seed-*")):
-            if args.seeds is not None and int(d.name.split("-")[1]) not in args.seeds:
+            seed = int(d.name.split("-")[1])
+            if args.seeds is not None and seed not in args.seeds:
                 continue
             trained = finished_iterations(d)
             if trained == length:
-                found[int(d.name.split("-")[1])] = d
+                found[seed] = d
             elif trained is not None:
                 other.append(f"{d.name} ({trained:,})")
         if other:
