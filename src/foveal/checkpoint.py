@@ -46,7 +46,7 @@ from safetensors.torch import save as save_tensors
 from torch import Tensor, nn
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "read_checkpoint_info", "checkpoint_paths",
-           "atomic_write"]
+           "atomic_write", "write_temporary"]
 
 FORMAT = "foveal-checkpoint"
 VERSION = 1
@@ -198,8 +198,9 @@ def unique_token() -> str:
     return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``: never a half-written file."""
+def write_temporary(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a host-unique temporary file beside ``path``, flushed to disk; returns its path.
+    The caller moves it into place (``os.replace``) or links it (first writer wins) and removes it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{unique_token()}")
@@ -208,10 +209,19 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace``: never a half-written file."""
+    tmp = write_temporary(path, data)
+    try:
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 def _read_header(json_path: Path) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
-from foveal.checkpoint import unique_token
+from foveal.checkpoint import unique_token, write_temporary
 
 __all__ = ["Worker", "worker_from_environment", "worker_device", "unique_token", "publish_file",
            "publish_dir", "private_dir", "Claim", "ClaimBoard", "run_once", "HOST"]
@@ -131,19 +131,9 @@ def worker_device(device: str, local_rank: Optional[int]) -> str:
 
 
 # ------------------------------------------------------------------------------------------ writes
-def _write_tmp(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{unique_token()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    return tmp
-
-
 def publish_file(path: Path, data: bytes) -> bool:
     """Write ``path`` only if it does not exist (first writer wins, atomically); True if this call wrote it."""
-    tmp = _write_tmp(path, data)
+    tmp = write_temporary(path, data)
     try:
         os.link(tmp, path)
         return True
