@@ -173,6 +173,41 @@ def test_missing_and_corrupt_files(tmp_path):
         load_checkpoint(tmp_path / "ck")
 
 
+@pytest.mark.parametrize("renames_before_kill", [0, 1, 2])
+def test_a_save_killed_at_any_point_leaves_a_checkpoint_that_loads(tmp_path, monkeypatch, renames_before_kill):
+    """Ctrl-C or SIGKILL during a save: the old or the new checkpoint loads, never neither; the next save
+    completes or discards what the killed one left."""
+    import foveal.checkpoint as ck
+    old, new = Net(), Net(hidden=8)
+    with torch.no_grad():
+        new.fc1.weight.add_(1.0)
+    save_checkpoint(tmp_path / "last", model=old, iteration=1)
+    real_replace, calls = ck.os.replace, []
+
+    def replace(src, dst):
+        if len(calls) == renames_before_kill:
+            raise KeyboardInterrupt
+        calls.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ck.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path / "last", model=new, iteration=2)
+    monkeypatch.setattr(ck.os, "replace", real_replace)
+    # renames: the pending tensors, then the JSON (the commit point), then the tensors into place
+    committed = renames_before_kill >= 2
+    loaded = Net()
+    got = load_checkpoint(tmp_path / "last", model=loaded)
+    assert got.iteration == (2 if committed else 1)
+    assert_same_state(loaded.state_dict(), (new if committed else old).state_dict())
+    assert (tmp_path / ".last.safetensors.pending").exists() == (renames_before_kill in (1, 2))
+    # the next save starts from what the killed one left, and leaves only the checkpoint's two files
+    save_checkpoint(tmp_path / "last", model=old, iteration=3)
+    assert load_checkpoint(tmp_path / "last", model=loaded).iteration == 3
+    assert_same_state(loaded.state_dict(), old.state_dict())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.json", "last.safetensors"]
+
+
 def test_loading_parts_the_checkpoint_lacks_is_an_error(tmp_path):
     save_checkpoint(tmp_path / "ck", model=Net(), rng=False)
     with pytest.raises(ValueError, match="no optimizer state"):

@@ -13,10 +13,15 @@ A checkpoint ``<dir>/<name>`` is two files:
     ``random`` state, the SHA-256 of the safetensors file (``tensors_sha256``) and the SHA-256 of
     everything else in the JSON itself (``json_sha256``, over its canonical form: sorted keys, no spaces).
 
-Both files are written to a temporary name and moved into place with ``os.replace``, the JSON last,
-and the JSON records the hash of the tensors it belongs with: a checkpoint whose JSON is missing is
-not a checkpoint, and one whose tensors do not match its JSON (a crash between the two renames) is
-reported as such instead of being loaded half-old, half-new. The JSON's own hash catches an edited
+The JSON is the commit point, and it records the hash of the tensors it belongs with. A save writes
+the new tensors whole to ``.<name>.safetensors.pending`` first, then the JSON (each to a temporary name
+moved into place with ``os.replace``), then moves the pending tensors onto ``<name>.safetensors``. A
+process killed anywhere in a save (Ctrl-C, SIGKILL, a lost node) leaves a checkpoint that loads:
+before the JSON's rename, the old JSON and old tensors; after it, the new JSON, whose tensors a load
+finds in the pending file when the last rename did not happen, and the next save moves into place.
+A checkpoint whose JSON is missing is not a checkpoint, and tensors that match neither the JSON nor a
+pending file (a file replaced by hand, a disk error) are reported as such instead of being loaded
+half-old, half-new. The JSON's own hash catches an edited
 JSON (a changed ``scale_factor`` in the model spec still fits the tensors' shapes, and would otherwise
 rebuild another model in silence). These are integrity checks against accidents, not signatures:
 anyone who edits a file on purpose can recompute them. JSONs written before ``json_sha256`` existed
@@ -90,7 +95,8 @@ def save_checkpoint(path_prefix: PathLike, *, model: Optional[nn.Module],
                     optimizer: Optional[torch.optim.Optimizer] = None, rng: bool = True, iteration: int = 0, info: Optional[dict[str, Any]] = None,
                     metrics: Optional[dict[str, Any]] = None, extra_tensors: Optional[dict[str, Tensor]] = None,
                     extra_state: Optional[dict[str, Any]] = None) -> None:
-    """Write ``<path_prefix>.safetensors`` and ``<path_prefix>.json`` atomically (the JSON last).
+    """Write ``<path_prefix>.safetensors`` and ``<path_prefix>.json``: a kill at any point leaves one whole
+    checkpoint, the old or the new (module docstring).
 
     Args:
         path_prefix: checkpoint path without suffix (a ``.json`` / ``.safetensors`` suffix is dropped).
@@ -126,8 +132,11 @@ def save_checkpoint(path_prefix: PathLike, *, model: Optional[nn.Module],
     except TypeError as err:
         raise TypeError(f"{json_path}: info, metrics and extra_state must be JSON-able: {err}") from None
     st_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(st_path, blob)
-    atomic_write(json_path, text.encode())
+    pending = _pending_path(st_path)
+    _finish_pending(st_path, json_path)  # a save killed after its JSON's rename: complete it first
+    atomic_write(pending, blob)
+    atomic_write(json_path, text.encode())  # the commit point
+    os.replace(pending, st_path)
 
 
 def read_checkpoint_info(path_prefix: PathLike) -> dict[str, Any]:
@@ -151,12 +160,7 @@ def load_checkpoint(path_prefix: PathLike, *, model: Optional[nn.Module] = None,
     """
     st_path, json_path = checkpoint_paths(path_prefix)
     header = _read_header(json_path)
-    if not st_path.exists():
-        raise FileNotFoundError(f"{st_path}: checkpoint tensors not found (its JSON {json_path.name} exists)")
-    blob = st_path.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != header.get("tensors_sha256"):
-        raise ValueError(f"{st_path}: does not match {json_path.name} (SHA-256 differs): the file is corrupt or "
-                         "was replaced while the checkpoint was being written")
+    blob = _matching_tensors(st_path, json_path, header)
     try:
         tensors = load_tensors(blob)
     except Exception as err:  # safetensors raises its own error type
@@ -222,6 +226,47 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _pending_path(st_path: Path) -> Path:
+    """Where a save puts its tensors until its JSON is in place."""
+    return st_path.with_name(f".{st_path.name}.pending")
+
+
+def _matching_tensors(st_path: Path, json_path: Path, header: dict[str, Any]) -> bytes:
+    """The bytes of the tensors ``header`` records: ``st_path``, or the pending file of a save that was
+    killed after its JSON's rename. A save running beside this read may rename both files between our
+    reads; reading the pair again once then finds them matching."""
+    for attempt in range(2):
+        if attempt:
+            header = _read_header(json_path)
+        for path in (st_path, _pending_path(st_path)):
+            try:
+                blob = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            if hashlib.sha256(blob).hexdigest() == header.get("tensors_sha256"):
+                return blob
+    if not st_path.exists():
+        raise FileNotFoundError(f"{st_path}: checkpoint tensors not found (its JSON {json_path.name} exists)")
+    raise ValueError(f"{st_path}: does not match {json_path.name} (SHA-256 differs): the file is corrupt or "
+                     "was replaced by another file")
+
+
+def _finish_pending(st_path: Path, json_path: Path) -> None:
+    """Complete or discard the pending tensors a killed save left: moved into place when its JSON (the
+    commit point) was renamed, removed when it was not (they belong to no JSON)."""
+    pending = _pending_path(st_path)
+    if not pending.exists():
+        return
+    try:
+        recorded = json.loads(json_path.read_text()).get("tensors_sha256")
+    except (OSError, ValueError):
+        recorded = None
+    if recorded is not None and hashlib.sha256(pending.read_bytes()).hexdigest() == recorded:
+        os.replace(pending, st_path)
+    else:
+        pending.unlink(missing_ok=True)
 
 
 def _read_header(json_path: Path) -> dict[str, Any]:
