@@ -115,6 +115,12 @@ def test_metrics_csv_is_cut_back_to_the_checkpoint(tmp_path):
     result = fit(MLP(), NoisyCE(), TRAIN, VAL, BASE, tmp_path, stop_after=5)
     assert result.iterations == 10
     assert {int(r["iteration"]) for r in rows(tmp_path)} == {3, 6, 9, 10}
+    # a row cut in mid-write by a kill ("1" of "12,train,...") is dropped, not read as iteration 1
+    with open(tmp_path / "metrics.csv", "a") as f:
+        f.write("1")
+    fit(MLP(), NoisyCE(), TRAIN, VAL, BASE, tmp_path, stop_after=5)
+    assert {int(r["iteration"]) for r in rows(tmp_path)} == {3, 6, 9, 10}
+    assert (tmp_path / "metrics.csv").read_text().endswith("\n")
     # stale rows without any checkpoint (killed before the first one): a fresh run starts a fresh file
     fresh = tmp_path / "fresh"
     fresh.mkdir()

@@ -250,7 +250,7 @@ class MetricsLog:
 
 
 def truncate_metrics(path: Path, keep_until: int) -> None:
-    """Rewrite ``path`` (atomically) with the header and its rows of ``iteration <= keep_until``."""
+    """Rewrite ``path`` (atomically) with the header and its whole rows of ``iteration <= keep_until``."""
     header = ",".join(METRICS_HEADER) + "\n"
     if not path.exists() or path.stat().st_size == 0:
         path.write_text(header)
@@ -260,12 +260,20 @@ def truncate_metrics(path: Path, keep_until: int) -> None:
     if lines[0] != header:
         raise ValueError(f"{path}: expected the header {header.strip()!r}, found {lines[0].strip()!r}; "
                          "is this a foveal run folder?")
-    kept = [line for line in lines[1:] if line.strip() and int(line.split(",", 1)[0]) <= keep_until]
+    # a last row without its newline was cut by a kill in mid-write: it holds no whole value
+    kept = [line for line in lines[1:] if line.endswith("\n") and line.strip() and _row_iteration(path, line) <= keep_until]
     if len(kept) == len(lines) - 1:
         return
     tmp = path.with_name(f".{path.name}.tmp-{unique_token()}")
     tmp.write_text(header + "".join(kept))
     os.replace(tmp, path)
+
+
+def _row_iteration(path: Path, line: str) -> int:
+    head = line.split(",", 1)[0]
+    if not head.isdigit():
+        raise ValueError(f"{path}: field 'iteration': expected a whole number, found {head!r} in row {line.strip()!r}")
+    return int(head)
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
