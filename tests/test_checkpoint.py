@@ -178,7 +178,7 @@ def test_a_save_killed_at_any_point_leaves_a_checkpoint_that_loads(tmp_path, mon
     """Ctrl-C or SIGKILL during a save: the old or the new checkpoint loads, never neither; the next save
     completes or discards what the killed one left."""
     import foveal.checkpoint as ck
-    old, new = Net(), Net(hidden=8)
+    old, new = Net(), Net()
     with torch.no_grad():
         new.fc1.weight.add_(1.0)
     save_checkpoint(tmp_path / "last", model=old, iteration=1)
