@@ -132,8 +132,8 @@ def save_checkpoint(path_prefix: PathLike, *, model: Optional[nn.Module],
     except TypeError as err:
         raise TypeError(f"{json_path}: info, metrics and extra_state must be JSON-able: {err}") from None
     st_path.parent.mkdir(parents=True, exist_ok=True)
-    pending = _pending_path(st_path)
     _finish_pending(st_path, json_path)  # a save killed after its JSON's rename: complete it first
+    pending = _pending_path(st_path)
     atomic_write(pending, blob)
     atomic_write(json_path, text.encode())  # the commit point
     os.replace(pending, st_path)
@@ -241,11 +241,8 @@ def _matching_tensors(st_path: Path, json_path: Path, header: dict[str, Any]) ->
         if attempt:
             header = _read_header(json_path)
         for path in (st_path, _pending_path(st_path)):
-            try:
-                blob = path.read_bytes()
-            except FileNotFoundError:
-                continue
-            if hashlib.sha256(blob).hexdigest() == header.get("tensors_sha256"):
+            blob = _read_if_hash(path, header.get("tensors_sha256"))
+            if blob is not None:
                 return blob
     if not st_path.exists():
         raise FileNotFoundError(f"{st_path}: checkpoint tensors not found (its JSON {json_path.name} exists)")
@@ -263,10 +260,19 @@ def _finish_pending(st_path: Path, json_path: Path) -> None:
         recorded = json.loads(json_path.read_text()).get("tensors_sha256")
     except (OSError, ValueError):
         recorded = None
-    if recorded is not None and hashlib.sha256(pending.read_bytes()).hexdigest() == recorded:
+    if _read_if_hash(pending, recorded) is not None:
         os.replace(pending, st_path)
     else:
         pending.unlink(missing_ok=True)
+
+
+def _read_if_hash(path: Path, sha256: Optional[str]) -> Optional[bytes]:
+    """The bytes of ``path`` if it exists and its SHA-256 is ``sha256``; else None."""
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return blob if hashlib.sha256(blob).hexdigest() == sha256 else None
 
 
 def _read_header(json_path: Path) -> dict[str, Any]:

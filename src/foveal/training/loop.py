@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -17,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from foveal.checkpoint import unique_token
+from foveal.checkpoint import atomic_write
 from foveal.training.base import LossOutput
 
 METRICS_HEADER = ("iteration", "split", "name", "value")
@@ -261,12 +260,11 @@ def truncate_metrics(path: Path, keep_until: int) -> None:
         raise ValueError(f"{path}: expected the header {header.strip()!r}, found {lines[0].strip()!r}; "
                          "is this a foveal run folder?")
     # a last row without its newline was cut by a kill in mid-write: it holds no whole value
-    kept = [line for line in lines[1:] if line.endswith("\n") and line.strip() and _row_iteration(path, line) <= keep_until]
+    kept = [line for line in lines[1:]
+            if line.endswith("\n") and line.strip() and _row_iteration(path, line) <= keep_until]
     if len(kept) == len(lines) - 1:
         return
-    tmp = path.with_name(f".{path.name}.tmp-{unique_token()}")
-    tmp.write_text(header + "".join(kept))
-    os.replace(tmp, path)
+    atomic_write(path, (header + "".join(kept)).encode())
 
 
 def _row_iteration(path: Path, line: str) -> int:
