@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from foveal.evaluation.convergence import iterations_to_converge, iterations_to_reach, mean_and_spread, run_convergence
+from foveal.evaluation.convergence import (iterations_to_converge, iterations_to_reach, mean_and_spread, mean_interval,
+                                          run_convergence, t_quantile)
 
 
 def write_metrics(path, val_rows, train_rows=()):
@@ -93,3 +94,25 @@ def test_mean_and_spread():
     assert mean_and_spread([4]) == (4.0, 0.0, 1)
     m, s, n = mean_and_spread([None])
     assert math.isnan(m) and math.isnan(s) and n == 0
+
+
+@pytest.mark.parametrize("p, df, expected", [(0.975, 1, 12.7062), (0.975, 2, 4.3027), (0.975, 4, 2.7764),
+                                             (0.975, 30, 2.0423), (0.95, 5, 2.0150), (0.995, 4, 4.6041)])
+def test_t_quantile_matches_the_tables(p, df, expected):
+    assert t_quantile(p, df) == pytest.approx(expected, abs=5e-4)
+
+
+def test_t_quantile_rejects_what_it_cannot_compute():
+    for p, df in ((0.4, 3), (1.0, 3), (0.975, 0), (0.975, 2.5)):
+        with pytest.raises(ValueError, match="t_quantile"):
+            t_quantile(p, df)
+
+
+def test_mean_interval_over_three_seeds():
+    mean, low, high, n = mean_interval([1.0, 2.0, None, 3.0])  # sd 1, n 3: half-width 4.303 / sqrt(3)
+    assert (mean, n) == (2.0, 3)
+    half = 4.3027 / math.sqrt(3)
+    assert (low, high) == (pytest.approx(2 - half, abs=1e-3), pytest.approx(2 + half, abs=1e-3))
+    assert mean_interval([5.0, 5.0])[1:3] == (5.0, 5.0)
+    mean, low, high, n = mean_interval([7.0])  # one seed: no interval
+    assert mean == 7.0 and n == 1 and math.isnan(low) and math.isnan(high)

@@ -34,7 +34,7 @@ import numpy as np
 from foveal.evaluation.records import PathLike, read_metrics
 
 __all__ = ["iterations_to_converge", "iterations_to_reach", "Convergence", "run_convergence", "mean_and_spread",
-           "CE_TOLERANCE", "ACCURACY_TOLERANCE"]
+           "mean_interval", "t_quantile", "CE_TOLERANCE", "ACCURACY_TOLERANCE"]
 
 CE_TOLERANCE = 0.01  # nats: the paper's CelebA-HQ criterion
 ACCURACY_TOLERANCE = 0.01  # one percentage point: the paper's CUB criterion
@@ -154,3 +154,38 @@ def mean_and_spread(values: Sequence[Optional[float]]) -> tuple[float, float, in
         return float("nan"), float("nan"), 0
     arr = np.asarray(xs)
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, len(arr)
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The ``p``-quantile of Student's t distribution with ``df`` degrees of freedom (``0.5 < p < 1``), by
+    bisection on its distribution function, integrated numerically (no SciPy): ``t_quantile(0.975, 2)`` is
+    4.303, ``t_quantile(0.975, 30)`` 2.042."""
+    if not 0.5 < p < 1 or int(df) != df or df < 1:
+        raise ValueError(f"t_quantile: expected 0.5 < p < 1 and a whole df >= 1, found p={p!r}, df={df!r}")
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    u = np.linspace(0.0, 1.0, 20_001)[1:]  # P(T > x) = integral over u in (0, 1] of f(x / u) x / u^2
+
+    def upper_tail(x: float) -> float:
+        t = x / u
+        g = np.concatenate([[0.0], np.exp(log_c - (df + 1) / 2 * np.log1p(t * t / df)) * x / (u * u)])
+        return float((g[1:] + g[:-1]).sum() / 2 * u[0])  # trapezoids; g(0) is its limit 0 (df > 1; df = 1: 1e-4 off)
+
+    lo, hi = 0.0, 1.0
+    while upper_tail(hi) > 1 - p:
+        lo, hi = hi, 2 * hi
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if upper_tail(mid) > 1 - p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def mean_interval(values: Sequence[Optional[float]], level: float = 0.95) -> tuple[float, float, float, int]:
+    """``(mean, low, high, n)``: the mean of the values that are not None / NaN and its Student-t interval
+    at ``level``, ``mean -/+ t_{(1+level)/2, n-1} sd / sqrt(n)``, the interval for a mean over a few seeds
+    (or for a mean paired difference, given the per-seed differences). NaN bounds for fewer than 2 values."""
+    mean, sd, n = mean_and_spread(values)
+    if n < 2:
+        return mean, float("nan"), float("nan"), n
+    half = t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half, n

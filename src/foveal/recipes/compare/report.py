@@ -41,7 +41,7 @@ import numpy as np
 
 from foveal.checkpoint import atomic_write
 from foveal.evaluation import compare_plots, plots
-from foveal.evaluation.convergence import mean_and_spread, run_convergence
+from foveal.evaluation.convergence import mean_and_spread, mean_interval, run_convergence
 from foveal.evaluation.records import read_metrics
 from foveal.recipes.compare.config import SAMPLED, CompareConfig, method_config, slug, trained_iterations
 
@@ -206,8 +206,8 @@ def claim_table(cfg: CompareConfig, rows: list[dict[str, Any]]) -> str:
     method's (CE criterion, the paper's for CelebA-HQ; the accuracy criterion beside it), the speed-up at
     equal accuracy (iterations to RAM's best validation accuracy of the same seed, ``ram_best_iterations``;
     "k/n" when the method reached it on only k of the n seeds), the test accuracy difference paired by
-    seed (mean ± sd; sampled too), and whether the paper's claim holds, at least 5x RAM's speed (CE) with
-    a test accuracy at most 1 point lower (greedy)."""
+    seed (mean ± sd and its 95 % Student-t interval over seeds; sampled too), and whether the paper's claim
+    holds, at least 5x RAM's speed (CE) with a test accuracy at most 1 point lower (greedy)."""
     ram = _ram(cfg)
     done = {(r["method"], r["seed"]): r for r in rows if r["status"] == "finished"}
     sampled = cfg.evaluate_repeats > 0
@@ -227,7 +227,13 @@ def claim_table(cfg: CompareConfig, rows: list[dict[str, Any]]) -> str:
         def difference(key: str) -> tuple[str, Optional[float]]:
             d = [b[key] - a[key] for a, b in pairs if a.get(key) is not None and b.get(key) is not None]
             mean, sd, n = mean_and_spread(d)
-            return (_fmt({"mean": mean, "sd": sd, "n": n}, 1, 100) if n else "-"), (mean if n else None)
+            if not n:
+                return "-", None
+            text = _fmt({"mean": mean, "sd": sd, "n": n}, 1, 100)
+            if n > 1:
+                _, low, high, _ = mean_interval(d)
+                text += f" [{100 * low:.1f}, {100 * high:.1f}]"
+            return text, mean
 
         ce, acc = speed_up("ce_iterations"), speed_up("accuracy_iterations")
         equal = speed_up("ram_best_iterations")
@@ -246,7 +252,8 @@ def claim_table(cfg: CompareConfig, rows: list[dict[str, Any]]) -> str:
         f"Speed-up: {ram}'s mean iterations to converge over the method's, on the seeds both finished (CE criterion; "
         f"accuracy criterion beside it). At equal accuracy: {ram}'s iterations to its best validation accuracy over "
         f"the method's to reach that accuracy, on the same seeds (k/n: reached on k of n seeds). Test accuracy "
-        f"difference: method minus {ram}, paired by seed, points (mean ± sd). Claim: at least {CLAIM_SPEED_UP:g}x "
+        f"difference: method minus {ram}, paired by seed, points (mean ± sd [95 % Student-t interval of the mean over "
+        f"the seeds]). Claim: at least {CLAIM_SPEED_UP:g}x "
         f"{ram}'s speed (CE) with a greedy test accuracy at most {100 * CLAIM_ACCURACY_DROP:g} point lower.", "",
         "| method | seeds | speed-up (CE) | speed-up (acc.) | speed-up at equal accuracy | "
         "test accuracy difference (points) | " + ("sampled difference (points) | " if sampled else "") + "claim holds |",
