@@ -1,6 +1,7 @@
 """The annotator on a tiny problem: resumption, sharding, equality with greedy_sequence, kept EPE maps."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -203,7 +204,9 @@ def test_cli_build_bank_annotate_and_sequences_commands(files, tmp_path, capsys)
     assert main(["sequences", "validate", str(result)]) == 0
     assert "valid for mnist5k/test (3 of 500 images)" in capsys.readouterr().out
     assert main(["sequences", "info", str(result) + ".json"]) == 0
-    assert "3 sequences of 2 glimpses (8 px) on mnist5k/test 28x28, method nogs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "3 sequences of 2 glimpses (8 px) on mnist5k/test 28x28, method nogs" in out
+    assert re.search(r"completions per step \(mean distinct images .*\): t2 \d/\d\.\d/\d+", out), out
     assert main(["sequences", "export", str(result), str(tmp_path / "txt")]) == 0
     assert sorted(p.name for p in (tmp_path / "txt").iterdir()) == ["0.txt", "1.txt", "2.txt"]
     assert main(["sequences", "import", str(tmp_path / "txt"), str(tmp_path / "imported"), "--dataset", "mnist5k",
@@ -229,3 +232,43 @@ def test_precision_and_layout_settings_are_checked():
         AnnotateConfig(**base, precision="fp8")
     with pytest.raises(ValueError, match="AnnotateConfig.channels_last: expected true or false"):
         AnnotateConfig(**base, channels_last="yes")
+
+
+def test_completion_ess_per_step_is_recorded_and_summarised(files, tmp_path):
+    # 6 proposals at target ESS 0.5: the importance weights are worth 3 candidates at every step, and
+    # N = 4 completions resampled from them come back as 1-4 distinct images whose ESS is at most that
+    cfg = config(files, num_glimpses=3, n_proposals=6, target_ess=0.5, chunk_size=4)
+    seqs = GlimpseSequences.load(annotate(cfg, tmp_path / "bank", dataset=ToySplit()))
+    summary = seqs.provenance["completions"]
+    assert summary["steps"] == [2, 3]
+    assert summary["proposal_ess"] == pytest.approx([3.0, 3.0], abs=1e-3)
+    assert all(1 <= d <= 4 for d in summary["distinct"])
+    assert all(1 <= m <= e <= d + 1e-9 for m, e, d in zip(summary["completion_ess_min"], summary["completion_ess"],
+                                                          summary["distinct"]))
+    part = GlimpseSequences.load(tmp_path / "bank" / "parts" / "shard-0-of-1" / "part-00000")
+    rows = part.provenance["completion_stats"]["distinct"]
+    assert len(rows) == 4 and all(len(row) == 2 for row in rows)  # one row per image, one value per step
+
+
+def test_hindsight_annotation_sees_the_true_image_alone(files, tmp_path):
+    data = ToySplit()
+    cfg = config(files, completions="hindsight", keep_maps=True)
+    assert cfg.method == "hindsight"
+    seqs = GlimpseSequences.load(annotate(cfg, tmp_path, dataset=data))
+    summary = seqs.provenance["completions"]
+    assert summary["distinct"] == [1.0] and summary["completion_ess"] == [1.0] and summary["proposal_ess"] == [1.0]
+    assert seqs.method == "hindsight" and seqs.provenance["config"]["completions"] == "hindsight"
+    # step 2's map is the posterior's entropy on the true image seen through the first cell and each cell
+    posterior, _ = load_posterior(cfg.posterior, torch.device("cpu"))
+    grid = cfg.make_grid((8, 8))
+    from foveal.boed.epe import cell_masks, posterior_entropy
+
+    cells = cell_masks(grid)  # [G, 1, 8, 8]
+    first = int(grid.corner_to_index(seqs.corners[0, :1])[0])
+    for row, i in enumerate(range(8)):
+        seen = torch.maximum(cells[first][None], cells)  # [G, 1, 8, 8]
+        image = data.images[i][None].expand(len(grid), -1, -1, -1)
+        entropy = posterior_entropy(posterior.logits(image * seen, seen), multilabel=False)
+        assert seqs.epe_maps[row, 1].flatten() == pytest.approx(entropy.tolist(), abs=1e-5)
+    with pytest.raises(ValueError, match="AnnotateConfig.completions: expected one of 'bank', 'hindsight', found 'x'"):
+        config(files, completions="x")

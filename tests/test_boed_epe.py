@@ -168,3 +168,59 @@ def test_errors_name_the_field_expected_and_found():
         expected_posterior_entropy(ExactPosterior(), torch.zeros(4, 1, 4, 5), weights, empty, GRID)
     with pytest.raises(ValueError, match="image: expected"):
         greedy_sequence(IMAGES, ExactPosterior(), ExactSampler(), GRID, 2, n_completions=4)
+
+
+def posterior_entropy_on(true_index, cells):
+    """Entropy of the exact posterior after seeing the true image through ``cells`` (Python floats)."""
+    value = lambda i: tuple(float(BLOCKS[i, c]) for c in cells)
+    match = [j for j in range(4) if value(j) == value(true_index)]
+    mass = [sum(PRIOR[j].item() for j in match if CLASSES[j] == k) for k in (0, 1)]
+    return H(*(m / sum(mass) for m in mass))
+
+
+@pytest.mark.parametrize("true_index", range(4))
+def test_hindsight_picks_the_cell_of_least_entropy_on_the_true_image(true_index):
+    from foveal.boed.completion import TrueImage
+
+    # given the first cell (the task's, shared with NOGS), every later step takes a cell after which the
+    # posterior is surest on this very image; brute force over the cells with Python floats
+    seq = greedy_sequence(IMAGES[true_index], ExactPosterior(), TrueImage(IMAGES[true_index]), GRID, 3,
+                          n_completions=4, first_location=3, keep_maps=True)
+    chosen = [3]
+    for t in (1, 2):
+        entropies = [posterior_entropy_on(true_index, chosen + [cell]) for cell in range(4)]
+        assert seq.epe_maps[t].tolist() == pytest.approx(entropies, abs=1e-6)
+        assert int(seq.cells[t]) == min(range(4), key=lambda c: (round(entropies[c], 9), c))
+        chosen.append(int(seq.cells[t]))
+    # I1 (blocks 0 0 0 0) seen at cell 3 leaves only I1 possible: every next cell is worth 0 nats; the
+    # bank-style search, which averages over completions consistent with cell 3, agrees only where they do
+    if true_index == 0:
+        assert seq.epe_maps[1].tolist() == pytest.approx([0.0] * 4)
+
+
+def test_hindsight_differs_from_the_expected_entropy_where_the_completions_disagree():
+    from foveal.boed.completion import TrueImage
+
+    # true image I3 with cell 3 seen (value 1: I2, I3 or I4). Expected over those completions (the hand
+    # computation above): [0, 0.37489, 0.31827, 0.45056]. On I3 itself: cell 0 (value 0: I3 or I4, both
+    # class 1) and cell 1 (value 1: I3 alone) leave no doubt, cell 2 (value 0: I2 or I3, .1 vs .2) the most
+    # of all, H(1/3) = 0.63651; cell 3 adds nothing, H(1/6) = 0.45056
+    observed = [3]
+    on_truth = [posterior_entropy_on(2, observed + [c]) for c in range(4)]
+    assert on_truth == pytest.approx([0.0, 0.0, H(1 / 3, 2 / 3), H(1 / 6, 5 / 6)], abs=1e-6)
+    expected = brute_force_epe(2, observed)
+    seq = greedy_sequence(IMAGES[2], ExactPosterior(), TrueImage(IMAGES[2]), GRID, 2, n_completions=4,
+                          first_location=3, keep_maps=True)
+    assert seq.epe_maps[1].tolist() == pytest.approx(on_truth, abs=1e-6)
+    assert seq.epe_maps[1].tolist() != pytest.approx(expected, abs=1e-3)
+
+
+def test_true_image_sampler_returns_the_image_alone_and_checks_its_shape():
+    from foveal.boed.completion import TrueImage
+
+    sampler = TrueImage(IMAGES[1])
+    images, weights = sampler.sample(IMAGES[1] * 0, torch.zeros(1, 4, 4), 200)
+    assert torch.equal(images, IMAGES[1][None]) and weights.tolist() == [1.0]
+    assert isinstance(sampler, CompletionSampler)
+    with pytest.raises(ValueError, match=r"TrueImage.sample: expected an image of shape \(1, 4, 4\), found \(1, 4, 5\)"):
+        sampler.sample(torch.zeros(1, 4, 5), torch.zeros(1, 4, 4), 1)

@@ -354,3 +354,54 @@ def test_the_engines_optimizer_steps_like_the_per_parameter_loop(name):
             F.cross_entropy(model(TRAIN.x[16 * i:16 * i + 16]), TRAIN.labels[16 * i:16 * i + 16]).backward()
             optimizer.step()
     assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), plain.parameters()))
+
+
+class ScriptedCE(Scripted):
+    """Validation accuracy and cross-entropy from two scripts, one value of each per validation."""
+
+    def __init__(self, scores, ces):
+        super().__init__(scores)
+        self.ces = list(ces)
+
+    @torch.no_grad()
+    def metrics(self, model, batch):
+        return {"accuracy": self.scores.pop(0), "ce": self.ces.pop(0)}
+
+
+def test_patience_stops_a_settled_run_and_a_second_call_trains_nothing(tmp_path):
+    # validations at 4, 8, ..., best accuracy at 8; with patience 8 the run has settled at 16
+    config = dataclasses.replace(BASE, iterations=40, val_every=4, val_batches=1, lr_schedule="constant", patience=8)
+    result = fit(MLP(), Scripted([0.3, 0.5, 0.4, 0.5, 0.2] + [0.9] * 5), TRAIN, VAL, config, tmp_path)
+    assert (result.iterations, result.settled, result.best_iteration) == (16, True, 8)
+    assert load_checkpoint(tmp_path / "checkpoints" / "last").iteration == 16
+    assert max(int(r["iteration"]) for r in rows(tmp_path)) == 16
+    again = fit(MLP(), Scripted([]), TRAIN, VAL, config, tmp_path)  # no validation left to pop: none is run
+    assert (again.iterations, again.settled) == (16, True)
+    # a longer patience continues it, exactly where it stopped
+    longer = fit(MLP(), Scripted([0.1, 0.1, 0.1, 0.1]), TRAIN, VAL, dataclasses.replace(config, patience=24),
+                 tmp_path)
+    assert (longer.iterations, longer.settled) == (32, True)
+
+
+def test_patience_waits_for_every_named_metric(tmp_path):
+    # accuracy settles at 4, cross-entropy still falls until 12: with val/ce in patience_on it stops at 20
+    config = dataclasses.replace(BASE, iterations=40, val_every=4, val_batches=1, lr_schedule="constant", patience=8,
+                                 patience_on=("val/ce:min",))
+    result = fit(MLP(), ScriptedCE([0.5] * 10, [1.0, 0.9, 0.8, 0.85, 0.9] + [1.0] * 5), TRAIN, VAL, config,
+                 tmp_path / "both")
+    assert (result.iterations, result.settled) == (20, True)
+    alone = fit(MLP(), ScriptedCE([0.5] * 10, [1.0, 0.9, 0.8, 0.85] + [1.0] * 6), TRAIN, VAL,
+                dataclasses.replace(config, patience_on=()), tmp_path / "accuracy")
+    assert (alone.iterations, alone.settled) == (12, True)
+
+
+def test_a_run_that_never_settles_trains_to_the_cap(tmp_path):
+    config = dataclasses.replace(BASE, iterations=12, val_every=4, val_batches=1, lr_schedule="constant", patience=8)
+    result = fit(MLP(), Scripted([0.1, 0.2, 0.3]), TRAIN, VAL, config, tmp_path)
+    assert (result.iterations, result.settled) == (12, False)
+
+
+@pytest.mark.parametrize("value", [["ce"], ["val/ce"], ["val/ce:up"], "val/ce:min"])
+def test_patience_on_is_checked(value):
+    with pytest.raises(ValueError, match="TrainConfig.patience_on: expected a list of 'val/<name>:min'"):
+        dataclasses.replace(BASE, patience_on=value)

@@ -64,7 +64,7 @@ from foveal.boed.annotate_folder import (PCAFileStore, assemble, check_run_dir, 
                                          merge_shards, part_done, part_prefix, publish_first_glimpse, publish_part,
                                          read_first_glimpse, run_record, save_sequences)
 from foveal.boed.bank import ImageBank
-from foveal.boed.completion import BankSampler
+from foveal.boed.completion import BankSampler, TrueImage, effective_sample_size
 from foveal.boed.epe import FirstGlimpse, first_glimpse, greedy_sequence
 from foveal.boed.posterior import NetworkPosterior
 from foveal.boed.workers import HOST, ClaimBoard, run_once
@@ -150,22 +150,45 @@ def _annotate_chunk(cfg: AnnotateConfig, dataset: Any, rows: Tensor, posterior, 
                     device: torch.device, on_image: Callable[[], None]) -> GlimpseSequences:
     """Greedy sequences of the images ``rows`` as one part (``on_image()`` after each image)."""
     tic = time.perf_counter()
-    cells, maps = [], []
+    cells, maps, stats = [], [], {"completion_ess": [], "distinct": [], "proposal_ess": []}
     for i in rows.tolist():
-        seq = greedy_sequence(dataset[i]["image"].to(device), posterior, sampler, grid, cfg.num_glimpses,
+        image = dataset[i]["image"].to(device)
+        recording = _Recording(TrueImage(image) if cfg.completions == "hindsight" else sampler)
+        seq = greedy_sequence(image, posterior, recording, grid, cfg.num_glimpses,
                               n_completions=cfg.n_completions, first_location=first, keep_maps=cfg.keep_maps,
                               batch_size=cfg.batch_size, search=cfg.search(), generator=image_generator(cfg.seed, i))
         cells.append(seq.cells)
+        for name in stats:
+            stats[name].append(recording.stats[name])
         if cfg.keep_maps:
             maps.append(seq.epe_maps.cpu().float().view(cfg.num_glimpses, *grid.shape))
         on_image()
     ids = [dataset.image_id(i) for i in rows.tolist()] if hasattr(dataset, "image_id") else None
-    provenance = {"seconds": time.perf_counter() - tic}
+    provenance = {"seconds": time.perf_counter() - tic, "completion_stats": stats}
     if cfg.claims:
         provenance["host"] = HOST
     return GlimpseSequences(cfg.dataset, cfg.split, grid.image_size, cfg.glimpse_size, rows,
                             grid.corners()[torch.stack(cells)], grid=grid, ids=ids, task=cfg.task, method=cfg.method,
                             epe_maps=torch.stack(maps) if cfg.keep_maps else None, provenance=provenance)
+
+
+class _Recording:
+    """A completion sampler passed through, noting for every step (2..T) of one image how many completions
+    came back (``distinct`` images), their effective sample size (``completion_ess``: ``1 / sum w^2``, the
+    number of equally weighted distinct images they are worth) and the sampler's ``proposal_ess`` (the
+    importance weights' over its candidates, before resampling)."""
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+        self.stats: dict[str, list[float]] = {"completion_ess": [], "distinct": [], "proposal_ess": []}
+
+    def sample(self, image: Tensor, mask: Tensor, n: int, *,
+               generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+        completions, weights = self.sampler.sample(image, mask, n, generator=generator)
+        self.stats["completion_ess"].append(float(effective_sample_size(weights.log())))
+        self.stats["distinct"].append(len(weights))
+        self.stats["proposal_ess"].append(getattr(self.sampler, "last_stats", {}).get("proposal_ess"))
+        return completions, weights
 
 
 def _claim_order(cfg: AnnotateConfig, n_chunks: int) -> list[int]:

@@ -20,6 +20,7 @@ from foveal.retina import LocationGrid
 __all__ = ["AnnotateConfig", "select_indices", "SHARD_MODES"]
 
 SHARD_MODES = ("round-robin", "contiguous", "claim")
+COMPLETIONS = ("bank", "hindsight")
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,13 @@ class AnnotateConfig:
         channels_last: its convolutions in the channels-last memory format, and
         compile: its forward through ``torch.compile`` (:class:`NetworkPosterior`). All three change the
             EPE values slightly, so a rerun must keep them.
-        method: recorded in the file.
+        completions: where each step's completions come from: ``"bank"`` (the paper's method: images of
+            the bank consistent with what was seen) or ``"hindsight"`` (the true image as the only
+            completion, :class:`~foveal.boed.completion.TrueImage`: the cell after which the posterior is
+            surest on this very image; it uses information no policy has, so it is a reference, not a
+            method). The first glimpse is the task's in both (made from the bank's prior samples), so the
+            two differ only in the completions of steps 2..T.
+        method: recorded in the file (``"hindsight"`` where ``completions`` is, unless set otherwise).
     """
 
     dataset: str
@@ -113,6 +120,7 @@ class AnnotateConfig:
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
+    completions: str = "bank"
     method: str = "nogs"
 
     def __post_init__(self) -> None:
@@ -157,6 +165,11 @@ class AnnotateConfig:
         if self.grid is not None and self.grid_stride is not None:
             raise ValueError(f"AnnotateConfig: expected at most one of grid, grid_stride; found grid={self.grid!r}, "
                              f"grid_stride={self.grid_stride!r}")
+        if self.completions not in COMPLETIONS:
+            raise ValueError(f"AnnotateConfig.completions: expected one of {', '.join(map(repr, COMPLETIONS))}, "
+                             f"found {self.completions!r}")
+        if self.completions == "hindsight" and self.method == "nogs":
+            object.__setattr__(self, "method", "hindsight")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise ValueError(f"AnnotateConfig.device: expected cpu, cuda, cuda:N or auto, found {self.device!r}")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -190,7 +191,27 @@ def assemble(parts: list[GlimpseSequences], chunks: list[torch.Tensor], config: 
                    "sequences_per_min": 60 * len(result) / seconds if seconds > 0 else None,
                    **({"hosts": hosts} if hosts else {})},
     }
+    summary = completion_summary(parts)
+    if summary is not None:
+        result.provenance["completions"] = summary
     return result
+
+
+def completion_summary(parts: list[GlimpseSequences]) -> Optional[dict[str, Any]]:
+    """Per step t = 2..T, the mean over images of each ``completion_stats`` entry of the parts (None if a
+    part predates them): ``{"steps": [2, ..., T], "completion_ess": [...], "distinct": [...], ...}``."""
+    stats = [p.provenance.get("completion_stats") for p in parts]
+    if not stats or any(s is None for s in stats):
+        return None
+    summary: dict[str, Any] = {}
+    for name in stats[0]:
+        rows = [row for s in stats for row in s[name]]  # one row per image, one value per step
+        values = torch.tensor([[float("nan") if v is None else v for v in row] for row in rows], dtype=torch.float64)
+        summary[name] = [None if math.isnan(m) else round(m, 3) for m in values.mean(0).tolist()]
+        if name == "completion_ess":
+            summary["completion_ess_min"] = [round(m, 3) for m in values.amin(0).tolist()]
+    summary["steps"] = list(range(2, 2 + len(summary["distinct"])))
+    return summary
 
 
 def _describe(chunks: list[torch.Tensor], ks: list[int]) -> str:

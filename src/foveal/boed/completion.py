@@ -82,7 +82,7 @@ from foveal.boed.bank import ImageBank
 from foveal.retina import LocationGrid, cell_masks
 from foveal.runtime import resolve_device
 
-__all__ = ["CellPCA", "PCAStore", "BankSampler", "residual_resample", "effective_sample_size", "shift_offsets",
+__all__ = ["CellPCA", "PCAStore", "BankSampler", "TrueImage", "residual_resample", "effective_sample_size", "shift_offsets",
            "shift_images"]
 
 
@@ -159,6 +159,30 @@ def shift_images(images: Tensor, offsets: Tensor) -> Tensor:
                         for i, (dy, dx) in enumerate(offsets.tolist())])
 
 
+class TrueImage:
+    """Hindsight: the true image as the only completion, with weight one (:class:`CompletionSampler`).
+
+    The greedy search with it picks, at every step, the cell after which the posterior's entropy *on this
+    image* is lowest: what an annotator that knew the whole image would choose. It uses information no
+    glimpse policy has, so its sequences are a reference (a ceiling for sequence quality), not a method.
+
+    Args:
+        image: ``[C, H, W]``, the image being annotated.
+    """
+
+    def __init__(self, image: Tensor) -> None:
+        self.image = image
+        self.last_stats: dict[str, float] = {}
+
+    def sample(self, image: Tensor, mask: Tensor, n: int, *,
+               generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+        if image.shape != self.image.shape:
+            raise ValueError(f"TrueImage.sample: expected an image of shape {tuple(self.image.shape)}, "
+                             f"found {tuple(image.shape)}")
+        self.last_stats = {"proposal_ess": 1.0}
+        return self.image[None], torch.ones(1, device=self.image.device)
+
+
 class BankSampler:
     """Completions of a partly observed image from an :class:`ImageBank`; see the module docstring.
 
@@ -213,6 +237,9 @@ class BankSampler:
         self._pca: OrderedDict[int, CellPCA] = OrderedDict()  # on self.device
         self.pca_store = pca_store
         self.device = torch.device("cpu") if device is None else resolve_device(device, "BankSampler.device")
+        # after each sample() with something observed: the importance weights' effective sample size over
+        # the candidates, before resampling (``target_ess * n_proposals`` when target_ess is set)
+        self.last_stats: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------------- PCA
     def cell_pca(self, cell: int) -> CellPCA:
@@ -384,6 +411,7 @@ class BankSampler:
                 chosen = torch.randint(len(self.bank), (n,), generator=generator)
         else:
             indices, weights, offsets = self.weighted_candidates(image, mask)
+            self.last_stats = {"proposal_ess": float(effective_sample_size(weights.log()))}
             if self.resampling == "residual":
                 picks = residual_resample(weights, n, generator)
             else:

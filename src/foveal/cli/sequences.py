@@ -117,6 +117,11 @@ def _info(args) -> int:
         print(f"posterior: {p['posterior'].get('checkpoint')} (sha256 {str(p['posterior'].get('sha256'))[:12]})")
     if "timing" in p and p["timing"].get("sequences_per_min"):
         print(f"timing: {p['timing']['seconds']:.1f} s, {p['timing']['sequences_per_min']:.3g} sequences/min")
+    if "completions" in p:  # the annotator's completions per step, mean over the images
+        c = p["completions"]
+        print("completions per step (mean distinct images / their effective sample size / the candidates' ESS): "
+              + "  ".join(f"t{t} {d:.0f}/{e:.1f}/{'-' if q is None else f'{q:.0f}'}"
+                          for t, d, e, q in zip(c["steps"], c["distinct"], c["completion_ess"], c["proposal_ess"])))
     return 0
 
 

@@ -148,8 +148,9 @@ def check_experiment(exp: Experiment, train_cfg: TrainConfig) -> None:
 def check_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
     """Refuse a folder whose run was made with another config; reads only, writes nothing.
 
-    Two differences are allowed: ``train.device`` (where a run trains is not what it is: a run stopped on
-    one device may continue on another), and more ``train.iterations`` with a constant learning rate. The
+    Two differences are allowed: ``train.device`` and ``train.patience``/``patience_on`` (where a run
+    trains and when it stops are not what it is: a run stopped on one device may continue on another, or
+    with a longer patience), and more ``train.iterations`` with a constant learning rate. The
     engine then continues from the last checkpoint, exactly as one longer run would have (a cosine
     schedule depends on the length, so there it stays an error). A folder without a last checkpoint holds
     nothing to resume (a start that failed), so any config may take it over.
@@ -163,7 +164,7 @@ def check_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
         old = None
     if not isinstance(old, dict):
         raise ValueError(f"{saved}: not a foveal run config (not a YAML mapping); restore it, or use a new --run-dir")
-    old, cfg = _without_device(old), _without_device(cfg)
+    old, cfg = _without_free_fields(old), _without_free_fields(cfg)
     diff = config_differences(old, cfg)
     if diff and not longer_constant_run(old, cfg):
         raise ValueError(f"{saved}: this run folder was made with another config; differing fields: "
@@ -171,9 +172,13 @@ def check_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
                          "(only train.iterations may grow, with train.lr_schedule=constant).")
 
 
-def _without_device(cfg: dict[str, Any]) -> dict[str, Any]:
+_FREE_TRAIN_FIELDS = ("device", "patience", "patience_on")  # where and how long a run trains, not what it is
+
+
+def _without_free_fields(cfg: dict[str, Any]) -> dict[str, Any]:
     train = cfg.get("train")
-    return {**cfg, "train": {k: v for k, v in train.items() if k != "device"}} if isinstance(train, dict) else cfg
+    free = {k: v for k, v in train.items() if k not in _FREE_TRAIN_FIELDS} if isinstance(train, dict) else train
+    return cfg if free is train else {**cfg, "train": free}
 
 
 def prepare_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
@@ -234,8 +239,9 @@ def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable
     result = fit(exp.model, exp.algorithm, train_set, exp.data["val"], train_cfg, run_dir,
                  info=info, progress=progress, stop_after=stop_after)
     results = None
-    if result.iterations == train_cfg.iterations and test and world.main:
-        training = {"iterations": result.iterations, "best_iteration": result.best_iteration,
+    if (result.iterations == train_cfg.iterations or result.settled) and test and world.main:
+        training = {"iterations": result.iterations, "settled": result.settled, "patience": train_cfg.patience,
+                    "best_iteration": result.best_iteration,
                     "best_validation": result.best_value, "wall_time_s": result.run_time,
                     "iterations_per_s": result.run_iterations_per_second,
                     "this_call": {"wall_time_s": result.wall_time, "iterations_per_s": result.iterations_per_second},

@@ -70,6 +70,8 @@ class FitResult:
         run_time: seconds the whole run has trained for, over all calls (a killed call counts up to its
             last checkpoint; None for runs resumed from checkpoints that predate this field).
         run_iterations_per_second: ``iterations / run_time`` (None with ``run_time``).
+        settled: the run stopped before ``config.iterations`` because its patience ran out
+            (``TrainConfig.patience``); a later call on the folder trains nothing more.
     """
 
     iterations: int
@@ -82,6 +84,7 @@ class FitResult:
     iterations_per_second: float
     run_time: Optional[float] = None
     run_iterations_per_second: Optional[float] = None
+    settled: bool = False
 
 
 @torch.no_grad()
@@ -134,6 +137,9 @@ class _RunState:
     val_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     train_logs: dict[str, float] = dataclasses.field(default_factory=dict)
     seconds_before: Optional[float] = 0.0  # training time of earlier calls (None: unknown, old checkpoint)
+    # patience (TrainConfig.patience): "val/<name>" -> [best value, iteration it was reached], for the monitor
+    # and every TrainConfig.patience_on metric
+    improved: dict[str, list] = dataclasses.field(default_factory=dict)
 
 
 def fit(model: nn.Module, algorithm: Algorithm, train_set: Dataset, val_set: Dataset, config: TrainConfig,
@@ -175,6 +181,9 @@ def fit(model: nn.Module, algorithm: Algorithm, train_set: Dataset, val_set: Dat
     start = state.iteration
     _check_same_start(last_path, start)
     end = config.iterations if stop_after is None else min(config.iterations, stop_after)
+    settled = settled_at(state, config, start)
+    if settled:
+        end = start  # a run whose patience ran out is finished: nothing more to train
     loader = _train_loader(train_set, config, start, end, device)
     step_loss = distributed.loss_function(model, algorithm, device, compile=config.compile)
     shown: dict[str, float] = {f"val/{k}": v for k, v in state.val_metrics.items()}
@@ -187,7 +196,7 @@ def fit(model: nn.Module, algorithm: Algorithm, train_set: Dataset, val_set: Dat
         if not world.main:
             return
         extra = {"best_value": state.best_value, "best_iteration": state.best_iteration,
-                 "window": window.state_dict(), "train_config": dataclasses.asdict(config),
+                 "improved": state.improved, "window": window.state_dict(), "train_config": dataclasses.asdict(config),
                  "train_seconds": run_seconds(), "world_size": world.size}
         if others:
             extra["rank_states"] = others
@@ -216,10 +225,13 @@ def fit(model: nn.Module, algorithm: Algorithm, train_set: Dataset, val_set: Dat
                 if state.best_iteration == it and world.main:
                     save_checkpoint(best_path, model=model, rng=False, iteration=it, info=info,
                                     metrics={"val": state.val_metrics})
-            if validated or it % (config.checkpoint_every or config.val_every) == 0:
+            settled = validated and settled_at(state, config, it)
+            if validated or it % (config.checkpoint_every or config.val_every) == 0 or settled:
                 save_last(it)
             if progress is not None and world.main:
                 progress(it, config.iterations, shown)
+            if settled:
+                break
     finally:
         log.close()
     distributed.barrier()  # every rank returns once rank 0 has written the folder
@@ -230,7 +242,31 @@ def fit(model: nn.Module, algorithm: Algorithm, train_set: Dataset, val_set: Dat
                      best_checkpoint=best_path, last_checkpoint=last_path,
                      val_metrics={f"val/{k}": v for k, v in state.val_metrics.items()}, wall_time=wall,
                      iterations_per_second=(state.iteration - start) / max(wall, 1e-9), run_time=total,
-                     run_iterations_per_second=None if total is None else state.iteration / max(total, 1e-9))
+                     run_iterations_per_second=None if total is None else state.iteration / max(total, 1e-9),
+                     settled=settled)
+
+
+def settled_at(state: _RunState, config: TrainConfig, iteration: int) -> bool:
+    """True once every patience metric has gone ``config.patience`` iterations without improving."""
+    if config.patience is None or iteration >= config.iterations:
+        return False
+    names = [config.monitor, *(entry.rsplit(":", 1)[0] for entry in config.patience_on)]
+    if any(name not in state.improved for name in names):
+        return False  # not validated since patience was set: go on
+    return iteration - max(state.improved[name][1] for name in names) >= config.patience
+
+
+def _note_improvements(state: _RunState, config: TrainConfig, iteration: int) -> None:
+    """Record in ``state.improved`` which patience metrics reached a new best at this validation."""
+    for name, mode in [(config.monitor, config.monitor_mode), *(e.rsplit(":", 1) for e in config.patience_on)]:
+        key = name[len("val/"):]
+        if key not in state.val_metrics:
+            raise ValueError(f"TrainConfig.patience_on: {name!r} is not among the validation metrics "
+                             f"{sorted('val/' + k for k in state.val_metrics)}")
+        value = float(state.val_metrics[key])
+        best = state.improved.get(name)
+        if best is None or (value > best[0] if mode == "max" else value < best[0]):
+            state.improved[name] = [value, iteration]
 
 
 class _NoLog:
@@ -304,6 +340,7 @@ def _validate(model: nn.Module, algorithm: Algorithm, val_set: Dataset, config: 
     best = state.best_value
     if best is None or math.isnan(best) or (value > best if config.monitor_mode == "max" else value < best):
         state.best_value, state.best_iteration = value, iteration
+    _note_improvements(state, config, iteration)
 
 
 def _resume(last_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, window: LogWindow,
@@ -337,7 +374,16 @@ def _resume(last_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
         window.load_state_dict(own["window"])
     return _RunState(iteration=ckpt.iteration, best_value=extra["best_value"], best_iteration=extra["best_iteration"],
                      val_metrics=dict(ckpt.metrics.get("val", {})), train_logs=dict(ckpt.metrics.get("train", {})),
-                     seconds_before=extra.get("train_seconds"))
+                     seconds_before=extra.get("train_seconds"), improved=_improved(extra, config))
+
+
+def _improved(extra: dict[str, Any], config: TrainConfig) -> dict[str, list]:
+    """The patience record of a ``last`` checkpoint; for one saved before it existed, the monitor's best."""
+    if "improved" in extra:
+        return dict(extra["improved"])
+    if extra.get("best_iteration") is None:
+        return {}
+    return {config.monitor: [extra["best_value"], extra["best_iteration"]]}
 
 
 def _build_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:

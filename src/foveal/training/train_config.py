@@ -41,6 +41,13 @@ class TrainConfig:
         monitor_mode: ``"max"`` or ``"min"``: whether a larger or a smaller ``monitor`` is better.
         tensorboard: also write TensorBoard scalars.
         eval_batch_size: validation batch size; None means ``batch_size``.
+        patience: stop once no validation metric named in ``patience_on`` (and ``monitor``) has improved
+            for this many iterations: the run has settled, as a convergence measure needs (checked at each
+            validation, so a multiple of ``val_every`` is exact). None trains all ``iterations``, which is
+            then a cap. Not a trajectory setting: a resumed run may set, change or drop it.
+        patience_on: further validation metrics whose improvement also restarts the patience, each
+            ``"val/<name>:min"`` or ``"val/<name>:max"`` (e.g. ``("val/ce:min",)``, so that a run whose
+            accuracy has settled while its cross-entropy still falls goes on).
         compile: run the training loss through ``torch.compile`` (validation stays eager). It pays on a GPU,
             where a rollout is hundreds of small kernels; on one CPU core RAM's step is about a quarter faster
             after about a minute of compiling (``benchmarks/throughput.py --compile``). Results equal the
@@ -66,12 +73,14 @@ class TrainConfig:
     monitor_mode: str = "max"
     tensorboard: bool = True
     eval_batch_size: Optional[int] = None
+    patience: Optional[int] = None
+    patience_on: tuple[str, ...] = ()
     compile: bool = False
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "val_every", "log_every"):
             check_int(name, getattr(self, name), minimum=1)
-        for name in ("val_batches", "checkpoint_every", "eval_batch_size"):
+        for name in ("val_batches", "checkpoint_every", "eval_batch_size", "patience"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), minimum=1)
         check_int("num_workers", self.num_workers, minimum=0)
@@ -86,6 +95,14 @@ class TrainConfig:
         _check_choice("monitor_mode", self.monitor_mode, ("max", "min"))
         if not isinstance(self.monitor, str) or not self.monitor.startswith("val/"):
             raise ValueError(f"TrainConfig.monitor: expected a validation metric 'val/<name>', found {self.monitor!r}")
+        if isinstance(self.patience_on, list):  # from YAML
+            object.__setattr__(self, "patience_on", tuple(self.patience_on))
+        entries = self.patience_on if isinstance(self.patience_on, tuple) else (None,)
+        for entry in entries:
+            if not (isinstance(entry, str) and entry.startswith("val/") and ":" in entry
+                    and entry.rsplit(":", 1)[-1] in ("min", "max")):
+                raise ValueError(f"TrainConfig.patience_on: expected a list of 'val/<name>:min' or 'val/<name>:max', "
+                                 f"found {self.patience_on!r}")
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda")
                                                     or self.device.startswith("cuda:")):
             raise ValueError(f"TrainConfig.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', found {self.device!r}")

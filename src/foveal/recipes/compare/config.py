@@ -250,8 +250,12 @@ class RunTask:
 
     @property
     def done(self) -> bool:
-        """Trained and tested, for as many iterations as its config asks (fewer: it is to be continued)."""
-        return finished_iterations(self.run_dir) == self.config["train"]["iterations"]
+        """Trained and tested as far as its config asks (less far: it is to be continued)."""
+        try:
+            results = json.loads((self.run_dir / "results.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+        return run_finished(results, self.config["train"])
 
     @property
     def sampled_dir(self) -> Path:
@@ -265,6 +269,19 @@ def finished_iterations(run_dir: Path) -> Optional[int]:
         return trained_iterations(json.loads((Path(run_dir) / "results.json").read_text()))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def run_finished(results: dict, train: dict) -> bool:
+    """True if a run's results dict is of training as far as the ``train`` settings ask: all
+    ``iterations``, or fewer where its patience ran out (``training.settled``) under the same patience."""
+    iterations = trained_iterations(results)
+    if iterations is None:
+        return False
+    if iterations == train["iterations"]:
+        return True
+    training = results["training"]
+    return (bool(training.get("settled")) and iterations < train["iterations"]
+            and training.get("patience") == train.get("patience"))
 
 
 def trained_iterations(results) -> Optional[int]:

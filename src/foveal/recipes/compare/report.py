@@ -43,7 +43,7 @@ from foveal.checkpoint import atomic_write
 from foveal.evaluation import compare_plots, plots
 from foveal.evaluation.convergence import mean_and_spread, mean_interval, run_convergence
 from foveal.evaluation.records import read_metrics
-from foveal.recipes.compare.config import SAMPLED, CompareConfig, method_config, slug, trained_iterations
+from foveal.recipes.compare.config import SAMPLED, CompareConfig, method_config, run_finished, slug
 
 __all__ = ["collect_runs", "summarise", "markdown_table", "claim_table", "policy_curves", "write_report"]
 
@@ -81,8 +81,7 @@ def collect_runs(cfg: CompareConfig, out: Path) -> list[dict[str, Any]]:
         for seed in cfg.seeds:
             run = Path(out) / "runs" / slug(method.name) / f"seed-{seed}"
             results = _read_json(run / "results.json")
-            length = method_config(cfg, method, seed)["train"]["iterations"]
-            if results and trained_iterations(results) != length:
+            if results and not run_finished(results, method_config(cfg, method, seed)["train"]):
                 results = None  # a run of another length (being continued): partial here
             row: dict[str, Any] = {k: None for k in _fields(cfg, _RUN_FIELDS)}
             row.update(method=method.name, seed=seed,
