@@ -315,3 +315,16 @@ def test_wall_time_with_workers_follows_the_plan_and_its_dependencies():
     assert wall_time(cfg, est, 2) == 25
     with pytest.raises(ValueError, match="workers: expected at least 1, found 0"):
         wall_time(cfg, est, 0)
+
+
+def test_a_run_settled_by_its_patience_counts_as_finished_only_under_the_same_patience():
+    from foveal.recipes.compare.config import run_finished
+
+    train = {"iterations": 30000, "patience": 5000}
+    settled = {"training": {"iterations": 12300, "settled": True, "patience": 5000}}
+    assert run_finished(settled, train)
+    assert not run_finished(settled, {**train, "patience": 8000})  # a longer patience continues it
+    assert not run_finished({"training": {"iterations": 12300, "settled": False, "patience": 5000}}, train)
+    assert run_finished({"training": {"iterations": 30000, "settled": False, "patience": 5000}}, train)  # the cap
+    assert not run_finished({"training": {"iterations": 10000}}, train)  # an older, shorter run: continued
+    assert not run_finished({}, train)
