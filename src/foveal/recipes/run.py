@@ -148,9 +148,9 @@ def check_experiment(exp: Experiment, train_cfg: TrainConfig) -> None:
 def check_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
     """Refuse a folder whose run was made with another config; reads only, writes nothing.
 
-    Two differences are allowed: ``train.device`` and ``train.patience``/``patience_on`` (where a run
-    trains and when it stops are not what it is: a run stopped on one device may continue on another, or
-    with a longer patience), and more ``train.iterations`` with a constant learning rate. The
+    Two differences are allowed: ``train.device``, ``train.patience``/``patience_on`` and
+    ``train.checkpoint_every`` (where a run trains, when it stops and how often it saves are not what it
+    is: a run stopped on one device may continue on another, or with a longer patience), and more ``train.iterations`` with a constant learning rate. The
     engine then continues from the last checkpoint, exactly as one longer run would have (a cosine
     schedule depends on the length, so there it stays an error). A folder without a last checkpoint holds
     nothing to resume (a start that failed), so any config may take it over.
@@ -172,7 +172,7 @@ def check_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
                          "(only train.iterations may grow, with train.lr_schedule=constant).")
 
 
-_FREE_TRAIN_FIELDS = ("device", "patience", "patience_on")  # where and how long a run trains, not what it is
+_FREE_TRAIN_FIELDS = ("device", "patience", "patience_on", "checkpoint_every")  # not what a run is
 
 
 def _without_free_fields(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# The PS-NOGS study, every step resumable: run it again (in any later session) and it continues where it was.
+#
+#   bash benchmarks/ps-nogs/pipeline.sh inputs        posteriors, bank, sequence files (then trains, as lane 1 of 2)
+#   bash benchmarks/ps-nogs/pipeline.sh train K N     lane K of N: the comparison's runs whose inputs exist
+#   bash benchmarks/ps-nogs/pipeline.sh status        what is done
+#
+# Two lanes side by side use the two cores (OMP_NUM_THREADS=1 each), e.g.
+#   setsid bash benchmarks/ps-nogs/pipeline.sh inputs  > runs/ps-nogs-inputs.log 2>&1 &
+#   setsid bash benchmarks/ps-nogs/pipeline.sh train 0 2 > runs/ps-nogs-train0.log 2>&1 &
+# A run is taken by one lane at a time (flock on runs/ps-nogs/locks/<run>); a killed lane leaves its run to be
+# continued from its last checkpoint. Where things go (all under benchmarks/ps-nogs/, kept in git so that a
+# fresh clone continues; see README.md there): posteriors/<name>/ (run folders), annotations/<name>/
+# (annotation folders, result in sequences.*), comparison/ (foveal compare --out). The image bank is rebuilt
+# when missing (runs/ps-nogs/bank-from-2000.npy, deterministic).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export OMP_NUM_THREADS=1
+F=.venv/bin/foveal
+S=benchmarks/ps-nogs
+BANK=runs/ps-nogs/bank-from-2000.npy
+mkdir -p runs/ps-nogs/locks
+
+log() { echo "[$(date -u +%H:%M:%S)] $*"; }
+have() { [ -f "$1.json" ] && [ -f "$1.safetensors" ]; }
+
+posterior() {  # name config [overrides...]: a posterior run folder trained to its end, then tested
+  local name=$1 config=$2; shift 2
+  if [ -f "$S/posteriors/$name/results.json" ]; then return; fi
+  log "posterior $name"
+  flock -n "runs/ps-nogs/locks/posterior-$name" \
+    $F train-posterior --config "$config" --run-dir "$S/posteriors/$name" --quiet "$@"
+}
+
+bank() {
+  if [ -f "$BANK" ]; then return; fi
+  log "bank"
+  $F build-bank cluttered-fashion-mnist --option canvas=60 --start 2000 --out "$BANK" --quiet
+}
+
+annotation() {  # name [key=value...]: train positions 0-999, the wide annotator's settings plus the changes
+  local name=$1; shift
+  if have "$S/annotations/$name/sequences"; then return; fi
+  log "annotation $name"
+  flock -n "runs/ps-nogs/locks/annotation-$name" \
+    $F annotate --config benchmarks/configs/annotate-nogs-wide.yaml --out "$S/annotations/$name" --quiet \
+      --posterior "$S/posteriors/wide/checkpoints/best" --bank "$BANK" count=1000 "$@"
+}
+
+inputs() {
+  posterior wide posterior-cluttered-fashion-mnist-wide train.checkpoint_every=200
+  bank
+  annotation nogs                                              # today's annotator, rebuilt as it was
+  annotation hindsight completions=hindsight screen_completions=null   # the true image as the only completion
+}
+
+# The comparison's runs, in the order they are taken: RAM first (every method is measured against it, and
+# PS-RAM's sequences are sampled from it), then those whose inputs are ready soonest.
+RUNS="RAM:0 RAM:1 RAM:2 PS-HINDSIGHT-25:0 PS-HINDSIGHT:0 PS-NOGS:0 PS-SALIENT:0 PS-RAM:0
+PS-HINDSIGHT-25:1 PS-HINDSIGHT:1 PS-NOGS:1 PS-SALIENT:1 PS-RAM:1
+PS-HINDSIGHT-25:2 PS-HINDSIGHT:2 PS-NOGS:2 PS-SALIENT:2 PS-RAM:2
+PS-NOGS-STRONG-25:0 PS-NOGS-STRONG:0 PS-NOGS-STRONG-25:1 PS-NOGS-STRONG:1 PS-NOGS-STRONG-25:2 PS-NOGS-STRONG:2"
+
+ready() {  # method seed: are the run's inputs there?
+  case $1 in
+    RAM) return 0 ;;
+    PS-HINDSIGHT*) have "$S/annotations/hindsight/sequences" && have "$S/annotations/nogs/sequences" ;;
+    PS-NOGS-STRONG*) have "$S/annotations/nogs-strong/sequences" && have "$S/annotations/nogs/sequences" ;;
+    PS-RAM) have "$S/annotations/nogs/sequences" && [ -f "$S/comparison/runs/ram/seed-$2/results.json" ] ;;
+    *) have "$S/annotations/nogs/sequences" ;;
+  esac
+}
+
+finished() {  # method seed: trained and evaluated (settled, or at the cap), sampled evaluation included
+  local dir="$S/comparison/runs/$(echo "$1" | tr 'A-Z' 'a-z')/seed-$2"
+  [ -f "$dir/sampled/results.json" ]
+}
+
+train_lane() {  # k n: runs k, k + n, ... of RUNS first, then any other that is ready and free
+  local k=$1 n=$2 i=0 mine=() others=()
+  for run in $RUNS; do
+    if [ $((i % n)) -eq "$k" ]; then mine+=("$run"); else others+=("$run"); fi
+    i=$((i + 1))
+  done
+  local progress=1
+  while [ $progress -eq 1 ]; do
+    progress=0
+    for run in "${mine[@]}" "${others[@]}"; do
+      local method=${run%:*} seed=${run#*:}
+      if finished "$method" "$seed" || ! ready "$method" "$seed"; then continue; fi
+      log "train $method seed $seed"
+      if flock -n "runs/ps-nogs/locks/$method-$seed" \
+          $F compare --config $S/compare.yaml --out $S/comparison --methods "$method" --seeds "$seed" --quiet; then
+        progress=1
+        break  # start again from the top: a finished run may have made others ready
+      fi
+    done
+  done
+  log "lane $k of $n: nothing ready is left"
+}
+
+status() {
+  for run in $RUNS; do
+    local method=${run%:*} seed=${run#*:} state=pending
+    if finished "$method" "$seed"; then state=finished
+    elif [ -f "$S/comparison/runs/$(echo "$method" | tr 'A-Z' 'a-z')/seed-$seed/metrics.csv" ]; then state=partial
+    elif ready "$method" "$seed"; then state=ready; fi
+    printf '%-20s seed %s  %s\n' "$method" "$seed" "$state"
+  done
+}
+
+case ${1:-} in
+  inputs) inputs; train_lane 1 2 ;;
+  train) train_lane "${2:?lane}" "${3:?lanes}" ;;
+  status) status ;;
+  *) echo "usage: $0 inputs | train K N | status" >&2; exit 2 ;;
+esac
