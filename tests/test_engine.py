@@ -213,6 +213,11 @@ def test_run_folder_accepts_only_a_longer_constant_rate_run(tmp_path):
     longer = {**cfg, "train": {**cfg["train"], "iterations": 300}}
     prepare_run_dir(longer, tmp_path)  # allowed, and recorded
     assert "iterations: 300" in (tmp_path / "config.yaml").read_text()
+    # when it stops and how often it saves do not change what it computes: allowed too
+    settling = {**longer, "train": {**longer["train"], "patience": 50, "patience_on": ["val/ce:min"],
+                                    "checkpoint_every": 10}}
+    prepare_run_dir(settling, tmp_path)
+    assert "patience: 50" in (tmp_path / "config.yaml").read_text()
     for bad in ({**longer, "train": {**longer["train"], "iterations": 200}},  # shorter
                 {**longer, "train": {**longer["train"], "iterations": 400, "lr": 0.5}},  # longer and another lr
                 {**longer, "train": {**longer["train"], "iterations": 400, "lr_schedule": "cosine"}}):
