@@ -38,20 +38,24 @@ bank() {
   $F build-bank cluttered-fashion-mnist --option canvas=60 --start 2000 --out "$BANK" --quiet
 }
 
-annotation() {  # name [key=value...]: train positions 0-999, the wide annotator's settings plus the changes
-  local name=$1; shift
+annotation() {  # name posterior [key=value...]: train positions 0-999, the wide annotator's settings and changes
+  local name=$1 posterior=$2; shift 2
   if have "$S/annotations/$name/sequences"; then return; fi
   log "annotation $name"
   flock -n "runs/ps-nogs/locks/annotation-$name" \
     $F annotate --config benchmarks/configs/annotate-nogs-wide.yaml --out "$S/annotations/$name" --quiet \
-      --posterior "$S/posteriors/wide/checkpoints/best" --bank "$BANK" count=1000 "$@"
+      --posterior "$S/posteriors/$posterior/checkpoints/best" --bank "$BANK" count=1000 "$@"
 }
 
 inputs() {
   posterior wide posterior-cluttered-fashion-mnist-wide train.checkpoint_every=200
   bank
-  annotation nogs                                              # today's annotator, rebuilt as it was
-  annotation hindsight completions=hindsight screen_completions=null   # the true image as the only completion
+  annotation nogs wide                                         # today's annotator, rebuilt as it was
+  annotation hindsight wide completions=hindsight screen_completions=null  # the true image as the only completion
+  # the strong annotator: a stronger posterior; N = 200 completions worth ~200 distinct images (ESS 0.2 x 1,000
+  # candidates); the plain search (local updates are exact)
+  posterior strong $S/posterior-strong.yaml train.checkpoint_every=500
+  annotation nogs-strong strong n_completions=200 target_ess=0.2 screen_completions=null
 }
 
 # The comparison's runs, in the order they are taken: RAM first (every method is measured against it, and
@@ -109,9 +113,14 @@ status() {
   done
 }
 
-case ${1:-} in
-  inputs) inputs; train_lane 1 2 ;;
-  train) train_lane "${2:?lane}" "${3:?lanes}" ;;
-  status) status ;;
-  *) echo "usage: $0 inputs | train K N | status" >&2; exit 2 ;;
-esac
+main() {
+  case ${1:-} in
+    inputs) inputs; train_lane 1 2 ;;
+    train) train_lane "${2:?lane}" "${3:?lanes}" ;;
+    status) status ;;
+    *) echo "usage: $0 inputs | train K N | status" >&2; return 2 ;;
+  esac
+}
+
+# one line, read whole before it runs: editing this file while a lane runs cannot change what the lane does
+main "$@"; exit $?
