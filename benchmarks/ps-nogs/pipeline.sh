@@ -4,6 +4,7 @@
 #   bash benchmarks/ps-nogs/pipeline.sh inputs        posteriors, bank, sequence files (then trains, as lane 1 of 2)
 #   bash benchmarks/ps-nogs/pipeline.sh train K N     lane K of N: the comparison's runs whose inputs exist
 #   bash benchmarks/ps-nogs/pipeline.sh status        what is done
+#   bash benchmarks/ps-nogs/pipeline.sh snapshot      stage the state for a commit before a session ends
 #
 # Two lanes side by side use the two cores (OMP_NUM_THREADS=1 each), e.g.
 #   setsid bash benchmarks/ps-nogs/pipeline.sh inputs  > runs/ps-nogs-inputs.log 2>&1 &
@@ -113,12 +114,27 @@ status() {
   done
 }
 
+snapshot() {  # stage the study's state for a commit: what a fresh clone needs to continue
+  git add "$S"
+  local dir
+  for dir in "$S"/comparison/runs/*/seed-*; do
+    [ -d "$dir/checkpoints" ] || continue
+    if [ -f "$dir/sampled/results.json" ]; then  # finished: its results hold what the report needs
+      git rm -q --cached --ignore-unmatch "$dir"/checkpoints/last.json "$dir"/checkpoints/last.safetensors
+    elif [ -f "$dir/checkpoints/last.json" ]; then  # in progress: its last checkpoint continues it
+      git add -f "$dir"/checkpoints/last.json "$dir"/checkpoints/last.safetensors
+    fi
+  done
+  git status --short -- "$S" | sed 's/^/  /'
+}
+
 main() {
   case ${1:-} in
+    snapshot) snapshot ;;
     inputs) inputs; train_lane 1 2 ;;
     train) train_lane "${2:?lane}" "${3:?lanes}" ;;
     status) status ;;
-    *) echo "usage: $0 inputs | train K N | status" >&2; return 2 ;;
+    *) echo "usage: $0 inputs | train K N | status | snapshot" >&2; return 2 ;;
   esac
 }
 
