@@ -14,8 +14,15 @@ recipe and benchmark calls, so that every number foveal reports is made by the s
 Nothing is written before the config is known to be runnable: every section is checked, the data,
 model and algorithm are built and their geometry checked against each other (:func:`check_experiment`)
 before ``config.yaml`` is saved, so a mistake caught at the start leaves the folder as it was and
-the corrected command can use it. A folder that holds a ``config.yaml`` but no checkpoint yet (a run
-that failed before its first checkpoint) takes the new config too.
+the corrected command can use it. What fails later but before the first iteration has run (a corrupt
+image in the first batch, a sequence file the algorithm checks as it reads, a ``last`` checkpoint that
+does not load, Ctrl-C) is undone (:class:`foveal.runfolder.FolderStart`): the folder is left exactly as
+it was, byte for byte, or not there if it was not. A folder that holds a ``config.yaml`` but no
+checkpoint yet (a run that failed before its first checkpoint) takes the new config too.
+
+One process writes a run folder at a time: :func:`train_run` and :func:`evaluate_run` lock it
+(:func:`foveal.runfolder.hold`, an operating-system lock released when the process ends), and a second
+process is refused, naming the first (host, pid).
 
 Under torchrun (``torchrun --nproc-per-node=N -m foveal train ...``, :mod:`foveal.training.distributed`)
 every process runs :func:`train_run` on the same config: each checks and builds the same experiment,
@@ -41,7 +48,7 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
-from foveal import __version__
+from foveal import __version__, runfolder
 from foveal.checkpoint import atomic_write, checkpoint_paths, load_checkpoint
 from foveal.config import EvaluateConfig, check_fields, check_value, config_differences, dump_config, section_config, \
     split_name
@@ -52,6 +59,7 @@ from foveal.evaluation.boed_plots import plot_posterior_curves
 from foveal.evaluation.collect import collect_glimpses, make_figures, record_metrics, save_record
 from foveal.evaluation.posterior_curves import posterior_curves
 from foveal.models import create_model, list_models, load_model, model_spec
+from foveal.runfolder import FolderStart
 from foveal.training import TrainConfig, distributed, evaluate, fit
 from foveal.training.algorithms import build_algorithm
 from foveal.training.base import PolicyEvaluation
@@ -219,6 +227,34 @@ def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable
     train_cfg, eval_cfg = check_run_config(cfg)
     distributed.local_batch_size(train_cfg.batch_size, "train.batch_size")  # one share per process of each batch
     distributed.device(train_cfg.device)  # a device this machine lacks: refused before anything is built
+    start = FolderStart(run_dir) if world.main else None
+    try:
+        hold_run_dir(run_dir)
+        return _train_run(cfg, run_dir, train_cfg, eval_cfg, start, progress, stop_after, init_from, test)
+    except BaseException:
+        if start is not None:
+            start.undo()  # a start that failed (or was interrupted) before its first iteration leaves no trace
+        raise
+
+
+def hold_run_dir(run_dir: Path) -> None:
+    """Rank 0 locks the folder (:func:`foveal.runfolder.hold`); every rank raises if it could not, so that no
+    rank waits for a rank that has given up."""
+    problem = None
+    if distributed.world().main:
+        try:
+            runfolder.hold(run_dir)
+        except ValueError as err:
+            problem = str(err)
+    problem = distributed.all_gather_objects(problem)[0]
+    if problem is not None:
+        raise ValueError(problem)
+
+
+def _train_run(cfg: dict[str, Any], run_dir: Path, train_cfg: TrainConfig, eval_cfg: EvaluateConfig,
+               start: Optional[FolderStart], progress: Optional[Callable], stop_after: Optional[int],
+               init_from: Optional[str | Path], test: bool) -> Optional[dict[str, Any]]:
+    world = distributed.world()
     check_run_dir(cfg, run_dir)
     torch.manual_seed(train_cfg.seed)
     exp = build_experiment(cfg) if test else build_experiment(cfg, ("train", "val"))
@@ -231,8 +267,17 @@ def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable
             "init_from": None if init_from is None else str(init_from), "world_size": world.size}
     if world.main:
         prepare_run_dir(cfg, run_dir)  # only now: the config is known to build
+
+    def started(done: int, total: int, logs: Optional[dict] = None) -> None:
+        if start is not None:
+            start.done()  # an iteration has run: the folder is this run's now
+        if progress is not None:
+            progress(done, total, logs)
+
     result = fit(exp.model, exp.algorithm, train_set, exp.data["val"], train_cfg, run_dir,
-                 info=info, progress=progress, stop_after=stop_after)
+                 info=info, progress=started, stop_after=stop_after)
+    if start is not None:
+        start.done()
     results = None
     if result.iterations == train_cfg.iterations and test and world.main:
         training = {"iterations": result.iterations, "best_iteration": result.best_iteration,
@@ -304,7 +349,7 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
     if training:
         results["training"] = training
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    runfolder.hold(out_dir)  # one writer (a no-op inside train_run, which holds it already)
     atomic_write(out_dir / "results.json", json.dumps(results, indent=2).encode())
     record_path = save_record(record, model, dataset, out_dir / "records" / f"glimpses_{split}.npz")
     if eval_cfg.figures:
@@ -336,7 +381,7 @@ def _write_posterior_results(results: dict[str, Any], out_dir: Path, split: str,
                              training: Optional[dict[str, Any]]) -> dict[str, Any]:
     if training:
         results["training"] = training
-    out_dir.mkdir(parents=True, exist_ok=True)
+    runfolder.hold(out_dir)
     record = out_dir / "records" / f"posterior_curves_{split}.json"
     record.parent.mkdir(parents=True, exist_ok=True)
     keys = ("dataset", "split", "num_images", "num_glimpses", "grid", "curves", "checkpoint")
