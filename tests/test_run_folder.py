@@ -1,7 +1,8 @@
-"""A run folder as a user meets it: failed starts leave it byte for byte as it was, and one process writes it
-at a time (an OS lock that dies with it)."""
+"""A run folder as a user meets it: failed starts leave it byte for byte as it was, Ctrl-C says how to
+resume (and that command resumes), and one process writes it at a time (an OS lock that dies with it)."""
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -13,12 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
+import foveal.cli.common as common
 from foveal.cli import main
 from foveal.data.sequences import GlimpseSequences
 from foveal.retina import LocationGrid
 from foveal.runfolder import LOCK_NAME
 
-from test_errors import refused, train
+from test_errors import TINY, refused, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,6 +89,46 @@ def test_a_corrupt_last_checkpoint_is_named_with_a_way_forward_and_changes_nothi
     line = refused(capsys, train(run, "train.lr_schedule=constant", "train.iterations=4"),
                    "last.safetensors", "best.* (iteration 2) is intact", "remove last.json and last.safetensors")
     assert snapshot(run) == was, line
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+
+
+def interrupt_at(monkeypatch, iteration):
+    """Make the progress bar raise KeyboardInterrupt at ``iteration`` (as Ctrl-C during training)."""
+
+    def bar(quiet, *args, **kwargs):
+        def update(done, total, logs=None, label=None):
+            if done == iteration:
+                raise KeyboardInterrupt
+
+        return update, lambda: None
+
+    monkeypatch.setattr(common, "progress_bar", bar)
+
+
+def test_the_interrupt_message_prints_a_command_that_resumes(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--config", "demo", *TINY, "train.iterations=6"]  # no --run-dir: a timestamped folder
+    interrupt_at(monkeypatch, 3)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "iteration 2) is intact; to resume, run: foveal train --run-dir runs/demo-" in err, err
+    command = shlex.split(err.strip().splitlines()[-1].split("to resume, run: ", 1)[1])
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    assert command[0] == "foveal" and main(command[1:]) == 0
+    out = capsys.readouterr()
+    assert "resuming from iteration 2" in out.err, out.err
+    assert len(list((tmp_path / "runs").iterdir())) == 1  # the same folder, not a new one
+
+
+def test_an_interrupt_before_the_first_checkpoint_does_not_promise_a_resume(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "r"
+    interrupt_at(monkeypatch, 1)  # checkpoints come at iteration 2
+    assert main(train(run, "train.iterations=6")) == 130
+    err = capsys.readouterr().err
+    assert "interrupted before the first checkpoint" in err and "to resume, run" not in err, err
 
 
 # ----------------------------------------------------------------------------- one writer

@@ -93,6 +93,7 @@ def _one_line(err: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parse(parser, argv)
     if args.version:
         from foveal import __version__
@@ -116,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         status = 2
     except KeyboardInterrupt:
         if not rank:
-            print("\ninterrupted: the last checkpoint is intact; run the same command again to resume", file=sys.stderr)
+            from foveal.cli.common import interrupted_message
+
+            print("\n" + interrupted_message(args, argv), file=sys.stderr)
         status = 130
     if rank is not None:
         from foveal.training import distributed

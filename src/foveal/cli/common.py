@@ -5,7 +5,9 @@ No torch at module level (see :mod:`foveal.cli`).
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ from foveal.runtime import launcher_world_size
 
 __all__ = ["progress_bar", "report", "add_training_arguments", "config_and_run_dir", "run_training", "policy_help",
            "add_device_argument", "checked_device", "add_data_arguments", "build_split",
-           "key_values"]
+           "key_values", "last_iteration", "interrupted_message"]
 
 
 def progress_bar(quiet: bool, unit: str = "it", show: tuple[str, ...] = ("loss", "ce", "accuracy", "val/accuracy")
@@ -58,11 +60,13 @@ def run_training(cfg: dict, run_dir: Path, quiet: bool) -> dict | None:
 
     bar, close = progress_bar(quiet)
     started = []
+    resumed = last_iteration(run_dir)
 
     def progress(done: int, total: int, logs: Optional[dict] = None) -> None:
         if not started:
             started.append(True)
-            print(f"run folder: {run_dir}", file=sys.stderr)
+            print(f"run folder: {run_dir}" + ("" if resumed is None else f"; resuming from iteration {resumed}"),
+                  file=sys.stderr)
         if bar is not None:
             bar(done, total, logs)
 
@@ -71,6 +75,33 @@ def run_training(cfg: dict, run_dir: Path, quiet: bool) -> dict | None:
     finally:
         close()
     return results
+
+
+def last_iteration(run_dir: Path) -> Optional[int]:
+    """The iteration of ``run_dir``'s last checkpoint, or None (none, or unreadable)."""
+    from foveal.checkpoint import checkpoint_paths
+
+    try:
+        return int(json.loads(checkpoint_paths(Path(run_dir) / "checkpoints" / "last")[1].read_text())["iteration"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def interrupted_message(args, argv: list[str]) -> str:
+    """What Ctrl-C leaves: for a training command, whether its run folder can resume, and the command that
+    resumes it (``argv`` with ``--run-dir`` set to the folder it used: without it, a new folder is made)."""
+    run_dir = getattr(args, "used_run_dir", None)
+    if run_dir is None:
+        return "interrupted: the finished work is kept; run the same command again to resume"
+    iteration = last_iteration(run_dir)
+    if iteration is None:
+        return (f"interrupted before the first checkpoint: {run_dir} holds nothing to resume "
+                "(the same command starts the run from iteration 0)")
+    command = list(argv)
+    if not any(a == "--run-dir" or a.startswith("--run-dir=") for a in command):
+        command[1:1] = ["--run-dir", str(run_dir)]  # after the command's name
+    return (f"interrupted: the last checkpoint ({run_dir}, iteration {iteration}) is intact; to resume, run: "
+            + shlex.join(["foveal", *command]))
 
 
 def report(results: dict, out_dir: Path) -> None:
@@ -142,6 +173,7 @@ def config_and_run_dir(args) -> tuple[dict, Path]:
         from foveal.training.distributed import all_gather_objects
 
         run_dir = all_gather_objects(run_dir)[0]  # torchrun: rank 0's clock names the one folder of every rank
+    args.used_run_dir = run_dir  # for the message after Ctrl-C (foveal.cli.main)
     return cfg, run_dir
 
 

@@ -54,6 +54,7 @@ def _demo(args) -> int:
     if checked_device(args.device) is not None:
         extra.append(f"train.device={args.device}")
     cfg = apply_overrides(load_config("demo"), extra)
+    args.used_run_dir = args.run_dir  # for the message after Ctrl-C (foveal.cli.main)
     results = run_training(cfg, args.run_dir, args.quiet)
     if results:
         report(results, args.run_dir)
