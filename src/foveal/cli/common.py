@@ -71,10 +71,50 @@ def run_training(cfg: dict, run_dir: Path, quiet: bool) -> dict | None:
             bar(done, total, logs)
 
     try:
-        results = train_run(cfg, run_dir, progress=progress)
+        results = train_run(cfg, run_dir, progress=progress, on_built=warn_about)
     finally:
         close()
     return results
+
+
+SMALL_GLIMPSE = 0.01  # share of the image area under which a glimpse (all its scales) is warned about
+
+
+def warn_about(exp) -> None:
+    """Warnings on stderr about a run that builds but may not be what the user meant: glimpses whose largest
+    scale covers under 1 % of the image (8 px on 224 px images see almost nothing); grey images read as RGB."""
+    from foveal.recipes.run import glimpse_extent
+
+    train = exp.data["train"]
+    C, H, W = train.image_shape
+    extent = glimpse_extent(exp.model)
+    if extent is not None:
+        side, size, scales = extent
+        share = min(side, H) * min(side, W) / (H * W)
+        if share < SMALL_GLIMPSE:
+            print(f"warning: a glimpse sees {side}x{side} px ({size} px, {scales} scale{'s' * (scales > 1)}) of "
+                  f"the {H}x{W} images, {100 * share:.2g} % of their area; raise model.glimpse_size or "
+                  "model.num_scales, or set data.image_size, if that is too little", file=sys.stderr)
+    folder = getattr(train, "base", train)  # Rows: the split inside
+    reference = getattr(folder, "reference", None)
+    if getattr(folder, "mode", None) == "RGB" and reference is not None and "grayscale" in _dataset_options(folder):
+        from PIL import Image
+
+        with Image.open(reference) as image:  # reads the header only
+            grey = image.mode in ("1", "L", "LA", "I", "I;16", "F")
+        if grey:
+            print(f"note: {reference} is a grey image, read as 3 equal channels like every image of {folder.name} "
+                  "(data.grayscale: false, the default, keeps colour images of a mixed folder); set "
+                  "data.grayscale=true to read every image as 1 grey channel", file=sys.stderr)
+
+
+def _dataset_options(dataset) -> list[str]:
+    from foveal.data import dataset_options
+
+    try:
+        return dataset_options(dataset.name)
+    except ValueError:
+        return []
 
 
 def last_iteration(run_dir: Path) -> Optional[int]:
@@ -105,7 +145,8 @@ def interrupted_message(args, argv: list[str]) -> str:
 
 
 def report(results: dict, out_dir: Path) -> None:
-    print(f"test accuracy: {results['test_accuracy']:.4f}  (error {100 * results['test_error']:.2f} %, "
+    # results.json keeps the names test_accuracy / test_error whatever the split (its format); the line says which
+    print(f"{results['split']} accuracy: {results['test_accuracy']:.4f}  (error {100 * results['test_error']:.2f} %, "
           f"{results['num_images']} {results['split']} images of {results['dataset']}, "
           f"{results['num_glimpses']} glimpses)")
     per = " ".join(f"{a:.3f}" for a in results["accuracy_per_glimpse"])

@@ -153,6 +153,17 @@ def check_experiment(exp: Experiment, train_cfg: TrainConfig) -> None:
                          f"{train_set.name}, found {train_cfg.batch_size}")
 
 
+def glimpse_extent(model: torch.nn.Module) -> Optional[tuple[int, int, int]]:
+    """``(side of the largest scale in px, glimpse_size, num_scales)`` of a glimpse model whose config has a
+    ``glimpse_size`` (RAM, DRAM and their kin; scale k covers ``glimpse_size * scale_factor**k``); else None."""
+    config = getattr(model, "config", None)
+    size = getattr(config, "glimpse_size", None)
+    if not isinstance(size, int):
+        return None
+    scales, factor = int(getattr(config, "num_scales", 1)), int(getattr(config, "scale_factor", 2))
+    return size * factor ** (scales - 1), size, scales
+
+
 def check_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
     """Refuse a folder whose run was made with another config; reads only, writes nothing.
 
@@ -206,7 +217,7 @@ def longer_constant_run(old: dict[str, Any], new: dict[str, Any]) -> bool:
 
 def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable] = None,
               stop_after: Optional[int] = None, init_from: Optional[str | Path] = None,
-              test: bool = True) -> Optional[dict[str, Any]]:
+              test: bool = True, on_built: Optional[Callable[[Experiment], None]] = None) -> Optional[dict[str, Any]]:
     """Train (resuming if the folder has a last checkpoint), then evaluate the best checkpoint.
 
     The global RNG is seeded with ``train.seed`` before the model is built, so that seeds differ in
@@ -218,6 +229,8 @@ def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable
         init_from: checkpoint whose weights a fresh run starts from (a later stage of a multi-stage
             recipe); a resumed run loads its own last checkpoint over them, as ``fit`` always does.
         test: evaluate the best checkpoint on ``evaluate.split`` afterwards; False only trains (and validates).
+        on_built: called with the checked experiment before anything is written (rank 0), e.g. for the CLI's
+            warnings about it.
 
     Returns the results dict (also written to ``results.json``), or None if ``stop_after`` stopped
     the run early or ``test`` is False, and on every rank but 0 of a data-parallel run.
@@ -230,7 +243,7 @@ def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable
     start = FolderStart(run_dir) if world.main else None
     try:
         hold_run_dir(run_dir)
-        return _train_run(cfg, run_dir, train_cfg, eval_cfg, start, progress, stop_after, init_from, test)
+        return _train_run(cfg, run_dir, train_cfg, eval_cfg, start, progress, stop_after, init_from, test, on_built)
     except BaseException:
         if start is not None:
             start.undo()  # a start that failed (or was interrupted) before its first iteration leaves no trace
@@ -253,12 +266,15 @@ def hold_run_dir(run_dir: Path) -> None:
 
 def _train_run(cfg: dict[str, Any], run_dir: Path, train_cfg: TrainConfig, eval_cfg: EvaluateConfig,
                start: Optional[FolderStart], progress: Optional[Callable], stop_after: Optional[int],
-               init_from: Optional[str | Path], test: bool) -> Optional[dict[str, Any]]:
+               init_from: Optional[str | Path], test: bool,
+               on_built: Optional[Callable[[Experiment], None]]) -> Optional[dict[str, Any]]:
     world = distributed.world()
     check_run_dir(cfg, run_dir)
     torch.manual_seed(train_cfg.seed)
     exp = build_experiment(cfg) if test else build_experiment(cfg, ("train", "val"))
     check_experiment(exp, train_cfg)
+    if on_built is not None and world.main:
+        on_built(exp)
     prepare = getattr(exp.algorithm, "prepare", None)
     train_set = prepare(exp.data["train"]) if prepare is not None else exp.data["train"]
     if init_from is not None:

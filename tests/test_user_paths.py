@@ -1,0 +1,59 @@
+"""What a new user meets from ``--help`` alone: evaluate's folder and wording, warnings about a run that
+builds but may not be what was meant, and where the dataset options are written."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from foveal.cli import main
+
+from test_errors import train
+from test_run_folder import IMAGEFOLDER_RUN, image_folder
+
+
+def test_evaluate_takes_a_run_folder_names_the_split_and_writes_eval_split(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(train(run)) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--split", "val"]) == 0  # a run folder: its best checkpoint
+    out = capsys.readouterr().out
+    assert out.startswith("val accuracy: ") and "test accuracy" not in out, out
+    assert json.loads((run / "eval-val" / "results.json").read_text())["split"] == "val"
+    assert main(["evaluate", str(run)]) == 0  # no --split: the run's evaluate.split, as --help says
+    assert capsys.readouterr().out.startswith("test accuracy: ")
+    assert (run / "eval-test" / "results.json").exists() and not (run / "eval-default").exists()
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "a folder without checkpoints/best.json" in capsys.readouterr().err
+
+
+def test_glimpses_that_see_under_1_percent_of_the_image_are_warned_about(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for name in "ab":
+        (tmp_path / "big" / name).mkdir(parents=True)
+        for k in range(10):
+            Image.fromarray((rng.random((224, 224, 3)) * 255).astype(np.uint8)).save(tmp_path / "big" / name / f"{k}.png")
+    base = ["data.name=imagefolder", f"data.root={tmp_path / 'big'}", "model.num_scales=1", "train.batch_size=8"]
+    assert main(train(tmp_path / "r", *base, "model.glimpse_size=8")) == 0
+    err = capsys.readouterr().err
+    assert "warning: a glimpse sees 8x8 px (8 px, 1 scale) of the 224x224 images, 0.13 % of their area" in err, err
+    assert "note:" not in err  # colour images
+    assert main(train(tmp_path / "r2", *base, "model.glimpse_size=32")) == 0  # 2 % of the area: no warning
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_grey_images_read_as_three_channels_are_noted(tmp_path, capsys):
+    images = image_folder(tmp_path / "grey")
+    run = [f"data.root={images}", "data.name=imagefolder", *IMAGEFOLDER_RUN]
+    assert main(train(tmp_path / "r", *run)) == 0
+    err = capsys.readouterr().err
+    assert "is a grey image, read as 3 equal channels" in err and "data.grayscale=true" in err, err
+    assert main(train(tmp_path / "r2", *run, "data.grayscale=true")) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_list_shows_every_datasets_options(capsys):
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split() == ["imagefolder", "image_size,", "grayscale"] for line in lines), lines
+    assert any(line.split()[:4] == ["cluttered-<base>", "canvas,", "clutter,", "piece"] for line in lines)
