@@ -2,13 +2,15 @@
 builds but may not be what was meant, and where the dataset options are written."""
 
 import json
+from importlib import resources
 
 import numpy as np
+import yaml
 from PIL import Image
 
 from foveal.cli import main
 
-from test_errors import train
+from test_errors import refused, train
 from test_run_folder import IMAGEFOLDER_RUN, image_folder
 
 
@@ -57,3 +59,28 @@ def test_list_shows_every_datasets_options(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert any(line.split() == ["imagefolder", "image_size,", "grayscale"] for line in lines), lines
     assert any(line.split()[:4] == ["cluttered-<base>", "canvas,", "clutter,", "piece"] for line in lines)
+
+
+# ----------------------------------------------------------------------------- config messages: what the user typed
+
+
+def test_config_errors_name_the_key_as_typed(tmp_path, capsys):
+    refused(capsys, train(tmp_path / "r", "train.batch_size=0"), "train.batch_size: expected a positive integer")
+    refused(capsys, train(tmp_path / "r", "model.glimpse_sise=4"), "model.glimpse_sise: unknown setting of model "
+            "'ram'; did you mean model.glimpse_size?")
+    refused(capsys, train(tmp_path / "r", "data.canvs=4"), "data.canvs: unknown option of dataset mnist5k")
+    refused(capsys, train(tmp_path / "r", "algorithm.test_samples=0"), "algorithm.test_samples: expected")
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_inherited_key_is_named_and_removed_with_null(tmp_path, capsys):
+    config = yaml.safe_load(resources.files("foveal.configs").joinpath("demo.yaml").read_text())
+    config["data"]["train_rows"] = [5000, None]  # inherited from a config made for a larger split
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(config))
+    refused(capsys, train(tmp_path / "r", config=tmp_path / "mine.yaml"),
+            "data.train_rows: expected [start, stop] with 0 <= start < stop <= 4000, the size of the train split "
+            "of mnist5k, found [5000, None]")
+    assert main(train(tmp_path / "r", "data.train_rows=null", config=tmp_path / "mine.yaml")) == 0
+    assert "train_rows" not in yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["data"]
+    capsys.readouterr()
+    refused(capsys, train(tmp_path / "r2", "model.name=null"), "model.name cannot be removed")

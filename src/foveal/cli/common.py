@@ -197,7 +197,8 @@ def add_training_arguments(parser, *, default_config: str) -> None:
     add_device_argument(parser, "the config's train.device; sets it")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="config overrides, e.g. train.iterations=500")
+                        help="config overrides, e.g. train.iterations=500; section.key=null removes a key the "
+                             "config sets (back to its default), e.g. data.train_rows=null")
 
 
 def config_and_run_dir(args) -> tuple[dict, Path]:

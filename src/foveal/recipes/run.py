@@ -38,7 +38,9 @@ algorithm's grid (records/posterior_curves_<split>.json, figures/posterior_curve
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +52,9 @@ from torch.utils.data import Dataset
 
 from foveal import __version__, runfolder
 from foveal.checkpoint import atomic_write, checkpoint_paths, load_checkpoint
-from foveal.config import EvaluateConfig, check_fields, check_value, config_differences, dump_config, section_config, \
+from foveal.config import EvaluateConfig, as_section, check_fields, check_value, config_differences, dump_config, section_config, \
     split_name
-from foveal.data import build_dataset
+from foveal.data import build_dataset, dataset_options
 from foveal.data.base import Rows
 from foveal.evaluation import plots
 from foveal.evaluation.boed_plots import plot_posterior_curves
@@ -61,7 +63,7 @@ from foveal.evaluation.posterior_curves import posterior_curves
 from foveal.models import create_model, list_models, load_model, model_spec
 from foveal.runfolder import FolderStart
 from foveal.training import TrainConfig, distributed, evaluate, fit
-from foveal.training.algorithms import build_algorithm
+from foveal.training.algorithms import algorithm_config_class, build_algorithm
 from foveal.training.base import PolicyEvaluation
 
 
@@ -89,10 +91,31 @@ def build_data(cfg: dict[str, Any], splits: tuple[str, ...]) -> dict[str, Datase
     if rows is not None and not (isinstance(rows, (list, tuple)) and len(rows) == 2 and all(
             v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in rows) and rows[0] is not None):
         raise ValueError(f"data.train_rows: expected [start, stop] (integers; stop null for the end), found {rows!r}")
+    check_data_options(name, settings)
     data = {s: build_dataset(name, s, root=root, seed=seed, **settings) for s in splits}
     if rows is not None and "train" in data:
+        n = len(data["train"])
+        stop = n if rows[1] is None else rows[1]
+        if not 0 <= rows[0] < stop <= n:
+            raise ValueError(f"data.train_rows: expected [start, stop] with 0 <= start < stop <= {n}, the size of "
+                             f"the train split of {data['train'].name}, found {list(rows)} (data.train_rows=null "
+                             "removes it)")
         data["train"] = Rows(data["train"], rows[0], rows[1])
     return data
+
+
+def check_data_options(name: str, settings: dict[str, Any]) -> None:
+    """``data.<key>`` is an option of dataset ``name`` (or an error naming it, with the closest one)."""
+    try:
+        accepted = dataset_options(name)
+    except ValueError as err:
+        raise ValueError(f"data.name: {err}") from None
+    for key in settings:
+        if key not in accepted:
+            close = difflib.get_close_matches(str(key), [*accepted, "root", "seed", "train_rows"], n=1)
+            hint = f"did you mean data.{close[0]}? " if close else ""
+            raise ValueError(f"data.{key}: unknown option of dataset {name}; {hint}expected some of "
+                             f"{['root', 'seed', 'train_rows', *accepted]}")
 
 
 def build_model(cfg: dict[str, Any], dataset: Dataset) -> torch.nn.Module:
@@ -101,7 +124,10 @@ def build_model(cfg: dict[str, Any], dataset: Dataset) -> torch.nn.Module:
         if key in settings:
             raise ValueError(f"model.{key}: comes from the data ({dataset.name}), remove it from the config")
     C, H, W = dataset.image_shape
-    return create_model(name, in_channels=C, num_classes=dataset.num_classes, image_size=(H, W), **settings)
+    try:
+        return create_model(name, in_channels=C, num_classes=dataset.num_classes, image_size=(H, W), **settings)
+    except ValueError as err:  # a model config's own check names e.g. RAMConfig.core: say model.core, as typed
+        raise ValueError(re.sub(r"^[A-Z]\w*Config(?=[.:])", "model", str(err))) from None
 
 
 def build_algorithm_of(cfg: dict[str, Any]) -> Any:
@@ -112,6 +138,8 @@ def build_algorithm_of(cfg: dict[str, Any]) -> Any:
         algorithm = build_algorithm(name, **settings)
     except TypeError as err:  # a config dataclass comparing a value of the wrong type
         raise ValueError(f"algorithm {name!r}: a setting has the wrong type ({err}); settings: {settings}") from None
+    except ValueError as err:  # the config dataclass's own check names ClassName.field: say algorithm.field
+        raise ValueError(as_section(str(err), algorithm_config_class(name), "algorithm")) from None
     if dataclasses.is_dataclass(getattr(algorithm, "config", None)):
         check_fields(algorithm.config, "algorithm")
     return algorithm
