@@ -84,3 +84,26 @@ def test_an_inherited_key_is_named_and_removed_with_null(tmp_path, capsys):
     assert "train_rows" not in yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["data"]
     capsys.readouterr()
     refused(capsys, train(tmp_path / "r2", "model.name=null"), "model.name cannot be removed")
+
+
+def test_an_image_folder_of_odd_sizes_mixed_grey_and_colour_and_a_one_image_class(tmp_path, capsys):
+    """The issue's own exercise: a folder the other tests do not use, trained and evaluated from --help alone."""
+    rng = np.random.default_rng(0)
+    sizes = [(37, 53), (64, 48), (31, 31), (80, 61)]
+    for name, n in (("cat", 12), ("dog", 11), ("owl", 1)):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for k in range(n):
+            h, w = sizes[k % 4]
+            grey = k % 2 == 1
+            pixels = (rng.random((h, w) if grey else (h, w, 3)) * 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "photos" / name / f"{k}.{'png' if grey else 'jpg'}")
+    run = tmp_path / "runs" / "photos"
+    base = ["data.name=imagefolder", f"data.root={tmp_path / 'photos'}", "train.batch_size=8"]
+    refused(capsys, train(run, *base), "expected the size of", "data.image_size=64")
+    assert not (tmp_path / "runs").exists()
+    assert main(train(run, *base, "data.image_size=[40, 48]")) == 0
+    err = capsys.readouterr().err
+    assert "note: the val split has no image of 1 of the 3 classes (owl)" in err, err
+    assert "note: the test split has no image of 1 of the 3 classes (owl)" in err, err
+    assert main(["evaluate", str(run), "--split", "val"]) == 0
+    assert capsys.readouterr().out.startswith("val accuracy: ")

@@ -62,16 +62,20 @@ def run_training(cfg: dict, run_dir: Path, quiet: bool) -> dict | None:
     started = []
     resumed = last_iteration(run_dir)
 
+    notes: list[str] = []  # warnings about the built experiment, shown once it trains (a refused start: its error alone)
+
     def progress(done: int, total: int, logs: Optional[dict] = None) -> None:
         if not started:
             started.append(True)
             print(f"run folder: {run_dir}" + ("" if resumed is None else f"; resuming from iteration {resumed}"),
                   file=sys.stderr)
+            for line in notes:
+                print(line, file=sys.stderr)
         if bar is not None:
             bar(done, total, logs)
 
     try:
-        results = train_run(cfg, run_dir, progress=progress, on_built=warn_about)
+        results = train_run(cfg, run_dir, progress=progress, on_built=lambda exp: notes.extend(warnings_about(exp)))
     finally:
         close()
     return results
@@ -80,21 +84,34 @@ def run_training(cfg: dict, run_dir: Path, quiet: bool) -> dict | None:
 SMALL_GLIMPSE = 0.01  # share of the image area under which a glimpse (all its scales) is warned about
 
 
-def warn_about(exp) -> None:
-    """Warnings on stderr about a run that builds but may not be what the user meant: glimpses whose largest
-    scale covers under 1 % of the image (8 px on 224 px images see almost nothing); grey images read as RGB."""
+def warnings_about(exp) -> list[str]:
+    """Warnings about a run that builds but may not be what the user meant: glimpses whose largest scale covers
+    under 1 % of the image (8 px on 224 px images see almost nothing), classes a val or test split lacks, grey
+    images read as RGB."""
     from foveal.recipes.run import glimpse_extent
 
+    lines = []
     train = exp.data["train"]
-    C, H, W = train.image_shape
+    _, H, W = train.image_shape
     extent = glimpse_extent(exp.model)
     if extent is not None:
         side, size, scales = extent
         share = min(side, H) * min(side, W) / (H * W)
         if share < SMALL_GLIMPSE:
-            print(f"warning: a glimpse sees {side}x{side} px ({size} px, {scales} scale{'s' * (scales > 1)}) of "
-                  f"the {H}x{W} images, {100 * share:.2g} % of their area; raise model.glimpse_size or "
-                  "model.num_scales, or set data.image_size, if that is too little", file=sys.stderr)
+            lines.append(f"warning: a glimpse sees {side}x{side} px ({size} px, {scales} scale{'s' * (scales > 1)}) "
+                         f"of the {H}x{W} images, {100 * share:.2g} % of their area; raise model.glimpse_size or "
+                         "model.num_scales, or set data.image_size, if that is too little")
+    for split in ("val", "test"):
+        data = exp.data.get(split)
+        labels, names = getattr(data, "labels", None), getattr(data, "class_names", None)
+        if labels is None or names is None or len(labels) != len(data):
+            continue
+        missing = sorted(set(range(len(names))) - {int(v) for v in labels})
+        if missing:
+            listed = ", ".join(names[c] for c in missing[:5]) + (f" and {len(missing) - 5} more" * (len(missing) > 5))
+            lines.append(f"note: the {split} split has no image of {len(missing)} of the {len(names)} classes "
+                         f"({listed}): too few images for the dataset's split rule (foveal.data), so its accuracy "
+                         "says nothing about them")
     folder = getattr(train, "base", train)  # Rows: the split inside
     reference = getattr(folder, "reference", None)
     if getattr(folder, "mode", None) == "RGB" and reference is not None and "grayscale" in _dataset_options(folder):
@@ -103,9 +120,10 @@ def warn_about(exp) -> None:
         with Image.open(reference) as image:  # reads the header only
             grey = image.mode in ("1", "L", "LA", "I", "I;16", "F")
         if grey:
-            print(f"note: {reference} is a grey image, read as 3 equal channels like every image of {folder.name} "
-                  "(data.grayscale: false, the default, keeps colour images of a mixed folder); set "
-                  "data.grayscale=true to read every image as 1 grey channel", file=sys.stderr)
+            lines.append(f"note: {reference} is a grey image, read as 3 equal channels like every image of "
+                         f"{folder.name} (data.grayscale: false, the default, keeps colour images of a mixed "
+                         "folder); set data.grayscale=true to read every image as 1 grey channel")
+    return lines
 
 
 def _dataset_options(dataset) -> list[str]:
