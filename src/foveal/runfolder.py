@@ -1,9 +1,9 @@
 """A run folder has one writer at a time, and a start that fails leaves it as it was.
 
-**One writer.** :func:`hold` takes an operating-system lock (``fcntl.flock``) on ``<run folder>/.lock``
-and keeps it for the rest of the process's life, so the operating system releases it when the process
-ends, however it ends (a crash, ``kill -9``, a lost node): a folder is never left locked by a dead
-process. A second process asking for the same folder is refused at once with a ``ValueError`` naming
+**One writer.** :func:`hold` takes an operating-system lock (``fcntl.flock``) on ``<run folder>/.lock``,
+kept until the process releases it (:func:`holding`: when it has finished writing the folder) or ends:
+the operating system releases it however the process ends (a crash, ``kill -9``, a lost node), so a
+folder is never left locked by a dead process. A second process asking for the same folder is refused at once with a ``ValueError`` naming
 the holder (host, pid), which the file records. Holding is re-entrant within one process (a run
 evaluating into its own folder, a recipe's later stage). On a platform without ``fcntl`` nothing is
 locked. On network file systems ``flock`` is as good as their lock support (NFSv4: yes).
@@ -18,18 +18,20 @@ A run calls :meth:`FolderStart.done` once it has trained its first iteration; be
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import time
 from pathlib import Path
+from typing import Iterator
 
 try:
     import fcntl
 except ImportError:  # not POSIX: no locking
     fcntl = None
 
-__all__ = ["LOCK_NAME", "hold", "release", "holder", "FolderStart"]
+__all__ = ["LOCK_NAME", "hold", "holding", "release", "holder", "FolderStart"]
 
 LOCK_NAME = ".lock"
 REWRITTEN = ("config.yaml", "metrics.csv", LOCK_NAME)  # the files a start may rewrite in place
@@ -45,16 +47,19 @@ def holder(run_dir: str | Path) -> str:
     return text or "a process that has not yet written its name"
 
 
-def hold(run_dir: str | Path) -> None:
-    """Lock ``run_dir`` (made if missing) for this process, until it ends (or :func:`release`).
+def hold(run_dir: str | Path) -> bool:
+    """Lock ``run_dir`` (made if missing) for this process, until it ends or calls :func:`release`.
+
+    Returns:
+        True if this call took the lock; False if this process held it already (or cannot lock here).
 
     Raises:
         ValueError: another process holds it; the message names it (host, pid).
     """
     folder = Path(run_dir).resolve()
-    if folder in _held or fcntl is None:
-        return
     folder.mkdir(parents=True, exist_ok=True)
+    if folder in _held or fcntl is None:
+        return False
     path = folder / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -65,11 +70,24 @@ def hold(run_dir: str | Path) -> None:
                          f"run folder at a time: wait for it to end or stop it, or use another folder") from None
     except OSError:  # a file system without flock: go on unlocked rather than refuse every run
         os.close(fd)
-        return
+        return False
     os.ftruncate(fd, 0)
     os.write(fd, f"host {socket.gethostname()}, pid {os.getpid()}, since "
                  f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n".encode())
     _held[folder] = fd
+    return True
+
+
+@contextlib.contextmanager
+def holding(run_dir: str | Path) -> Iterator[None]:
+    """``with holding(folder):`` :func:`hold` it for the block, then release it if the block took it (a process
+    that trains or evaluates many runs, a ``foveal compare`` worker, holds each only while it writes it)."""
+    took = hold(run_dir)
+    try:
+        yield
+    finally:
+        if took:
+            release(run_dir)
 
 
 def release(run_dir: str | Path) -> None:

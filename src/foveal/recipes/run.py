@@ -269,27 +269,32 @@ def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable
     distributed.local_batch_size(train_cfg.batch_size, "train.batch_size")  # one share per process of each batch
     distributed.device(train_cfg.device)  # a device this machine lacks: refused before anything is built
     start = FolderStart(run_dir) if world.main else None
+    took = False
     try:
-        hold_run_dir(run_dir)
+        took = hold_run_dir(run_dir)
         return _train_run(cfg, run_dir, train_cfg, eval_cfg, start, progress, stop_after, init_from, test, on_built)
     except BaseException:
         if start is not None:
             start.undo()  # a start that failed (or was interrupted) before its first iteration leaves no trace
         raise
+    finally:
+        if took:
+            runfolder.release(run_dir)  # written: another process may continue it now
 
 
-def hold_run_dir(run_dir: Path) -> None:
-    """Rank 0 locks the folder (:func:`foveal.runfolder.hold`); every rank raises if it could not, so that no
-    rank waits for a rank that has given up."""
-    problem = None
+def hold_run_dir(run_dir: Path) -> bool:
+    """Rank 0 locks the folder (:func:`foveal.runfolder.hold`; True if it took the lock); every rank raises if
+    it could not, so that no rank waits for a rank that has given up."""
+    problem, took = None, False
     if distributed.world().main:
         try:
-            runfolder.hold(run_dir)
+            took = runfolder.hold(run_dir)
         except ValueError as err:
             problem = str(err)
     problem = distributed.all_gather_objects(problem)[0]
     if problem is not None:
         raise ValueError(problem)
+    return took
 
 
 def _train_run(cfg: dict[str, Any], run_dir: Path, train_cfg: TrainConfig, eval_cfg: EvaluateConfig,
@@ -393,12 +398,12 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
     if training:
         results["training"] = training
     out_dir = Path(out_dir)
-    runfolder.hold(out_dir)  # one writer (a no-op inside train_run, which holds it already)
-    atomic_write(out_dir / "results.json", json.dumps(results, indent=2).encode())
-    record_path = save_record(record, model, dataset, out_dir / "records" / f"glimpses_{split}.npz")
-    if eval_cfg.figures:
-        results["figures"] = [str(p) for p in make_figures(record_path, out_dir)]
+    with runfolder.holding(out_dir):  # one writer (inside train_run, which holds it already: nothing to do)
         atomic_write(out_dir / "results.json", json.dumps(results, indent=2).encode())
+        record_path = save_record(record, model, dataset, out_dir / "records" / f"glimpses_{split}.npz")
+        if eval_cfg.figures:
+            results["figures"] = [str(p) for p in make_figures(record_path, out_dir)]
+            atomic_write(out_dir / "results.json", json.dumps(results, indent=2).encode())
     return results
 
 
@@ -425,7 +430,11 @@ def _write_posterior_results(results: dict[str, Any], out_dir: Path, split: str,
                              training: Optional[dict[str, Any]]) -> dict[str, Any]:
     if training:
         results["training"] = training
-    runfolder.hold(out_dir)
+    with runfolder.holding(out_dir):
+        return _write_posterior_files(results, out_dir, split, cfg)
+
+
+def _write_posterior_files(results: dict[str, Any], out_dir: Path, split: str, cfg: dict[str, Any]) -> dict[str, Any]:
     record = out_dir / "records" / f"posterior_curves_{split}.json"
     record.parent.mkdir(parents=True, exist_ok=True)
     keys = ("dataset", "split", "num_images", "num_glimpses", "grid", "curves", "checkpoint")
