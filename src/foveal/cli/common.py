@@ -150,7 +150,8 @@ def interrupted_message(args, argv: list[str]) -> str:
     resumes it (``argv`` with ``--run-dir`` set to the folder it used: without it, a new folder is made)."""
     run_dir = getattr(args, "used_run_dir", None)
     if run_dir is None:
-        return "interrupted: the finished work is kept; run the same command again to resume"
+        # compare, annotate, train-saccader: their folders do not depend on the time; they resume by themselves
+        return "interrupted: the last checkpoint is intact; run the same command again to resume"
     iteration = last_iteration(run_dir)
     if iteration is None:
         return (f"interrupted before the first checkpoint: {run_dir} holds nothing to resume "
@@ -158,8 +159,9 @@ def interrupted_message(args, argv: list[str]) -> str:
     command = list(argv)
     if not any(a == "--run-dir" or a.startswith("--run-dir=") for a in command):
         command[1:1] = ["--run-dir", str(run_dir)]  # after the command's name
+    launcher = "torchrun <the same torchrun options> -m foveal" if launcher_world_size() > 1 else "foveal"
     return (f"interrupted: the last checkpoint ({run_dir}, iteration {iteration}) is intact; to resume, run: "
-            + shlex.join(["foveal", *command]))
+            f"{launcher} {shlex.join(command)}")
 
 
 def report(results: dict, out_dir: Path) -> None:
