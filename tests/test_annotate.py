@@ -272,3 +272,42 @@ def test_hindsight_annotation_sees_the_true_image_alone(files, tmp_path):
         assert seqs.epe_maps[row, 1].flatten() == pytest.approx(entropy.tolist(), abs=1e-5)
     with pytest.raises(ValueError, match="AnnotateConfig.completions: expected one of 'bank', 'hindsight', found 'x'"):
         config(files, completions="x")
+
+
+def test_annotate_takes_the_posteriors_glimpse_settings_or_refuses_others(tmp_path, capsys):
+    from foveal.cli import main
+
+    bank = tmp_path / "bank.npy"
+    assert main(["build-bank", "mnist5k", "--split", "val", "--limit", "20", "--no-flips", "--out", str(bank),
+                 "--quiet"]) == 0
+    torch.manual_seed(3)
+    net = create_model("posterior-cnn", in_channels=1, num_classes=10, image_size=(28, 28), widths=(4,), strides=(2,))
+    trained_for = {"name": "posterior", "glimpse_size": 6, "grid_stride": 2, "num_glimpses": 3}  # as train-posterior saves it
+    save_checkpoint(tmp_path / "post", model=net, info={"model": model_spec(net), "config": {"algorithm": trained_for}},
+                    rng=False)
+    capsys.readouterr()
+    command = ["annotate", "--dataset", "mnist5k", "--split", "test", "--posterior", str(tmp_path / "post"),
+               "--bank", str(bank), "--count", "1", "--completions", "4", "--proposals", "10", "--pca-components", "4",
+               "--out", str(tmp_path / "run"), "--quiet"]
+    assert main(command) == 0
+    assert f"from the posterior {tmp_path / 'post'}: glimpse_size 6, grid_stride 2, num_glimpses 3" in \
+        capsys.readouterr().err
+    seqs = GlimpseSequences.load(tmp_path / "run" / "sequences")
+    assert (seqs.glimpse_size, seqs.num_glimpses, seqs.grid.rows[:3]) == (6, 3, (0, 2, 4))
+
+    for flags, expected in ((["--glimpse-size", "8"], ("glimpse_size: 8 given", "6 px")),
+                            (["--grid", "3"], ("grid 3 (cells per axis) given", "grid_stride 2")),
+                            (["--grid-stride", "1"], ("grid_stride 1 given", "grid_stride 2")),
+                            (["--num-glimpses", "5"], ("num_glimpses: 5 given", "at most T = 3"))):
+        assert main([*command[:-3], "--out", str(tmp_path / "other"), "--quiet", *flags]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and all(e in err for e in expected), err
+    assert not (tmp_path / "other").exists()
+    fewer = [*command[:-3], "--out", str(tmp_path / "fewer"), "--glimpse-size", "6", "--num-glimpses", "2"]
+    assert main(fewer) == 0  # the posterior was trained on every t up to 3
+    assert GlimpseSequences.load(tmp_path / "fewer" / "sequences").num_glimpses == 2
+
+    cfg = AnnotateConfig(dataset="mnist5k", split="test", posterior=str(tmp_path / "post"), bank=str(bank), count=1,
+                         n_completions=4, n_proposals=10, pca_components=4)  # Python: the defaults, 8 px
+    with pytest.raises(ValueError, match="glimpse_size: 8 given, but the posterior"):
+        annotate(cfg, tmp_path / "python")

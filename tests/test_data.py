@@ -327,5 +327,6 @@ def test_train_rows_keep_a_range_of_the_train_split_with_their_positions():
         train[1000]
     with pytest.raises(ValueError, match=r"data.train_rows: expected \[start, stop\].*found 'x'"):
         build_data({"data": {"name": "mnist5k", "train_rows": "x"}}, ("train",))
-    with pytest.raises(DataError, match=r"rows 3000..4999: expected 0 <= start < stop <= 4000"):
+    with pytest.raises(ValueError, match=r"data.train_rows: expected \[start, stop\] with 0 <= start < stop <= 4000, "
+                                         r"the size of the train split of mnist5k, found \[3000, 5000\]"):
         build_data({"data": {"name": "mnist5k", "train_rows": [3000, 5000]}}, ("train",))

@@ -81,7 +81,7 @@ def test_posterior_shapes_every_parameter_learns_and_spec_rebuilds(name):
 
 
 def test_registry_rejects_duplicates_and_unknown_names():
-    with pytest.raises(ValueError, match=r"model.widths: not a setting of model 'ram'"):
+    with pytest.raises(ValueError, match=r"model.widths: unknown setting of model 'ram'"):
         create_model("ram", in_channels=1, num_classes=10, image_size=(28, 28), widths=[8])
     with pytest.raises(ValueError, match="already registered"):
         register_model("ram")(lambda **kw: None)

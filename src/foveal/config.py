@@ -86,9 +86,23 @@ def check_fields(obj: Any, section: str) -> None:
 
 
 def section_config(section: str, cls: type[T], settings: Mapping[str, Any]) -> T:
-    """``cls(**settings)`` after :func:`check_settings`: the one way a config section becomes its dataclass."""
+    """``cls(**settings)`` after :func:`check_settings`: the one way a config section becomes its dataclass.
+    The dataclass's own checks name ``ClassName.field``; here that becomes ``section.field``, as the user wrote it."""
     check_settings(section, cls, settings)
-    return cls(**settings)
+    try:
+        return cls(**settings)
+    except ValueError as err:
+        raise ValueError(as_section(str(err), cls, section)) from None
+
+
+def as_section(message: str, cls: type, section: str) -> str:
+    """``"TrainConfig.batch_size: ..."`` -> ``"train.batch_size: ..."`` (``"TrainConfig: ..."`` -> ``"train: ..."``)."""
+    name = cls.__name__
+    if message.startswith(name + "."):
+        return section + "." + message[len(name) + 1:]
+    if message.startswith(name + ":"):
+        return section + message[len(name):]
+    return message
 
 
 def check_value(section: str, key: str, hint: Any, value: Any) -> None:
@@ -277,7 +291,12 @@ def check_config(cfg: Any, where: str = "config") -> dict[str, Any]:
 
 
 def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``["train.iterations=100", "model.num_scales=3"]`` -> a new config; values are read as YAML."""
+    """``["train.iterations=100", "model.num_scales=3"]`` -> a new config; values are read as YAML.
+
+    ``key=null`` (or ``key=``) removes the key, so that a setting the config file (or a built-in config)
+    gives goes back to its default: ``data.canvas=null``, ``data.train_rows=null``. A section's ``name``
+    cannot be removed.
+    """
     cfg = copy.deepcopy(cfg)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -291,9 +310,15 @@ def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 raise ValueError(f"override {item!r}: {'.'.join(parts[:i + 1])} is {node!r}, not a mapping "
                                  "with keys; expected section.key=value")
         try:
-            node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+            value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError as err:
             raise ValueError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(err)})") from None
+        if value is None and len(parts) == 2 and parts[1] == "name" and parts[0] != "train":
+            raise ValueError(f"override {item!r}: {key} cannot be removed; expected a name (foveal list)")
+        if value is None:
+            node.pop(parts[-1], None)  # back to the default
+        else:
+            node[parts[-1]] = value
     return cfg
 
 

@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from foveal.boed.annotate_config import AnnotateConfig, select_indices
+from foveal.boed.annotate_config import AnnotateConfig, check_posterior_settings, select_indices
 from foveal.boed.annotate_folder import (PCAFileStore, assemble, check_run_dir, merge_chunks, merge_folder,
                                          merge_shards, part_done, part_prefix, publish_first_glimpse, publish_part,
                                          read_first_glimpse, run_record, save_sequences)
@@ -68,7 +68,7 @@ from foveal.boed.completion import BankSampler, TrueImage, effective_sample_size
 from foveal.boed.epe import FirstGlimpse, first_glimpse, greedy_sequence
 from foveal.boed.posterior import NetworkPosterior
 from foveal.boed.workers import HOST, ClaimBoard, run_once
-from foveal.checkpoint import checkpoint_paths
+from foveal.checkpoint import checkpoint_paths, read_checkpoint_info
 from foveal.data import build_dataset
 from foveal.data.sequences import GlimpseSequences
 from foveal.models import load_model
@@ -238,6 +238,7 @@ def _annotate(cfg: AnnotateConfig, out_dir: Path, dataset: Any, progress, stop_a
     indices = select_indices(cfg, len(dataset))
     chunks = list(indices.split(cfg.chunk_size))
     posterior_sha, bank_meta = _identity(cfg)
+    check_posterior_settings(cfg, read_checkpoint_info(cfg.posterior))  # its glimpse size, grid and T, or an error
     out_dir.mkdir(parents=True, exist_ok=True)
     images = (int(indices[0]), int(indices[-1]) + 1) if len(indices) else (cfg.start, cfg.start)  # claims: all
     record = run_record(cfg, posterior_sha, bank_meta, images)

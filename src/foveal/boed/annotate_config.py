@@ -17,7 +17,8 @@ from foveal.boed.epe import SearchConfig
 from foveal.boed.posterior import PRECISIONS
 from foveal.retina import LocationGrid
 
-__all__ = ["AnnotateConfig", "select_indices", "SHARD_MODES"]
+__all__ = ["AnnotateConfig", "select_indices", "SHARD_MODES", "GLIMPSE_FIELDS", "posterior_glimpse_settings",
+           "with_posterior_settings", "check_posterior_settings", "grid_words"]
 
 SHARD_MODES = ("round-robin", "contiguous", "claim")
 COMPLETIONS = ("bank", "hindsight")
@@ -43,8 +44,9 @@ class AnnotateConfig:
         share_pca_cells: also write every cell's PCA to the output folder for the other workers (the
             first glimpse's cell always is); ``len(bank) * pca_components * 2`` bytes per cell.
         glimpse_size, grid, grid_stride: the candidate cells, as in ``PosteriorTrainingConfig``
-            (``grid`` cells per axis, or every ``grid_stride`` pixels; neither: stride 1).
-        num_glimpses: T.
+            (``grid`` cells per axis, or every ``grid_stride`` pixels; neither: stride 1). They must be the
+            posterior's (:func:`check_posterior_settings`; ``foveal annotate`` takes them from it when not given).
+        num_glimpses: T, at most the posterior's.
         n_completions: completions per step (the paper: 200).
         first_completions: completions for the task's first glimpse (None: ``n_completions``). It is made
             once per task from prior samples, so many more cost little, and every image's sequence
@@ -206,6 +208,71 @@ class AnnotateConfig:
     @property
     def shard_name(self) -> str:
         return "all" if self.claims else f"shard-{self.shard_index}-of-{self.num_shards}"
+
+
+GLIMPSE_FIELDS = ("glimpse_size", "grid", "grid_stride", "num_glimpses")  # what the posterior was trained for
+
+
+def posterior_glimpse_settings(info: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """``{glimpse_size, grid, grid_stride, num_glimpses}`` a posterior checkpoint was trained with (its
+    ``info["config"]``'s ``algorithm`` section, the defaults of ``PosteriorTrainingConfig`` filling the keys it
+    leaves out); None for a checkpoint that records no posterior training (e.g. made in Python)."""
+    from foveal.training.posterior import PosteriorTrainingConfig
+
+    algorithm = ((info or {}).get("config") or {}).get("algorithm") or {}
+    if algorithm.get("name") != "posterior":
+        return None
+    defaults = PosteriorTrainingConfig()
+    return {k: algorithm.get(k, getattr(defaults, k)) for k in GLIMPSE_FIELDS}
+
+
+def grid_words(settings: dict[str, Any]) -> str:
+    grid, stride = settings.get("grid"), settings.get("grid_stride")
+    if grid is not None:
+        rows, cols = (grid, grid) if isinstance(grid, int) else tuple(grid)
+        return f"grid {rows}x{cols} cells" if rows != cols else f"grid {rows} (cells per axis)"
+    return f"grid_stride {stride or 1}"
+
+
+def with_posterior_settings(given: dict[str, Any], posterior: Optional[dict[str, Any]],
+                            where: str) -> dict[str, Any]:
+    """``given`` (the fields a user set) completed with the posterior's glimpse settings.
+
+    The glimpse size and the grid are the posterior's: a field left out is taken from it, one given with
+    another value is refused. ``num_glimpses`` left out is the posterior's T; given, it may be smaller (the
+    posterior was trained on every t up to T) but not larger. ``where`` names the checkpoint in messages.
+
+    Raises:
+        ValueError: one line naming the field, the value given and the posterior's.
+    """
+    if posterior is None:
+        return dict(given)
+    out = dict(given)
+    size = posterior["glimpse_size"]
+    if given.get("glimpse_size") is None:
+        out["glimpse_size"] = size
+    elif given["glimpse_size"] != size:
+        raise ValueError(f"glimpse_size: {given['glimpse_size']} given, but the posterior {where} was trained on "
+                         f"{size} px glimpses; leave it out to use the posterior's, or train a posterior for it")
+    if given.get("grid") is None and given.get("grid_stride") is None:
+        out["grid"], out["grid_stride"] = posterior["grid"], posterior["grid_stride"]
+    elif grid_words(given) != grid_words(posterior):
+        raise ValueError(f"grid: {grid_words(given)} given, but the posterior {where} was trained on "
+                         f"{grid_words(posterior)}; leave grid and grid_stride out to use the posterior's")
+    T = posterior["num_glimpses"]
+    if given.get("num_glimpses") is None:
+        out["num_glimpses"] = T
+    elif given["num_glimpses"] > T:
+        raise ValueError(f"num_glimpses: {given['num_glimpses']} given, but the posterior {where} was trained on at "
+                         f"most T = {T} glimpses; give at most {T}, or leave it out to use {T}")
+    return out
+
+
+def check_posterior_settings(config: AnnotateConfig, info: dict[str, Any]) -> None:
+    """Refuse a config whose glimpse settings are not those its posterior was trained with
+    (:func:`with_posterior_settings`, every field counted as given)."""
+    given = {k: getattr(config, k) for k in GLIMPSE_FIELDS}
+    with_posterior_settings(given, posterior_glimpse_settings(info), config.posterior)
 
 
 def select_indices(config: AnnotateConfig, split_size: int) -> Tensor:

@@ -23,8 +23,10 @@ EPILOG = """examples:
   foveal train --config ram-cluttered-fashion-mnist train.iterations=2000 model.location_std=0.1
   foveal train --config my.yaml --run-dir runs/mine   (run again to resume after a kill)
   torchrun --nproc-per-node=2 -m foveal train --config demo   one run on 2 processes (data-parallel)
-  foveal evaluate runs/mine/checkpoints/best --test-samples 10
-  foveal list                                      configs, datasets, models, algorithms, policies
+  foveal train --config demo --run-dir runs/photos data.name=imagefolder data.root=photos data.image_size=64
+                                                   your own class folders, resized to 64x64 (data.grayscale=true: 1 channel)
+  foveal evaluate runs/mine --test-samples 10      the run's best checkpoint, into runs/mine/eval-<split>
+  foveal list                                      configs, datasets and their options, models, algorithms, policies
 """
 
 COMMAND_MODULES: tuple[str, ...] = ("foveal.cli.run", "foveal.cli.posterior", "foveal.cli.boed", "foveal.cli.sequences",
@@ -93,6 +95,7 @@ def _one_line(err: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parse(parser, argv)
     if args.version:
         from foveal import __version__
@@ -116,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         status = 2
     except KeyboardInterrupt:
         if not rank:
-            print("\ninterrupted: the last checkpoint is intact; run the same command again to resume", file=sys.stderr)
+            from foveal.cli.common import interrupted_message
+
+            print("\n" + interrupted_message(args, argv), file=sys.stderr)
         status = 130
     if rank is not None:
         from foveal.training import distributed

@@ -67,10 +67,11 @@ def add_parsers(sub) -> None:
     a.add_argument("--prepare-only", action="store_true",
                    help="only prepare the files every worker reads (first glimpse, its cell's PCA), then exit; give "
                         "the workers' settings (for --shard auto workers: --shard-mode claim)")
-    a.add_argument("--glimpse-size", type=int)
-    a.add_argument("--grid", type=int, help="cells per axis, spread evenly")
-    a.add_argument("--grid-stride", type=int, help="cells every GRID_STRIDE pixels (default: 1)")
-    a.add_argument("--num-glimpses", type=int, help="T")
+    a.add_argument("--glimpse-size", type=int, help="default: the posterior's (another value is refused)")
+    a.add_argument("--grid", type=int, help="cells per axis, spread evenly (default: the posterior's grid; another "
+                                            "grid is refused)")
+    a.add_argument("--grid-stride", type=int, help="cells every GRID_STRIDE pixels (default: the posterior's grid)")
+    a.add_argument("--num-glimpses", type=int, help="T (default: the posterior's T; more is refused)")
     a.add_argument("--completions", type=int, dest="n_completions", help="completions per step")
     a.add_argument("--pca-components", type=int)
     a.add_argument("--proposals", type=int, dest="n_proposals")
@@ -167,6 +168,7 @@ def _annotate_config(args):
             raise ValueError(f"--shard: expected I/N with 0 <= I < N (e.g. 0/4), or auto, found {args.shard!r}")
         values["shard_index"], values["num_shards"] = int(i), int(n)
     values.update(key_values(args.overrides, "override"))
+    values = _with_posterior_settings(values)
     if worker is not None:
         values.setdefault("shard_mode", "claim")
         if worker.local_rank is not None:
@@ -174,6 +176,30 @@ def _annotate_config(args):
 
             values["device"] = worker_device(values.get("device", "cpu"), worker.local_rank)
     return AnnotateConfig.from_dict(values), worker
+
+
+def _with_posterior_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """The glimpse size, grid and T the posterior was trained with, where the user set none (an explicit
+    value that differs is refused: :func:`foveal.boed.annotate_config.with_posterior_settings`); says which."""
+    from foveal.boed.annotate_config import grid_words, posterior_glimpse_settings, with_posterior_settings
+    from foveal.checkpoint import checkpoint_paths, read_checkpoint_info
+
+    if values.get("posterior") is None or not checkpoint_paths(values["posterior"])[1].exists():
+        return values  # missing: AnnotateConfig and the annotator say so
+    settings = posterior_glimpse_settings(read_checkpoint_info(values["posterior"]))
+    out = with_posterior_settings(values, settings, values["posterior"])
+    if settings is None:
+        print(f"note: {values['posterior']} records no posterior training settings; glimpse_size, grid and "
+              "num_glimpses are as given (or the defaults)", file=sys.stderr)
+        return out
+    taken = [f"glimpse_size {out['glimpse_size']}"] if values.get("glimpse_size") is None else []
+    if values.get("grid") is None and values.get("grid_stride") is None:
+        taken.append(grid_words(out))
+    if values.get("num_glimpses") is None:
+        taken.append(f"num_glimpses {out['num_glimpses']}")
+    if taken:
+        print(f"from the posterior {values['posterior']}: {', '.join(taken)}", file=sys.stderr)
+    return out
 
 
 def _exit_on_term(signum, frame) -> None:

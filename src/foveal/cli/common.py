@@ -5,7 +5,9 @@ No torch at module level (see :mod:`foveal.cli`).
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ from foveal.runtime import launcher_world_size
 
 __all__ = ["progress_bar", "report", "add_training_arguments", "config_and_run_dir", "run_training", "policy_help",
            "add_device_argument", "checked_device", "add_data_arguments", "build_split",
-           "key_values"]
+           "key_values", "last_iteration", "interrupted_message"]
 
 
 def progress_bar(quiet: bool, unit: str = "it", show: tuple[str, ...] = ("loss", "ce", "accuracy", "val/accuracy")
@@ -58,23 +60,113 @@ def run_training(cfg: dict, run_dir: Path, quiet: bool) -> dict | None:
 
     bar, close = progress_bar(quiet)
     started = []
+    resumed = last_iteration(run_dir)
+
+    notes: list[str] = []  # warnings about the built experiment, shown once it trains (a refused start: its error alone)
 
     def progress(done: int, total: int, logs: Optional[dict] = None) -> None:
         if not started:
             started.append(True)
-            print(f"run folder: {run_dir}", file=sys.stderr)
+            print(f"run folder: {run_dir}" + ("" if resumed is None else f"; resuming from iteration {resumed}"),
+                  file=sys.stderr)
+            for line in notes:
+                print(line, file=sys.stderr)
         if bar is not None:
             bar(done, total, logs)
 
     try:
-        results = train_run(cfg, run_dir, progress=progress)
+        results = train_run(cfg, run_dir, progress=progress, on_built=lambda exp: notes.extend(warnings_about(exp)))
     finally:
         close()
     return results
 
 
+SMALL_GLIMPSE = 0.01  # share of the image area under which a glimpse (all its scales) is warned about
+
+
+def warnings_about(exp) -> list[str]:
+    """Warnings about a run that builds but may not be what the user meant: glimpses whose largest scale covers
+    under 1 % of the image (8 px on 224 px images see almost nothing), classes a val or test split lacks, grey
+    images read as RGB."""
+    from foveal.recipes.run import glimpse_extent
+
+    lines = []
+    train = exp.data["train"]
+    _, H, W = train.image_shape
+    extent = glimpse_extent(exp.model)
+    if extent is not None:
+        side, size, scales = extent
+        share = min(side, H) * min(side, W) / (H * W)
+        if share < SMALL_GLIMPSE:
+            lines.append(f"warning: a glimpse sees {side}x{side} px ({size} px, {scales} scale{'s' * (scales > 1)}) "
+                         f"of the {H}x{W} images, {100 * share:.2g} % of their area; raise model.glimpse_size or "
+                         "model.num_scales, or set data.image_size, if that is too little")
+    for split in ("val", "test"):
+        data = exp.data.get(split)
+        labels, names = getattr(data, "labels", None), getattr(data, "class_names", None)
+        if labels is None or names is None or len(labels) != len(data):
+            continue
+        missing = sorted(set(range(len(names))) - {int(v) for v in labels})
+        if missing:
+            listed = ", ".join(names[c] for c in missing[:5]) + (f" and {len(missing) - 5} more" * (len(missing) > 5))
+            lines.append(f"note: the {split} split has no image of {len(missing)} of the {len(names)} classes "
+                         f"({listed}): too few images for the dataset's split rule (foveal.data), so its accuracy "
+                         "says nothing about them")
+    folder = getattr(train, "base", train)  # Rows: the split inside
+    reference = getattr(folder, "reference", None)
+    if getattr(folder, "mode", None) == "RGB" and reference is not None and "grayscale" in _dataset_options(folder):
+        from PIL import Image
+
+        with Image.open(reference) as image:  # reads the header only
+            grey = image.mode in ("1", "L", "LA", "I", "I;16", "F")
+        if grey:
+            lines.append(f"note: {reference} is a grey image, read as 3 equal channels like every image of "
+                         f"{folder.name} (data.grayscale: false, the default, keeps colour images of a mixed "
+                         "folder); set data.grayscale=true to read every image as 1 grey channel")
+    return lines
+
+
+def _dataset_options(dataset) -> list[str]:
+    from foveal.data import dataset_options
+
+    try:
+        return dataset_options(dataset.name)
+    except ValueError:
+        return []
+
+
+def last_iteration(run_dir: Path) -> Optional[int]:
+    """The iteration of ``run_dir``'s last checkpoint, or None (none, or unreadable)."""
+    from foveal.checkpoint import checkpoint_paths
+
+    try:
+        return int(json.loads(checkpoint_paths(Path(run_dir) / "checkpoints" / "last")[1].read_text())["iteration"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def interrupted_message(args, argv: list[str]) -> str:
+    """What Ctrl-C leaves: for a training command, whether its run folder can resume, and the command that
+    resumes it (``argv`` with ``--run-dir`` set to the folder it used: without it, a new folder is made)."""
+    run_dir = getattr(args, "used_run_dir", None)
+    if run_dir is None:
+        # compare, annotate, train-saccader: their folders do not depend on the time; they resume by themselves
+        return "interrupted: the last checkpoint is intact; run the same command again to resume"
+    iteration = last_iteration(run_dir)
+    if iteration is None:
+        return (f"interrupted before the first checkpoint: {run_dir} holds nothing to resume "
+                "(the same command starts the run from iteration 0)")
+    command = list(argv)
+    if not any(a == "--run-dir" or a.startswith("--run-dir=") for a in command):
+        command[1:1] = ["--run-dir", str(run_dir)]  # after the command's name
+    launcher = "torchrun <the same torchrun options> -m foveal" if launcher_world_size() > 1 else "foveal"
+    return (f"interrupted: the last checkpoint ({run_dir}, iteration {iteration}) is intact; to resume, run: "
+            f"{launcher} {shlex.join(command)}")
+
+
 def report(results: dict, out_dir: Path) -> None:
-    print(f"test accuracy: {results['test_accuracy']:.4f}  (error {100 * results['test_error']:.2f} %, "
+    # results.json keeps the names test_accuracy / test_error whatever the split (its format); the line says which
+    print(f"{results['split']} accuracy: {results['test_accuracy']:.4f}  (error {100 * results['test_error']:.2f} %, "
           f"{results['num_images']} {results['split']} images of {results['dataset']}, "
           f"{results['num_glimpses']} glimpses)")
     per = " ".join(f"{a:.3f}" for a in results["accuracy_per_glimpse"])
@@ -125,7 +217,8 @@ def add_training_arguments(parser, *, default_config: str) -> None:
     add_device_argument(parser, "the config's train.device; sets it")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="config overrides, e.g. train.iterations=500")
+                        help="config overrides, e.g. train.iterations=500; section.key=null removes a key the "
+                             "config sets (back to its default), e.g. data.train_rows=null")
 
 
 def config_and_run_dir(args) -> tuple[dict, Path]:
@@ -142,6 +235,7 @@ def config_and_run_dir(args) -> tuple[dict, Path]:
         from foveal.training.distributed import all_gather_objects
 
         run_dir = all_gather_objects(run_dir)[0]  # torchrun: rank 0's clock names the one folder of every rank
+    args.used_run_dir = run_dir  # for the message after Ctrl-C (foveal.cli.main)
     return cfg, run_dir
 
 

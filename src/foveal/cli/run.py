@@ -17,7 +17,8 @@ def add_parsers(sub) -> None:
     t.set_defaults(handler=_train)
 
     e = sub.add_parser("evaluate", help="test a checkpoint: accuracy, accuracy per glimpse, glimpse figures")
-    e.add_argument("checkpoint", help="checkpoint prefix, e.g. runs/x/checkpoints/best")
+    e.add_argument("checkpoint", help="checkpoint prefix, e.g. runs/x/checkpoints/best, or a run folder (its best "
+                                      "checkpoint)")
     e.add_argument("--split", choices=["train", "val", "test"], help="default: the run's evaluate.split")
     e.add_argument("--out", type=Path, help="output folder (default: <run>/eval-<split>)")
     e.add_argument("--test-samples", type=int, help="Monte-Carlo rollouts averaged per image")
@@ -54,6 +55,7 @@ def _demo(args) -> int:
     if checked_device(args.device) is not None:
         extra.append(f"train.device={args.device}")
     cfg = apply_overrides(load_config("demo"), extra)
+    args.used_run_dir = args.run_dir  # for the message after Ctrl-C (foveal.cli.main)
     results = run_training(cfg, args.run_dir, args.quiet)
     if results:
         report(results, args.run_dir)
@@ -63,15 +65,26 @@ def _demo(args) -> int:
 def _evaluate(args) -> int:
     from foveal.recipes.run import evaluate_run
 
+    from foveal.checkpoint import checkpoint_paths, read_checkpoint_info
+
     device = checked_device(args.device)
     checkpoint = Path(args.checkpoint)
+    if checkpoint.is_dir() and not checkpoint_paths(checkpoint)[1].exists():  # a run folder: its best checkpoint
+        checkpoint = checkpoint / "checkpoints" / "best"
+        if not checkpoint_paths(checkpoint)[1].exists():
+            raise FileNotFoundError(f"{args.checkpoint}: a folder without checkpoints/best.json; expected a run folder "
+                                    "that has validated once, or a checkpoint prefix such as RUN/checkpoints/last")
     overrides = {}
     if args.test_samples is not None:
         overrides["test_samples"] = args.test_samples
     if args.policy:
         overrides["eval_policy"] = args.policy
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    out = args.out or run_dir / f"eval-{args.split or 'default'}"
+    split = args.split
+    if split is None and args.out is None:  # the folder is named after the split the run's config chooses
+        config = read_checkpoint_info(checkpoint).get("config") or {}
+        split = (config.get("evaluate") or {}).get("split", "test")
+    out = args.out or run_dir / f"eval-{split}"
     results = evaluate_run(checkpoint, out, split=args.split, overrides=overrides, repeats=args.repeats,
                            device=device)
     report(results, out)
@@ -80,14 +93,20 @@ def _evaluate(args) -> int:
 
 def _list(args) -> int:
     from foveal.config import builtin_configs
-    from foveal.data import dataset_names
+    from foveal.data import DATASET_PATTERNS, dataset_names, dataset_options
     from foveal.models import list_models
     from foveal.policies import describe_policies
     from foveal.training.algorithms import algorithm_names
 
-    for title, names in (("configs", builtin_configs()), ("datasets", dataset_names()), ("models", list_models()),
+    for title, names in (("configs", builtin_configs()), ("models", list_models()),
                          ("algorithms", algorithm_names())):
         print(f"{title}: {', '.join(names)}")
+    print("datasets (data.name), with their options (data.<option>=...; see help(foveal.data)):")
+    for name in dataset_names():
+        print(f"  {name:<18} {', '.join(dataset_options(name)) or '-'}")
+    for pattern in DATASET_PATTERNS:
+        placed = dataset_options(pattern.replace("<base>", "mnist5k"))  # mnist5k has no options of its own
+        print(f"  {pattern:<18} {', '.join(placed)} (and the base's)")
     print("policies:")
     for name, summary in describe_policies():
         print(f"  {name:<15} {summary}")

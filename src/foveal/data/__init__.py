@@ -51,7 +51,7 @@ from foveal.data.imagefolder import build_imagefolder
 from foveal.data.mnist import build_fashion_mnist, build_mnist, build_mnist5k
 from foveal.data.synthetic import PlacedDataset
 
-__all__ = ["build_dataset", "dataset_names", "register_dataset", "DataError", "FovealDataset", "FolderDataset",
+__all__ = ["build_dataset", "dataset_names", "dataset_options", "register_dataset", "DataError", "FovealDataset", "FolderDataset",
            "PlacedDataset", "CELEBA_ATTRIBUTES", "DATASET_PATTERNS"]
 
 Builder = Callable[..., FovealDataset]
@@ -82,9 +82,22 @@ def dataset_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def dataset_options(name: str) -> list[str]:
+    """The options ``build_dataset(name, ...)`` takes besides ``root`` and ``seed`` (``data.<option>`` in a
+    config), e.g. ``["image_size", "grayscale"]`` for ``imagefolder``; ``translated-`` / ``cluttered-`` names
+    add their placement options to the base's."""
+    kind, _, base_name = name.partition("-")
+    if kind in _PLACED_OPTIONS and base_name:
+        return [*_PLACED_OPTIONS[kind], *dataset_options(base_name)]
+    if name not in _REGISTRY:
+        raise DataError(f"dataset name: expected one of {dataset_names()} or translated-<name> / cluttered-<name>, "
+                        f"found {name!r}")
+    return [p.name for p in inspect.signature(_REGISTRY[name]).parameters.values()
+            if p.kind is p.KEYWORD_ONLY and p.name not in ("root", "seed")]
+
+
 def _check_options(name: str, builder: Builder, options: dict[str, Any]) -> None:
-    accepted = [p.name for p in inspect.signature(builder).parameters.values()
-                if p.kind is p.KEYWORD_ONLY and p.name not in ("root", "seed")]
+    accepted = dataset_options(name)
     for key in options:
         if key not in accepted:
             raise DataError(f"{name}: option {key!r}: expected one of {accepted or 'no options'}, found {key!r}")

@@ -229,7 +229,8 @@ class FolderDataset(FovealDataset):
         if (image.height, image.width) != self.image_shape[1:]:
             h, w = self.image_shape[1:]
             raise DataError(f"{path}: expected the size of {self.reference} ({h}x{w}, H x W), "
-                            f"found {image.height}x{image.width}; pass image_size= to resize all images")
+                            f"found {image.height}x{image.width}; set the option image_size (data.image_size=64 in a "
+                            "run config or override, --option image_size=64) to resize every image")
         return image
 
     def load(self, index: int) -> torch.Tensor:

@@ -12,8 +12,10 @@ model into ``{"name": ..., "config": {...}}`` (JSON), which checkpoints store so
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
-from typing import Any, Callable
+import sys
+from typing import Any, Callable, Optional
 
 from torch import nn
 
@@ -55,13 +57,23 @@ def create_model(name: str, **config: Any) -> nn.Module:
     try:
         model = _BUILDERS[name](**config)
     except TypeError as error:  # a config dataclass refusing a keyword: say which, for which model
-        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+        unknown = re.search(r"(?:(\w+)\.__init__\(\) got an |)unexpected keyword argument '(\w+)'", str(error))
         if unknown is None:
             raise
-        raise ValueError(f"model.{unknown.group(1)}: not a setting of model {name!r} (settings do not carry over "
-                         f"from one model to another; drop it from the config)") from error
+        key, fields = unknown.group(2), _config_fields(_BUILDERS[name], unknown.group(1))
+        close = difflib.get_close_matches(key, fields, n=1)
+        hint = f"; did you mean model.{close[0]}?" if close else ""
+        from_data = ("in_channels", "num_classes", "image_size")  # set from the data, never in a config
+        known = f"; expected some of {sorted(f for f in fields if f not in from_data)}" if fields else ""
+        raise ValueError(f"model.{key}: unknown setting of model {name!r}{hint}{known}") from None
     model.registry_name = name
     return model
+
+
+def _config_fields(builder: Callable[..., nn.Module], class_name: Optional[str]) -> list[str]:
+    """The settings of the config dataclass ``class_name`` that ``builder`` builds (found in its module); [] if unknown."""
+    cls = vars(sys.modules.get(builder.__module__, object)).get(class_name or "")
+    return [f.name for f in dataclasses.fields(cls) if f.init] if dataclasses.is_dataclass(cls) else []
 
 
 def model_spec(model: nn.Module) -> dict[str, Any]:

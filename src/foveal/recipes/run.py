@@ -14,8 +14,15 @@ recipe and benchmark calls, so that every number foveal reports is made by the s
 Nothing is written before the config is known to be runnable: every section is checked, the data,
 model and algorithm are built and their geometry checked against each other (:func:`check_experiment`)
 before ``config.yaml`` is saved, so a mistake caught at the start leaves the folder as it was and
-the corrected command can use it. A folder that holds a ``config.yaml`` but no checkpoint yet (a run
-that failed before its first checkpoint) takes the new config too.
+the corrected command can use it. What fails later but before the first iteration has run (a corrupt
+image in the first batch, a sequence file the algorithm checks as it reads, a ``last`` checkpoint that
+does not load, Ctrl-C) is undone (:class:`foveal.runfolder.FolderStart`): the folder is left exactly as
+it was, byte for byte, or not there if it was not. A folder that holds a ``config.yaml`` but no
+checkpoint yet (a run that failed before its first checkpoint) takes the new config too.
+
+One process writes a run folder at a time: :func:`train_run` and :func:`evaluate_run` lock it
+(:func:`foveal.runfolder.hold`, an operating-system lock released when the process ends), and a second
+process is refused, naming the first (host, pid).
 
 Under torchrun (``torchrun --nproc-per-node=N -m foveal train ...``, :mod:`foveal.training.distributed`)
 every process runs :func:`train_run` on the same config: each checks and builds the same experiment,
@@ -31,7 +38,9 @@ algorithm's grid (records/posterior_curves_<split>.json, figures/posterior_curve
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,19 +50,20 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
-from foveal import __version__
+from foveal import __version__, runfolder
 from foveal.checkpoint import atomic_write, checkpoint_paths, load_checkpoint
-from foveal.config import EvaluateConfig, check_fields, check_value, config_differences, dump_config, section_config, \
+from foveal.config import EvaluateConfig, as_section, check_fields, check_value, config_differences, dump_config, section_config, \
     split_name
-from foveal.data import build_dataset
+from foveal.data import build_dataset, dataset_options
 from foveal.data.base import Rows
 from foveal.evaluation import plots
 from foveal.evaluation.boed_plots import plot_posterior_curves
 from foveal.evaluation.collect import collect_glimpses, make_figures, record_metrics, save_record
 from foveal.evaluation.posterior_curves import posterior_curves
 from foveal.models import create_model, list_models, load_model, model_spec
+from foveal.runfolder import FolderStart
 from foveal.training import TrainConfig, distributed, evaluate, fit
-from foveal.training.algorithms import build_algorithm
+from foveal.training.algorithms import algorithm_config_class, build_algorithm
 from foveal.training.base import PolicyEvaluation
 
 
@@ -81,10 +91,31 @@ def build_data(cfg: dict[str, Any], splits: tuple[str, ...]) -> dict[str, Datase
     if rows is not None and not (isinstance(rows, (list, tuple)) and len(rows) == 2 and all(
             v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in rows) and rows[0] is not None):
         raise ValueError(f"data.train_rows: expected [start, stop] (integers; stop null for the end), found {rows!r}")
+    check_data_options(name, settings)
     data = {s: build_dataset(name, s, root=root, seed=seed, **settings) for s in splits}
     if rows is not None and "train" in data:
+        n = len(data["train"])
+        stop = n if rows[1] is None else rows[1]
+        if not 0 <= rows[0] < stop <= n:
+            raise ValueError(f"data.train_rows: expected [start, stop] with 0 <= start < stop <= {n}, the size of "
+                             f"the train split of {data['train'].name}, found {list(rows)} (data.train_rows=null "
+                             "removes it)")
         data["train"] = Rows(data["train"], rows[0], rows[1])
     return data
+
+
+def check_data_options(name: str, settings: dict[str, Any]) -> None:
+    """``data.<key>`` is an option of dataset ``name`` (or an error naming it, with the closest one)."""
+    try:
+        accepted = dataset_options(name)
+    except ValueError as err:
+        raise ValueError(f"data.name: {err}") from None
+    for key in settings:
+        if key not in accepted:
+            close = difflib.get_close_matches(str(key), [*accepted, "root", "seed", "train_rows"], n=1)
+            hint = f"did you mean data.{close[0]}? " if close else ""
+            raise ValueError(f"data.{key}: unknown option of dataset {name}; {hint}expected some of "
+                             f"{['root', 'seed', 'train_rows', *accepted]}")
 
 
 def build_model(cfg: dict[str, Any], dataset: Dataset) -> torch.nn.Module:
@@ -93,7 +124,10 @@ def build_model(cfg: dict[str, Any], dataset: Dataset) -> torch.nn.Module:
         if key in settings:
             raise ValueError(f"model.{key}: comes from the data ({dataset.name}), remove it from the config")
     C, H, W = dataset.image_shape
-    return create_model(name, in_channels=C, num_classes=dataset.num_classes, image_size=(H, W), **settings)
+    try:
+        return create_model(name, in_channels=C, num_classes=dataset.num_classes, image_size=(H, W), **settings)
+    except ValueError as err:  # a model config's own check names e.g. RAMConfig.core: say model.core, as typed
+        raise ValueError(re.sub(r"^[A-Z]\w*Config(?=[.:])", "model", str(err))) from None
 
 
 def build_algorithm_of(cfg: dict[str, Any]) -> Any:
@@ -104,6 +138,8 @@ def build_algorithm_of(cfg: dict[str, Any]) -> Any:
         algorithm = build_algorithm(name, **settings)
     except TypeError as err:  # a config dataclass comparing a value of the wrong type
         raise ValueError(f"algorithm {name!r}: a setting has the wrong type ({err}); settings: {settings}") from None
+    except ValueError as err:  # the config dataclass's own check names ClassName.field: say algorithm.field
+        raise ValueError(as_section(str(err), algorithm_config_class(name), "algorithm")) from None
     if dataclasses.is_dataclass(getattr(algorithm, "config", None)):
         check_fields(algorithm.config, "algorithm")
     return algorithm
@@ -143,6 +179,17 @@ def check_experiment(exp: Experiment, train_cfg: TrainConfig) -> None:
     if len(train_set) < train_cfg.batch_size:
         raise ValueError(f"train.batch_size: expected at most the {len(train_set)} images of the train split of "
                          f"{train_set.name}, found {train_cfg.batch_size}")
+
+
+def glimpse_extent(model: torch.nn.Module) -> Optional[tuple[int, int, int]]:
+    """``(side of the largest scale in px, glimpse_size, num_scales)`` of a glimpse model whose config has a
+    ``glimpse_size`` (RAM, DRAM and their kin; scale k covers ``glimpse_size * scale_factor**k``); else None."""
+    config = getattr(model, "config", None)
+    size = getattr(config, "glimpse_size", None)
+    if not isinstance(size, int):
+        return None
+    scales, factor = int(getattr(config, "num_scales", 1)), int(getattr(config, "scale_factor", 2))
+    return size * factor ** (scales - 1), size, scales
 
 
 def check_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
@@ -203,7 +250,7 @@ def longer_constant_run(old: dict[str, Any], new: dict[str, Any]) -> bool:
 
 def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable] = None,
               stop_after: Optional[int] = None, init_from: Optional[str | Path] = None,
-              test: bool = True) -> Optional[dict[str, Any]]:
+              test: bool = True, on_built: Optional[Callable[[Experiment], None]] = None) -> Optional[dict[str, Any]]:
     """Train (resuming if the folder has a last checkpoint), then evaluate the best checkpoint.
 
     The global RNG is seeded with ``train.seed`` before the model is built, so that seeds differ in
@@ -215,6 +262,8 @@ def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable
         init_from: checkpoint whose weights a fresh run starts from (a later stage of a multi-stage
             recipe); a resumed run loads its own last checkpoint over them, as ``fit`` always does.
         test: evaluate the best checkpoint on ``evaluate.split`` afterwards; False only trains (and validates).
+        on_built: called with the checked experiment before anything is written (rank 0), e.g. for the CLI's
+            warnings about it.
 
     Returns the results dict (also written to ``results.json``), or None if ``stop_after`` stopped
     the run early or ``test`` is False, and on every rank but 0 of a data-parallel run.
@@ -224,10 +273,46 @@ def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable
     train_cfg, eval_cfg = check_run_config(cfg)
     distributed.local_batch_size(train_cfg.batch_size, "train.batch_size")  # one share per process of each batch
     distributed.device(train_cfg.device)  # a device this machine lacks: refused before anything is built
+    start = FolderStart(run_dir) if world.main else None
+    took = False
+    try:
+        took = hold_run_dir(run_dir)
+        return _train_run(cfg, run_dir, train_cfg, eval_cfg, start, progress, stop_after, init_from, test, on_built)
+    except BaseException:
+        if start is not None:
+            start.undo()  # a start that failed (or was interrupted) before its first iteration leaves no trace
+        raise
+    finally:
+        if took:
+            runfolder.release(run_dir)  # written: another process may continue it now
+
+
+def hold_run_dir(run_dir: Path) -> bool:
+    """Rank 0 locks the folder (:func:`foveal.runfolder.hold`; True if it took the lock); every rank raises if
+    it could not, so that no rank waits for a rank that has given up."""
+    problem, took = None, False
+    if distributed.world().main:
+        try:
+            took = runfolder.hold(run_dir)
+        except ValueError as err:
+            problem = str(err)
+    problem = distributed.all_gather_objects(problem)[0]
+    if problem is not None:
+        raise ValueError(problem)
+    return took
+
+
+def _train_run(cfg: dict[str, Any], run_dir: Path, train_cfg: TrainConfig, eval_cfg: EvaluateConfig,
+               start: Optional[FolderStart], progress: Optional[Callable], stop_after: Optional[int],
+               init_from: Optional[str | Path], test: bool,
+               on_built: Optional[Callable[[Experiment], None]]) -> Optional[dict[str, Any]]:
+    world = distributed.world()
     check_run_dir(cfg, run_dir)
     torch.manual_seed(train_cfg.seed)
     exp = build_experiment(cfg) if test else build_experiment(cfg, ("train", "val"))
     check_experiment(exp, train_cfg)
+    if on_built is not None and world.main:
+        on_built(exp)
     prepare = getattr(exp.algorithm, "prepare", None)
     train_set = prepare(exp.data["train"]) if prepare is not None else exp.data["train"]
     if init_from is not None:
@@ -236,8 +321,17 @@ def train_run(cfg: dict[str, Any], run_dir: Path, *, progress: Optional[Callable
             "init_from": None if init_from is None else str(init_from), "world_size": world.size}
     if world.main:
         prepare_run_dir(cfg, run_dir)  # only now: the config is known to build
+
+    def started(done: int, total: int, logs: Optional[dict] = None) -> None:
+        if start is not None:
+            start.done()  # an iteration has run: the folder is this run's now
+        if progress is not None:
+            progress(done, total, logs)
+
     result = fit(exp.model, exp.algorithm, train_set, exp.data["val"], train_cfg, run_dir,
-                 info=info, progress=progress, stop_after=stop_after)
+                 info=info, progress=started, stop_after=stop_after)
+    if start is not None:
+        start.done()
     results = None
     if (result.iterations == train_cfg.iterations or result.settled) and test and world.main:
         training = {"iterations": result.iterations, "settled": result.settled, "patience": train_cfg.patience,
@@ -310,12 +404,12 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
     if training:
         results["training"] = training
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / "results.json", json.dumps(results, indent=2).encode())
-    record_path = save_record(record, model, dataset, out_dir / "records" / f"glimpses_{split}.npz")
-    if eval_cfg.figures:
-        results["figures"] = [str(p) for p in make_figures(record_path, out_dir)]
+    with runfolder.holding(out_dir):  # one writer (inside train_run, which holds it already: nothing to do)
         atomic_write(out_dir / "results.json", json.dumps(results, indent=2).encode())
+        record_path = save_record(record, model, dataset, out_dir / "records" / f"glimpses_{split}.npz")
+        if eval_cfg.figures:
+            results["figures"] = [str(p) for p in make_figures(record_path, out_dir)]
+            atomic_write(out_dir / "results.json", json.dumps(results, indent=2).encode())
     return results
 
 
@@ -342,7 +436,11 @@ def _write_posterior_results(results: dict[str, Any], out_dir: Path, split: str,
                              training: Optional[dict[str, Any]]) -> dict[str, Any]:
     if training:
         results["training"] = training
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with runfolder.holding(out_dir):
+        return _write_posterior_files(results, out_dir, split, cfg)
+
+
+def _write_posterior_files(results: dict[str, Any], out_dir: Path, split: str, cfg: dict[str, Any]) -> dict[str, Any]:
     record = out_dir / "records" / f"posterior_curves_{split}.json"
     record.parent.mkdir(parents=True, exist_ok=True)
     keys = ("dataset", "split", "num_images", "num_glimpses", "grid", "curves", "checkpoint")

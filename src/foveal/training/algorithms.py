@@ -8,6 +8,7 @@ Each entry is an algorithm class and the frozen dataclass of its settings; the e
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import Any
 
 from foveal.training.base import check_algorithm
@@ -20,7 +21,7 @@ from foveal.training.saccader import (LocationConfig, LocationPretraining, Repre
 from foveal.training.salience_pretraining import SaliencePretraining, SaliencePretrainingConfig
 from foveal.training.wake_sleep import WakeSleep, WakeSleepConfig
 
-__all__ = ["register_algorithm", "algorithm_names", "build_algorithm"]
+__all__ = ["register_algorithm", "algorithm_names", "build_algorithm", "algorithm_config_class"]
 
 _ALGORITHMS: dict[str, tuple[type, type]] = {}
 
@@ -38,15 +39,23 @@ def algorithm_names() -> list[str]:
     return sorted(_ALGORITHMS)
 
 
+def algorithm_config_class(name: str) -> type:
+    """The settings dataclass of algorithm ``name`` (``object`` for an unknown name)."""
+    return _ALGORITHMS[name][1] if name in _ALGORITHMS else object
+
+
 def build_algorithm(name: str, **settings: Any):
     """An algorithm from its name and settings; unknown settings are an error naming them."""
     if name not in _ALGORITHMS:
         raise ValueError(f"algorithm.name: expected one of {algorithm_names()}, found {name!r}")
     cls, config_cls = _ALGORITHMS[name]
     fields = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = set(settings) - fields
+    unknown = sorted(set(settings) - fields)
     if unknown:
-        raise ValueError(f"algorithm {name!r}: unknown setting(s) {sorted(unknown)}; expected some of {sorted(fields)}")
+        close = difflib.get_close_matches(unknown[0], list(fields), n=1)
+        hint = f"did you mean algorithm.{close[0]}? " if close else ""
+        raise ValueError(f"algorithm.{unknown[0]}: unknown setting of algorithm {name!r}; {hint}"
+                         f"expected some of {sorted(fields)}")
     algorithm = cls(config_cls(**settings))
     check_algorithm(algorithm, f"algorithm {name!r}")
     return algorithm

@@ -32,6 +32,7 @@ run resumes exactly with the same number of processes, and is refused with anoth
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 import time
@@ -345,7 +346,10 @@ def _validate(model: nn.Module, algorithm: Algorithm, val_set: Dataset, config: 
 
 def _resume(last_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, window: LogWindow,
             config: TrainConfig, device: torch.device) -> _RunState:
-    ckpt = load_checkpoint(last_path, model=model, optimizer=optimizer, restore_rng=True)  # rank 0's RNG states
+    try:
+        ckpt = load_checkpoint(last_path, model=model, optimizer=optimizer, restore_rng=True)  # rank 0's RNG states
+    except (ValueError, OSError) as err:
+        raise ValueError(f"{err}; this run cannot resume from it: {_way_forward(last_path)}") from None
     extra = ckpt.extra_state
     world = distributed.world()
     saved_world = int(extra.get("world_size", 1))
@@ -384,6 +388,18 @@ def _improved(extra: dict[str, Any], config: TrainConfig) -> dict[str, list]:
     if extra.get("best_iteration") is None:
         return {}
     return {config.monitor: [extra["best_value"], extra["best_iteration"]]}
+
+
+def _way_forward(last_path: Path) -> str:
+    """What to do when ``last`` does not load: the state of ``best``, and which files to remove to start over."""
+    best = last_path.with_name("best")
+    over = f"remove last.json and last.safetensors from {last_path.parent} to train this run again from iteration 0"
+    try:
+        iteration = int(json.loads(checkpoint_paths(best)[1].read_text())["iteration"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"There is no readable best checkpoint either: {over}, or use a new --run-dir"
+    return (f"best.* (iteration {iteration}) is intact (foveal evaluate {best}); {over} (best is then "
+            "overwritten by the new run), or use a new --run-dir")
 
 
 def _build_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:

@@ -86,6 +86,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -104,6 +105,20 @@ __all__ = ["PartialSupervisionConfig", "PartialSupervision", "FixedShareDataset"
 
 
 WEIGHTINGS = ("official", "per-example")  # how the terms of Eq. 8 are weighed in a batch (module docstring)
+
+
+def record_name(seqs: GlimpseSequences, n: int, t: int) -> str:
+    """Where glimpse ``t`` of record ``n`` of a sequence file is, in words a user can find it by: the record
+    and image, and for a file imported from the released text format, the text file and line it came from."""
+    index = int(seqs.indices[n])
+    image = f"image index {index}" + (f", id {seqs.ids[n]}" if seqs.ids else "")
+    where = f"record {n} ({image}), glimpse {t} (both counted from 0)"
+    released = seqs.provenance.get("released") if isinstance(seqs.provenance, dict) else None
+    if isinstance(released, dict) and str(index) in (released.get("files") or {}):
+        first_line = 2 if (released.get("layout") or {}).get("path_line") == "first" else 1
+        folder = Path(str(seqs.provenance.get("imported_from", "")))
+        where += f"; imported from {folder / released['files'][str(index)]}, line {first_line + t}"
+    return where
 
 
 @dataclass(frozen=True)
@@ -356,8 +371,8 @@ class PartialSupervision(PolicyEvaluation):
         off = (snapped - locations).abs().amax(-1) > 1e-4  # [N, T]
         if off.any() and self.config.off_grid == "error":
             n, t = (int(v) for v in off.nonzero()[0])
-            raise ValueError(f"{seqs.source}: glimpse {t} of image {int(seqs.indices[n])} (top-left "
-                             f"{seqs.corners[n, t].tolist()}) is not a cell of the model's grid (rows {grid.rows[:4]}..., "
-                             f"cols {grid.cols[:4]}..., {grid.glimpse_size} px); make the model's grid match the "
-                             "file's, or set algorithm.off_grid=snap")
+            raise ValueError(f"{seqs.source}: {record_name(seqs, n, t)}: top-left {seqs.corners[n, t].tolist()} is "
+                             f"not a cell of the model's grid (rows {grid.rows[:4]}..., cols {grid.cols[:4]}..., "
+                             f"{grid.glimpse_size} px); make the model's grid match the file's, or set "
+                             "algorithm.off_grid=snap")
         self._checked_models.add(id(model))
