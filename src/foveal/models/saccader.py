@@ -98,6 +98,11 @@ class SaccaderCell(nn.Module):
         super().__init__()
         self.a = nn.Parameter(torch.randn(dim))
 
+    def macs(self, inputs: tuple[Tensor, Tensor], output: Tensor) -> int:
+        """Multiply-adds of one call (:mod:`foveal.evaluation.cost`): the three ``G x d`` products of Eq. 1-3."""
+        mixed = inputs[0]
+        return 3 * mixed.numel()
+
     def forward(self, mixed: Tensor, visited: Tensor) -> Tensor:
         """mixed: ``[B, d, h, w]``; visited: ``[B, G]`` 0/1 -> ``R [B, G]`` (visited cells at -1e5)."""
         feats = mixed.flatten(2)  # [B, d, G]
