@@ -8,6 +8,7 @@ One step t = 0..T-1 of :meth:`RAM.rollout`::
     g_t   = glimpse_net(retina(x, l_t), l_t)
     h_t   = core(g_t, h_{t-1})               # RNN (ReLU) / GRU / LSTM
     y_t   = classifier(h_t)                  # logits; y_{T-1} is the prediction
+    s_t   = stop_net(sg[h_t])                # only with stop_head: the stop action's logit (DT-RAM)
 
 ``h_{-1} = 0``, so the first location is learned but does not depend on the image (nothing seen yet).
 
