@@ -58,7 +58,7 @@ def exit_summary(glimpses: np.ndarray, correct: np.ndarray, area: np.ndarray, ma
 def budget_evaluation(model: nn.Module, dataset: Dataset, *, rule: str, thresholds: Sequence[float],
                       max_glimpses: int, policy: Optional[Callable] = None, batch_size: int = 250,
                       device: str | torch.device = "cpu", limit: Optional[int] = None, seed: int = 0,
-                      label: Optional[str] = None) -> dict[str, Any]:
+                      label: Optional[str] = None, fixed_curve: bool = True) -> dict[str, Any]:
     """Fixed-T and early-exit numbers of ``model`` under ``policy`` (default greedy) on ``dataset``.
 
     Args:
@@ -66,6 +66,7 @@ def budget_evaluation(model: nn.Module, dataset: Dataset, *, rule: str, threshol
         max_glimpses: T, the most glimpses an image may take.
         limit: the first ``limit`` items only (None: all).
         seed: torch is seeded before every pass, so that a random policy draws the same in each.
+        fixed_curve: also make the fixed-T curve (one more pass); False leaves ``fixed`` empty.
 
     Returns:
         ``{"label", "rule", "max_glimpses", "cost", "fixed": [per t], "exit": [per threshold]}`` (module
@@ -97,15 +98,18 @@ def budget_evaluation(model: nn.Module, dataset: Dataset, *, rule: str, threshol
             yield ro, labels
 
     correct_t, area_t = [], []
-    for ro, labels in passes(None):
+    for ro, labels in passes(None) if fixed_curve else ():
         correct_t.append((ro.logits.argmax(-1) == labels[:, None]).cpu())  # [B, T]
         B, T = ro.locations.shape[:2]
         single = observation_mask(ro.locations.reshape(B * T, 1, 2), image_size, size).view(B, T, -1)
         union = single.cummax(1).values.sum(-1).double() / (image_size[0] * image_size[1])
         area_t.append(union.cpu())  # [B, T] fraction inside the union of the first t patches
-    correct, area = torch.cat(correct_t).numpy(), torch.cat(area_t).numpy()  # means as in exit_summary
-    fixed = [{"glimpses": t + 1, "accuracy": float(np.mean(correct[:, t])), "area": float(np.mean(area[:, t])),
-              "macs_per_image": cost["fixed_macs"] + (t + 1) * cost["macs_per_glimpse"]} for t in range(max_glimpses)]
+    fixed = []
+    if fixed_curve:
+        correct, area = torch.cat(correct_t).numpy(), torch.cat(area_t).numpy()  # means as in exit_summary
+        fixed = [{"glimpses": t + 1, "accuracy": float(np.mean(correct[:, t])), "area": float(np.mean(area[:, t])),
+                  "macs_per_image": cost["fixed_macs"] + (t + 1) * cost["macs_per_glimpse"]}
+                 for t in range(max_glimpses)]
     exits = []
     for threshold, exit_rule in zip(thresholds, rules):
         glimpses, right, seen = [], [], []
