@@ -25,7 +25,9 @@ EVAL_EPILOG = """examples:
   foveal evaluate-policies --classifier runs/saccader/representation/checkpoints/best \\
       --policies random center ordered-logits sobel-mean sobel-variance \\
       --learned Saccader=runs/saccader/reinforce/checkpoints/best --learned DRAM=runs/dram/checkpoints/best \\
-      --out runs/policy-eval --limit 1000"""
+      --out runs/policy-eval --limit 1000
+  foveal evaluate-policies --learned RAM=runs/ram/checkpoints/best --learned DRAM=runs/dram/checkpoints/best \
+      --no-occlusion --max-glimpses 6 --thresholds 0.5 0.8 0.9 0.99 --out runs/budget   (early exit, budget.md)"""
 
 
 def add_parsers(sub) -> None:
