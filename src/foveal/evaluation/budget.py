@@ -174,14 +174,15 @@ def plot_budget(record: str | Path, out_dir: str | Path) -> list[Path]:
     paths = []
     for key, xlabel, name in (("glimpses", "mean glimpses per image", "budget_accuracy_vs_glimpses.png"),
                               ("macs", "multiply-adds per image (millions)", "budget_accuracy_vs_macs.png")):
-        fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+        fig = Figure(figsize=(9, 4.5), layout="constrained")
         FigureCanvasAgg(fig)
         ax = fig.subplots()
         for i, m in enumerate(summary["methods"]):
             colour = f"C{i % 10}"
             fx = [f["glimpses"] if key == "glimpses" else f["macs_per_image"] / 1e6 for f in m["fixed"]]
-            ax.plot(fx, [f["accuracy"] for f in m["fixed"]], "--", marker="o", markersize=3, color=colour,
-                    label=f"{m['label']}: fixed T")
+            if fx:
+                ax.plot(fx, [f["accuracy"] for f in m["fixed"]], "--", marker="o", markersize=3, color=colour,
+                        label=f"{m['label']}: fixed T")
             ex = sorted(m["exit"], key=lambda e: e["mean_glimpses"])
             xs = [e["mean_glimpses"] if key == "glimpses" else e["macs_per_image"] / 1e6 for e in ex]
             ax.plot(xs, [e["accuracy"] for e in ex], "-", marker="s", markersize=4, color=colour,
@@ -190,7 +191,7 @@ def plot_budget(record: str | Path, out_dir: str | Path) -> list[Path]:
         if key == "macs":
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the axes: curves stay visible
         path = Path(out_dir) / name
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=130, format="png", facecolor="white")
