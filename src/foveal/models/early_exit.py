@@ -28,6 +28,7 @@ as if it had stopped, though its compute was spent).
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Optional, Protocol
 
@@ -94,8 +95,6 @@ def make_exit_rule(name: str, threshold: float) -> ExitRule:
 
 def supports_early_exit(model) -> bool:
     """Whether ``model.rollout`` takes ``exit_rule`` (and so continues only the undecided images)."""
-    import inspect
-
     return "exit_rule" in inspect.signature(model.rollout).parameters
 
 
