@@ -114,8 +114,14 @@ def test_evaluate_policies_end_to_end_on_mnist_digits(tmp_path, capsys):
     code = main(["evaluate-policies", "--classifier", classifier, "--policies", "random", "ordered-logits",
                  "--learned", f"Saccader={saccader}", "--learned", f"DRAM={dram}", "--policy-of",
                  f"its policy={saccader}", "--out", str(out), "--limit", "12", "--max-glimpses", "4",
-                 "--occlusion-iterations", "2", "--batch-size", "6", "--quiet"])
+                 "--occlusion-iterations", "2", "--batch-size", "6", "--quiet", "--thresholds", "0.5", "1.01"])
     assert code == 0
+    budget = json.loads((out / "budget.json").read_text())  # early exit, every method, up to --max-glimpses
+    assert [m["label"] for m in budget["methods"]] == ["random", "ordered-logits", "its policy", "Saccader", "DRAM"]
+    for m in budget["methods"]:
+        never = m["exit"][1]
+        assert never["mean_glimpses"] == 4 and never["accuracy"] == m["fixed"][-1]["accuracy"]
+        assert sum(m["exit"][0]["glimpse_histogram"]) == 12
     summary = json.loads((out / "policy_eval.json").read_text())
     assert [m["label"] for m in summary["methods"]] == ["random", "ordered-logits", "its policy", "Saccader", "DRAM"]
     assert summary["train_glimpses"] == 2 and all(len(m["accuracy"]) == 4 for m in summary["methods"])

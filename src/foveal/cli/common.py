@@ -17,7 +17,7 @@ from foveal.config import apply_overrides, load_config
 from foveal.policies import describe_policies
 from foveal.runtime import launcher_world_size
 
-__all__ = ["progress_bar", "report", "add_training_arguments", "config_and_run_dir", "run_training", "policy_help",
+__all__ = ["progress_bar", "report", "add_exit_arguments", "add_training_arguments", "config_and_run_dir", "run_training", "policy_help",
            "add_device_argument", "checked_device", "add_data_arguments", "build_split",
            "key_values", "last_iteration", "interrupted_message"]
 
@@ -176,9 +176,35 @@ def report(results: dict, out_dir: Path) -> None:
         speed = (f" in {tr['wall_time_s']:.0f} s ({tr['iterations_per_s']:.1f} it/s)"
                  if tr.get("wall_time_s") is not None else "")
         print(f"training: {tr['iterations']} iterations{speed}, best validation at iteration {tr['best_iteration']}")
+    if "budget" in results:
+        report_budget(results["budget"])
     print(f"results: {out_dir / 'results.json'}")
     for fig in results.get("figures", []):
         print(f"figure: {fig}")
+
+
+def add_exit_arguments(parser) -> None:
+    """``--exit-rule`` and ``--thresholds``: evaluate under early exit too (:mod:`foveal.evaluation.budget`)."""
+    parser.add_argument("--exit-rule", default="confidence", choices=["confidence", "entropy", "learned"],
+                        help="early exit: stop an image when its top class probability reaches the threshold "
+                             "(confidence), its entropy in nats falls to it (entropy), or its stop head's "
+                             "probability reaches it (learned, models trained with algorithm.stop_cost) "
+                             "(default: %(default)s)")
+    parser.add_argument("--thresholds", type=float, nargs="+", metavar="X",
+                        help="thresholds of --exit-rule, one evaluation each: accuracy, glimpses used, area seen "
+                             "and multiply-adds per image (e.g. 0.5 0.8 0.9 0.95 0.99)")
+
+
+def report_budget(budget: dict) -> None:
+    """One line per threshold of an early-exit evaluation (``results["budget"]``)."""
+    cost = budget["cost"]
+    print(f"cost: {cost['fixed_macs'] / 1e6:.3f} M multiply-adds per image + {cost['macs_per_glimpse'] / 1e6:.3f} M "
+          "per glimpse")
+    for e in budget["exit"]:
+        hist = " ".join(map(str, e["glimpse_histogram"]))
+        print(f"{budget['rule']} {e['threshold']:g}: accuracy {e['accuracy']:.4f}, {e['mean_glimpses']:.2f} glimpses "
+              f"on average (images per count 1..T: {hist}), {100 * e['area']:.1f} % of the image seen, "
+              f"{e['macs_per_image'] / 1e6:.3f} M multiply-adds per image")
 
 
 def add_device_argument(parser, default: str) -> None:

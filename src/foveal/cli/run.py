@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from foveal.cli.common import (add_device_argument, add_training_arguments, checked_device, config_and_run_dir,
-                               policy_help, report, run_training)
+from foveal.cli.common import (add_device_argument, add_exit_arguments, add_training_arguments, checked_device,
+                               config_and_run_dir, policy_help, report, run_training)
 
 
 def add_parsers(sub) -> None:
@@ -27,6 +27,7 @@ def add_parsers(sub) -> None:
                    help="rollouts per image, each scored on its own (with --policy sample and 5: the official "
                         "near-optimal-sequences evaluation) (default: %(default)s)")
     e.add_argument("--policy", help=policy_help("evaluation policy, one of: "))
+    add_exit_arguments(e)
     e.set_defaults(handler=_evaluate)
 
     d = sub.add_parser("demo", help="train and evaluate RAM on built-in data (the README's main job)")
@@ -86,7 +87,7 @@ def _evaluate(args) -> int:
         split = (config.get("evaluate") or {}).get("split", "test")
     out = args.out or run_dir / f"eval-{split}"
     results = evaluate_run(checkpoint, out, split=args.split, overrides=overrides, repeats=args.repeats,
-                           device=device)
+                           device=device, exit_rule=args.exit_rule, thresholds=args.thresholds or ())
     report(results, out)
     return 0
 

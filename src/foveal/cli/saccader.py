@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from foveal.cli.common import add_device_argument, checked_device, policy_help, progress_bar
+from foveal.cli.common import add_device_argument, add_exit_arguments, checked_device, policy_help, progress_bar
 
 STAGE_CONFIGS = {"representation": "saccader-representation-cluttered-fashion-mnist",
                  "location": "saccader-location-cluttered-fashion-mnist",
@@ -25,7 +25,9 @@ EVAL_EPILOG = """examples:
   foveal evaluate-policies --classifier runs/saccader/representation/checkpoints/best \\
       --policies random center ordered-logits sobel-mean sobel-variance \\
       --learned Saccader=runs/saccader/reinforce/checkpoints/best --learned DRAM=runs/dram/checkpoints/best \\
-      --out runs/policy-eval --limit 1000"""
+      --out runs/policy-eval --limit 1000
+  foveal evaluate-policies --learned RAM=runs/ram/checkpoints/best --learned DRAM=runs/dram/checkpoints/best \
+      --no-occlusion --max-glimpses 6 --thresholds 0.5 0.8 0.9 0.99 --out runs/budget   (early exit, budget.md)"""
 
 
 def add_parsers(sub) -> None:
@@ -60,6 +62,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--occlusion-cnn", help="checkpoint of the full-image CNN (default: train one in <out>)")
     e.add_argument("--occlusion-iterations", type=int, default=1500)
     e.add_argument("--seed", type=int, default=0)
+    add_exit_arguments(e)
     add_device_argument(e, "auto")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(handler=_evaluate_policies)
@@ -125,9 +128,12 @@ def _evaluate_policies(args) -> int:
         policy_of=_labelled(args.policy_of, "--policy-of"), max_glimpses=args.max_glimpses,
         train_glimpses=args.train_glimpses, split=args.split, limit=args.limit, batch_size=args.batch_size,
         occlusion=not args.no_occlusion, occluder_checkpoint=args.occlusion_cnn,
-        occluder_iterations=args.occlusion_iterations, seed=args.seed, device=device, progress=bar)
+        occluder_iterations=args.occlusion_iterations, seed=args.seed, device=device, progress=bar,
+        exit_rule=args.exit_rule, thresholds=args.thresholds or ())
     close()
     print((args.out / "policy_eval.md").read_text(), end="")
+    if args.thresholds:
+        print((args.out / "budget.md").read_text(), end="")
     for path in summary["files"]:
         print(f"file: {path}")
     return 0

@@ -46,6 +46,7 @@ from torch.distributions import Categorical
 
 from foveal.config import check_fields
 from foveal.models.base import Policy, PolicyState, Rollout
+from foveal.models.early_exit import ExitRule, StepRecorder
 from foveal.models.registry import register_model
 from foveal.retina import LocationGrid
 
@@ -234,21 +235,22 @@ class BagNet(nn.Module):
         return GridMaps(features, what, self.classifier(what))
 
     def rollout(self, images: Tensor, num_glimpses: int, *, policy: Optional[Policy] = None,
-                forced_locations: Optional[Tensor] = None) -> Rollout:
+                forced_locations: Optional[Tensor] = None, exit_rule: Optional[ExitRule] = None) -> Rollout:
         """Read the logits of ``num_glimpses`` cells (:func:`grid_rollout`).
 
         BagNet has no location network: with ``policy=None`` cells are drawn uniformly among the
         unvisited ones (``log_prob = -log(G - t)``).
         """
         maps = self.encode(images)
-        return grid_rollout(self.grid, self.grid_locations, maps.logits, lambda visited: torch.zeros_like(visited),
-                            num_glimpses, images, policy=policy, forced_locations=forced_locations)
+        return grid_rollout(self.grid, self.grid_locations, maps.logits, lambda visited, rows: torch.zeros_like(visited),
+                            num_glimpses, images, policy=policy, forced_locations=forced_locations,
+                            exit_rule=exit_rule)
 
 
 def grid_rollout(grid: LocationGrid, grid_locations: Tensor, logit_map: Tensor,
-                 scores: Callable[[Tensor], Tensor], num_glimpses: int, images: Tensor, *,
+                 scores: Callable[[Tensor, Optional[Tensor]], Tensor], num_glimpses: int, images: Tensor, *,
                  policy: Optional[Policy] = None, forced_locations: Optional[Tensor] = None,
-                 hidden: Optional[Tensor] = None) -> Rollout:
+                 hidden: Optional[Tensor] = None, exit_rule: Optional[ExitRule] = None) -> Rollout:
     """The rollout of every grid model: pick a cell, read its logits, average over time.
 
     Step t: the model's policy is ``Categorical(logits = scores(C) - 1e5 * C)`` over the G cells, with
@@ -260,8 +262,11 @@ def grid_rollout(grid: LocationGrid, grid_locations: Tensor, logit_map: Tensor,
     Args:
         grid, grid_locations: the cells and their ``[G, 2]`` centres.
         logit_map: ``[B, K, h, w]`` class logits of every cell.
-        scores: ``C [B, G] -> [B, G]`` unmasked location logits (may depend on C, as the Saccader cell does).
+        scores: ``(C [b, G], rows) -> [b, G]`` unmasked location logits (may depend on C, as the Saccader cell
+            does) of the images ``rows [b]`` of the batch (None: all B, in order).
         hidden: what :class:`PolicyState` shows as the model's state (None for these models).
+        exit_rule: stop each image once the rule fires (:mod:`foveal.models.early_exit`); later steps read
+            cells for the undecided images only.
 
     Returns:
         A :class:`Rollout` with ``indices``; ``baseline`` is zero (these models learn none).
@@ -276,30 +281,37 @@ def grid_rollout(grid: LocationGrid, grid_locations: Tensor, logit_map: Tensor,
                          f"found {tuple(forced_locations.shape)}")
     cell_logits = logit_map.flatten(2).transpose(1, 2)  # [B, G, K]
     visited = logit_map.new_zeros(B, G)
-    rows = torch.arange(B, device=logit_map.device)
-    out: dict[str, list[Tensor]] = {k: [] for k in ("index", "logp", "entropy", "z")}
+    steps = StepRecorder(B, num_glimpses, exit_rule, logit_map.device)
+    rows, subset = torch.arange(B, device=logit_map.device), None  # subset: batch rows still looking, None = all
+    read = logit_map.new_zeros(B, 0, K)  # [b, t, K] the logits read so far
+    indices = torch.zeros(B, 0, dtype=torch.long, device=logit_map.device)  # [b, t]
     for t in range(num_glimpses):
-        dist = Categorical(logits=scores(visited) - VISITED_PENALTY * visited, validate_args=False)
+        dist = Categorical(logits=scores(visited, subset) - VISITED_PENALTY * visited, validate_args=False)
         if policy is None:
             index = dist.sample()  # no gradient: REINFORCE scores it through log_prob
         else:
-            seen = grid_locations[torch.stack(out["index"], 1)] if t else images.new_zeros(B, 0, 2)
-            index = grid.nearest_index(policy(PolicyState(t, hidden, seen, dist, grid), images).detach())
+            seen = grid_locations[indices]
+            index = grid.nearest_index(policy(PolicyState(t, hidden if subset is None or hidden is None else hidden[subset], seen, dist,
+                                                            grid, subset), images).detach())
         if forced_locations is not None:
             given = forced_locations[:, t].to(grid_locations)
             free = torch.isnan(given).any(-1)
             index = torch.where(free, index, grid.nearest_index(torch.nan_to_num(given)))
-        out["index"].append(index)
-        out["logp"].append(dist.log_prob(index))
-        out["entropy"].append(dist.entropy())
-        out["z"].append(cell_logits[rows, index])  # [B, K]
-        visited = visited.index_put((rows, index), visited.new_ones(B))
-    indices = torch.stack(out["index"], 1)  # [B, T]
-    z = torch.stack(out["z"], 1)  # [B, T, K]
-    steps = torch.arange(1, num_glimpses + 1, device=z.device, dtype=z.dtype)
-    return Rollout(locations=grid_locations[indices], log_prob=torch.stack(out["logp"], 1),
-                   logits=z.cumsum(1) / steps[:, None], baseline=z.new_zeros(B, num_glimpses),
-                   indices=indices, entropy=torch.stack(out["entropy"], 1))
+        z = cell_logits[rows if subset is None else subset, index]  # [b, K]
+        read = torch.cat([read, z[:, None]], 1)
+        logits = read.cumsum(1)[:, -1] / (t + 1)  # cumsum, not a running sum: the same floats as a fixed-T mean
+        steps.record(locations=grid_locations[index], log_prob=dist.log_prob(index), logits=logits,
+                     baseline=z.new_zeros(len(index)), indices=index, entropy=dist.entropy())
+        visited = visited.index_put((rows[:len(index)], index), visited.new_ones(len(index)))
+        indices = torch.cat([indices, index[:, None]], 1)
+        keep = steps.stop(logits)
+        if keep is not None:  # only the undecided images go on
+            subset = steps.subset
+            visited, read, indices, images = visited[keep], read[keep], indices[keep], images[keep]
+            forced_locations = None if forced_locations is None else forced_locations[keep]
+        if steps.finished:
+            break
+    return steps.rollout()
 
 
 @register_model("bagnet", kind="grid")

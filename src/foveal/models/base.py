@@ -2,6 +2,8 @@
 
 Seam 1 of foveal: ``model.rollout(images, num_glimpses, *, policy=None, forced_locations=None)``
 returns a :class:`Rollout`, always the same type, for training, validation and evaluation alike.
+The built-in models also take ``exit_rule=`` (:mod:`foveal.models.early_exit`): each image then stops
+once its prediction is sure enough, and only the undecided images are looked at again.
 
 Locations are ``(row, col)`` pairs in ``[-1, 1]``: the *centre* of the glimpse, ``-1`` the top (left)
 edge of the image and ``+1`` the bottom (right) edge. :mod:`foveal.retina` converts to pixels.
@@ -33,6 +35,10 @@ class Rollout:
             was chosen (so it does not depend on that choice: an unbiased control variate).
         indices: ``[B, T]`` grid cell indices for models with a discrete location grid, else ``None``.
         entropy: ``[B, T]`` entropy of the location distribution at each step.
+        stop_logits: ``[B, T]`` logit of the stop action after each glimpse, for a model with a stop head
+            (the learned stopping policy, DT-RAM style), else ``None``.
+        glimpses: ``[B]`` glimpses each image took under an exit rule (:mod:`foveal.models.early_exit`;
+            its steps after the stop are padded, its prediction repeated), ``None`` for a fixed-T rollout.
     """
 
     locations: Tensor
@@ -41,6 +47,8 @@ class Rollout:
     baseline: Tensor
     indices: Optional[Tensor] = None
     entropy: Optional[Tensor] = None
+    stop_logits: Optional[Tensor] = None
+    glimpses: Optional[Tensor] = None
 
     @property
     def num_glimpses(self) -> int:
@@ -63,6 +71,10 @@ class PolicyState:
             (a ``Normal`` over (row, col), or a ``Categorical`` over the cells of ``grid``).
         grid: the model's discrete location grid, if it has one (a
             :class:`foveal.retina.LocationGrid`); policies should then return cell centres.
+        rows: ``[b]`` the batch indices of the images asked about, once an exit rule has stopped some
+            (:mod:`foveal.models.early_exit`): ``images``, ``hidden`` and ``locations`` then hold those rows
+            only, and a policy that keeps something per image (a replayed path, scores ranked at t = 0)
+            indexes it with ``rows``. None: the whole batch, in order.
     """
 
     t: int
@@ -70,6 +82,7 @@ class PolicyState:
     locations: Tensor
     distribution: Optional[torch.distributions.Distribution] = None
     grid: Optional["LocationGrid"] = None
+    rows: Optional[Tensor] = None
 
 
 class Policy(Protocol):

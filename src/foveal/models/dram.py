@@ -40,6 +40,7 @@ from torch.distributions import Independent, Normal
 
 from foveal.config import check_fields
 from foveal.models.base import Policy, PolicyState, Rollout, check_glimpse_fits
+from foveal.models.early_exit import ExitRule, StepRecorder
 from foveal.models.registry import register_model
 from foveal.retina import extract_glimpses
 
@@ -125,7 +126,7 @@ class DRAM(nn.Module):
         return (zero, zero), (self.context(coarse), zero)
 
     def rollout(self, images: Tensor, num_glimpses: int, *, policy: Optional[Policy] = None,
-                forced_locations: Optional[Tensor] = None) -> Rollout:
+                forced_locations: Optional[Tensor] = None, exit_rule: Optional[ExitRule] = None) -> Rollout:
         """Unroll ``num_glimpses`` steps; arguments and result as :meth:`foveal.models.ram.RAM.rollout`."""
         cfg = self.config
         B = images.shape[0]
@@ -136,30 +137,35 @@ class DRAM(nn.Module):
             raise ValueError(f"forced_locations: expected shape ({B}, {num_glimpses}, 2), "
                              f"found {tuple(forced_locations.shape)}")
         s1, s2 = self.initial_states(images)
-        out: dict[str, list[Tensor]] = {k: [] for k in ("loc", "logp", "logits", "baseline", "entropy")}
+        steps = StepRecorder(B, num_glimpses, exit_rule, images.device)
+        seen = images.new_zeros(B, 0, 2)  # [b, t, 2] locations looked at by the images still looking
         for t in range(num_glimpses):
             dist = self.location_distribution(s2[0])
-            out["baseline"].append(self.baseline_net(s2[0].detach()).squeeze(-1))  # stop-gradient 3
-            seen = torch.stack(out["loc"], 1) if t else images.new_zeros(B, 0, 2)
+            baseline = self.baseline_net(s2[0].detach()).squeeze(-1)  # stop-gradient 3
             if policy is None:
                 loc = dist.sample()  # stop-gradient 1: a sample, scored through log_prob only
             else:
-                loc = policy(PolicyState(t, s2[0].detach(), seen, dist, None), images).detach()
+                loc = policy(PolicyState(t, s2[0].detach(), seen, dist, None, steps.subset), images).detach()
             if forced_locations is not None:
                 given = forced_locations[:, t].to(loc)
                 loc = torch.where(torch.isnan(given), loc, given)
-            out["logp"].append(dist.log_prob(loc))
-            out["entropy"].append(dist.entropy())
+            log_prob, entropy = dist.log_prob(loc), dist.entropy()
             loc = loc.clamp(-1, 1)
             patches = extract_glimpses(images, loc, cfg.glimpse_size, cfg.num_scales, cfg.scale_factor)
             g = torch.relu(self.what(patches.flatten(1, 2))) * torch.relu(self.where(loc))
             s1 = self.r1(g, s1)
-            out["logits"].append(self.classifier(s1[0]))
+            logits = self.classifier(s1[0])
             s2 = self.r2(s1[0].detach(), s2)  # stop-gradient 2: the policy gradient stays on the location path
-            out["loc"].append(loc)
-        return Rollout(locations=torch.stack(out["loc"], 1), log_prob=torch.stack(out["logp"], 1),
-                       logits=torch.stack(out["logits"], 1), baseline=torch.stack(out["baseline"], 1),
-                       entropy=torch.stack(out["entropy"], 1))
+            steps.record(locations=loc, log_prob=log_prob, logits=logits, baseline=baseline, entropy=entropy)
+            seen = torch.cat([seen, loc[:, None]], 1)
+            keep = steps.stop(logits)
+            if keep is not None:  # only the undecided images go on
+                s1, s2 = (s1[0][keep], s1[1][keep]), (s2[0][keep], s2[1][keep])
+                seen, images = seen[keep], images[keep]
+                forced_locations = None if forced_locations is None else forced_locations[keep]
+            if steps.finished:
+                break
+        return steps.rollout()
 
 
 @register_model("dram")

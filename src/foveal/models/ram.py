@@ -8,6 +8,7 @@ One step t = 0..T-1 of :meth:`RAM.rollout`::
     g_t   = glimpse_net(retina(x, l_t), l_t)
     h_t   = core(g_t, h_{t-1})               # RNN (ReLU) / GRU / LSTM
     y_t   = classifier(h_t)                  # logits; y_{T-1} is the prediction
+    s_t   = stop_net(sg[h_t])                # only with stop_head: the stop action's logit (DT-RAM)
 
 ``h_{-1} = 0``, so the first location is learned but does not depend on the image (nothing seen yet).
 
@@ -39,6 +40,7 @@ from torch.distributions import Categorical, Independent, Normal
 
 from foveal.config import check_fields
 from foveal.models.base import Policy, PolicyState, Rollout, check_glimpse_fits, check_grid_fits
+from foveal.models.early_exit import ExitRule, StepRecorder
 from foveal.models.registry import register_model
 from foveal.retina import LocationGrid, extract_glimpses
 
@@ -61,6 +63,8 @@ class RAMConfig:
         location_std: std of the Gaussian policy, in [-1, 1] units.
         grid: cells per axis of the categorical policy's grid (an int or (rows, cols)), spread
             evenly (:meth:`LocationGrid.from_count`); or ``grid_stride`` pixels apart.
+        stop_head: add a stop action after each glimpse (a linear layer on ``h_t``, DT-RAM), trained
+            with the location policy by REINFORCE (``algorithm.stop_cost``); ``Rollout.stop_logits``.
     """
 
     in_channels: int
@@ -79,6 +83,7 @@ class RAMConfig:
     location_std: float = 0.05
     grid: Optional[int | tuple[int, int]] = None
     grid_stride: Optional[int] = None
+    stop_head: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self, "model")
@@ -170,6 +175,9 @@ class RAM(nn.Module):
         self.location_net = nn.Linear(cfg.hidden_size, out)
         self.baseline_net = nn.Linear(cfg.hidden_size, 1)
         self.classifier = nn.Linear(cfg.hidden_size, cfg.num_classes)
+        # the stop action's logit after each glimpse (DT-RAM); reads h_t.detach(), as the location net reads
+        # h_{t-1}.detach(): it learns by REINFORCE only (algorithm.stop_cost), not through the core
+        self.stop_net = nn.Linear(cfg.hidden_size, 1) if cfg.stop_head else None
         if self.grid is not None:
             self.register_buffer("grid_locations", self.grid.locations(), persistent=False)  # [G, 2]
 
@@ -185,17 +193,19 @@ class RAM(nn.Module):
         return Categorical(logits=out, validate_args=False)
 
     def rollout(self, images: Tensor, num_glimpses: int, *, policy: Optional[Policy] = None,
-                forced_locations: Optional[Tensor] = None) -> Rollout:
+                forced_locations: Optional[Tensor] = None, exit_rule: Optional[ExitRule] = None) -> Rollout:
         """Unroll ``num_glimpses`` steps on a batch.
 
         Args:
             images: ``[B, C, H, W]``.
-            num_glimpses: T.
+            num_glimpses: T (the most glimpses under ``exit_rule``).
             policy: chooses the locations instead of sampling from the location net (random
                 control, greedy evaluation, replayed sequences...).
             forced_locations: ``[B, T, 2]`` locations to look at (supervision sequences); rows of
                 NaN leave that sample's step to the policy / the location net. On a grid model a
                 forced or policy location is snapped to the nearest cell.
+            exit_rule: stop each image once the rule fires (:mod:`foveal.models.early_exit`); the
+                next glimpse is computed for the images still undecided only.
 
         Returns:
             A :class:`Rollout`; ``log_prob`` is the location net's log-probability of the locations
@@ -210,30 +220,30 @@ class RAM(nn.Module):
         if forced_locations is not None and forced_locations.shape[:2] != (B, num_glimpses):
             raise ValueError(f"forced_locations: expected shape ({B}, {num_glimpses}, 2), found {tuple(forced_locations.shape)}")
         state = self.core.initial_state(B, images)
-        out: dict[str, list[Tensor]] = {k: [] for k in ("loc", "logp", "logits", "baseline", "index", "entropy")}
+        steps = StepRecorder(B, num_glimpses, exit_rule, images.device)
+        seen = images.new_zeros(B, 0, 2)  # [b, t, 2] locations looked at by the images still looking
         for t in range(num_glimpses):
             h = state[0].detach()  # stop-gradient 2: policy and baseline do not train the core
             dist = self.location_distribution(h)
-            seen = torch.stack(out["loc"], 1) if t else images.new_zeros(B, 0, 2)
-            loc, index = self._choose(t, dist, PolicyState(t, h, seen, dist, self.grid), images, policy, forced_locations)
-            out["logp"].append(dist.log_prob(loc if index is None else index))
-            out["entropy"].append(dist.entropy())
-            out["baseline"].append(self.baseline_net(h).squeeze(-1))
+            loc, index = self._choose(t, dist, PolicyState(t, h, seen, dist, self.grid, steps.subset), images, policy,
+                                      forced_locations)
+            log_prob, entropy = dist.log_prob(loc if index is None else index), dist.entropy()
+            baseline = self.baseline_net(h).squeeze(-1)
             loc = loc.clamp(-1, 1).detach()  # stop-gradient 1: the retina sees a location, not a function of it
             patches = extract_glimpses(images, loc, cfg.glimpse_size, cfg.num_scales, cfg.scale_factor)
             state = self.core(self.glimpse(patches, loc), state)
-            out["loc"].append(loc)
-            out["logits"].append(self.classifier(state[0]))
-            if index is not None:
-                out["index"].append(index)
-        return Rollout(
-            locations=torch.stack(out["loc"], 1),
-            log_prob=torch.stack(out["logp"], 1),
-            logits=torch.stack(out["logits"], 1),
-            baseline=torch.stack(out["baseline"], 1),
-            indices=torch.stack(out["index"], 1) if out["index"] else None,
-            entropy=torch.stack(out["entropy"], 1),
-        )
+            logits = self.classifier(state[0])
+            stop_logit = None if self.stop_net is None else self.stop_net(state[0].detach()).squeeze(-1)
+            steps.record(locations=loc, log_prob=log_prob, logits=logits, baseline=baseline, indices=index,
+                         entropy=entropy, stop_logits=stop_logit)
+            seen = torch.cat([seen, loc[:, None]], 1)
+            keep = steps.stop(logits, stop_logit)
+            if keep is not None:  # only the undecided images go on
+                state, seen, images = tuple(s[keep] for s in state), seen[keep], images[keep]
+                forced_locations = None if forced_locations is None else forced_locations[keep]
+            if steps.finished:
+                break
+        return steps.rollout()
 
     def _choose(self, t: int, dist: torch.distributions.Distribution, state: PolicyState, images: Tensor,
                 policy: Optional[Policy], forced: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from foveal.checkpoint import load_checkpoint, read_checkpoint_info
 from foveal.models.bagnet import VISITED_PENALTY, BagNet, BagNetConfig, GridMaps, grid_rollout
 from foveal.models.base import Policy, Rollout
+from foveal.models.early_exit import ExitRule, StepRecorder
 from foveal.models.registry import register_model
 from foveal.retina import extract_glimpses
 
@@ -97,6 +98,11 @@ class SaccaderCell(nn.Module):
         super().__init__()
         self.a = nn.Parameter(torch.randn(dim))
 
+    def macs(self, inputs: tuple[Tensor, Tensor], output: Tensor) -> int:
+        """Multiply-adds of one call (:mod:`foveal.evaluation.cost`): the three ``G x d`` products of Eq. 1-3."""
+        mixed = inputs[0]
+        return 3 * mixed.numel()
+
     def forward(self, mixed: Tensor, visited: Tensor) -> Tensor:
         """mixed: ``[B, d, h, w]``; visited: ``[B, G]`` 0/1 -> ``R [B, G]`` (visited cells at -1e5)."""
         feats = mixed.flatten(2)  # [B, d, G]
@@ -133,18 +139,20 @@ class Saccader(nn.Module):
         return self.mix(torch.cat([maps.what, self.attention(maps.features)], 1))
 
     def rollout(self, images: Tensor, num_glimpses: int, *, policy: Optional[Policy] = None,
-                forced_locations: Optional[Tensor] = None) -> Rollout:
+                forced_locations: Optional[Tensor] = None, exit_rule: Optional[ExitRule] = None) -> Rollout:
         """Unroll the cell for ``num_glimpses`` steps (:func:`foveal.models.bagnet.grid_rollout`).
 
         ``policy=None`` samples from the cell's policy (training); ``policies.greedy_policy`` takes its
         arg-max (the paper's test-time rule). ``log_prob`` is always the cell's log-probability of the
-        cells read, whoever chose them.
+        cells read, whoever chose them. The representation network reads the whole image once, before the
+        first glimpse, whatever ``exit_rule`` decides later (its cost is the same for every image).
         """
         maps = self.encode(images)
         mixed = self.mixed_features(maps)
         return grid_rollout(self.grid, self.representation.grid_locations, maps.logits,
-                            lambda visited: self.cell(mixed, visited), num_glimpses, images, policy=policy,
-                            forced_locations=forced_locations)
+                            lambda visited, rows: self.cell(mixed if rows is None else mixed[rows], visited),
+                            num_glimpses, images, policy=policy, forced_locations=forced_locations,
+                            exit_rule=exit_rule)
 
 
 def load_init(model: nn.Module, checkpoint: str) -> None:
@@ -302,8 +310,13 @@ class SaccaderPatch(nn.Module):
         return self
 
     def rollout(self, images: Tensor, num_glimpses: int, *, policy: Optional[Policy] = None,
-                forced_locations: Optional[Tensor] = None) -> Rollout:
-        """The Saccader's rollout on the downsampled images, with the patch CNN's logits instead of its own."""
+                forced_locations: Optional[Tensor] = None, exit_rule: Optional[ExitRule] = None) -> Rollout:
+        """The Saccader's rollout on the downsampled images, with the patch CNN's logits instead of its own.
+
+        Under ``exit_rule`` the frozen Saccader still chooses all ``num_glimpses`` cells (its choices do not
+        depend on the patch CNN, and a cell step costs a few dot products), but the patch CNN, nearly all of
+        the per-glimpse cost, runs on the patches of the undecided images only.
+        """
         cfg = self.config
         if tuple(images.shape[1:]) != (cfg.in_channels, *cfg.image_size):
             raise ValueError(f"SaccaderPatch: expected images [B, {cfg.in_channels}, {cfg.image_size[0]}, "
@@ -312,11 +325,28 @@ class SaccaderPatch(nn.Module):
         with torch.no_grad():  # stop-gradient: the frozen Saccader only chooses where to look
             ro = self.saccader.rollout(small, num_glimpses, policy=policy, forced_locations=forced_locations)
         B, T = ro.indices.shape
-        patches = extract_glimpses(images.repeat_interleave(T, 0), ro.locations.reshape(B * T, 2), cfg.glimpse_size)
-        z = self.patch_net(patches[:, 0]).view(B, T, -1)  # [B, T, K]
-        steps = torch.arange(1, T + 1, device=z.device, dtype=z.dtype)
-        return Rollout(locations=ro.locations, log_prob=ro.log_prob, logits=z.cumsum(1) / steps[:, None],
-                       baseline=ro.baseline, indices=ro.indices, entropy=ro.entropy)
+        if exit_rule is None:
+            patches = extract_glimpses(images.repeat_interleave(T, 0), ro.locations.reshape(B * T, 2), cfg.glimpse_size)
+            z = self.patch_net(patches[:, 0]).view(B, T, -1)  # [B, T, K]
+            steps = torch.arange(1, T + 1, device=z.device, dtype=z.dtype)
+            return Rollout(locations=ro.locations, log_prob=ro.log_prob, logits=z.cumsum(1) / steps[:, None],
+                           baseline=ro.baseline, indices=ro.indices, entropy=ro.entropy)
+        recorder = StepRecorder(B, T, exit_rule, images.device)
+        read = images.new_zeros(B, 0, ro.logits.shape[-1])  # [b, t, K] patch logits of the undecided images
+        for t in range(T):
+            rows = recorder.rows
+            patch = extract_glimpses(images[rows], ro.locations[rows, t], cfg.glimpse_size)[:, 0]
+            z = self.patch_net(patch)  # [b, K]
+            read = torch.cat([read, z[:, None]], 1)
+            logits = read.cumsum(1)[:, -1] / (t + 1)  # the floats of the fixed-T cumulative mean
+            recorder.record(locations=ro.locations[rows, t], log_prob=ro.log_prob[rows, t], logits=logits,
+                            baseline=ro.baseline[rows, t], indices=ro.indices[rows, t], entropy=ro.entropy[rows, t])
+            keep = recorder.stop(logits)
+            if keep is not None:
+                read = read[keep]
+            if recorder.finished:
+                break
+        return recorder.rollout()
 
 
 @register_model("saccader-patch", kind="grid")

@@ -19,10 +19,11 @@ def greedy_policy(state: PolicyState, images: Tensor) -> Tensor:
 
 
 class ReplayPolicy:
-    """Replays stored locations ``[B, T, 2]``: step t returns ``locations[:, t]``."""
+    """Replays stored locations ``[B, T, 2]``: step t returns ``locations[:, t]`` (of ``state.rows``, if given)."""
 
     def __init__(self, locations: Tensor) -> None:
         self.locations = locations
 
     def __call__(self, state: PolicyState, images: Tensor) -> Tensor:
-        return self.locations[:, state.t].to(images.device)
+        step = self.locations[:, state.t]
+        return (step if state.rows is None else step[state.rows.to(step.device)]).to(images.device)

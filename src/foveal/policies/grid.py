@@ -20,7 +20,8 @@ name                cells, in order
 ==================  ===================================================================================
 
 The ranking policies score every cell once, at ``t = 0`` of each rollout (a rollout asks for
-``t = 0, 1, ...`` in order), then take the best unvisited cell at every step. The Sobel magnitude of the
+``t = 0, 1, ...`` in order), then take the best unvisited cell at every step; once an exit rule has
+stopped some images they read the scores of the others by ``state.rows``. The Sobel magnitude of the
 grey image ``x`` (channel mean) is ``sqrt((k_x * x)^2 + (k_y * x)^2)`` with the 3x3 Sobel kernels (the border
 pixels repeated, so the image's edge is not an edge); a cell's patch is the ``grid.glimpse_size`` square at its
 top-left pixel.
@@ -93,11 +94,15 @@ class RankingPolicy:
         grid = self.grid or state.grid
         if grid is None:
             return self.without_grid(state, images)
-        if state.t == 0 or self._scores is None or self._scores.shape[0] != images.shape[0]:
-            with torch.no_grad():
-                self._scores = self.scores(images, grid).float()
+        if state.rows is not None and state.t > 0 and self._scores is not None:
+            scores = self._scores[state.rows]  # an exit rule stopped some images: the others' ranks from t = 0
+        else:
+            if state.t == 0 or self._scores is None or self._scores.shape[0] != images.shape[0]:
+                with torch.no_grad():
+                    self._scores = self.scores(images, grid).float()
+            scores = self._scores
         visited = visited_cells(state.locations, grid).bool()
-        index = self._scores.masked_fill(visited, float("-inf")).argmax(-1)
+        index = scores.masked_fill(visited, float("-inf")).argmax(-1)
         return grid.index_to_location(index)
 
 
@@ -166,9 +171,13 @@ class SaccaderPolicy:
     def __call__(self, state: PolicyState, images: Tensor) -> Tensor:
         grid = self.model.grid
         with torch.no_grad():
-            if state.t == 0 or self._mixed is None or self._mixed.shape[0] != images.shape[0]:
-                self._mixed = self.model.mixed_features(self.model.encode(images))
-            logits = self.model.cell(self._mixed, visited_cells(state.locations, grid))  # [B, G]
+            if state.rows is not None and state.t > 0 and self._mixed is not None:
+                mixed = self._mixed[state.rows]  # an exit rule stopped some images
+            else:
+                if state.t == 0 or self._mixed is None or self._mixed.shape[0] != images.shape[0]:
+                    self._mixed = self.model.mixed_features(self.model.encode(images))
+                mixed = self._mixed
+            logits = self.model.cell(mixed, visited_cells(state.locations, grid))  # [B, G]
         index = Categorical(logits=logits).sample() if self.sample else logits.argmax(-1)
         return grid.index_to_location(index)
 
@@ -185,6 +194,9 @@ class ModelPolicy:
         self._locations: Optional[Tensor] = None
 
     def __call__(self, state: PolicyState, images: Tensor) -> Tensor:
+        if state.rows is not None and state.t > 0 and self._locations is not None \
+                and state.t < self._locations.shape[1]:
+            return self._locations[state.rows, state.t]  # an exit rule stopped some images
         stale = self._locations is None or self._locations.shape[0] != images.shape[0]
         if state.t == 0 or stale or state.t >= self._locations.shape[1]:
             steps = max(self.horizon, 2 * (state.t + 1))

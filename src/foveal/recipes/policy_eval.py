@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from foveal.checkpoint import load_checkpoint
+from foveal.evaluation.budget import budget_evaluation, write_budget
 from foveal.evaluation.policy_eval import Method, evaluate_methods, example_figures, summarise, write_reports
 from foveal.models import create_model, load_model, model_spec
 from foveal.policies import make_policy
@@ -45,7 +46,8 @@ def run_policy_evaluation(out_dir: str | Path, *, classifier: Optional[str] = No
                           max_glimpses: int = 12, train_glimpses: Optional[int] = None, split: str = "test",
                           limit: Optional[int] = None, batch_size: int = 250, occlusion: bool = True,
                           occluder_checkpoint: Optional[str] = None, occluder_iterations: int = 1500,
-                          examples: int = 8, seed: int = 0, device: str = "cpu", progress=None) -> dict[str, Any]:
+                          examples: int = 8, seed: int = 0, device: str = "cpu", progress=None,
+                          exit_rule: str = "confidence", thresholds: Sequence[float] = ()) -> dict[str, Any]:
     """The whole ``foveal evaluate-policies`` job: methods from checkpoints, records, summary, reports, figures.
 
     Args:
@@ -57,6 +59,8 @@ def run_policy_evaluation(out_dir: str | Path, *, classifier: Optional[str] = No
             default: the first checkpoint's ``algorithm.num_glimpses``.
         occlusion: also run the occlusion analysis, with ``occluder_checkpoint`` or a CNN trained here
             (``out_dir/occlusion-cnn``, ``occluder_iterations`` steps).
+        exit_rule, thresholds: also evaluate every method under early exit up to ``max_glimpses``
+            (:mod:`foveal.evaluation.budget`): ``out_dir/budget.{json,csv,md}`` and two figures.
 
     Returns:
         The summary dict (also ``out_dir/policy_eval.json``) with ``files`` listing what was written.
@@ -101,6 +105,12 @@ def run_policy_evaluation(out_dir: str | Path, *, classifier: Optional[str] = No
     summary.update(dataset=dataset.name, split=split, max_glimpses=max_glimpses)
     files = write_reports(summary, out_dir)
     files += example_figures(records, out_dir, num_glimpses=train_glimpses)
+    if thresholds:
+        budgets = [budget_evaluation(m.model, dataset, rule=exit_rule, thresholds=thresholds, max_glimpses=max_glimpses,
+                                     policy=m.policy, batch_size=batch_size, device=device, limit=limit, seed=seed,
+                                     label=m.label) for m in methods]
+        files += write_budget({"dataset": dataset.name, "split": split, "methods": budgets}, out_dir)
+        summary["budget"] = {"rule": exit_rule, "thresholds": [float(t) for t in thresholds]}
     summary["files"] = [str(p) for p in files]
     (out_dir / "policy_eval.json").write_text(json.dumps(summary, indent=2))
     return summary

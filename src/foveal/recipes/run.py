@@ -44,7 +44,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 import yaml
@@ -58,9 +58,11 @@ from foveal.data import build_dataset, dataset_options
 from foveal.data.base import Rows
 from foveal.evaluation import plots
 from foveal.evaluation.boed_plots import plot_posterior_curves
+from foveal.evaluation.budget import budget_evaluation, write_budget
 from foveal.evaluation.collect import collect_glimpses, make_figures, record_metrics, save_record
 from foveal.evaluation.posterior_curves import posterior_curves
 from foveal.models import create_model, list_models, load_model, model_spec
+from foveal.policies import make_policy
 from foveal.runfolder import FolderStart
 from foveal.training import TrainConfig, distributed, evaluate, fit
 from foveal.training.algorithms import algorithm_config_class, build_algorithm
@@ -348,7 +350,8 @@ def _train_run(cfg: dict[str, Any], run_dir: Path, train_cfg: TrainConfig, eval_
 def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dataset] = None,
                  split: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
                  training: Optional[dict[str, Any]] = None, repeats: int = 1,
-                 device: Optional[str] = None) -> dict[str, Any]:
+                 device: Optional[str] = None, exit_rule: str = "confidence",
+                 thresholds: Sequence[float] = ()) -> dict[str, Any]:
     """Test a checkpoint: metrics, accuracy after each glimpse, a glimpse record and figures.
 
     Every test image is rolled out once (:func:`foveal.evaluation.collect.collect_glimpses`): the test
@@ -365,6 +368,9 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
         repeats: rollouts per test image, each scored (sampled evaluation, e.g. ``overrides=
             {"eval_policy": "sample"}, repeats=5`` as the official trainer); the record keeps the first.
         device: where to evaluate (default: the run's ``train.device``).
+        exit_rule, thresholds: also evaluate under early exit (:mod:`foveal.evaluation.budget`), one pass per
+            threshold of the rule; ``budget.{json,csv,md}`` and figures go to ``out_dir``, the numbers to
+            ``results["budget"]``. Needs one rollout per image (``test_samples`` and ``repeats`` 1).
     """
     model, info = load_model(checkpoint)
     cfg = info["config"]
@@ -382,6 +388,8 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
     seed = int(cfg["train"].get("seed", 0))
     torch.manual_seed(seed)
     start = time.perf_counter()
+    if thresholds:
+        check_budget_settings(algorithm, repeats, info["model"]["name"])
     if info["model"]["name"] in list_models("posterior"):
         results = evaluate_posterior(model, algorithm, dataset, batch_size=batch_size, device=device, seed=seed)
         results.update({"split": split, "model": info["model"]["name"], "algorithm": name, "checkpoint": str(checkpoint),
@@ -409,8 +417,30 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
         record_path = save_record(record, model, dataset, out_dir / "records" / f"glimpses_{split}.npz")
         if eval_cfg.figures:
             results["figures"] = [str(p) for p in make_figures(record_path, out_dir)]
+        if thresholds:
+            torch.manual_seed(seed)
+            budget = budget_evaluation(model, dataset, rule=exit_rule, thresholds=thresholds,
+                                       max_glimpses=algorithm.config.num_glimpses,
+                                       policy=make_policy(algorithm.config.eval_policy, model=model),
+                                       batch_size=batch_size, device=device, seed=seed, label=info["model"]["name"])
+            files = write_budget({"dataset": dataset.name, "split": split, "methods": [budget]}, out_dir)
+            results["budget"] = {"rule": exit_rule, "cost": budget["cost"], "exit": budget["exit"],
+                                 "files": [str(p) for p in files]}
+        if eval_cfg.figures or thresholds:
             atomic_write(out_dir / "results.json", json.dumps(results, indent=2).encode())
     return results
+
+
+def check_budget_settings(algorithm: Any, repeats: int, model_name: str) -> None:
+    """Early exit decides per rollout: refuse Monte-Carlo averaging and repeated rollouts, naming the setting."""
+    if model_name in list_models("posterior"):
+        raise ValueError(f"--thresholds: early exit needs a glimpse model with a policy; {model_name!r} is a "
+                         "posterior network")
+    if algorithm.config.test_samples != 1:
+        raise ValueError(f"algorithm.test_samples: early exit stops each rollout on its own prediction; expected 1 "
+                         f"with --thresholds, found {algorithm.config.test_samples}")
+    if repeats != 1:
+        raise ValueError(f"--repeats: expected 1 with --thresholds (one rollout per image), found {repeats}")
 
 
 def evaluate_posterior(model, algorithm, dataset: Dataset, *, batch_size: int, device: torch.device,

@@ -155,6 +155,10 @@ class PartialSupervisionConfig(ReinforceConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.stop_cost is not None or self.ce_steps != "last":
+            raise ValueError("PartialSupervisionConfig.stop_cost / ce_steps: the learned stop and the all-steps "
+                             "cross-entropy are settings of the reinforce algorithm only; expected null / 'last', "
+                             f"found {self.stop_cost!r} / {self.ce_steps!r}")
         if not isinstance(self.sequences, str) or not self.sequences:
             raise ValueError("PartialSupervisionConfig.sequences: expected the path of a glimpse-sequence file, "
                              f"found {self.sequences!r}")
