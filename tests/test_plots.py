@@ -258,3 +258,129 @@ def test_figures_leave_no_pyplot_state(tmp_path: Path, record_path: Path):
     before = plt.get_backend()
     plot_glimpse_heatmaps(record_path, tmp_path / "heat.png")
     assert plt.get_fignums() == [] and plt.get_backend() == before
+
+
+# ------------------------------------------------------------------------------- what a figure says
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Keeps every figure the plot functions make (drawn, not cleared) in a list, for reading its artists."""
+    from foveal.evaluation import boed_plots, compare_plots, plots
+
+    figures = []
+
+    def keep(fig, path):
+        fig.canvas.draw()
+        figures.append(fig)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=plots._DPI, format="png")
+        return path
+
+    for module in (plots, compare_plots, boed_plots):
+        monkeypatch.setattr(module, "_save", keep)
+    return figures
+
+
+def texts(fig) -> list:
+    from matplotlib.text import Text
+
+    return [t for t in fig.findobj(Text) if t.get_text()]
+
+
+def glimpse_labels(fig) -> list:
+    """The glimpse number labels: texts with a coloured box, in the image panels."""
+    return [t for t in texts(fig) if t.get_bbox_patch() is not None]
+
+
+def one_image_record(locations, size: int = 28, glimpse: int = 8) -> GlimpseRecord:
+    locations = np.asarray(locations, np.float32)[None]  # [1, T, 2]
+    return GlimpseRecord(locations=locations, labels=np.zeros(1, np.int64), predictions=np.zeros(1, np.int64),
+                         image_size=(size, size), glimpse_size=glimpse, num_scales=2, factor=2,
+                         images=np.random.default_rng(0).random((1, 1, size, size)).astype(np.float32))
+
+
+def test_examples_label_a_revisited_box_with_every_step(tmp_path: Path, drawn):
+    # Glimpses 2 and 5 (and 3, 4, 6, clamped to one corner) look at the same boxes, as on a grid model.
+    locs = [(0, 0), (0.5, 0.5), (-1, -1), (-1, -1), (0.5, 0.5), (-1, -1)]
+    plot_glimpse_examples(one_image_record(locs), tmp_path / "examples.png")
+    labels = sorted(t.get_text() for t in glimpse_labels(drawn[-1]))
+    assert labels == ["1", "2,5", "3,4,6"]
+    assert "2,5" in drawn[-1]._suptitle.get_text() or "3,4,6" in drawn[-1]._suptitle.get_text()
+
+
+def test_example_labels_never_cover_each_other(tmp_path: Path, drawn):
+    # Six different boxes a pixel or two apart in one corner: their labels must be moved apart.
+    locs = [(-1, -1), (-0.93, -0.93), (-0.86, -1), (-1, -0.86), (-0.8, -0.8), (-0.9, -1)]
+    plot_glimpse_examples(one_image_record(locs), tmp_path / "examples.png")
+    fig = drawn[-1]
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_bbox_patch().get_window_extent(renderer) for t in glimpse_labels(fig)]
+    assert len(boxes) == 6
+    for i in range(len(boxes)):
+        for j in range(i):
+            a, b = boxes[i], boxes[j]
+            overlap_x = min(a.x1, b.x1) - max(a.x0, b.x0)
+            overlap_y = min(a.y1, b.y1) - max(a.y0, b.y0)
+            assert min(overlap_x, overlap_y) <= 1.0, (i, j, a, b)  # at most a pixel of anti-aliasing
+
+
+def test_example_boxes_and_labels_scale_with_the_image(tmp_path: Path, drawn):
+    from matplotlib.patches import Rectangle
+
+    locs = [(0, 0), (0.5, -0.5)]
+    sizes = {}
+    for size in (28, 224):
+        plot_glimpse_examples(one_image_record(locs, size=size), tmp_path / f"examples{size}.png")
+        fig = drawn[-1]
+        solid = [p for p in fig.findobj(Rectangle) if p.get_linestyle() == "-" and not p.get_fill()]
+        sizes[size] = (max(t.get_fontsize() for t in glimpse_labels(fig)), max(p.get_linewidth() for p in solid))
+    assert sizes[28][0] > sizes[224][0] and sizes[28][1] > sizes[224][1]
+    # An 8 px glimpse on a 224 px image is a few points wide: a thin line and the smallest label.
+    assert sizes[224] == (5.0, 0.5)
+
+
+def test_heatmap_counts_agree_and_the_outline_is_explained(tmp_path: Path, drawn):
+    rec = GlimpseRecord(**record_kwargs())  # 6 images' locations, the first 4 images kept
+    rec.images[:, :, 4:12, 6:14] += 3.0  # a clear shape in the mean image, so its outline is drawn
+    rec.images = np.clip(rec.images, 0, 1)
+    plot_glimpse_heatmaps(rec, tmp_path / "heat.png")
+    fig = drawn[-1]
+    words = [t.get_text() for t in texts(fig)]
+    assert "(6 images," in fig._suptitle.get_text()
+    assert any("first\n4 of the 6 images" in w for w in words)
+    assert not any(w.startswith("mean of 4 images") for w in words)
+    caption = fig._supxlabel.get_text()
+    assert "of the 6 images" in caption and "White line: outline of the mean image" in caption
+
+
+def test_training_summary_plots_what_training_is_judged_by(tmp_path: Path, drawn):
+    rows = ["iteration,split,name,value"]
+    for it in range(0, 100, 10):  # a REINFORCE run: the surrogate rises from -1.5 to 0 and must not be drawn
+        rows += [f"{it},train,{n},{v}" for n, v in (("loss", -1.5 + it / 70), ("ce", 2 - it / 60), ("accuracy", it / 120),
+                                                   ("reinforce", -1.5 + it / 66), ("baseline_mse", 0.3 - it / 400),
+                                                   ("entropy", -18.9))]
+    rows += ["100,val,accuracy,0.8", "100,val,ce,0.6"]  # one validation point
+    path = tmp_path / "metrics.csv"
+    path.write_text("\n".join(rows) + "\n")
+    plot_training_summary(path, tmp_path / "summary.png")
+    fig = drawn[-1]
+    labels = [ln.get_label() for ax in fig.axes for ln in ax.get_lines()]
+    assert {"train", "validation", "train cross-entropy", "train baseline MSE (R - b)\u00b2",
+            "validation cross-entropy"} <= set(labels)
+    assert not any("reinforce" in lab or lab == "train loss" for lab in labels)
+    assert "reinforce (the REINFORCE surrogate" in fig._supxlabel.get_text()
+    single = [ln for ax in fig.axes for ln in ax.get_lines() if len(ln.get_xdata()) == 1]
+    assert len(single) == 2  # validation accuracy and cross-entropy, one point each
+    for line in single:
+        assert line.get_marker() not in (None, "None", "", " ") and line.get_markersize() >= 6
+    assert {"80", "0.6"} <= {t.get_text() for t in texts(fig)}  # the lone points carry their values
+
+
+def test_method_curves_show_a_single_validation_point(tmp_path: Path, drawn):
+    from foveal.evaluation.compare_plots import plot_method_curves
+
+    plot_method_curves({"RAM": [(np.array([100]), np.array([0.5]))]}, tmp_path / "c.png", ylabel="accuracy")
+    (line,) = drawn[-1].axes[0].get_lines()
+    assert line.get_marker() not in (None, "None", "", " ") and line.get_markersize() >= 6

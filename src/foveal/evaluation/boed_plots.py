@@ -26,7 +26,7 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 
 from foveal.data.sequences import GlimpseSequences
-from foveal.evaluation.plots import _display, _figure, _save
+from foveal.evaluation.plots import _display, _figure, _markers, _save
 from foveal.evaluation.records import PathLike
 
 __all__ = ["plot_epe_sequence", "plot_posterior_curves", "read_curves"]
@@ -60,7 +60,7 @@ def plot_posterior_curves(record_or_path: Union[Mapping[str, Any], PathLike], pa
     markers = "osD^v<>pXh"
     for i, (method, c) in enumerate(record["curves"].items()):
         t = record.get("t") or list(range(len(c["accuracy"])))
-        style = dict(marker=markers[i % len(markers)], markersize=4, linewidth=1.6, label=method)
+        style = dict(linewidth=1.6, label=method, **_markers(len(c["accuracy"]), markers[i % len(markers)]))
         acc_ax.plot(t[:len(c["accuracy"])], c["accuracy"], **style)
         if "entropy" in c:
             ent_ax.plot(t[:len(c["entropy"])], c["entropy"], **style)
