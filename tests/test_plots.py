@@ -384,3 +384,18 @@ def test_method_curves_show_a_single_validation_point(tmp_path: Path, drawn):
     plot_method_curves({"RAM": [(np.array([100]), np.array([0.5]))]}, tmp_path / "c.png", ylabel="accuracy")
     (line,) = drawn[-1].axes[0].get_lines()
     assert line.get_marker() not in (None, "None", "", " ") and line.get_markersize() >= 6
+
+
+def test_epe_figure_marks_a_revisited_cell_and_explains_its_rows(tmp_path: Path, drawn):
+    from foveal.data.sequences import GlimpseSequences
+    from foveal.evaluation.boed_plots import plot_epe_sequence
+    from foveal.retina import LocationGrid
+
+    grid = LocationGrid.from_stride((16, 16), 4, 4)
+    cells = torch.tensor([[5, 10, 5]])  # the third glimpse looks at the first one's cell again
+    seqs = GlimpseSequences("mnist5k", "val", (16, 16), 4, torch.tensor([7]), grid.corners()[cells], grid=grid,
+                            method="nogs", epe_maps=torch.rand(1, 3, 4, 4))
+    plot_epe_sequence(seqs, np.random.default_rng(0).random((1, 16, 16)), tmp_path / "fig2.png")
+    words = [t.get_text() for t in texts(drawn[-1])]
+    assert "t = 3\n(again the cell of t = 1)" in words and "t = 2" in words
+    assert "red \u00d7 and box: the cell looked at at t" in drawn[-1]._supxlabel.get_text()

@@ -166,7 +166,8 @@ def plot_glimpse_examples(record_or_path: Union[GlimpseRecord, PathLike], path: 
         lines.append(f"dashed: coarser scales (x{rec.factor} per scale)")
     revisit = next((g for gs in groups for g in gs if len(g) > 1), None)
     if revisit is not None:
-        lines.append(f"label {_steps_label(revisit)}: one box looked at by glimpses {_steps_label(revisit, ' and ')}")
+        steps = _steps_label(revisit[:-1], ", ") + f" and {revisit[-1]}"
+        lines.append(f"label {_steps_label(revisit)}: one box looked at by glimpses {steps}")
     stacked = width < 9 or len(lines) > 3  # one title line would be cut off: one line per part
     fig = _figure(width, side * nrows + 0.5 + 0.22 * (len(lines) - 1) * stacked)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
@@ -230,8 +231,8 @@ def _draw_glimpse(ax, corners: Sequence[np.ndarray], size: int, factor: int, ima
     """One glimpse: a box per scale (pixel-exact: pixel (r, c) spans [c - .5, c + .5]) and its label.
 
     ``placed`` holds the label rectangles ``(x0, y0, x1, y1)`` (pixels) already drawn on this image; the
-    new label takes the first corner of its box that covers none of them (then the box's left edge,
-    further down), and is added to it.
+    new label takes the first corner of its box that covers none of them (beside the box when the label
+    is larger than the box, so that it does not hide it; then further down), and is added to it.
     """
     from matplotlib.patches import Rectangle
 
@@ -254,8 +255,8 @@ def _draw_glimpse(ax, corners: Sequence[np.ndarray], size: int, factor: int, ima
 
 def _free_spot(x0: float, y0: float, size: int, w: float, h: float, image_size: tuple[int, int],
                placed: Sequence[tuple[float, float, float, float]]) -> tuple[float, float]:
-    """Top-left corner (pixels) of a ``w x h`` label for the box at ``(x0, y0)``: inside the image, and on
-    none of ``placed`` when one of the box's corners (or a place below its top-left one) allows it."""
+    """Top-left corner (pixels) of a ``w x h`` label for the ``size``-pixel box at ``(x0, y0)``: inside the
+    image, and on none of ``placed`` when a corner of the box (or a place beside it, or below those) allows it."""
     H, W = image_size
 
     def inside(x: float, y: float) -> tuple[float, float]:
@@ -264,8 +265,11 @@ def _free_spot(x0: float, y0: float, size: int, w: float, h: float, image_size: 
     def free(x: float, y: float) -> bool:
         return all(x + w <= a0 or x >= a1 or y + h <= b0 or y >= b1 for a0, b0, a1, b1 in placed)
 
-    candidates = [(x0, y0), (x0 + size - w, y0), (x0, y0 + size - h), (x0 + size - w, y0 + size - h)]
-    candidates += [(x0, y0 + k * h) for k in range(1, 2 + int(H / max(h, 1e-6)))]
+    if w <= size and h <= size:  # inside the box's corners
+        candidates = [(x0, y0), (x0 + size - w, y0), (x0, y0 + size - h), (x0 + size - w, y0 + size - h)]
+    else:  # a label larger than its box would hide it: beside the box (right, left, above, below)
+        candidates = [(x0 + size, y0), (x0 - w, y0), (x0, y0 - h), (x0, y0 + size)]
+    candidates += [(candidates[0][0], candidates[0][1] + k * h) for k in range(1, 2 + int(H / max(h, 1e-6)))]
     candidates = [inside(x, y) for x, y in candidates]
     return next((c for c in candidates if free(*c)), candidates[0])
 
@@ -362,8 +366,12 @@ def plot_training_summary(metrics_csv: Union[PathLike, Metrics], path: PathLike)
     if values.min() > 0 and values.max() / values.min() >= 20:
         loss_ax.set_yscale("log")
     loss_ax.set_title("losses (lower is better)", fontsize=11)
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (acc_ax, loss_ax):
         ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "39.5" iterations around a lone point
+        ax.margins(x=0.05, y=0.12)  # room for a lone point's value label
         ax.grid(alpha=0.3)
         if ax.get_lines():
             ax.legend(fontsize=9)
