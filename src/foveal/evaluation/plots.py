@@ -377,10 +377,14 @@ def plot_training_summary(metrics_csv: Union[PathLike, Metrics], path: PathLike)
             ax.legend(fontsize=9)
         else:
             ax.text(0.5, 0.5, "nothing recorded", ha="center", va="center", transform=ax.transAxes)
+    caption = []
+    if "baseline_mse" in drawn:
+        caption.append("The baseline MSE may rise while accuracy nears 50 % (the reward's variance p(1 - p) peaks there).")
     left_out = [n for n in sorted(train) if n not in drawn]
     if left_out:
-        fig.supxlabel("Not drawn (see metrics.csv): " + "; ".join(_LEFT_OUT.get(n, n) for n in left_out),
-                      fontsize=8.5, color="0.25", wrap=True)
+        caption.append("Not drawn (see metrics.csv): " + "; ".join(_LEFT_OUT.get(n, n) for n in left_out) + ".")
+    if caption:
+        fig.supxlabel("\n".join(caption), fontsize=8.5, color="0.25", wrap=True)
     return _save(fig, path)
 
 

@@ -70,8 +70,10 @@ class RAMConfig:
             derivative (``1 - mu**2``) all but stops the gradient that could bring it back: glimpses 2..T
             end up on the borders and corners. ``"scaled"`` makes that step ``sqrt(hidden_size)`` times
             smaller (a readout multiplier, as in muP, Yang et al. 2022, which takes 1 / hidden_size), so the
-            mean moves where the reward consistently says, not where the noise walks it. Weights have
-            the same shape either way; a categorical policy takes "linear" only.
+            mean moves where the reward consistently says, not where the noise walks it; it also learns a policy more slowly where the
+            reward does depend on the place (the demo: 78.6 % instead of 89.0 % after 3,000 iterations, which
+            is why it is not the default there). Weights have the same shape either way; a categorical
+            policy takes "linear" only.
         grid: cells per axis of the categorical policy's grid (an int or (rows, cols)), spread
             evenly (:meth:`LocationGrid.from_count`); or ``grid_stride`` pixels apart.
     """
