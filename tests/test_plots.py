@@ -399,3 +399,16 @@ def test_epe_figure_marks_a_revisited_cell_and_explains_its_rows(tmp_path: Path,
     words = [t.get_text() for t in texts(drawn[-1])]
     assert "t = 3\n(again the cell of t = 1)" in words and "t = 2" in words
     assert "red \u00d7 and box: the cell looked at at t" in drawn[-1]._supxlabel.get_text()
+
+
+def test_heatmaps_by_method_give_each_row_its_colour_scale_and_counts(tmp_path: Path, drawn):
+    from foveal.evaluation.compare_plots import plot_heatmaps_by_method
+
+    records = {"RAM": GlimpseRecord(**record_kwargs()), "PS-NOGS": GlimpseRecord(**record_kwargs())}
+    plot_heatmaps_by_method(records, tmp_path / "h.png")
+    fig = drawn[-1]
+    T = records["RAM"].num_glimpses
+    assert len(fig.axes) == 2 * (T + 1) + 2  # the panels and one colour bar per row
+    assert "(6 test images)" in fig._suptitle.get_text()
+    assert "mean of first 4" in [t.get_text() for t in texts(fig)]  # 4 images kept of the 6
+    assert "each row on its own scale" in fig._supxlabel.get_text()
