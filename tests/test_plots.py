@@ -412,3 +412,16 @@ def test_heatmaps_by_method_give_each_row_its_colour_scale_and_counts(tmp_path: 
     assert "(6 test images)" in fig._suptitle.get_text()
     assert "mean of first 4" in [t.get_text() for t in texts(fig)]  # 4 images kept of the 6
     assert "each row on its own scale" in fig._supxlabel.get_text()
+
+
+def test_training_summary_draws_the_total_loss_only_when_it_is_the_only_loss(tmp_path: Path, drawn):
+    path = tmp_path / "metrics.csv"  # Saccader's location stage: loss == location_nll, one row each
+    path.write_text("iteration,split,name,value\n20,train,loss,56.0\n20,train,location_nll,56.0\n20,train,l2,0.0\n"
+                    "20,val,accuracy,0.1\n20,val,ce,2.3\n20,val,glimpse_ce,2.4\n")
+    plot_training_summary(path, tmp_path / "a.png")
+    labels = [ln.get_label() for ax in drawn[-1].axes for ln in ax.get_lines()]
+    assert "train location NLL" in labels and "train loss" not in labels  # one would hide the other
+    assert "validation glimpse_ce" in drawn[-1]._supxlabel.get_text()
+    path.write_text("iteration,split,name,value\n0,train,loss,2.0\n5,train,loss,1.0\n")
+    plot_training_summary(path, tmp_path / "b.png")
+    assert [ln.get_label() for ln in drawn[-1].axes[1].get_lines()] == ["train loss"]

@@ -318,7 +318,7 @@ _LOSS_TERMS = {"baseline_mse": ("baseline MSE (R - b)\u00b2", "C1"), "sequence_n
                "location_nll": ("location NLL", "C5")}
 # Terms left out, and why a reader should not judge training by them (named in the caption).
 _LEFT_OUT = {
-    "loss": "loss (the sum of all terms, surrogate included)",
+    "loss": "loss (the sum of the terms, with REINFORCE's surrogate where there is one)",
     "entropy": "entropy (of the location policy, summed over glimpses)",
     "reinforce": "reinforce (the REINFORCE surrogate -\u03a3 log \u03c0\u00b7(R-b): not a loss; it starts below 0 "
                  "and rises to 0 as the baseline learns)",
@@ -338,7 +338,8 @@ def plot_training_summary(metrics_csv: Union[PathLike, Metrics], path: PathLike)
     while the baseline is under R and rises to zero as the baseline learns, which reads as divergence).
     A caption names every metric of ``metrics.csv`` that is not drawn. A series of one to three points is
     drawn with large markers and a single point is labelled with its value, so it cannot hide.
-    When the training rows hold neither ``ce`` nor ``accuracy`` the training ``loss`` is drawn instead.
+    When the training rows hold no loss term of their own (``ce``, baseline MSE, sequence / location NLL)
+    nor ``accuracy``, the training ``loss`` is drawn instead.
     """
     metrics = metrics_csv if isinstance(metrics_csv, Mapping) else read_metrics(metrics_csv)
     train, val = metrics.get("train", {}), metrics.get("val", {})
@@ -354,8 +355,8 @@ def plot_training_summary(metrics_csv: Union[PathLike, Metrics], path: PathLike)
     acc_ax.set_title("accuracy (higher is better)", fontsize=11)
 
     losses = {"ce": ("cross-entropy", "C0"), **_LOSS_TERMS}
-    if "ce" not in train and "accuracy" not in train and "loss" in train:
-        losses = {"loss": ("loss", "C0"), **losses}
+    if not set(losses) & set(train) and "accuracy" not in train and "loss" in train:
+        losses = {"loss": ("loss", "C0")}  # the only loss there is (drawn beside a term equal to it, it hides)
     for name, (label, colour) in losses.items():
         if name in train:
             _train_line(loss_ax, *train[name], colour, f"train {label}")
@@ -380,9 +381,10 @@ def plot_training_summary(metrics_csv: Union[PathLike, Metrics], path: PathLike)
     caption = []
     if "baseline_mse" in drawn:
         caption.append("The baseline MSE may rise while accuracy nears 50 % (the reward's variance p(1 - p) peaks there).")
-    left_out = [n for n in sorted(train) if n not in drawn]
+    left_out = [_LEFT_OUT.get(n, n) for n in sorted(train) if n not in drawn]
+    left_out += [f"validation {n}" for n in sorted(val) if n not in ("accuracy", "ce")]
     if left_out:
-        caption.append("Not drawn (see metrics.csv): " + "; ".join(_LEFT_OUT.get(n, n) for n in left_out) + ".")
+        caption.append("Not drawn (see metrics.csv): " + "; ".join(left_out) + ".")
     if caption:
         fig.supxlabel("\n".join(caption), fontsize=8.5, color="0.25", wrap=True)
     return _save(fig, path)
