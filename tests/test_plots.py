@@ -425,3 +425,17 @@ def test_training_summary_draws_the_total_loss_only_when_it_is_the_only_loss(tmp
     path.write_text("iteration,split,name,value\n0,train,loss,2.0\n5,train,loss,1.0\n")
     plot_training_summary(path, tmp_path / "b.png")
     assert [ln.get_label() for ln in drawn[-1].axes[1].get_lines()] == ["train loss"]
+
+
+def test_heatmap_draws_no_outline_of_objects_at_random_places(tmp_path: Path, drawn):
+    from matplotlib.contour import ContourSet
+
+    rec = GlimpseRecord(**record_kwargs())
+    rng = np.random.default_rng(1)
+    rec.images = np.zeros((4, 1, 16, 20), np.float32)
+    for image in rec.images:  # one bright square per image, each somewhere else (translated digits, say)
+        r, c = rng.integers(0, 12), rng.integers(0, 16)
+        image[:, r:r + 4, c:c + 4] = 1.0
+    plot_glimpse_heatmaps(rec, tmp_path / "heat.png")
+    fig = drawn[-1]
+    assert not fig.findobj(ContourSet) and "White line" not in fig._supxlabel.get_text()
