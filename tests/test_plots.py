@@ -439,3 +439,14 @@ def test_heatmap_draws_no_outline_of_objects_at_random_places(tmp_path: Path, dr
     plot_glimpse_heatmaps(rec, tmp_path / "heat.png")
     fig = drawn[-1]
     assert not fig.findobj(ContourSet) and "White line" not in fig._supxlabel.get_text()
+
+
+def test_iterations_per_seed_give_slots_only_to_methods_with_runs(tmp_path: Path, drawn):
+    from foveal.evaluation.compare_plots import plot_iterations_per_seed
+
+    iterations = {"RAM": {0: 30, 1: 20}, "WSRAM": {0: None, 1: None}, "PS-RAM": {}, "PS-NOGS": {0: 30, 1: 20}}
+    plot_iterations_per_seed(iterations, tmp_path / "it.png", criterion="CE within 0.01 of its best")
+    ax = drawn[-1].axes[0]
+    xs = sorted(float(x) for c in ax.collections for x, _ in c.get_offsets())
+    assert xs == pytest.approx([-0.15, 0.15, 0.85, 1.15])  # two slots per seed, centred on it
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["RAM (mean 25)", "PS-NOGS (mean 25)"]

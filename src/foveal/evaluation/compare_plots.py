@@ -65,7 +65,10 @@ def plot_method_curves(curves: Mapping[str, Sequence[Series]], path: PathLike, *
         ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=ax.transAxes)
     else:
         ax.legend(fontsize=9)
+    from matplotlib.ticker import MaxNLocator
+
     ax.set_xlabel("training iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.set_title(title or f"{ylabel} during training (mean over seeds, range shaded)", fontsize=11)
@@ -79,15 +82,20 @@ def plot_iterations_per_seed(iterations: Mapping[str, Mapping[int, Optional[int]
     ax = fig.subplots()
     seeds = sorted({s for runs in iterations.values() for s in runs})
     markers = "osD^v<>pXh"
-    width = 0.6 / max(1, len(iterations))
+    # Side by side within a seed: only the methods with a run take a slot (colours stay the method's).
+    shown = [method for method, runs in iterations.items() if any(v is not None for v in runs.values())]
+    width = 0.6 / max(1, len(shown))
     for k, (method, runs) in enumerate(iterations.items()):
-        xs = [seeds.index(s) - 0.3 + (k + 0.5) * width for s in seeds if runs.get(s) is not None]
-        ys = [runs[s] for s in seeds if runs.get(s) is not None]
-        if not ys:
+        if method not in shown:
             continue
+        slot = shown.index(method)
+        xs = [seeds.index(s) - 0.3 + (slot + 0.5) * width for s in seeds if runs.get(s) is not None]
+        ys = [runs[s] for s in seeds if runs.get(s) is not None]
         colour = f"C{k % 10}"
-        ax.scatter(xs, ys, marker=markers[k % len(markers)], color=colour, s=36, label=method, zorder=3)
-        ax.axhline(float(np.mean(ys)), color=colour, linestyle="--", linewidth=1, alpha=0.7)
+        mean = float(np.mean(ys))  # in the label too: equal means draw one dashed line over another
+        ax.scatter(xs, ys, marker=markers[k % len(markers)], color=colour, s=36, label=f"{method} (mean {mean:.0f})",
+                   zorder=3)
+        ax.axhline(mean, color=colour, linestyle="--", linewidth=1, alpha=0.7)
     ax.set_xticks(range(len(seeds)), [f"seed {s}" for s in seeds])
     ax.set_ylabel("iterations to converge")
     ax.grid(alpha=0.3, axis="y")
