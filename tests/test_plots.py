@@ -450,3 +450,13 @@ def test_iterations_per_seed_give_slots_only_to_methods_with_runs(tmp_path: Path
     xs = sorted(float(x) for c in ax.collections for x, _ in c.get_offsets())
     assert xs == pytest.approx([-0.15, 0.15, 0.85, 1.15])  # two slots per seed, centred on it
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["RAM (mean 25)", "PS-NOGS (mean 25)"]
+
+
+def test_posterior_curves_do_not_blow_up_a_flat_curve(tmp_path: Path, drawn):
+    from foveal.evaluation.boed_plots import plot_posterior_curves
+
+    entropy = [1.0945 + 5e-5 * t for t in range(7)]  # flat to 0.0003 nats: drawn as a steep rise before
+    plot_posterior_curves({"curves": {"random": {"accuracy": [1 / 3] * 7, "entropy": entropy}}}, tmp_path / "c.png")
+    ent_ax = drawn[-1].axes[1]
+    lo, hi = ent_ax.get_ylim()
+    assert hi - lo >= 0.049 and ent_ax.yaxis.get_offset_text().get_text() == ""
