@@ -45,3 +45,24 @@ def test_compare_config_resolves_every_method(name):
     for method in cfg.methods:
         assert method.kind in ("ram", "ram+", "wsram", "ps")
     check_run_config(cfg.run)
+
+
+def test_the_demo_is_a_setting_where_the_glimpse_locations_matter():
+    """The demo once trained on centred 28x28 digits with location_std 0.05: a glimpse at the centre saw most of the
+    digit at its 16 px scale, the reward hardly depended on where the model looked, and its glimpses drifted to the
+    borders. Its digits must lie mostly outside what a centred glimpse sees at all scales but the coarsest, and its
+    policy must explore whole pixels."""
+    import torch
+
+    from foveal.data import build_dataset
+
+    cfg = load_config("demo")
+    data, model = cfg["data"], cfg["model"]
+    test = build_dataset(data["name"], "test", **{k: v for k, v in data.items() if k != "name"})
+    H = test.image_shape[1]
+    side = model["glimpse_size"] * 2 ** max(0, model["num_scales"] - 2)  # the finer scales' reach
+    images = torch.stack([test[i]["image"][0] for i in range(40)])  # [40, H, W]
+    lo = (H - side) // 2
+    seen = images[:, lo:lo + side, lo:lo + side].sum((1, 2)) / images.sum((1, 2))  # [40]
+    assert seen.median() < 0.5  # centred 28x28 digits with 8 and 16 px scales: 0.79
+    assert model["location_std"] * H / 2 >= 3  # the policy's std in pixels (was 0.7)

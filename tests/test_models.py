@@ -119,6 +119,54 @@ def test_grid_model_snaps_forced_locations_to_cells():
     assert ro.indices.item() == 5 and torch.equal(ro.locations[0, 0], cell)
 
 
+def pinned_after_a_noise_walk(location_head: str, steps: int = 100) -> tuple[float, float]:
+    """Train only a 256-unit RAM's location head by a policy gradient that is pure noise (the reward does not
+    depend on where it looked) and return (fraction of means past +-0.9, mean |mean|). Adam at lr 1e-2 for 100
+    steps walks about as far as the demo's 3,000 steps at 1e-3 (the walk grows as lr * sqrt(steps))."""
+    torch.manual_seed(0)
+    model = create_model("ram", in_channels=1, num_classes=10, image_size=(28, 28), location_head=location_head)
+    optimizer = torch.optim.Adam(model.location_net.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    states = torch.tanh(torch.randn(64, 256, generator=g) + 0.5)  # [B, H]: GRU-like, not centred
+    for _ in range(steps):
+        dist = model.location_distribution(states)
+        reward = (torch.rand(64, generator=g) < 0.9).float()  # [B], whatever the location
+        loss = -(dist.log_prob(dist.sample()) * (reward - 0.9)).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        mean = model.location_distribution(states).mean  # [B, 2]
+    return float((mean.abs() > 0.9).float().mean()), float(mean.abs().mean())
+
+
+def test_scaled_location_head_is_not_walked_to_the_border_by_noise():
+    # The demo's old failure in miniature: Adam turns a noise-only policy gradient into steps of ~lr * sum|h|
+    # on the mean's pre-activation, and tanh pins the walked-off means to the border.
+    pinned, _ = pinned_after_a_noise_walk("linear")
+    assert pinned > 0.5
+    pinned, size = pinned_after_a_noise_walk("scaled")
+    assert pinned == 0 and size < 0.5
+
+
+def test_location_head_setting_keeps_saved_models_and_checks_its_policy():
+    model = build("ram")
+    spec = model_spec(model)
+    assert spec["config"]["location_head"] == "linear"  # the default: what every earlier run used
+    del spec["config"]["location_head"]  # a config saved before the field existed
+    old = create_model(spec["name"], **spec["config"])
+    old.load_state_dict(model.state_dict())
+    h = torch.rand(3, SMALL["hidden_size"])
+    assert torch.equal(old.location_distribution(h).mean, model.location_distribution(h).mean)
+    scaled = build("ram", location_head="scaled")
+    scaled.load_state_dict(model.state_dict())  # same weights, same shapes
+    w, b = model.location_net.weight, model.location_net.bias
+    expected = torch.tanh(h @ w.T / SMALL["hidden_size"] ** 0.5 + b)
+    assert torch.allclose(scaled.location_distribution(h).mean, expected)
+    with pytest.raises(ValueError, match="location_head: 'scaled' applies to a Gaussian policy"):
+        build("ram-grid", location_head="scaled")
+
+
 def test_no_gradient_flows_through_locations_into_the_policy_except_log_prob():
     torch.manual_seed(0)
     model = build("ram")

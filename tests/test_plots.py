@@ -258,3 +258,205 @@ def test_figures_leave_no_pyplot_state(tmp_path: Path, record_path: Path):
     before = plt.get_backend()
     plot_glimpse_heatmaps(record_path, tmp_path / "heat.png")
     assert plt.get_fignums() == [] and plt.get_backend() == before
+
+
+# ------------------------------------------------------------------------------- what a figure says
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Keeps every figure the plot functions make (drawn, not cleared) in a list, for reading its artists."""
+    from foveal.evaluation import boed_plots, compare_plots, plots
+
+    figures = []
+
+    def keep(fig, path):
+        fig.canvas.draw()
+        figures.append(fig)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=plots._DPI, format="png")
+        return path
+
+    for module in (plots, compare_plots, boed_plots):
+        monkeypatch.setattr(module, "_save", keep)
+    return figures
+
+
+def texts(fig) -> list:
+    from matplotlib.text import Text
+
+    return [t for t in fig.findobj(Text) if t.get_text()]
+
+
+def glimpse_labels(fig) -> list:
+    """The glimpse number labels: texts with a coloured box, in the image panels."""
+    return [t for t in texts(fig) if t.get_bbox_patch() is not None]
+
+
+def one_image_record(locations, size: int = 28, glimpse: int = 8) -> GlimpseRecord:
+    locations = np.asarray(locations, np.float32)[None]  # [1, T, 2]
+    return GlimpseRecord(locations=locations, labels=np.zeros(1, np.int64), predictions=np.zeros(1, np.int64),
+                         image_size=(size, size), glimpse_size=glimpse, num_scales=2, factor=2,
+                         images=np.random.default_rng(0).random((1, 1, size, size)).astype(np.float32))
+
+
+def test_examples_label_a_revisited_box_with_every_step(tmp_path: Path, drawn):
+    # Glimpses 2 and 5 (and 3, 4, 6, clamped to one corner) look at the same boxes, as on a grid model.
+    locs = [(0, 0), (0.5, 0.5), (-1, -1), (-1, -1), (0.5, 0.5), (-1, -1)]
+    plot_glimpse_examples(one_image_record(locs), tmp_path / "examples.png")
+    labels = sorted(t.get_text() for t in glimpse_labels(drawn[-1]))
+    assert labels == ["1", "2,5", "3,4,6"]
+    assert "2,5" in drawn[-1]._suptitle.get_text() or "3,4,6" in drawn[-1]._suptitle.get_text()
+
+
+def test_example_labels_never_cover_each_other(tmp_path: Path, drawn):
+    # Six different boxes a pixel or two apart in one corner: their labels must be moved apart.
+    locs = [(-1, -1), (-0.93, -0.93), (-0.86, -1), (-1, -0.86), (-0.8, -0.8), (-0.9, -1)]
+    plot_glimpse_examples(one_image_record(locs), tmp_path / "examples.png")
+    fig = drawn[-1]
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_bbox_patch().get_window_extent(renderer) for t in glimpse_labels(fig)]
+    assert len(boxes) == 6
+    for i in range(len(boxes)):
+        for j in range(i):
+            a, b = boxes[i], boxes[j]
+            overlap_x = min(a.x1, b.x1) - max(a.x0, b.x0)
+            overlap_y = min(a.y1, b.y1) - max(a.y0, b.y0)
+            assert min(overlap_x, overlap_y) <= 1.0, (i, j, a, b)  # at most a pixel of anti-aliasing
+
+
+def test_example_boxes_and_labels_scale_with_the_image(tmp_path: Path, drawn):
+    from matplotlib.patches import Rectangle
+
+    locs = [(0, 0), (0.5, -0.5)]
+    sizes = {}
+    for size in (28, 224):
+        plot_glimpse_examples(one_image_record(locs, size=size), tmp_path / f"examples{size}.png")
+        fig = drawn[-1]
+        solid = [p for p in fig.findobj(Rectangle) if p.get_linestyle() == "-" and not p.get_fill()]
+        sizes[size] = (max(t.get_fontsize() for t in glimpse_labels(fig)), max(p.get_linewidth() for p in solid))
+    assert sizes[28][0] > sizes[224][0] and sizes[28][1] > sizes[224][1]
+    # An 8 px glimpse on a 224 px image is a few points wide: a thin line and the smallest label.
+    assert sizes[224] == (5.0, 0.5)
+
+
+def test_heatmap_counts_agree_and_the_outline_is_explained(tmp_path: Path, drawn):
+    rec = GlimpseRecord(**record_kwargs())  # 6 images' locations, the first 4 images kept
+    rec.images[:, :, 4:12, 6:14] += 3.0  # a clear shape in the mean image, so its outline is drawn
+    rec.images = np.clip(rec.images, 0, 1)
+    plot_glimpse_heatmaps(rec, tmp_path / "heat.png")
+    fig = drawn[-1]
+    words = [t.get_text() for t in texts(fig)]
+    assert "(6 images," in fig._suptitle.get_text()
+    assert any("first\n4 of the 6 images" in w for w in words)
+    assert not any(w.startswith("mean of 4 images") for w in words)
+    caption = fig._supxlabel.get_text()
+    assert "of the 6 images" in caption and "White line: outline of the mean image" in caption
+
+
+def test_training_summary_plots_what_training_is_judged_by(tmp_path: Path, drawn):
+    rows = ["iteration,split,name,value"]
+    for it in range(0, 100, 10):  # a REINFORCE run: the surrogate rises from -1.5 to 0 and must not be drawn
+        rows += [f"{it},train,{n},{v}" for n, v in (("loss", -1.5 + it / 70), ("ce", 2 - it / 60), ("accuracy", it / 120),
+                                                   ("reinforce", -1.5 + it / 66), ("baseline_mse", 0.3 - it / 400),
+                                                   ("entropy", -18.9))]
+    rows += ["100,val,accuracy,0.8", "100,val,ce,0.6"]  # one validation point
+    path = tmp_path / "metrics.csv"
+    path.write_text("\n".join(rows) + "\n")
+    plot_training_summary(path, tmp_path / "summary.png")
+    fig = drawn[-1]
+    labels = [ln.get_label() for ax in fig.axes for ln in ax.get_lines()]
+    assert {"train", "validation", "train cross-entropy", "train baseline MSE (R - b)\u00b2",
+            "validation cross-entropy"} <= set(labels)
+    assert not any("reinforce" in lab or lab == "train loss" for lab in labels)
+    assert "reinforce (the REINFORCE surrogate" in fig._supxlabel.get_text()
+    single = [ln for ax in fig.axes for ln in ax.get_lines() if len(ln.get_xdata()) == 1]
+    assert len(single) == 2  # validation accuracy and cross-entropy, one point each
+    for line in single:
+        assert line.get_marker() not in (None, "None", "", " ") and line.get_markersize() >= 6
+    assert {"80", "0.6"} <= {t.get_text() for t in texts(fig)}  # the lone points carry their values
+
+
+def test_method_curves_show_a_single_validation_point(tmp_path: Path, drawn):
+    from foveal.evaluation.compare_plots import plot_method_curves
+
+    plot_method_curves({"RAM": [(np.array([100]), np.array([0.5]))]}, tmp_path / "c.png", ylabel="accuracy")
+    (line,) = drawn[-1].axes[0].get_lines()
+    assert line.get_marker() not in (None, "None", "", " ") and line.get_markersize() >= 6
+
+
+def test_epe_figure_marks_a_revisited_cell_and_explains_its_rows(tmp_path: Path, drawn):
+    from foveal.data.sequences import GlimpseSequences
+    from foveal.evaluation.boed_plots import plot_epe_sequence
+    from foveal.retina import LocationGrid
+
+    grid = LocationGrid.from_stride((16, 16), 4, 4)
+    cells = torch.tensor([[5, 10, 5]])  # the third glimpse looks at the first one's cell again
+    seqs = GlimpseSequences("mnist5k", "val", (16, 16), 4, torch.tensor([7]), grid.corners()[cells], grid=grid,
+                            method="nogs", epe_maps=torch.rand(1, 3, 4, 4))
+    plot_epe_sequence(seqs, np.random.default_rng(0).random((1, 16, 16)), tmp_path / "fig2.png")
+    words = [t.get_text() for t in texts(drawn[-1])]
+    assert "t = 3\n(again the cell of t = 1)" in words and "t = 2" in words
+    assert "red \u00d7 and box: the cell looked at at t" in drawn[-1]._supxlabel.get_text()
+
+
+def test_heatmaps_by_method_give_each_row_its_colour_scale_and_counts(tmp_path: Path, drawn):
+    from foveal.evaluation.compare_plots import plot_heatmaps_by_method
+
+    records = {"RAM": GlimpseRecord(**record_kwargs()), "PS-NOGS": GlimpseRecord(**record_kwargs())}
+    plot_heatmaps_by_method(records, tmp_path / "h.png")
+    fig = drawn[-1]
+    T = records["RAM"].num_glimpses
+    assert len(fig.axes) == 2 * (T + 1) + 2  # the panels and one colour bar per row
+    assert "(6 test images)" in fig._suptitle.get_text()
+    assert "mean of first 4" in [t.get_text() for t in texts(fig)]  # 4 images kept of the 6
+    assert "each row on its own scale" in fig._supxlabel.get_text()
+
+
+def test_training_summary_draws_the_total_loss_only_when_it_is_the_only_loss(tmp_path: Path, drawn):
+    path = tmp_path / "metrics.csv"  # Saccader's location stage: loss == location_nll, one row each
+    path.write_text("iteration,split,name,value\n20,train,loss,56.0\n20,train,location_nll,56.0\n20,train,l2,0.0\n"
+                    "20,val,accuracy,0.1\n20,val,ce,2.3\n20,val,glimpse_ce,2.4\n")
+    plot_training_summary(path, tmp_path / "a.png")
+    labels = [ln.get_label() for ax in drawn[-1].axes for ln in ax.get_lines()]
+    assert "train location NLL" in labels and "train loss" not in labels  # one would hide the other
+    assert "validation glimpse_ce" in drawn[-1]._supxlabel.get_text()
+    path.write_text("iteration,split,name,value\n0,train,loss,2.0\n5,train,loss,1.0\n")
+    plot_training_summary(path, tmp_path / "b.png")
+    assert [ln.get_label() for ln in drawn[-1].axes[1].get_lines()] == ["train loss"]
+
+
+def test_heatmap_draws_no_outline_of_objects_at_random_places(tmp_path: Path, drawn):
+    from matplotlib.contour import ContourSet
+
+    rec = GlimpseRecord(**record_kwargs())
+    rng = np.random.default_rng(1)
+    rec.images = np.zeros((4, 1, 16, 20), np.float32)
+    for image in rec.images:  # one bright square per image, each somewhere else (translated digits, say)
+        r, c = rng.integers(0, 12), rng.integers(0, 16)
+        image[:, r:r + 4, c:c + 4] = 1.0
+    plot_glimpse_heatmaps(rec, tmp_path / "heat.png")
+    fig = drawn[-1]
+    assert not fig.findobj(ContourSet) and "White line" not in fig._supxlabel.get_text()
+
+
+def test_iterations_per_seed_give_slots_only_to_methods_with_runs(tmp_path: Path, drawn):
+    from foveal.evaluation.compare_plots import plot_iterations_per_seed
+
+    iterations = {"RAM": {0: 30, 1: 20}, "WSRAM": {0: None, 1: None}, "PS-RAM": {}, "PS-NOGS": {0: 30, 1: 20}}
+    plot_iterations_per_seed(iterations, tmp_path / "it.png", criterion="CE within 0.01 of its best")
+    ax = drawn[-1].axes[0]
+    xs = sorted(float(x) for c in ax.collections for x, _ in c.get_offsets())
+    assert xs == pytest.approx([-0.15, 0.15, 0.85, 1.15])  # two slots per seed, centred on it
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["RAM (mean 25)", "PS-NOGS (mean 25)"]
+
+
+def test_posterior_curves_do_not_blow_up_a_flat_curve(tmp_path: Path, drawn):
+    from foveal.evaluation.boed_plots import plot_posterior_curves
+
+    entropy = [1.0945 + 5e-5 * t for t in range(7)]  # flat to 0.0003 nats: drawn as a steep rise before
+    plot_posterior_curves({"curves": {"random": {"accuracy": [1 / 3] * 7, "entropy": entropy}}}, tmp_path / "c.png")
+    ent_ax = drawn[-1].axes[1]
+    lo, hi = ent_ax.get_ylim()
+    assert hi - lo >= 0.049 and ent_ax.yaxis.get_offset_text().get_text() == ""

@@ -28,7 +28,8 @@ def sampled_rollouts(run, repeats):
     """What evaluate_run must compute: the same seed, the same batches of 100, each repeated M times."""
     model, info = load_model(run / "checkpoints" / "best")
     model.eval()
-    test = build_dataset("mnist5k", "test")
+    data = dict(info["config"]["data"])  # the demo's (translated digits since it must show attention)
+    test = build_dataset(data.pop("name"), "test", **data)
     torch.manual_seed(info["config"]["train"]["seed"])
     correct, first = [], []
     with torch.no_grad():

@@ -19,7 +19,7 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from foveal.evaluation.plots import _figure, _save
+from foveal.evaluation.plots import _display, _figure, _markers, _save
 from foveal.evaluation.records import PathLike, as_record, glimpse_coverage
 
 __all__ = ["plot_method_curves", "plot_iterations_per_seed", "plot_heatmaps_by_method"]
@@ -56,7 +56,8 @@ def plot_method_curves(curves: Mapping[str, Sequence[Series]], path: PathLike, *
             continue
         x, mean, lo, hi = _mean_and_range(series)
         colour = f"C{k % 10}"
-        ax.plot(x, mean * scale, color=colour, linewidth=1.7, label=f"{method} ({len(series)} seed{'s' * (len(series) > 1)})")
+        ax.plot(x, mean * scale, color=colour, linewidth=1.7, label=f"{method} ({len(series)} seed{'s' * (len(series) > 1)})",
+                **_markers(len(x)))  # a curve of one validation point is a marker, not nothing
         if len(series) > 1:
             ax.fill_between(x, lo * scale, hi * scale, color=colour, alpha=0.15, linewidth=0)
         drawn += 1
@@ -64,7 +65,10 @@ def plot_method_curves(curves: Mapping[str, Sequence[Series]], path: PathLike, *
         ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=ax.transAxes)
     else:
         ax.legend(fontsize=9)
+    from matplotlib.ticker import MaxNLocator
+
     ax.set_xlabel("training iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.set_title(title or f"{ylabel} during training (mean over seeds, range shaded)", fontsize=11)
@@ -78,15 +82,20 @@ def plot_iterations_per_seed(iterations: Mapping[str, Mapping[int, Optional[int]
     ax = fig.subplots()
     seeds = sorted({s for runs in iterations.values() for s in runs})
     markers = "osD^v<>pXh"
-    width = 0.6 / max(1, len(iterations))
+    # Side by side within a seed: only the methods with a run take a slot (colours stay the method's).
+    shown = [method for method, runs in iterations.items() if any(v is not None for v in runs.values())]
+    width = 0.6 / max(1, len(shown))
     for k, (method, runs) in enumerate(iterations.items()):
-        xs = [seeds.index(s) - 0.3 + (k + 0.5) * width for s in seeds if runs.get(s) is not None]
-        ys = [runs[s] for s in seeds if runs.get(s) is not None]
-        if not ys:
+        if method not in shown:
             continue
+        slot = shown.index(method)
+        xs = [seeds.index(s) - 0.3 + (slot + 0.5) * width for s in seeds if runs.get(s) is not None]
+        ys = [runs[s] for s in seeds if runs.get(s) is not None]
         colour = f"C{k % 10}"
-        ax.scatter(xs, ys, marker=markers[k % len(markers)], color=colour, s=36, label=method, zorder=3)
-        ax.axhline(float(np.mean(ys)), color=colour, linestyle="--", linewidth=1, alpha=0.7)
+        mean = float(np.mean(ys))  # in the label too: equal means draw one dashed line over another
+        ax.scatter(xs, ys, marker=markers[k % len(markers)], color=colour, s=36, label=f"{method} (mean {mean:.0f})",
+                   zorder=3)
+        ax.axhline(mean, color=colour, linestyle="--", linewidth=1, alpha=0.7)
     ax.set_xticks(range(len(seeds)), [f"seed {s}" for s in seeds])
     ax.set_ylabel("iterations to converge")
     ax.grid(alpha=0.3, axis="y")
@@ -99,31 +108,46 @@ def plot_iterations_per_seed(iterations: Mapping[str, Mapping[int, Optional[int]
 def plot_heatmaps_by_method(records: Mapping[str, Union[PathLike, object]], path: PathLike) -> Path:
     """Fraction of test images whose glimpse t covered each pixel: rows = methods, columns = t = 1..T.
 
-    Each row has its own colour scale (a method that always looks at one place would otherwise wash
-    out the others); the first column shows the mean test image when the record holds images.
+    Each row has its own colour scale, shown by a colour bar at its end (a method that always looks
+    at one place would otherwise wash out the others); the first column shows the mean of the images
+    the record holds (its first n of N), labelled with both counts, and the row label gives the
+    method's accuracy over all N.
     """
     recs = {method: as_record(r) for method, r in records.items()}
     if not recs:
         raise ValueError("plot_heatmaps_by_method: expected at least one record, found none")
     T = max(r.num_glimpses for r in recs.values())
     side = 1.7
-    fig = _figure(side * (T + 1) + 0.8, side * len(recs) + 0.7)
+    fig = _figure(side * (T + 1) + 1.4, side * len(recs) + 1.0)
     axes = fig.subplots(len(recs), T + 1, squeeze=False)
+    counts = set()
     for row, (method, rec) in enumerate(recs.items()):
         coverage = glimpse_coverage(rec.locations, rec.image_size, rec.glimpse_size)  # [T, H, W]
+        counts.add(rec.num_images)
         for ax in axes[row]:
             ax.set_xticks([])
             ax.set_yticks([])
         if rec.images is not None and len(rec.images):
-            mean = rec.images.mean(0)
-            axes[row, 0].imshow(mean.transpose(1, 2, 0) if mean.shape[0] == 3 else mean[0], cmap="gray")
+            mean, cmap = _display(rec.images.mean(0))
+            axes[row, 0].imshow(mean, cmap=cmap)
+            if len(rec.images) < rec.num_images:
+                axes[row, 0].set_xlabel(f"mean of first {len(rec.images)}", fontsize=8)
         axes[row, 0].set_ylabel(f"{method}\n{100 * rec.accuracy:.1f}%", fontsize=9)
         vmax = max(float(coverage.max()), 1e-12)
+        im = None
         for t in range(rec.num_glimpses):
-            axes[row, t + 1].imshow(coverage[t], cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
+            im = axes[row, t + 1].imshow(coverage[t], cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
             if row == 0:
                 axes[row, t + 1].set_title(f"t = {t + 1}", fontsize=10)
+        for t in range(rec.num_glimpses, T):
+            axes[row, t + 1].set_axis_off()
+        if im is not None:
+            bar = fig.colorbar(im, ax=axes[row, :].tolist(), shrink=0.9, pad=0.01, aspect=12)
+            bar.ax.tick_params(labelsize=7)
     axes[0, 0].set_title("mean image", fontsize=10)
-    fig.suptitle("Where each method looked at each glimpse (fraction of test images)", fontsize=11)
+    n = ", ".join(str(c) for c in sorted(counts))
+    fig.suptitle(f"Where each method looked at each glimpse ({n} test images)", fontsize=11)
+    fig.supxlabel("Colour: the fraction of the test images whose glimpse t (finest scale) covered the pixel, "
+                  "each row on its own scale (colour bar at its end). Row label: method and test accuracy.",
+                  fontsize=8, color="0.25", wrap=True)
     return _save(fig, path)
-
