@@ -18,6 +18,8 @@ from foveal.models import create_model, model_spec
 from foveal.models.bagnet import grid_rollout
 from foveal.retina import LocationGrid
 
+from test_errors import MNIST28
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
@@ -93,7 +95,7 @@ def test_never_and_always_firing_rules_reproduce_fixed_t_and_one_glimpse():
 
 @pytest.mark.slow
 def test_foveal_evaluate_takes_a_rule_and_thresholds(tmp_path, capsys):
-    cfg = apply_overrides(load_config("demo"), ["model.hidden_size=16", "model.glimpse_hidden=8",
+    cfg = apply_overrides(load_config(str(MNIST28)), ["model.hidden_size=16", "model.glimpse_hidden=8",
                                                 "model.location_hidden=8", "model.feature_size=16",
                                                 "algorithm.num_glimpses=3", "evaluate.examples=2"])
     torch.manual_seed(0)

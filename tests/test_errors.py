@@ -8,12 +8,15 @@ built-in ``mnist5k``); the README's table of bad inputs and their messages is ma
 import json
 import shutil
 
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
 
 from foveal.cli import main
 
+MNIST28 = Path(__file__).parent / "mnist28.yaml"  # the plain 28x28 digits (the demo moved to a 60x60 canvas)
 TINY = ["train.iterations=2", "train.val_every=2", "train.batch_size=16", "train.val_batches=1",
         "train.tensorboard=false", "model.hidden_size=16", "model.glimpse_hidden=8", "model.location_hidden=8",
         "model.feature_size=16", "algorithm.num_glimpses=2", "evaluate.batch_size=250", "evaluate.examples=2",
@@ -35,7 +38,7 @@ def refused(capsys, argv, *expected):
     return lines[0]
 
 
-def train(run_dir, *overrides, config="demo"):
+def train(run_dir, *overrides, config=MNIST28):
     return ["train", "--config", str(config), "--run-dir", str(run_dir), "--quiet", *TINY, *overrides]
 
 
@@ -115,14 +118,8 @@ def test_config_file_errors_name_the_file(tmp_path, capsys):
 # ----------------------------------------------------------------------------- geometry against the data
 
 
-def mnist28(tmp_path):
-    """A config on the plain 28x28 digits (the demo's are on a 60x60 canvas), for the README's 28 px messages."""
-    return write_config(tmp_path / "mnist28.yaml", data={"name": "mnist5k"}, model={"name": "ram", "glimpse_size": 8},
-                        algorithm={"name": "reinforce"}, train={"lr": 1.0e-3})
-
-
 def test_glimpse_larger_than_the_image(tmp_path, capsys):
-    refused(capsys, train(tmp_path / "r", "model.glimpse_size=100", config=mnist28(tmp_path)), "model.glimpse_size",
+    refused(capsys, train(tmp_path / "r", "model.glimpse_size=100"), "model.glimpse_size",
             "28x28", "found 100")
     assert not (tmp_path / "r").exists()
 
@@ -135,7 +132,7 @@ def test_dram_glimpse_larger_than_the_image(tmp_path, capsys):
 
 
 def test_grid_with_more_cells_than_positions(tmp_path, capsys):
-    refused(capsys, train(tmp_path / "r", "model.name=ram-grid", "model.grid=30", config=mnist28(tmp_path)), "model.grid",
+    refused(capsys, train(tmp_path / "r", "model.name=ram-grid", "model.grid=30"), "model.grid",
             "21 distinct positions", "8 px glimpses", "28x28", "found 30")
 
 

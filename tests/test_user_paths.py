@@ -2,7 +2,6 @@
 builds but may not be what was meant, and where the dataset options are written."""
 
 import json
-from importlib import resources
 
 import numpy as np
 import yaml
@@ -10,7 +9,7 @@ from PIL import Image
 
 from foveal.cli import main
 
-from test_errors import refused, train
+from test_errors import MNIST28, refused, train
 from test_run_folder import IMAGEFOLDER_RUN, image_folder
 
 
@@ -74,7 +73,7 @@ def test_config_errors_name_the_key_as_typed(tmp_path, capsys):
 
 
 def test_an_inherited_key_is_named_and_removed_with_null(tmp_path, capsys):
-    config = yaml.safe_load(resources.files("foveal.configs").joinpath("demo.yaml").read_text())
+    config = yaml.safe_load(MNIST28.read_text())
     config["data"]["train_rows"] = [5000, None]  # inherited from a config made for a larger split
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(config))
     refused(capsys, train(tmp_path / "r", config=tmp_path / "mine.yaml"),
