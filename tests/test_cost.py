@@ -17,12 +17,7 @@ BUILD = {"ram-grid": {**SMALL, "grid": (3, 4)}, "ram-grid-ws": {**SMALL, "grid":
          "saccader": TINY_GRID, "saccader-patch": {**TINY_GRID, "patch_widths": (4,), "patch_strides": (2,)}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_hand_counts_of_each_layer_kind():

@@ -21,12 +21,7 @@ BUILD = {"ram-grid": {**SMALL, "grid": (3, 4)}, "ram-grid-ws": {**SMALL, "grid":
 MODELS = list_models("glimpse") + list_models("grid")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def build(name):

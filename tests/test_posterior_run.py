@@ -24,12 +24,7 @@ evaluate: {split: test, batch_size: 250}
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_train_posterior_writes_curves_and_evaluate_reproduces_them(tmp_path, capsys):

@@ -164,3 +164,24 @@ def test_a_second_writer_is_refused_while_the_first_runs_and_accepted_once_it_is
     third = start_training(run)
     _, err = third.communicate(timeout=300)
     assert third.returncode == 0, err
+
+
+def test_an_undone_start_keeps_what_another_process_made_beside_it(tmp_path):
+    from foveal.runfolder import FolderStart
+
+    # a compare worker's run runs/ram/seed-0 fails to start while another worker has begun runs/ps-nogs/seed-0
+    # in the runs/ folder the first start made: only the failed run's own folder goes
+    start = FolderStart(tmp_path / "out" / "runs" / "ram" / "seed-0")
+    (tmp_path / "out" / "runs" / "ram" / "seed-0").mkdir(parents=True)
+    (tmp_path / "out" / "runs" / "ram" / "seed-0" / "config.yaml").write_text("x")
+    other = tmp_path / "out" / "runs" / "ps-nogs" / "seed-0"
+    other.mkdir(parents=True)
+    (other / "config.yaml").write_text("mine")
+    start.undo()
+    assert (other / "config.yaml").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "out" / "runs").iterdir()) == ["ps-nogs"]  # the empty ram/ went too
+    # alone, a failed start leaves nothing, parents included
+    alone = FolderStart(tmp_path / "new" / "a" / "b")
+    (tmp_path / "new" / "a" / "b").mkdir(parents=True)
+    alone.undo()
+    assert not (tmp_path / "new").exists()

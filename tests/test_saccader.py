@@ -24,12 +24,7 @@ from foveal.training.saccader import (LocationConfig, LocationPretraining, Repre
                                       sorted_logit_targets)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 TINY = {"in_channels": 2, "num_classes": 3, "image_size": (28, 28), "width": 2, "what_dim": 4}

@@ -133,7 +133,12 @@ class FolderStart:
         if not self._held_before:
             release(self.run_dir)
         if self._made:
-            shutil.rmtree(self._made[-1], ignore_errors=True)  # the outermost folder made since
+            shutil.rmtree(self._made[0], ignore_errors=True)  # the run folder, made since
+            for parent in self._made[1:]:  # its parents made since, if still empty: another process (a
+                try:                        # compare worker) may have made a run folder in one meanwhile
+                    parent.rmdir()
+                except OSError:
+                    break
             return
         now: list[Path] = []
         for dirpath, dirnames, filenames in os.walk(self.run_dir):
