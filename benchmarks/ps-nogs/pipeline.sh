@@ -125,6 +125,13 @@ snapshot() {  # stage the study's state for a commit: what a fresh clone needs t
       git add -f "$dir"/checkpoints/last.json "$dir"/checkpoints/last.safetensors
     fi
   done
+  for dir in "$S"/posteriors/*; do  # a posterior still training: its last checkpoint continues it
+    if [ -f "$dir/checkpoints/last.json" ] && [ ! -f "$dir/results.json" ]; then
+      git add -f "$dir"/checkpoints/last.json "$dir"/checkpoints/last.safetensors
+    else
+      git rm -q --cached --ignore-unmatch "$dir"/checkpoints/last.json "$dir"/checkpoints/last.safetensors
+    fi
+  done
   git status --short -- "$S" | sed 's/^/  /'
 }
 
