@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The PS-NOGS study, every step resumable: run it again (in any later session) and it continues where it was.
 #
-#   bash benchmarks/ps-nogs/pipeline.sh inputs        posteriors, bank, sequence files (then trains, as lane 1 of 2)
-#   bash benchmarks/ps-nogs/pipeline.sh train K N     lane K of N: the comparison's runs whose inputs exist
+#   bash benchmarks/ps-nogs/pipeline.sh inputs        posteriors, bank, sequence files (then trains, as a second lane)
+#   bash benchmarks/ps-nogs/pipeline.sh train         a lane: the comparison's runs whose inputs exist, in order
 #   bash benchmarks/ps-nogs/pipeline.sh status        what is done
 #   bash benchmarks/ps-nogs/pipeline.sh snapshot      stage the state for a commit before a session ends
 #
 # Two lanes side by side use the two cores (OMP_NUM_THREADS=1 each), e.g.
 #   setsid bash benchmarks/ps-nogs/pipeline.sh inputs  > runs/ps-nogs-inputs.log 2>&1 &
-#   setsid bash benchmarks/ps-nogs/pipeline.sh train 0 2 > runs/ps-nogs-train0.log 2>&1 &
+#   setsid bash benchmarks/ps-nogs/pipeline.sh train  > runs/ps-nogs-train.log 2>&1 &
 # A run is taken by one lane at a time (flock on runs/ps-nogs/locks/<run>); a killed lane leaves its run to be
 # continued from its last checkpoint. Where things go (all under benchmarks/ps-nogs/, kept in git so that a
 # fresh clone continues; see README.md there): posteriors/<name>/ (run folders), annotations/<name>/
@@ -60,10 +60,11 @@ inputs() {
 }
 
 # The comparison's runs, in the order they are taken: RAM first (every method is measured against it, and
-# PS-RAM's sequences are sampled from it), then those whose inputs are ready soonest.
-RUNS="RAM:0 RAM:1 RAM:2 PS-HINDSIGHT-25:0 PS-HINDSIGHT:0 PS-NOGS:0 PS-SALIENT:0 PS-RAM:0
-PS-HINDSIGHT-25:1 PS-HINDSIGHT:1 PS-NOGS:1 PS-SALIENT:1 PS-RAM:1
-PS-HINDSIGHT-25:2 PS-HINDSIGHT:2 PS-NOGS:2 PS-SALIENT:2 PS-RAM:2
+# PS-RAM's sequences are sampled from it); then what decides the question soonest: the ceiling at 25 % and
+# today's sequences, seed by seed; then the other natural-share rows; the strong annotator's last (its
+# inputs take longest).
+RUNS="RAM:0 RAM:1 RAM:2 PS-HINDSIGHT-25:0 PS-NOGS:0 PS-HINDSIGHT-25:1 PS-NOGS:1 PS-HINDSIGHT-25:2 PS-NOGS:2
+PS-HINDSIGHT:0 PS-SALIENT:0 PS-RAM:0 PS-HINDSIGHT:1 PS-SALIENT:1 PS-RAM:1 PS-HINDSIGHT:2 PS-SALIENT:2 PS-RAM:2
 PS-NOGS-STRONG-25:0 PS-NOGS-STRONG:0 PS-NOGS-STRONG-25:1 PS-NOGS-STRONG:1 PS-NOGS-STRONG-25:2 PS-NOGS-STRONG:2"
 
 ready() {  # method seed: are the run's inputs there?
@@ -81,27 +82,23 @@ finished() {  # method seed: trained and evaluated (settled, or at the cap), sam
   [ -f "$dir/sampled/results.json" ]
 }
 
-train_lane() {  # k n: runs k, k + n, ... of RUNS first, then any other that is ready and free
-  local k=$1 n=$2 i=0 mine=() others=()
-  for run in $RUNS; do
-    if [ $((i % n)) -eq "$k" ]; then mine+=("$run"); else others+=("$run"); fi
-    i=$((i + 1))
-  done
+train_lane() {  # the first run of RUNS that is ready and that no other lane holds, again and again
   local progress=1
   while [ $progress -eq 1 ]; do
     progress=0
-    for run in "${mine[@]}" "${others[@]}"; do
+    for run in $RUNS; do
       local method=${run%:*} seed=${run#*:}
       if finished "$method" "$seed" || ! ready "$method" "$seed"; then continue; fi
+      if ! flock -n "runs/ps-nogs/locks/$method-$seed" true; then continue; fi  # another lane has it
       log "train $method seed $seed"
       if flock -n "runs/ps-nogs/locks/$method-$seed" \
           $F compare --config $S/compare.yaml --out $S/comparison --methods "$method" --seeds "$seed" --quiet; then
         progress=1
-        break  # start again from the top: a finished run may have made others ready
+        break  # start again from the top: a finished run may have made an earlier one ready
       fi
     done
   done
-  log "lane $k of $n: nothing ready is left"
+  log "nothing ready is left to train"
 }
 
 status() {
@@ -138,10 +135,10 @@ snapshot() {  # stage the study's state for a commit: what a fresh clone needs t
 main() {
   case ${1:-} in
     snapshot) snapshot ;;
-    inputs) inputs; train_lane 1 2 ;;
-    train) train_lane "${2:?lane}" "${3:?lanes}" ;;
+    inputs) inputs; train_lane ;;
+    train) train_lane ;;
     status) status ;;
-    *) echo "usage: $0 inputs | train K N | status | snapshot" >&2; return 2 ;;
+    *) echo "usage: $0 inputs | train | status | snapshot" >&2; return 2 ;;
   esac
 }
 
