@@ -27,19 +27,12 @@ from typing import Optional
 import torch
 
 from foveal.data import build_dataset
-from foveal.evaluation.sequence_quality import glimpse_model_curves, per_image_curves
+from foveal.evaluation.sequence_quality import glimpse_model_curves, paired_bootstrap, per_image_curves
 from foveal.models import load_model
 from foveal.recipes.sequence_sources import policy_sequences
 from foveal.retina import LocationGrid
 
 HERE = Path(__file__).resolve().parent
-
-
-def bootstrap(correct: torch.Tensor, resamples: int = 5000, seed: int = 0) -> list[float]:
-    """95 % percentile-bootstrap interval over images of a mean of ``correct [N]``."""
-    g = torch.Generator().manual_seed(seed)
-    means = correct.double()[torch.randint(len(correct), (resamples, len(correct)), generator=g)].mean(1)
-    return torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
 
 
 def _named(text: str, flag: str) -> tuple[str, str]:
@@ -78,14 +71,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         glimpse_sets[f"{name}'s greedy cells"] = cells
         own = glimpse_model_curves(ram, images, grid, cells)["accuracy"][:, 1:]  # [n, T]
         rows.append({"scorer": f"{name} itself", "glimpses": f"{name}'s greedy cells",
-                     "accuracy": own.mean(0).tolist(), "interval_at_T": bootstrap(own[:, -1])})
+                     "accuracy": own.mean(0).tolist(), "interval_at_T": paired_bootstrap(own[:, -1])["ci95"]})
     for text in args.posterior:
         name, path = _named(text, "--posterior")
         model, _ = load_model(path, kind="posterior")
         for label, cells in glimpse_sets.items():
             acc = per_image_curves(model.eval(), images, grid, cells)["accuracy"][:, 1:]
             rows.append({"scorer": f"posterior {name}", "glimpses": label, "accuracy": acc.mean(0).tolist(),
-                         "interval_at_T": bootstrap(acc[:, -1])})
+                         "interval_at_T": paired_bootstrap(acc[:, -1])["ci95"]})
     command = ".venv/bin/python benchmarks/ps-nogs/posterior_quality.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     data = {"command": command, "images": n, "steps": list(range(1, T + 1)), "rows": rows}

@@ -138,8 +138,8 @@ class _RunState:
     val_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     train_logs: dict[str, float] = dataclasses.field(default_factory=dict)
     seconds_before: Optional[float] = 0.0  # training time of earlier calls (None: unknown, old checkpoint)
-    # patience (TrainConfig.patience): "val/<name>" -> [best value, iteration it was reached], for the monitor
-    # and every TrainConfig.patience_on metric
+    # patience (TrainConfig.patience): "val/<name>" -> [best value, iteration it was reached], for every
+    # TrainConfig.patience_on metric (the monitor's best is best_value / best_iteration)
     improved: dict[str, list] = dataclasses.field(default_factory=dict)
 
 
@@ -251,15 +251,17 @@ def settled_at(state: _RunState, config: TrainConfig, iteration: int) -> bool:
     """True once every patience metric has gone ``config.patience`` iterations without improving."""
     if config.patience is None or iteration >= config.iterations:
         return False
-    names = [config.monitor, *(entry.rsplit(":", 1)[0] for entry in config.patience_on)]
-    if any(name not in state.improved for name in names):
+    names = [entry.rsplit(":", 1)[0] for entry in config.patience_on]
+    if state.best_iteration is None or any(name not in state.improved for name in names):
         return False  # not validated since patience was set: go on
-    return iteration - max(state.improved[name][1] for name in names) >= config.patience
+    last = max([state.best_iteration, *(state.improved[name][1] for name in names)])
+    return iteration - last >= config.patience
 
 
 def _note_improvements(state: _RunState, config: TrainConfig, iteration: int) -> None:
-    """Record in ``state.improved`` which patience metrics reached a new best at this validation."""
-    for name, mode in [(config.monitor, config.monitor_mode), *(e.rsplit(":", 1) for e in config.patience_on)]:
+    """Record in ``state.improved`` which ``patience_on`` metrics reached a new best at this validation (the
+    monitor's is ``state.best_iteration``)."""
+    for name, mode in (entry.rsplit(":", 1) for entry in config.patience_on):
         key = name[len("val/"):]
         if key not in state.val_metrics:
             raise ValueError(f"TrainConfig.patience_on: {name!r} is not among the validation metrics "
@@ -378,16 +380,7 @@ def _resume(last_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
         window.load_state_dict(own["window"])
     return _RunState(iteration=ckpt.iteration, best_value=extra["best_value"], best_iteration=extra["best_iteration"],
                      val_metrics=dict(ckpt.metrics.get("val", {})), train_logs=dict(ckpt.metrics.get("train", {})),
-                     seconds_before=extra.get("train_seconds"), improved=_improved(extra, config))
-
-
-def _improved(extra: dict[str, Any], config: TrainConfig) -> dict[str, list]:
-    """The patience record of a ``last`` checkpoint; for one saved before it existed, the monitor's best."""
-    if "improved" in extra:
-        return dict(extra["improved"])
-    if extra.get("best_iteration") is None:
-        return {}
-    return {config.monitor: [extra["best_value"], extra["best_iteration"]]}
+                     seconds_before=extra.get("train_seconds"), improved=dict(extra.get("improved") or {}))
 
 
 def _way_forward(last_path: Path) -> str:
