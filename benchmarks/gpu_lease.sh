@@ -67,7 +67,7 @@ DDPPID=$!
 timeout "$(left "$POST_END")" $PY -m foveal train-posterior --config $S/posterior-strong.yaml \
   --run-dir "$W/posterior-strong" --device $DEV --quiet "${POST[@]}" || log "train-posterior: exit $?"
 wait $DDPPID || log "ddp: exit $?"
-tail -5 "$W/ddp-ram.log"
+tail -n 5 "$W/ddp-ram.log"
 log "posterior done"
 
 # 4. the strong annotation, workers claiming chunks of one folder, until the budget
@@ -85,7 +85,7 @@ if [ -f "$W/posterior-strong/results.json" ]; then
     PIDS+=($!)
   done
   wait "${PIDS[@]}"   # not a bare wait: that would wait for the log's tee too
-  tail -3 "$W"/annotate-*.log
+  tail -n 3 "$W"/annotate-*.log
   log "annotation: $(ls "$W/nogs-strong/parts/all" 2>/dev/null | wc -l) chunks done"
 else
   log "no finished posterior: no annotation"
