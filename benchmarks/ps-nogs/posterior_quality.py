@@ -60,7 +60,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     grid = LocationGrid.from_stride((60, 60), 12, 4)
     g = torch.Generator().manual_seed(args.seed)
     glimpse_sets = {"random cells": torch.stack([torch.randperm(len(grid), generator=g)[:T] for _ in range(n)])}
-    rows = []
+    rows, own_at_T = [], {}
     for k, text in enumerate(args.ram):
         name, path = _named(text, "--ram") if "=" in text else (f"RAM {k}", text)
         ram, _ = load_model(path)
@@ -70,6 +70,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         cells = grid.corner_to_index(seqs.corners)  # [n, T]
         glimpse_sets[f"{name}'s greedy cells"] = cells
         own = glimpse_model_curves(ram, images, grid, cells)["accuracy"][:, 1:]  # [n, T]
+        own_at_T[f"{name}'s greedy cells"] = own[:, -1]
         rows.append({"scorer": f"{name} itself", "glimpses": f"{name}'s greedy cells",
                      "accuracy": own.mean(0).tolist(), "interval_at_T": paired_bootstrap(own[:, -1])["ci95"]})
     for text in args.posterior:
@@ -77,8 +78,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         model, _ = load_model(path, kind="posterior")
         for label, cells in glimpse_sets.items():
             acc = per_image_curves(model.eval(), images, grid, cells)["accuracy"][:, 1:]
-            rows.append({"scorer": f"posterior {name}", "glimpses": label, "accuracy": acc.mean(0).tolist(),
-                         "interval_at_T": paired_bootstrap(acc[:, -1])["ci95"]})
+            row = {"scorer": f"posterior {name}", "glimpses": label, "accuracy": acc.mean(0).tolist(),
+                   "interval_at_T": paired_bootstrap(acc[:, -1])["ci95"]}
+            if label in own_at_T:  # the same images and cells: the posterior minus RAM, paired
+                diff = paired_bootstrap(acc[:, -1] - own_at_T[label])
+                row["minus_ram_at_T"] = {"mean": diff["mean"], "ci95": diff["ci95"]}
+            rows.append(row)
     command = ".venv/bin/python benchmarks/ps-nogs/posterior_quality.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     data = {"command": command, "images": n, "steps": list(range(1, T + 1)), "rows": rows}
@@ -86,7 +91,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     (args.out / "posterior-quality.json").write_text(json.dumps(data, indent=1) + "\n")
     _figure(data, args.out / "posterior-quality.png")
     for row in rows:
-        print(f"{row['scorer']:>28} on {row['glimpses']:<28} " + " ".join(f"{100 * a:5.1f}" for a in row["accuracy"]))
+        diff = row.get("minus_ram_at_T")
+        versus = (f"   minus RAM at T: {100 * diff['mean']:+.1f} [{100 * diff['ci95'][0]:+.1f}, "
+                  f"{100 * diff['ci95'][1]:+.1f}]") if diff else ""
+        print(f"{row['scorer']:>28} on {row['glimpses']:<28} " + " ".join(f"{100 * a:5.1f}" for a in row["accuracy"])
+              + versus)
     return 0
 
 
