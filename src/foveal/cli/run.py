@@ -94,16 +94,16 @@ def _evaluate(args) -> int:
 
 def _list(args) -> int:
     from foveal.config import builtin_configs
-    from foveal.data import DATASET_PATTERNS, dataset_names, dataset_options
-    from foveal.models import list_models
+    from foveal.data import DATASET_PATTERNS, DATASETS, dataset_options
+    from foveal.models import MODELS
     from foveal.policies import describe_policies
     from foveal.training.algorithms import algorithm_names
 
-    for title, names in (("configs", builtin_configs()), ("models", list_models()),
+    for title, names in (("configs", builtin_configs()), ("models", MODELS.names()),
                          ("algorithms", algorithm_names())):
         print(f"{title}: {', '.join(names)}")
     print("datasets (data.name), with their options (data.<option>=...; see help(foveal.data)):")
-    for name in dataset_names():
+    for name in DATASETS.names():
         print(f"  {name:<18} {', '.join(dataset_options(name)) or '-'}")
     for pattern in DATASET_PATTERNS:
         placed = dataset_options(pattern.replace("<base>", "mnist5k"))  # mnist5k has no options of its own
