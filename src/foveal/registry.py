@@ -90,7 +90,8 @@ class Registry(Generic[T]):
             (``"translated-<name>"``).
         build: what :meth:`build` calls, ``build(name, *args, **kwargs)``, where building one does more than
             calling the registered object; default: call it.
-        validate: ``validate(name, target, meta)`` at registration, raising ``ValueError`` to refuse an entry.
+        validate: ``validate(name, target, meta)`` at registration, raising (``ValueError``, ``TypeError``) to
+            refuse an entry.
     """
 
     def __init__(self, kind: str, *, field: Optional[str] = None, error: type[Exception] = ValueError,

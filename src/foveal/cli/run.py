@@ -96,11 +96,11 @@ def _list(args) -> int:
     from foveal.config import builtin_configs
     from foveal.data import DATASET_PATTERNS, DATASETS, dataset_options
     from foveal.models import MODELS
-    from foveal.policies import describe_policies
-    from foveal.training.algorithms import algorithm_names
+    from foveal.policies import POLICIES
+    from foveal.training.algorithms import ALGORITHMS
 
     for title, names in (("configs", builtin_configs()), ("models", MODELS.names()),
-                         ("algorithms", algorithm_names())):
+                         ("algorithms", ALGORITHMS.names())):
         print(f"{title}: {', '.join(names)}")
     print("datasets (data.name), with their options (data.<option>=...; see help(foveal.data)):")
     for name in DATASETS.names():
@@ -109,6 +109,6 @@ def _list(args) -> int:
         placed = dataset_options(pattern.replace("<base>", "mnist5k"))  # mnist5k has no options of its own
         print(f"  {pattern:<18} {', '.join(placed)} (and the base's)")
     print("policies:")
-    for name, summary in describe_policies():
+    for name, summary in POLICIES.describe():
         print(f"  {name:<15} {summary}")
     return 0

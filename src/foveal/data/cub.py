@@ -229,7 +229,7 @@ class CUB(FolderDataset):
 
 @DATASETS.register("cub")
 def build_cub(split: str, *, root: Optional[str | Path] = None, seed: int = 0, image_size=128) -> CUB:
-    """Caltech-UCSD Birds 200-2011 from root, 200 species, cropped to the bird, 128x128 by default."""
+    """Caltech-UCSD Birds 200-2011 from root, 200 species, cropped to the bird (128x128)."""
     if root is None:
         raise DataError("cub: root: expected the CUB_200_2011 folder, found none given; pass --data-dir / root=")
     return CUB(split, root, image_size=image_size)

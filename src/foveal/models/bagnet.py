@@ -316,7 +316,7 @@ def grid_rollout(grid: LocationGrid, grid_locations: Tensor, logit_map: Tensor,
 
 @MODELS.register("bagnet", kind="grid")
 def bagnet(**config) -> BagNet:
-    """BagNet-lowD (Brendel & Bethge 2019): class logits on a grid of cells, each from a patch of limited size.
+    """BagNet-lowD (Brendel & Bethge 2019): class logits on a grid of cells, each from one patch.
 
     Settings: :class:`BagNetConfig` (layout by image size by default)."""
     return BagNet(BagNetConfig(**config))

@@ -170,7 +170,7 @@ class DRAM(nn.Module):
 
 @MODELS.register("dram", kind="glimpse")
 def dram(**config) -> DRAM:
-    """Deep recurrent attention model (Ba et al. 2014): a context network picks the first glimpse; two LSTMs.
+    """Deep recurrent attention model (Ba et al. 2014): a context network, two LSTM layers.
 
     Settings: :class:`DRAMConfig`."""
     return DRAM(DRAMConfig(**config))

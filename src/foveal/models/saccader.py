@@ -183,7 +183,7 @@ def load_init(model: nn.Module, checkpoint: str) -> None:
 
 @MODELS.register("saccader", kind="grid")
 def saccader(*, init_from: Optional[str] = None, **config) -> Saccader:
-    """Saccader (Elsayed et al. 2019): BagNet-lowD features and a cell that picks grid cells one after another.
+    """Saccader (Elsayed et al. 2019): BagNet-lowD features; a cell picks grid cells one by one.
 
     Settings: :class:`SaccaderConfig`; ``init_from`` loads a previous stage's weights (not part of the config:
     the checkpoint this model is saved in is self-contained)."""

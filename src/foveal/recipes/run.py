@@ -65,7 +65,7 @@ from foveal.models import MODELS, create_model, load_model, model_spec
 from foveal.policies import make_policy
 from foveal.runfolder import FolderStart
 from foveal.training import TrainConfig, distributed, evaluate, fit
-from foveal.training.algorithms import algorithm_config_class, build_algorithm
+from foveal.training.algorithms import ALGORITHMS, build_algorithm
 from foveal.training.base import PolicyEvaluation
 
 
@@ -138,7 +138,8 @@ def build_algorithm_of(cfg: dict[str, Any]) -> Any:
     except TypeError as err:  # a config dataclass comparing a value of the wrong type
         raise ValueError(f"algorithm {name!r}: a setting has the wrong type ({err}); settings: {settings}") from None
     except ValueError as err:  # the config dataclass's own check names ClassName.field: say algorithm.field
-        raise ValueError(as_section(str(err), algorithm_config_class(name), "algorithm")) from None
+        config_class = ALGORITHMS.meta(name)["config"] if name in ALGORITHMS else object
+        raise ValueError(as_section(str(err), config_class, "algorithm")) from None
     if dataclasses.is_dataclass(getattr(algorithm, "config", None)):
         check_fields(algorithm.config, "algorithm")
     return algorithm
