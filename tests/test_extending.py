@@ -137,6 +137,7 @@ RUN = textwrap.dedent('''
     import json, sys
     sys.path.insert(0, sys.argv[1])
     import my_extension  # noqa: F401  (registers bars, patch-average, corners, corner-ce)
+    from foveal.cli import main
     from foveal.config import apply_overrides, load_config
     from foveal.recipes.run import train_run
 
@@ -147,6 +148,7 @@ RUN = textwrap.dedent('''
     cfg["model"] = {"name": "patch-average", "glimpse_size": 8}
     cfg["algorithm"] = {"name": "corner-ce", "num_glimpses": 3}
     results = train_run(cfg, sys.argv[2])
+    main(["list"])
     print(json.dumps({"results": results}))
 ''')
 
@@ -157,7 +159,13 @@ def test_a_dataset_model_algorithm_and_policy_from_outside_train_through_the_run
     done = subprocess.run([sys.executable, "-c", RUN, str(tmp_path), str(run)], capture_output=True, text=True,
                           env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", **PYTHONPATH}, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])["results"]
+    *listing, last = done.stdout.strip().splitlines()
+    results = json.loads(last)["results"]
+    for name, summary in [("bars", "Vertical or horizontal bars on 16x16 images"),
+                          ("patch-average", "Classifies the mean of per-glimpse logits."),
+                          ("corner-ce", "Cross-entropy of the rollout under the corners policy"),
+                          ("corners", "Three fixed places in turn.")]:  # foveal list shows each with its summary
+        assert any(line.split()[:1] == [name] and summary in line for line in listing), (name, listing)
     assert results["dataset"] == "translated-bars"
     assert results["model"] == "patch-average" and results["algorithm"] == "corner-ce"
     assert results["training"]["iterations"] == 20 and results["num_glimpses"] == 3
