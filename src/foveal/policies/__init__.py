@@ -57,19 +57,22 @@ def make_policy(name: str, *, model: Any = None, grid: Any = None) -> Optional["
 
 
 POLICIES = Registry("policy", sort=False, build=make_policy)
-POLICIES.register("sample", "foveal.policies.builtin:sample",
-                  summary="the model's own location policy, sampled (on-policy; what REINFORCE trains)")
-POLICIES.register("greedy", "foveal.policies.builtin:greedy",
-                  summary="the mode of the model's own policy (Gaussian mean, most probable cell)")
-POLICIES.register("random", "foveal.policies.builtin:random",
-                  summary="uniformly random places, never the same grid cell twice")
-POLICIES.register("center", "foveal.policies.builtin:center",
-                  summary="the place nearest the image centre not yet seen, then outwards")
-POLICIES.register("ordered-logits", "foveal.policies.builtin:ordered_logits", needs_model=True,
-                  summary="cells by a grid model's largest class logit, highest first")
-POLICIES.register("sobel-mean", "foveal.policies.builtin:sobel_mean",
-                  summary="cells by the mean Sobel edge magnitude over their patch, highest first")
-POLICIES.register("sobel-variance", "foveal.policies.builtin:sobel_variance",
-                  summary="cells by the variance of the Sobel edge magnitude over their patch")
-POLICIES.register("learned", "foveal.policies.builtin:learned", needs_model=True,
-                  summary="another model's own policy: the Saccader cell's arg-max, or a glimpse model's greedy path")
+# The built-ins, lazily: (name, builder, needs a model, summary); the builders import torch, this module does not.
+for _name, _builder, _needs_model, _summary in (
+        ("sample", "foveal.policies.builtin:sample", False,
+         "the model's own location policy, sampled (on-policy; what REINFORCE trains)"),
+        ("greedy", "foveal.policies.builtin:greedy", False,
+         "the mode of the model's own policy (Gaussian mean, most probable cell)"),
+        ("random", "foveal.policies.builtin:random", False, "uniformly random places, never the same grid cell twice"),
+        ("center", "foveal.policies.builtin:center", False,
+         "the place nearest the image centre not yet seen, then outwards"),
+        ("ordered-logits", "foveal.policies.builtin:ordered_logits", True,
+         "cells by a grid model's largest class logit, highest first"),
+        ("sobel-mean", "foveal.policies.builtin:sobel_mean", False,
+         "cells by the mean Sobel edge magnitude over their patch, highest first"),
+        ("sobel-variance", "foveal.policies.builtin:sobel_variance", False,
+         "cells by the variance of the Sobel edge magnitude over their patch"),
+        ("learned", "foveal.policies.builtin:learned", True,
+         "another model's own policy: the Saccader cell's arg-max, or a glimpse model's greedy path")):
+    POLICIES.register(_name, _builder, summary=_summary, needs_model=_needs_model)
+del _name, _builder, _needs_model, _summary
