@@ -63,14 +63,16 @@ class RegistryEntry(Generic[T]):
         return self.target
 
 
-_ROLE = re.compile(r":\w+:`~?(?:[\w.]*\.)?([^`]+)`")  # :class:`~foveal.x.RAMConfig` -> RAMConfig
+_ROLE = re.compile(r":\w+:`(~?)([^`]+)`")  # as Sphinx shows them: :class:`~foveal.x.RAMConfig` -> RAMConfig
 
 
 def _summary(obj: Any) -> str:
-    """The first paragraph of ``obj``'s docstring on one line, without reST markup; "" if it has none."""
-    doc = inspect.getdoc(obj) if not isinstance(obj, str) else None
-    paragraph = (doc or "").strip().split("\n\n")[0]
-    return _ROLE.sub(r"\1", " ".join(paragraph.split())).replace("``", "")
+    """The first paragraph of ``obj``'s own docstring (a class's, not one it inherits) on one line, without
+    reST markup; "" if it has none."""
+    doc = getattr(obj, "__doc__", None) if not isinstance(obj, str) else None
+    paragraph = inspect.cleandoc(doc).split("\n\n")[0] if isinstance(doc, str) else ""
+    one_line = _ROLE.sub(lambda m: m[2].rpartition(".")[2] if m[1] else m[2], " ".join(paragraph.split()))
+    return one_line.replace("``", "")
 
 
 def _caller(depth: int) -> str:
