@@ -6,10 +6,10 @@ from torch import nn
 
 from foveal.boed import NetworkPosterior, Posterior
 from foveal.evaluation.posterior_curves import posterior_accuracy_curve
-from foveal.models import create_model, list_models, model_spec
+from foveal.models import MODELS, create_model, model_spec
 from foveal.models.posterior_cnn import expand_first_conv
 from foveal.retina import LocationGrid, masked_input
-from foveal.training.algorithms import algorithm_names, build_algorithm
+from foveal.training.algorithms import ALGORITHMS, build_algorithm
 from foveal.training.posterior import PosteriorTraining, PosteriorTrainingConfig, random_glimpse_masks
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -20,7 +20,7 @@ def small(**over):
 
 
 def test_registered_shapes_every_parameter_learns_and_spec_rebuilds():
-    assert "posterior-cnn" in list_models("posterior") and "posterior" in algorithm_names()
+    assert "posterior-cnn" in MODELS.names(kind="posterior") and "posterior" in ALGORITHMS.names()
     torch.manual_seed(0)
     model = small()
     x = masked_input(torch.rand(5, 2, 20, 24), (torch.rand(5, 1, 20, 24) > 0.5).float())

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from foveal.data import DataError, PlacedDataset, build_dataset, dataset_names
+from foveal.data import DATASETS, DataError, PlacedDataset, build_dataset
 from foveal.data.mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_ROOT, ArrayDataset
 from foveal.data.synthetic import default_clutter
 
@@ -49,9 +49,15 @@ def make_idx_dir(folder: Path, gz: bool = True, per_class: int = 12, classes: in
 
 # ------------------------------------------------------------------------------------------------ registry
 def test_names_and_unknown_name():
-    assert {"mnist5k", "fashion-mnist", "mnist", "celeba-hq", "cub", "imagefolder"} <= set(dataset_names())
-    with pytest.raises(DataError, match="expected one of .*mnist5k.*found 'nope'"):
+    assert {"mnist5k", "fashion-mnist", "mnist", "celeba-hq", "cub", "imagefolder"} <= set(DATASETS.names())
+    with pytest.raises(DataError, match="expected one of .*mnist5k.* or translated-<name> / cluttered-<name>, "
+                                        "found 'nope'"):
         build_dataset("nope", "train")
+    with pytest.raises(DataError, match="found 'fashon-mnist'; did you mean 'fashion-mnist'"):
+        build_dataset("cluttered-fashon-mnist", "train")
+    with pytest.raises(ValueError, match="names starting with translated- / cluttered- are reserved"):
+        DATASETS.register("cluttered-mine", build_dataset, summary="a name the placed datasets own")
+    assert all(summary for _, summary in DATASETS.describe())
 
 
 def test_unknown_option_and_split(tmp_path):

@@ -26,7 +26,7 @@ EPILOG = """examples:
   foveal train --config demo --run-dir runs/photos data.name=imagefolder data.root=photos data.image_size=64
                                                    your own class folders, resized to 64x64 (data.grayscale=true: 1 channel)
   foveal evaluate runs/mine --test-samples 10      the run's best checkpoint, into runs/mine/eval-<split>
-  foveal list                                      configs, datasets and their options, models, algorithms, policies
+  foveal list                                      configs; models, algorithms, datasets (with options), policies
 """
 
 COMMAND_MODULES: tuple[str, ...] = ("foveal.cli.run", "foveal.cli.posterior", "foveal.cli.boed", "foveal.cli.sequences",

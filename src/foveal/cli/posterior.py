@@ -36,11 +36,11 @@ def add_parsers(sub) -> None:
 
 
 def train_posterior(args) -> int:
-    from foveal.models import list_models
+    from foveal.models import MODELS
 
     cfg, run_dir = config_and_run_dir(args)
-    if cfg["model"]["name"] not in list_models("posterior"):
-        raise ValueError(f"model.name: expected a posterior network, one of {list_models('posterior')}, "
+    if cfg["model"]["name"] not in MODELS.names(kind="posterior"):
+        raise ValueError(f"model.name: expected a posterior network, one of {MODELS.names(kind='posterior')}, "
                          f"found {cfg['model']['name']!r}")
     results = run_training(cfg, run_dir, args.quiet)
     if results:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from foveal.config import check_fields
-from foveal.models.registry import register_model
+from foveal.models.registry import MODELS
 
 __all__ = ["PosteriorCNNConfig", "PosteriorCNN", "expand_first_conv", "posterior_cnn", "posterior_entropy",
            "posterior_log_prob"]
@@ -109,9 +109,11 @@ def expand_first_conv(weight: Tensor) -> Tensor:
     return torch.cat([weight, weight.new_zeros(weight.shape[0], 1, *weight.shape[2:])], dim=1)
 
 
-@register_model("posterior-cnn", kind="posterior")
+@MODELS.register("posterior-cnn", kind="posterior")
 def posterior_cnn(**config) -> PosteriorCNN:
-    """The small attentional variational posterior CNN (:class:`PosteriorCNNConfig`)."""
+    """The small attentional variational posterior CNN: class probabilities from a masked image.
+
+    Settings: :class:`PosteriorCNNConfig`."""
     return PosteriorCNN(PosteriorCNNConfig(**config))
 
 

@@ -96,7 +96,7 @@ from torch.utils.data import Dataset
 
 from foveal.data.sequences import GlimpseSequences
 from foveal.training import distributed
-from foveal.training.base import LossOutput, PolicyEvaluation
+from foveal.training.base import ALGORITHMS, LossOutput, PolicyEvaluation
 from foveal.training.loop import FixedShareBatches
 from foveal.training.reinforce import Reinforce, ReinforceConfig
 
@@ -269,8 +269,11 @@ class FixedShareDataset(Dataset):
         return getattr(self.base, name)
 
 
+@ALGORITHMS.register("partial-supervision", config=PartialSupervisionConfig)
 class PartialSupervision(PolicyEvaluation):
-    """Eq. 8: sequence likelihood on supervised images, REINFORCE on the others (module docstring)."""
+    """Partial supervision, Eq. 8: sequence likelihood on supervised images, REINFORCE elsewhere.
+
+    See the module docstring."""
 
     def __init__(self, config: PartialSupervisionConfig) -> None:
         self.config = config
