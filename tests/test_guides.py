@@ -31,6 +31,8 @@ SMALL: dict[str, list[str]] = {
     "demo": _TRAIN,
     "annotate": ["count=4", "n_completions=4", "n_proposals=16", "pca_components=4", "chunk_size=2"],
     "compare": [*_TRAIN, "seeds=[0]", "inputs.num_sequences=4"],
+    "train-saccader": _TRAIN,
+    "evaluate-policies": ["--occlusion-iterations", "4", "--limit", "16"],
 }
 _FENCE = re.compile(r"^```(\S*)[^\n]*\n(.*?)^```", re.S | re.M)
 _NOT_RUN = re.compile(r"<!--\s*not run:.*?-->\s*$")
@@ -79,6 +81,7 @@ def _images(folder: Path, classes=("circle", "square"), per_class=20, size=80) -
 FIXTURES = {
     "own-images": lambda d: _images(d / "photos"),
     "ps-nogs": lambda d: _images(d / "photos", per_class=80),  # 128 training images: 100 annotated, 28 bank
+    "saccader": lambda d: _images(d / "photos", per_class=80),  # the occlusion CNN trains on batches of 64
 }
 
 
@@ -88,7 +91,7 @@ def guides() -> list[Path]:
 
 def test_the_guides_exist_and_have_commands():
     names = {p.stem for p in guides()}
-    assert {"own-images", "ps-nogs"} <= names
+    assert {"own-images", "ps-nogs", "saccader"} <= names
     for path in guides():
         assert command_blocks(path.read_text()), f"{path}: no bash block to run"
 
