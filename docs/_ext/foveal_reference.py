@@ -97,9 +97,9 @@ def _model_config(builder: Any) -> type | None:
 def config_page() -> str:
     from foveal.boed.annotate_config import AnnotateConfig
     from foveal.config import EvaluateConfig
-    from foveal.models.registry import _BUILDERS, list_models
+    from foveal.models import MODELS
     from foveal.recipes.compare.config import CompareConfig
-    from foveal.training.algorithms import algorithm_config_class, algorithm_names
+    from foveal.training.algorithms import ALGORITHMS
     from foveal.training.train_config import TrainConfig
 
     out = ["# Config reference", "",
@@ -113,14 +113,14 @@ def config_page() -> str:
            "## `evaluate`", "", *dataclass_table(EvaluateConfig), "",
            "## `model`: the settings of each model", "",
            "`model.name` picks the model; the other keys are its settings.", ""]
-    for name in list_models():
-        cls = _model_config(_BUILDERS[name])
+    for name in MODELS.names():
+        cls = _model_config(MODELS.get(name))
         out += [f"### `model.name: {name}`", ""]
         out += (dataclass_table(cls) if cls else ["(settings not introspectable)"]) + [""]
     out += ["## `algorithm`: the settings of each algorithm", "",
             "`algorithm.name` picks the training algorithm; the other keys are its settings.", ""]
-    for name in algorithm_names():
-        out += [f"### `algorithm.name: {name}`", "", *dataclass_table(algorithm_config_class(name)), ""]
+    for name in ALGORITHMS.names():
+        out += [f"### `algorithm.name: {name}`", "", *dataclass_table(ALGORITHMS.meta(name)["config"]), ""]
     out += ["## `foveal annotate`", "", "The annotator's settings (`--config X.yaml` or `key=value`).", "",
             *dataclass_table(AnnotateConfig), "",
             "## `foveal compare`", "", "A comparison config's top-level fields.", "",

@@ -1,4 +1,4 @@
-"""The model registry, :data:`MODELS`: every model is a name, a kind and a one-line keyword-only builder.
+"""The model registry, :data:`MODELS`: every model is a name, a kind and a one-line keyword-only builder::
 
     @MODELS.register("ram", kind="glimpse")
     def ram(**config) -> RAM:   # its docstring's first paragraph: the summary `foveal list` shows
