@@ -17,8 +17,8 @@ import torch
 from foveal.boed.annotate import AnnotateConfig, annotate, merge_chunks, merge_folder
 from foveal.boed.bank import ImageBank
 from foveal.boed.completion import BankSampler
-from foveal.boed.workers import HOST, ClaimBoard, Worker, unique_token, worker_from_environment
-from foveal.checkpoint import atomic_write, save_checkpoint
+from foveal.boed.workers import HOST, ClaimBoard, Worker, worker_from_environment
+from foveal.checkpoint import save_checkpoint
 from foveal.data.sequences import GlimpseSequences, sequence_paths
 from foveal.models import create_model, model_spec
 
@@ -95,13 +95,6 @@ def test_claims_stale_after_timeout_or_when_the_holder_died_here(tmp_path):
     with board.try_claim("part-00002") as taken:
         assert taken.path.name == "part-00002.1"
     assert board.try_claim("part-00003") is None
-
-
-def test_temporary_names_are_host_safe(tmp_path):
-    token = unique_token()
-    assert token.startswith(HOST.replace(".", "_")[:20]) and f"-{os.getpid()}-" in token and token != unique_token()
-    atomic_write(tmp_path / "a.json", b"{}")
-    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
 
 # --------------------------------------------------------------------------------- in one process

@@ -39,7 +39,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from foveal.checkpoint import atomic_write
+from foveal.files import atomic_write, atomic_write_json
 from foveal.evaluation import compare_plots, plots
 from foveal.evaluation.convergence import mean_and_spread, mean_interval, run_convergence
 from foveal.evaluation.records import read_metrics
@@ -317,10 +317,10 @@ def write_report(cfg: CompareConfig, out: Path, skipped: Optional[dict[str, str]
             for e in summary]
     _write_csv(paths["table_csv"], flat, list(flat[0]) if flat else ["method"])
     _write_csv(paths["runs_csv"], rows, _fields(cfg, _RUN_FIELDS))
-    atomic_write(paths["summary"], json.dumps({"methods": summary, "runs": rows, "skipped": skipped,
-                                              "evaluate_repeats": cfg.evaluate_repeats}, indent=2).encode())
+    atomic_write_json(paths["summary"], {"methods": summary, "runs": rows, "skipped": skipped,
+                                         "evaluate_repeats": cfg.evaluate_repeats})
     if skipped:
-        atomic_write(skipped_file, json.dumps(skipped, indent=2).encode())
+        atomic_write_json(skipped_file, skipped)
     if not figures:
         return {"summary": summary, "paths": paths}
     fig_dir = out / "figures"
