@@ -261,7 +261,8 @@ def test_hindsight_annotation_sees_the_true_image_alone(files, tmp_path):
     # step 2's map is the posterior's entropy on the true image seen through the first cell and each cell
     posterior, _ = load_posterior(cfg.posterior, torch.device("cpu"))
     grid = cfg.make_grid((8, 8))
-    from foveal.boed.epe import cell_masks, posterior_entropy
+    from foveal.boed.epe import cell_masks
+    from foveal.logits import posterior_entropy
 
     cells = cell_masks(grid)  # [G, 1, 8, 8]
     first = int(grid.corner_to_index(seqs.corners[0, :1])[0])

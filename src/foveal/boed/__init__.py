@@ -15,10 +15,8 @@
 
 from foveal.boed.annotate import AnnotateConfig, annotate, merge_shards
 from foveal.boed.epe import (CompletionSampler, FirstGlimpse, GlimpseSequence, Posterior, cell_masks,
-                             expected_posterior_entropy, first_glimpse, greedy_sequence, posterior_entropy,
-                             posterior_log_prob)
+                             expected_posterior_entropy, first_glimpse, greedy_sequence)
 from foveal.boed.posterior import NetworkPosterior
 
 __all__ = ["CompletionSampler", "FirstGlimpse", "GlimpseSequence", "Posterior", "cell_masks",
-           "expected_posterior_entropy", "first_glimpse", "greedy_sequence", "posterior_entropy",
-           "posterior_log_prob", "NetworkPosterior", "AnnotateConfig", "annotate", "merge_shards"]
+           "expected_posterior_entropy", "first_glimpse", "greedy_sequence", "NetworkPosterior", "AnnotateConfig", "annotate", "merge_shards"]

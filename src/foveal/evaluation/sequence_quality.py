@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from foveal.boed.posterior import NetworkPosterior
 from foveal.data.sequences import GlimpseSequences
-from foveal.models.posterior_cnn import posterior_entropy
+from foveal.logits import posterior_entropy
 from foveal.retina import LocationGrid, cell_masks
 
 __all__ = ["per_image_curves", "glimpse_model_curves", "paired_bootstrap", "compare_sequences"]

@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from foveal.files import unique_token
 from foveal.models.base import PolicyState
-from foveal.models.posterior_cnn import posterior_entropy
+from foveal.logits import posterior_entropy
 from foveal.retina import LocationGrid, cell_masks, masked_input
 from foveal.training.base import LossOutput, PolicyEvaluation, check_evaluation_settings
 
