@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # The declared order, first to last; a module belongs to the layer of its longest matching prefix.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundations", ("foveal", "foveal.runtime", "foveal.config", "foveal.configs", "foveal.checkpoint",
-                     "foveal.files", "foveal.logits", "foveal.retina", "foveal.registry")),
+                     "foveal.files", "foveal.logits", "foveal.retina", "foveal.saliency", "foveal.registry")),
     ("data", ("foveal.data",)),
     ("models", ("foveal.models",)),
     ("policies", ("foveal.policies",)),

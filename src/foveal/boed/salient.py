@@ -33,16 +33,15 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from foveal.data.sequences import GlimpseSequences
 from foveal.retina import LocationGrid, cell_masks
+from foveal.saliency import SALIENCY_KINDS, saliency_map
 
 __all__ = ["SALIENCY_KINDS", "SalientConfig", "saliency_map", "salient_cells", "random_cells",
            "baseline_sequences"]
 
-SALIENCY_KINDS = ("edge", "variance")
 
 
 @dataclass(frozen=True)
@@ -58,24 +57,6 @@ class SalientConfig:
     def __post_init__(self) -> None:
         if self.kind not in SALIENCY_KINDS:
             raise ValueError(f"SalientConfig.kind: expected one of {SALIENCY_KINDS}, found {self.kind!r}")
-
-
-def saliency_map(images: Tensor, kind: str = "edge") -> Tensor:
-    """``[B, C, H, W]`` images -> ``[B, H, W]`` non-negative saliency (see the module docstring)."""
-    SalientConfig(kind)  # validates the kind
-    if images.dim() != 4:
-        raise ValueError(f"images: expected [B, C, H, W], found {list(images.shape)}")
-    B, C, H, W = images.shape
-    x = F.pad(images.float().reshape(B * C, 1, H, W), (1, 1, 1, 1), mode="replicate")  # [B * C, 1, H + 2, W + 2]
-    if kind == "edge":
-        sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device)
-        kernels = torch.stack([sobel, sobel.T])[:, None]  # [2, 1, 3, 3]: d/dx, d/dy
-        per_channel = F.conv2d(x, kernels).square().sum(1).sqrt()  # [B * C, H, W]
-    else:
-        box = torch.full((1, 1, 3, 3), 1 / 9, device=x.device)
-        mean = F.conv2d(x, box)
-        per_channel = (F.conv2d(x.square(), box) - mean.square()).clamp_min(0)[:, 0]
-    return per_channel.reshape(B, C, H, W).sum(1)
 
 
 def salient_cells(images: Tensor, grid: LocationGrid, num_glimpses: int, *,
