@@ -13,8 +13,9 @@ from foveal.boed.completion import BankSampler
 from foveal.boed.epe import SearchConfig
 from foveal.checkpoint import save_checkpoint
 from foveal.data import build_dataset
-from foveal.data.sequences import GlimpseSequences, sequence_paths
 from foveal.models import create_model, model_spec
+from foveal.retina import LocationGrid
+from foveal.sequences import MAKERS, GlimpseSequences, Target, sequence_paths
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -273,6 +274,28 @@ def test_hindsight_annotation_sees_the_true_image_alone(files, tmp_path):
         assert seqs.epe_maps[row, 1].flatten() == pytest.approx(entropy.tolist(), abs=1e-5)
     with pytest.raises(ValueError, match="AnnotateConfig.completions: expected one of 'bank', 'hindsight', found 'x'"):
         config(files, completions="x")
+
+
+def test_the_annotator_is_the_nogs_and_hindsight_maker(files, tmp_path):
+    """MAKERS.build("nogs" | "hindsight", target) runs the annotator on the target's images, T and grid."""
+    settings = dict(n_completions=4, n_proposals=10, pca_components=4, chunk_size=3, seed=7)
+    grid = LocationGrid.from_stride((8, 8), 4, 2)
+    target = Target(ToySplit(), range(8), 2, grid)
+    paths = {"posterior": str(files / "posterior"), "bank": str(files / "bank.npy")}
+    for name, completions in (("nogs", "bank"), ("hindsight", "hindsight")):
+        made = MAKERS.build(name, target, out_dir=tmp_path / name, **paths, **settings)
+        direct = annotate(config(files, completions=completions), tmp_path / f"{name}-direct", dataset=ToySplit())
+        assert made.method == name and read(made.source) == read(direct)
+    counted = Target(ToySplit(), range(8), 2, LocationGrid.from_count((8, 8), 4, (2, 3)))  # no stride: 0, 4 x 0, 2, 4
+    made = MAKERS.build("nogs", counted, out_dir=tmp_path / "count", **paths, **settings)
+    assert made.grid == counted.grid and made.provenance["config"]["grid"] == [2, 3]
+    with pytest.raises(ValueError, match=r"nogs: expected the target's images to be a range of positions"):
+        MAKERS.build("nogs", Target(ToySplit(), [0, 2], 2, grid), out_dir=tmp_path / "x", **paths)
+    with pytest.raises(ValueError, match=r"hindsight: \['grid_stride', 'start'\] are not settings"):
+        MAKERS.build("hindsight", target, out_dir=tmp_path / "x", start=2, grid_stride=4, **paths)
+    uneven = LocationGrid((8, 8), 4, (0, 1, 4), (0, 1, 4))
+    with pytest.raises(ValueError, match="nogs: the target's grid is neither every S pixels nor N cells"):
+        MAKERS.build("nogs", Target(ToySplit(), range(8), 2, uneven), out_dir=tmp_path / "x", **paths)
 
 
 def test_annotate_takes_the_posteriors_glimpse_settings_or_refuses_others(tmp_path, capsys):

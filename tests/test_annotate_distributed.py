@@ -19,8 +19,8 @@ from foveal.boed.bank import ImageBank
 from foveal.boed.completion import BankSampler
 from foveal.boed.workers import HOST, ClaimBoard, Worker, worker_from_environment
 from foveal.checkpoint import save_checkpoint
-from foveal.data.sequences import GlimpseSequences, sequence_paths
 from foveal.models import create_model, model_spec
+from foveal.sequences import GlimpseSequences, sequence_paths
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 REPO = Path(__file__).resolve().parents[1]

@@ -15,11 +15,11 @@ import yaml
 
 from foveal.checkpoint import save_checkpoint
 from foveal.cli import main
-from foveal.data.sequences import GlimpseSequences
 from foveal.evaluation.convergence import run_convergence
 from foveal.models import create_model, model_spec
 from foveal.recipes.compare.config import load_compare_config, plan_runs, slug
 from foveal.retina import LocationGrid
+from foveal.sequences import GlimpseSequences, salient_cells
 from squares import SIZE, register_squares  # tests/squares.py
 
 
@@ -170,7 +170,6 @@ def test_estimate_times_each_method(setup, capsys):
 
 def test_salient_and_random_supervision_use_the_nogs_images_and_grid(setup):
     """PS-SALIENT / PS-RANDOM: baseline sequences of exactly the supervised images, made before any run."""
-    from foveal.boed.salient import salient_cells
     from foveal.recipes.compare.inputs import ComparisonInputs
     from squares import Squares
 

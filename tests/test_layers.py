@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("foveal.data",)),
     ("models", ("foveal.models",)),
     ("policies", ("foveal.policies",)),
+    ("sequences", ("foveal.sequences",)),
     ("training", ("foveal.training",)),
     ("boed", ("foveal.boed",)),
     ("evaluation", ("foveal.evaluation",)),
@@ -215,7 +216,7 @@ def test_type_checking_imports_and_other_packages_do_not_count(tmp_path):
 
 
 @pytest.mark.parametrize("module, layer", [("foveal", "foundations"), ("foveal.retina", "foundations"),
-                                           ("foveal.data.sequences", "data"), ("foveal.recipes.compare.run", "recipes"),
+                                           ("foveal.sequences.format", "sequences"), ("foveal.recipes.compare.run", "recipes"),
                                            ("foveal.__main__", "cli")])
 def test_layer_of(module, layer):
     assert LAYERS[layer_of(module)][0] == layer

@@ -387,9 +387,9 @@ def test_method_curves_show_a_single_validation_point(tmp_path: Path, drawn):
 
 
 def test_epe_figure_marks_a_revisited_cell_and_explains_its_rows(tmp_path: Path, drawn):
-    from foveal.data.sequences import GlimpseSequences
     from foveal.evaluation.boed_plots import plot_epe_sequence
     from foveal.retina import LocationGrid
+    from foveal.sequences import GlimpseSequences
 
     grid = LocationGrid.from_stride((16, 16), 4, 4)
     cells = torch.tensor([[5, 10, 5]])  # the third glimpse looks at the first one's cell again

@@ -28,8 +28,8 @@ from foveal.boed.completion import CellPCA
 from foveal.boed.epe import FirstGlimpse
 from foveal.boed.workers import private_dir, publish_dir, publish_file
 from foveal.files import atomic_write_json
-from foveal.data.sequences import GlimpseSequences, sequence_paths
 from foveal.retina import LocationGrid
+from foveal.sequences import GlimpseSequences, sequence_paths
 
 __all__ = ["FREE_FIELDS", "run_record", "check_run_dir", "read_first_glimpse", "publish_first_glimpse",
            "PCAFileStore", "part_prefix", "part_done", "save_sequences", "publish_part", "assemble", "merge_shards",

@@ -3,7 +3,7 @@
 * :func:`plot_epe_sequence` - Fig. 2 of Harvey et al. (2021): for one image, one column per step t with
   the map of expected posterior entropy over the grid cells (top, the chosen cell marked by a red cross
   and its glimpse outlined) and the parts of the image observed after glimpse t (bottom). Reads a
-  glimpse-sequence file (:class:`foveal.data.sequences.GlimpseSequences`, written with ``epe_maps``) and
+  glimpse-sequence file (:class:`foveal.sequences.GlimpseSequences`, written with ``epe_maps``) and
   the image itself, ``[C, H, W]`` in [0, 1] (from the dataset: data, not a model).
 * :func:`plot_posterior_curves` - posterior accuracy and entropy against the number of glimpses t, one line
   per way of choosing the glimpses (NOGS, random, salient, ...), from a curves JSON::
@@ -25,9 +25,9 @@ from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
-from foveal.data.sequences import GlimpseSequences
 from foveal.evaluation.plots import _display, _figure, _markers, _save, glimpse_style
 from foveal.evaluation.records import PathLike
+from foveal.sequences import GlimpseSequences
 
 __all__ = ["plot_epe_sequence", "plot_posterior_curves", "read_curves"]
 

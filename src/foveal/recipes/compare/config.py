@@ -14,7 +14,7 @@ ps         partial supervision (:mod:`foveal.training.partial_supervision`) by t
            ``sequences``: ``nogs`` (the annotator's file), ``ps-ram`` (sampled from the RAM run of the
            same seed, or from ``inputs.ps_ram_source``), ``hgs`` (CUB parts, or ``inputs.hgs_points``),
            ``salient`` / ``random`` (Sobel-salient or uniformly random cells of the model's grid for the
-           same images, :func:`foveal.boed.salient.baseline_sequences`: what NOGS must beat as
+           same images, :data:`foveal.sequences.MAKERS`: what NOGS must beat as
            supervision), or a path
 =========  ======================================================================================
 
