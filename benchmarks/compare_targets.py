@@ -23,9 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from foveal.evaluation.convergence import mean_and_spread, mean_interval, run_convergence
 from foveal.evaluation.records import read_metrics
 from foveal.recipes.compare.config import SAMPLED, finished_iterations, slug
+from foveal.recipes.compare.convergence import mean_and_spread, mean_interval, run_convergence
 
 
 def _cell(values: list) -> str:

@@ -15,9 +15,9 @@ import yaml
 
 from foveal.checkpoint import save_checkpoint
 from foveal.cli import main
-from foveal.evaluation.convergence import run_convergence
 from foveal.models import create_model, model_spec
 from foveal.recipes.compare.config import load_compare_config, plan_runs, slug
+from foveal.recipes.compare.convergence import run_convergence
 from foveal.retina import LocationGrid
 from foveal.sequences import GlimpseSequences, salient_cells
 from squares import SIZE, register_squares  # tests/squares.py

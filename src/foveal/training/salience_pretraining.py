@@ -54,8 +54,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from foveal.files import unique_token
-from foveal.models.base import PolicyState
 from foveal.logits import posterior_entropy
+from foveal.models.base import PolicyState
 from foveal.retina import LocationGrid, cell_masks, masked_input
 from foveal.training.base import LossOutput, PolicyEvaluation, check_evaluation_settings
 

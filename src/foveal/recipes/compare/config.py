@@ -81,7 +81,7 @@ _TOP_KEYS = ("run", "run_overrides", "seeds", "methods", "inputs", "convergence"
 _INPUT_DEFAULTS = {"nogs": None, "posterior": None, "ps_ram_source": "auto", "hgs_points": None,
                    "num_sequences": 1000, "pretrain_iterations": 1000, "salience_mode": "linear", "uniform_mix": 0.1,
                    "salience_stride": None, "stand_ins": False}
-# foveal.evaluation.convergence's CE_TOLERANCE / ACCURACY_TOLERANCE (not imported: it brings torch)
+# foveal.recipes.compare.convergence's CE_TOLERANCE / ACCURACY_TOLERANCE (not imported: it brings torch)
 _CONVERGENCE_DEFAULTS = {"ce_tolerance": 0.01, "accuracy_tolerance": 0.01, "target_accuracy": None}
 EVALUATE_REPEATS = 5  # the official partial-supervision trainer's M: sampled rollouts per test image
 

@@ -2,7 +2,7 @@
 
 For every method and seed the run folder (``runs/<method>/seed-<s>/``) gives:
 
-* iterations to converge by both of the paper's criteria (:mod:`foveal.evaluation.convergence`) from
+* iterations to converge by both of the paper's criteria (:mod:`foveal.recipes.compare.convergence`) from
   its ``metrics.csv``: validation cross-entropy within ``ce_tolerance`` of its best, validation
   accuracy within ``accuracy_tolerance`` of its best;
 * with ``convergence.target_accuracy``, iterations until validation accuracy first reaches that fixed
@@ -39,11 +39,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-from foveal.files import atomic_write, atomic_write_json
-from foveal.evaluation import compare_plots, plots
-from foveal.evaluation.convergence import mean_and_spread, mean_interval, run_convergence
+from foveal.evaluation import plots
 from foveal.evaluation.records import read_metrics
+from foveal.files import atomic_write, atomic_write_json
+from foveal.recipes.compare import plots as compare_plots
 from foveal.recipes.compare.config import SAMPLED, CompareConfig, method_config, run_finished, slug
+from foveal.recipes.compare.convergence import mean_and_spread, mean_interval, run_convergence
 
 __all__ = ["collect_runs", "summarise", "markdown_table", "claim_table", "policy_curves", "write_report"]
 
