@@ -25,9 +25,10 @@ centres in [-1, 1] as models take them; :meth:`GlimpseSequences.lookup` a batch'
   them, paired image by image, with bootstrap intervals (the networks' curves:
   :mod:`foveal.evaluation.sequence_quality`).
 
-The package imports data, models and the policy registry (a trained policy's sequences are rolled out under
-a named policy), never the annotator, training or evaluation; on the command line it is
-``foveal sequences info|validate|export|import|merge|make|score``.
+Layers (``tests/test_layers.py``): the package imports the foundations, :mod:`foveal.data` (its errors) and
+the policy registry (``ps-ram`` rolls a model out under a named policy), so it sits after policies and
+before training, the annotator and evaluation, which all import it and which it never imports. On the
+command line it is ``foveal sequences info|validate|export|import|merge|make|score``.
 """
 
 from foveal.sequences.format import FORMAT, VERSION, GlimpseSequences, sequence_paths

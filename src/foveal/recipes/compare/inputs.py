@@ -30,7 +30,7 @@ from foveal.recipes.compare.config import BASELINES, SEQUENCE_SOURCES, CompareCo
 from foveal.recipes.run import build_data, build_model
 from foveal.retina import LocationGrid
 from foveal.sequences import (MAKERS, GlimpseSequences, Target, hgs_sequences, points_sequences, policy_sequences,
-                              sequence_paths)
+                              random_cells, sequence_paths)
 from foveal.training.salience_pretraining import SalienceMaps, compute_salience
 
 __all__ = ["ComparisonInputs", "MADE"]
@@ -103,7 +103,7 @@ class ComparisonInputs:
             train, grid = self.train_set, self.grid()
             N = len(train)
             indices = torch.randperm(N, generator=torch.Generator().manual_seed(0))[:min(self.n, N)].sort().values
-            cells = torch.randint(len(grid), (len(indices), self.num_glimpses), generator=torch.Generator().manual_seed(1))
+            cells = random_cells(len(indices), grid, self.num_glimpses, generator=torch.Generator().manual_seed(1))
             GlimpseSequences(train.name, train.split, tuple(train.image_shape[1:]), grid.glimpse_size, indices,
                              grid.corners()[cells], grid=grid, method="random",
                              provenance={"stand_in": "random sequences in place of NOGS (inputs.stand_ins)"}).save(path)
