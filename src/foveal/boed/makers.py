@@ -61,7 +61,7 @@ def _annotated(target: Target, maker: str, out_dir: Union[str, Path], settings: 
     if not count or not torch.equal(target.indices, torch.arange(start, start + count)):
         raise ValueError(f"{maker}: expected the target's images to be a range of positions start, start + 1, ... "
                          f"(the annotator's start and count), found {target.indices[:8].tolist()}")
-    grid = target.cells(maker)
+    grid = target.grid_for(maker)
     dataset = target.dataset
     config = AnnotateConfig(dataset=target.dataset_name or dataset.name, split=dataset.split, start=start,
                             count=count, glimpse_size=grid.glimpse_size, num_glimpses=target.num_glimpses,

@@ -95,7 +95,7 @@ class Target:
         """The images, T and grid of an existing file, on ``dataset``: its split, built."""
         return cls(dataset, seqs.indices, seqs.num_glimpses, seqs.grid, dataset_name=seqs.dataset)
 
-    def cells(self, maker: str) -> LocationGrid:
+    def grid_for(self, maker: str) -> LocationGrid:
         """The grid, for a maker that chooses its cells (ValueError naming ``maker`` without one)."""
         if self.grid is None:
             raise ValueError(f"{maker}: expected a target with a grid (the cells to choose from), found none")
@@ -158,7 +158,7 @@ def random_cells(batch: int, grid: LocationGrid, num_glimpses: int, *,
 @MAKERS.register("salient", summary="greedily the cell holding the most unseen saliency (edges or local variance)")
 def salient_sequences(target: Target, *, kind: str = "edge", batch_size: int = 256) -> GlimpseSequences:
     """Salient cells (module docstring) of the target's grid; ``kind``: ``"edge"`` or ``"variance"``."""
-    grid = target.cells("salient")
+    grid = target.grid_for("salient")
     rows = torch.arange(len(target.indices)).split(batch_size)
     cells = [salient_cells(target.images(block), grid, target.num_glimpses, kind=kind) for block in rows]
     return _cell_sequences(target, grid, cells, "salient", {"method": "salient", "kind": kind})
@@ -167,7 +167,7 @@ def salient_sequences(target: Target, *, kind: str = "edge", batch_size: int = 2
 @MAKERS.register("random", summary="cells uniformly at random, with replacement")
 def random_sequences(target: Target, *, seed: int = 0, batch_size: int = 256) -> GlimpseSequences:
     """Random cells of the target's grid from one generator seeded with ``seed`` (module docstring)."""
-    grid = target.cells("random")
+    grid = target.grid_for("random")
     generator = torch.Generator().manual_seed(seed)
     cells = [random_cells(len(block), grid, target.num_glimpses, generator=generator)
              for block in torch.arange(len(target.indices)).split(batch_size)]
