@@ -12,18 +12,7 @@ from torch.utils.data import DataLoader
 from foveal.data import DATASETS, DataError, PlacedDataset, build_dataset
 from foveal.data.mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_ROOT, ArrayDataset
 from foveal.data.synthetic import default_clutter
-
-
-def check_items(ds, count=3):
-    """Items match the dataset's declared shape, dtype, range and classes."""
-    assert len(ds) > 0 and len(ds.class_names) == ds.num_classes
-    for i in list(range(min(count, len(ds)))) + [len(ds) - 1]:
-        item = ds[i]
-        assert set(item) == {"image", "label", "index"} and item["index"] == i
-        assert item["image"].dtype == torch.float32 and tuple(item["image"].shape) == ds.image_shape
-        assert 0.0 <= item["image"].min() and item["image"].max() <= 1.0
-        assert item["label"].dtype == torch.int64 and item["label"].ndim == 0
-        assert 0 <= int(item["label"]) < ds.num_classes and int(item["label"]) == ds.labels[i]
+from toys import check_items  # tests/toys.py
 
 
 def write_idx(path: Path, array: np.ndarray, magic: int) -> None:

@@ -52,8 +52,8 @@ def train_posterior(args) -> int:
 
 def plot_epe(args) -> int:
     from foveal.data import build_dataset
-    from foveal.data.sequences import GlimpseSequences
     from foveal.evaluation.boed_plots import plot_epe_sequence
+    from foveal.sequences import GlimpseSequences
 
     seqs = GlimpseSequences.load(args.sequences)
     if not 0 <= args.row < len(seqs):

@@ -112,9 +112,7 @@ def _list(args) -> int:
     print_registry("datasets", DATASETS, details=options, more=placed, note="options are data.<option>=VALUE; "
                    "see help(foveal.data)")
     print_registry("policies", POLICIES, note="algorithm.eval_policy, --policy")
-    makers = _sequence_makers()
-    if makers is not None:
-        print_registry("sequence makers", makers)
+    print_registry("sequence makers", _sequence_makers())
     return 0
 
 
@@ -139,14 +137,8 @@ _NAME_WIDTH = 24  # the longest built-in name, saccader-representation, and a sp
 
 
 def _sequence_makers():
-    """The sequence-maker registry, ``foveal.sequences.makers.MAKERS``; None where this foveal has none."""
-    # Guarded on purpose: the makers' registry comes with the foveal.sequences package, built on another
-    # branch; until it is merged there is nothing to list. Only its own absence is forgiven: an error inside
-    # it (or a missing dependency of it) still raises.
-    try:
-        from foveal.sequences.makers import MAKERS
-    except ModuleNotFoundError as err:
-        if err.name not in ("foveal.sequences", "foveal.sequences.makers"):
-            raise
-        return None
+    """The sequence-maker registry, :data:`foveal.sequences.MAKERS`, with the annotator's makers in it."""
+    import foveal.boed  # noqa: F401  (registers nogs and hindsight, which foveal.sequences may not name)
+    from foveal.sequences import MAKERS
+
     return MAKERS

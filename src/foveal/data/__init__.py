@@ -37,7 +37,7 @@ Details (file layouts, errors, defaults) are in each module's docstring: :mod:`f
 Splits are "train", "val", "test" (CelebA-HQ also "annotate" and "annotate+train"). A dataset may
 declare ``task`` (what its label is, e.g. the CelebA attribute), ``first_row`` (the annotation row of
 position 0) and ``contains_splits`` (``{split: offset}`` of splits held inside it); sequence files
-(:mod:`foveal.data.sequences`) are checked against them.
+(:mod:`foveal.sequences`) are checked against them.
 """
 from __future__ import annotations
 

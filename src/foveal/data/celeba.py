@@ -39,7 +39,7 @@ annotator). An empty split is an error.
 trained on it, so that the released sequences (rows 0 .. 599, files ``0.txt`` .. ``599.txt``) supervise
 their own images. Its position ``i`` is annotation row ``i`` and position ``i`` of ``annotate``, which
 the dataset declares as ``contains_splits = {"annotate": 0}`` (a sequence file of the ``annotate`` split
-is then valid for it, :meth:`foveal.data.sequences.GlimpseSequences.validate`). Every split has
+is then valid for it, :meth:`foveal.sequences.GlimpseSequences.validate`). Every split has
 ``first_row`` (its position 0's annotation row) and ``task`` (the label's attribute name, checked
 against the ``task`` a sequence file records).
 """

@@ -27,7 +27,7 @@ order, every 10th (positions 9, 19, 29, ...) is val and the rest train. Items ar
 An item's ``image_id`` is its ``images.txt`` path; ``cub_ids`` holds the integer ids of ``images.txt``.
 The released near-optimal glimpse sequences name their images by the release's own crop and
 numbering (``data/birds/train/images/<n>.png``), which CUB_200_2011 does not record: a map file
-(``foveal sequences import --image-map``, :func:`foveal.data.sequences_official.read_image_map`) pairs
+(``foveal sequences import --image-map``, :func:`foveal.sequences.read_image_map`) pairs
 each with a CUB image, given by :meth:`CUB.resolve_image` as an ``images.txt`` id or path.
 """
 from __future__ import annotations

@@ -51,7 +51,7 @@ import yaml
 from torch.utils.data import Dataset
 
 from foveal import __version__, runfolder
-from foveal.checkpoint import atomic_write, checkpoint_paths, load_checkpoint
+from foveal.checkpoint import checkpoint_paths, load_checkpoint
 from foveal.config import EvaluateConfig, as_section, check_fields, check_value, config_differences, dump_config, section_config, \
     split_name
 from foveal.data import build_dataset, dataset_options
@@ -61,6 +61,7 @@ from foveal.evaluation.boed_plots import plot_posterior_curves
 from foveal.evaluation.budget import budget_evaluation, write_budget
 from foveal.evaluation.collect import collect_glimpses, make_figures, record_metrics, save_record
 from foveal.evaluation.posterior_curves import posterior_curves
+from foveal.files import atomic_write_json
 from foveal.models import MODELS, create_model, load_model, model_spec
 from foveal.policies import make_policy
 from foveal.runfolder import FolderStart
@@ -411,7 +412,7 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
         results["training"] = training
     out_dir = Path(out_dir)
     with runfolder.holding(out_dir):  # one writer (inside train_run, which holds it already: nothing to do)
-        atomic_write(out_dir / "results.json", json.dumps(results, indent=2).encode())
+        atomic_write_json(out_dir / "results.json", results)
         record_path = save_record(record, model, dataset, out_dir / "records" / f"glimpses_{split}.npz")
         if eval_cfg.figures:
             results["figures"] = [str(p) for p in make_figures(record_path, out_dir)]
@@ -425,7 +426,7 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
             results["budget"] = {"rule": exit_rule, "cost": budget["cost"], "exit": budget["exit"],
                                  "files": [str(p) for p in files]}
         if eval_cfg.figures or thresholds:
-            atomic_write(out_dir / "results.json", json.dumps(results, indent=2).encode())
+            atomic_write_json(out_dir / "results.json", results)
     return results
 
 
@@ -479,5 +480,5 @@ def _write_posterior_files(results: dict[str, Any], out_dir: Path, split: str, c
         if metrics.exists():
             figures.append(plots.plot_training_summary(metrics, out_dir / "figures" / "training_curves.png"))
         results["figures"] = [str(p) for p in figures]
-    atomic_write(out_dir / "results.json", json.dumps(results, indent=2).encode())
+    atomic_write_json(out_dir / "results.json", results)
     return results

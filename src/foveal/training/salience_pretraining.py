@@ -53,9 +53,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from foveal.checkpoint import unique_token
+from foveal.files import unique_token
+from foveal.logits import posterior_entropy
 from foveal.models.base import PolicyState
-from foveal.models.posterior_cnn import posterior_entropy
 from foveal.retina import LocationGrid, cell_masks, masked_input
 from foveal.training.base import ALGORITHMS, EvaluationSettings, LossOutput, PolicyEvaluation
 
