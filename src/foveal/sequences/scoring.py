@@ -83,9 +83,12 @@ def compare_sequences(scorer: Scorer, dataset: Dataset, files: Sequence[GlimpseS
         num_glimpses: score the first T glimpses (default: the shortest file's).
 
     Returns:
-        ``{"images": K, "num_glimpses": T, "files": [{"source", "method", "accuracy" [T + 1], "entropy",
-        "ce", "accuracy_after_T", "accuracy_mean", "entropy_mean", "vs_first": {"accuracy_after_T", "accuracy_mean",
-        "entropy_mean"} or None}]}``, the curves averaged over the K images, ``*_mean`` also over t = 1..T.
+        The curves averaged over the K images (``*_mean`` also over t = 1..T), as::
+
+            {"images": K, "num_glimpses": T,
+             "files": [{"source", "method", "accuracy" [T + 1], "entropy", "ce", "accuracy_after_T",
+                        "accuracy_mean", "entropy_mean",
+                        "vs_first": {"accuracy_after_T", "accuracy_mean", "entropy_mean"} or None}]}
     """
     images, T = _shared_images(files, num_glimpses)
     subset, grid = Subset(dataset, images), files[0].grid
