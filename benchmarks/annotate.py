@@ -35,15 +35,14 @@ from foveal.boed import NetworkPosterior, first_glimpse, greedy_sequence
 from foveal.boed.bank import ImageBank
 from foveal.boed.completion import BankSampler
 from foveal.boed.epe import SearchConfig
-from foveal.boed.salient import baseline_sequences, random_cells
 from foveal.config import apply_overrides, load_config
 from foveal.data import build_dataset
-from foveal.data.sequences import GlimpseSequences
 from foveal.evaluation.boed_plots import plot_epe_sequence, plot_posterior_curves
 from foveal.evaluation.posterior_curves import posterior_curves
 from foveal.recipes.run import load_model, train_run
 from foveal.retina import LocationGrid
 from foveal.runtime import speed_up_allocator
+from foveal.sequences import MAKERS, GlimpseSequences, Target, random_cells
 
 CONFIG, DATASET, T, GLIMPSE = "posterior-cluttered-fashion-mnist", "cluttered-fashion-mnist", 6, 12
 VARIANTS = {  # name -> (SearchConfig, seed offset); "plain" first: the others are compared with it
@@ -115,7 +114,7 @@ def main() -> None:
     for method in ("salient", "random"):
         path = args.work / "sequences" / method
         if not Path(f"{path}.json").exists():
-            baseline_sequences(method, val, positions, grid, T, seed=0).save(path)
+            MAKERS.build(method, Target(val, positions, T, grid)).save(path)  # random: seed 0
         seqs[method] = GlimpseSequences.load(path)
     strides = stride_table(args, model, bank, val, positions[:args.speed_images], speed)
     strides = {str(algo["grid_stride"]): {"cells": len(grid),

@@ -47,12 +47,11 @@ from annotate import DATASET, GLIMPSE, T, log, make_bank, make_sampler, run_vari
 from foveal.boed import NetworkPosterior, first_glimpse  # noqa: E402
 from foveal.boed.epe import FirstGlimpse, SearchConfig  # noqa: E402
 from foveal.data import build_dataset  # noqa: E402
-from foveal.data.sequences import GlimpseSequences  # noqa: E402
 from foveal.evaluation.posterior_curves import posterior_curves  # noqa: E402
-from foveal.evaluation.sequence_quality import paired_bootstrap  # noqa: E402
 from foveal.recipes.run import load_model  # noqa: E402
 from foveal.retina import LocationGrid  # noqa: E402
 from foveal.runtime import speed_up_allocator  # noqa: E402
+from foveal.sequences import GlimpseSequences, paired_bootstrap  # noqa: E402
 
 FIRST, STEP = 2500, 50  # held-out positions FIRST + STEP * i
 OTHER_SEEDS = 10_000

@@ -6,8 +6,9 @@ validation accuracy the reference method reached on the same seed.
         --targets 0.4 0.5 0.6 0.65 --reference RAM
 
 Prints a Markdown table (mean ± sd over seeds; "k/n" when only k of n finished seeds reached a target).
-With ``--pairs A:B ...`` it prints a second table: test accuracy of A minus B, greedy and sampled, seed by
-seed on the seeds both finished, with the mean ± sd and its 95 % Student-t interval over those seeds.
+With ``--pairs A:B ...`` it prints a second table (:mod:`foveal.recipes.compare.pairs`): test accuracy of A
+minus B, greedy and sampled, seed by seed on the seeds both finished, with the mean ± sd and its 95 %
+Student-t interval over those seeds.
 Reads ``compare.yaml``, ``runs/<method>/seed-<s>/metrics.csv`` and ``results.json`` only; trains nothing.
 Counts only runs trained for the comparison's length (``run.train.iterations`` of ``compare.yaml``, or
 ``--iterations``), as ``foveal compare --report-only`` does: a folder being continued to more iterations
@@ -23,9 +24,10 @@ from pathlib import Path
 
 import yaml
 
-from foveal.evaluation.convergence import mean_and_spread, mean_interval, run_convergence
 from foveal.evaluation.records import read_metrics
-from foveal.recipes.compare.config import SAMPLED, finished_iterations, slug
+from foveal.recipes.compare.config import finished_iterations, slug
+from foveal.recipes.compare.convergence import mean_and_spread, run_convergence
+from foveal.recipes.compare.pairs import pairs_table, parse_pairs
 
 
 def _cell(values: list) -> str:
@@ -54,48 +56,6 @@ def _compare_length(folder: Path) -> int:
         raise SystemExit(f"{path}: run.train.iterations: expected an integer, could not read it ({e!r})")
 
 
-def _test_accuracy(run: Path, sampled: bool) -> float | None:
-    """A run's test accuracy in points: greedy (``results.json``) or sampled (``sampled/results.json``)."""
-    path = run / SAMPLED / "results.json" if sampled else run / "results.json"
-    if not path.exists():
-        return None
-    try:
-        return 100 * float(json.loads(path.read_text())["test_accuracy"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise SystemExit(f"{path}: test_accuracy: expected a number, could not read it ({e!r})")
-
-
-def pairs_table(runs: dict[str, dict[int, Path]], pairs: list[tuple[str, str]]) -> str:
-    """Markdown: for each pair (A, B), A's test accuracy minus B's on each seed both finished, greedy / sampled
-    (points), then the mean ± sd and the 95 % Student-t interval over those seeds."""
-    seeds = sorted({s for found in runs.values() for s in found})
-    header = ["pair", *(f"seed {s}" for s in seeds), "mean ± sd, greedy", "95 % interval", "mean ± sd, sampled",
-              "95 % interval"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for a, b in pairs:
-        cells, diffs = [f"{a} - {b}"], {False: [], True: []}
-        for s in seeds:
-            if s not in runs[a] or s not in runs[b]:
-                cells.append("-")
-                continue
-            texts = []
-            for sampled in (False, True):
-                x, y = _test_accuracy(runs[a][s], sampled), _test_accuracy(runs[b][s], sampled)
-                if x is None or y is None:
-                    texts.append("-")
-                else:
-                    diffs[sampled].append(x - y)
-                    texts.append(f"{x - y:+.1f}")
-            cells.append(" / ".join(texts))
-        for sampled in (False, True):
-            mean, sd, n = mean_and_spread(diffs[sampled])
-            _, low, high, _ = mean_interval(diffs[sampled])
-            cells.append("-" if not n else f"{mean:+.1f}" + (f" ± {sd:.1f} ({n})" if n > 1 else " (1)"))
-            cells.append("-" if n < 2 else f"[{low:+.1f}, {high:+.1f}]")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", type=Path, help="a comparison folder (foveal compare --out)")
@@ -110,12 +70,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.reference and args.reference not in args.methods:
         p.error(f"--reference: expected one of --methods {args.methods}, found {args.reference!r}")
-    pairs = []
-    for text in args.pairs:
-        a, _, b = text.partition(":")
-        if a not in args.methods or b not in args.methods:
-            p.error(f"--pairs: expected A:B with A and B among --methods {args.methods}, found {text!r}")
-        pairs.append((a, b))
+    try:
+        pairs = parse_pairs(args.pairs, args.methods)
+    except ValueError as e:
+        p.error(str(e))
     length = args.iterations if args.iterations is not None else _compare_length(args.folder)
     runs: dict[str, dict[int, Path]] = {}
     metrics: dict[Path, dict] = {}  # each run's metrics.csv, read once
@@ -166,7 +124,10 @@ def main(argv=None) -> int:
     print("\n".join(lines))
     if pairs:
         print("\nTest accuracy differences, points, greedy / sampled, on the seeds both finished (n):\n")
-        print(pairs_table(runs, pairs))
+        try:
+            print(pairs_table(runs, pairs))
+        except ValueError as e:  # a results.json without a test accuracy
+            raise SystemExit(str(e)) from None
     return 0
 
 

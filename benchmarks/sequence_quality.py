@@ -11,7 +11,7 @@ Scorers: ``--scorer`` a posterior network on the masked image (``foveal train-po
 glimpse network on the files' grid forced to look along the sequences (``foveal train`` with
 ``algorithm.train_policy=random``); ``--chooser`` a posterior scored the same way but marked as biased (the
 network that chose one of the files favours it). Each is ``LABEL=CHECKPOINT``. Numbers come from
-:func:`foveal.evaluation.sequence_quality.compare_sequences`, the code behind ``foveal sequences score``.
+:func:`foveal.sequences.scoring.compare_sequences`, the code behind ``foveal sequences score``.
 Writes ``benchmarks/results/<tag>.{md,json,png}``.
 """
 
@@ -29,9 +29,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from foveal.data import build_dataset  # noqa: E402
-from foveal.data.sequences import GlimpseSequences  # noqa: E402
-from foveal.evaluation.sequence_quality import compare_sequences  # noqa: E402
+from foveal.evaluation.sequence_quality import network_scorer  # noqa: E402
 from foveal.models import load_model  # noqa: E402
+from foveal.sequences import GlimpseSequences, compare_sequences  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
         for spec in specs:
             label, path = _labelled(spec)
             model, _ = load_model(path)
-            result = compare_sequences(model, dataset, files, resamples=args.resamples)
+            result = compare_sequences(network_scorer(model), dataset, files, resamples=args.resamples)
             for (name, _), entry in zip(named, result["files"]):
                 entry["method"] = name or entry["method"]
             report.update(images=result["images"], num_glimpses=result["num_glimpses"])

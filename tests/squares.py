@@ -29,9 +29,10 @@ class Squares(FovealDataset):
 def register_squares(name: str) -> dict:
     """Register ``Squares`` as dataset ``name`` (48 training images, 16 val / test) and return the run config
     of a tiny comparison on it: a 2-glimpse grid RAM trained for 6 iterations."""
-    from foveal.data import register_dataset
+    from foveal.data import DATASETS
 
-    register_dataset(name, lambda split, *, root=None, seed=0: Squares(name, split, {"train": 48}.get(split, 16)))
+    DATASETS.register(name, lambda split, *, root=None, seed=0: Squares(name, split, {"train": 48}.get(split, 16)),
+                      summary=Squares.__doc__)
     return {"data": {"name": name},
             "model": {"name": "ram-grid", "glimpse_size": 4, "grid_stride": 4, "hidden_size": 16, "glimpse_hidden": 8,
                       "location_hidden": 8, "feature_size": 16},

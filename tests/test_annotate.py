@@ -13,39 +13,17 @@ from foveal.boed.completion import BankSampler
 from foveal.boed.epe import SearchConfig
 from foveal.checkpoint import save_checkpoint
 from foveal.data import build_dataset
-from foveal.data.sequences import GlimpseSequences, sequence_paths
 from foveal.models import create_model, model_spec
+from foveal.retina import LocationGrid
+from foveal.sequences import MAKERS, GlimpseSequences, Target, sequence_paths
+from toys import ToySplit, toy_config  # tests/toys.py
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-class ToySplit:
-    """10 random 8x8 images; counts how many images were read."""
-
-    name, split, image_shape, num_classes = "toy", "train", (1, 8, 8), 3
-
-    def __init__(self):
-        self.images = torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-        self.reads = 0
-
-    def __len__(self):
-        return 10
-
-    def __getitem__(self, i):
-        self.reads += 1
-        return {"image": self.images[i], "label": torch.tensor(i % 3), "index": i}
 
 
 @pytest.fixture(scope="module")
 def files(annotation_inputs):
     return annotation_inputs  # tests/conftest.py
-
-
-def config(files, **changes):
-    settings = dict(dataset="toy", posterior=str(files / "posterior"), bank=str(files / "bank.npy"), count=8,
-                    glimpse_size=4, grid_stride=2, num_glimpses=2, n_completions=4, n_proposals=10,
-                    pca_components=4, chunk_size=3, seed=7)
-    return AnnotateConfig(**{**settings, **changes})
 
 
 def read(prefix):
@@ -57,7 +35,7 @@ def read(prefix):
 
 def test_resume_after_a_kill_is_identical_and_recomputes_nothing(files, tmp_path):
     data = ToySplit()
-    cfg = config(files)
+    cfg = toy_config(files)
     assert annotate(cfg, tmp_path / "a", dataset=data, stop_after=1) is None
     parts = tmp_path / "a" / "parts" / "shard-0-of-1"
     assert sorted(p.name for p in parts.iterdir()) == ["part-00000.json", "part-00000.safetensors"]
@@ -81,7 +59,7 @@ def test_resume_after_a_kill_is_identical_and_recomputes_nothing(files, tmp_path
     assert (seqs.corners[:, 0] == seqs.corners[0, 0]).all()  # the task's first glimpse, shared
 
     with pytest.raises(ValueError, match="other settings; differing: config.n_completions: 4 vs 5"):
-        annotate(config(files, n_completions=5), tmp_path / "a", dataset=data)
+        annotate(toy_config(files, n_completions=5), tmp_path / "a", dataset=data)
 
     # a folder made before a field existed (here: shifts) still resumes: the field had its default
     record_path = tmp_path / "a" / "config.json"
@@ -90,15 +68,15 @@ def test_resume_after_a_kill_is_identical_and_recomputes_nothing(files, tmp_path
     record_path.write_text(json.dumps(record))
     assert annotate(cfg, tmp_path / "a", dataset=data) == path
     with pytest.raises(ValueError, match="config.shifts: 0 vs 1"):
-        annotate(config(files, shifts=1), tmp_path / "a", dataset=data)
+        annotate(toy_config(files, shifts=1), tmp_path / "a", dataset=data)
 
 
 def test_shards_merged_equal_the_unsharded_run(files, tmp_path):
-    whole = annotate(config(files), tmp_path / "one", dataset=ToySplit())
+    whole = annotate(toy_config(files), tmp_path / "one", dataset=ToySplit())
     for mode in ("round-robin", "contiguous"):
         out = tmp_path / mode
         for i in (1, 0):
-            path = annotate(config(files, num_shards=2, shard_index=i, shard_mode=mode, chunk_size=2), out,
+            path = annotate(toy_config(files, num_shards=2, shard_index=i, shard_mode=mode, chunk_size=2), out,
                             dataset=ToySplit())
             assert path.name == f"sequences-shard-{i}-of-2"
         shard0 = GlimpseSequences.load(out / "sequences-shard-0-of-2")
@@ -119,7 +97,7 @@ def test_equals_greedy_sequence_with_the_same_generators_and_keeps_maps(files, t
     data = ToySplit()
     search = dict(search)
     first_completions = search.pop("first_completions", None)
-    cfg = config(files, keep_maps=True, start=2, count=4, first_completions=first_completions, **search)
+    cfg = toy_config(files, keep_maps=True, start=2, count=4, first_completions=first_completions, **search)
     assert cfg.search() == SearchConfig(**search)
     seqs = GlimpseSequences.load(annotate(cfg, tmp_path, dataset=data))
 
@@ -142,26 +120,26 @@ def test_equals_greedy_sequence_with_the_same_generators_and_keeps_maps(files, t
 
 
 def test_selection_and_config_errors(files):
-    cfg = config(files, start=1, count=7, num_shards=3, shard_index=2)
+    cfg = toy_config(files, start=1, count=7, num_shards=3, shard_index=2)
     assert select_indices(cfg, 10).tolist() == [3, 6]
-    assert select_indices(config(files, start=1, count=7, num_shards=3, shard_index=0, shard_mode="contiguous"),
+    assert select_indices(toy_config(files, start=1, count=7, num_shards=3, shard_index=0, shard_mode="contiguous"),
                           10).tolist() == [1, 2, 3]
-    claiming = config(files, start=1, count=7, num_shards=3, shard_index=2, shard_mode="claim")
+    claiming = toy_config(files, start=1, count=7, num_shards=3, shard_index=2, shard_mode="claim")
     assert select_indices(claiming, 10).tolist() == list(range(1, 8)) and claiming.shard_name == "all"  # all, shared
     with pytest.raises(ValueError, match="shard_mode: expected one of 'round-robin', 'contiguous', 'claim', found 'x'"):
-        config(files, shard_mode="x")
+        toy_config(files, shard_mode="x")
     with pytest.raises(ValueError, match="claim_timeout: expected seconds > 0, found 0"):
-        config(files, claim_timeout=0)
+        toy_config(files, claim_timeout=0)
     with pytest.raises(ValueError, match=r"threads: expected None \(leave as is\) or an integer >= 1, found 0"):
-        config(files, threads=0)
+        toy_config(files, threads=0)
     with pytest.raises(ValueError, match="first_completions: expected None or an integer >= 1, found 0"):
-        config(files, first_completions=0)
+        toy_config(files, first_completions=0)
     with pytest.raises(ValueError, match="within the split's 10 images, found 5..12"):
-        select_indices(config(files, start=5), 10)
+        select_indices(toy_config(files, start=5), 10)
     with pytest.raises(ValueError, match="shard_index: expected 0 <= shard_index < num_shards = 2.*found 2"):
-        config(files, num_shards=2, shard_index=2)
+        toy_config(files, num_shards=2, shard_index=2)
     with pytest.raises(ValueError, match="at most one of grid, grid_stride"):
-        config(files, grid=3)
+        toy_config(files, grid=3)
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['glimpses'\]"):
         AnnotateConfig.from_dict({"dataset": "x", "posterior": "p", "bank": "b", "glimpses": 3})
     seeds = [image_generator(0, i).initial_seed() for i in (5, 5, 6)] + [image_generator(0, None).initial_seed()]
@@ -237,7 +215,7 @@ def test_precision_and_layout_settings_are_checked():
 def test_completion_ess_per_step_is_recorded_and_summarised(files, tmp_path):
     # 6 proposals at target ESS 0.5: the importance weights are worth 3 candidates at every step, and
     # N = 4 completions resampled from them come back as 1-4 distinct images whose ESS is at most that
-    cfg = config(files, num_glimpses=3, n_proposals=6, target_ess=0.5, chunk_size=4)
+    cfg = toy_config(files, num_glimpses=3, n_proposals=6, target_ess=0.5, chunk_size=4)
     seqs = GlimpseSequences.load(annotate(cfg, tmp_path / "bank", dataset=ToySplit()))
     summary = seqs.provenance["completions"]
     assert summary["steps"] == [2, 3]
@@ -252,7 +230,7 @@ def test_completion_ess_per_step_is_recorded_and_summarised(files, tmp_path):
 
 def test_hindsight_annotation_sees_the_true_image_alone(files, tmp_path):
     data = ToySplit()
-    cfg = config(files, completions="hindsight", keep_maps=True)
+    cfg = toy_config(files, completions="hindsight", keep_maps=True)
     assert cfg.method == "hindsight"
     seqs = GlimpseSequences.load(annotate(cfg, tmp_path, dataset=data))
     summary = seqs.provenance["completions"]
@@ -261,7 +239,8 @@ def test_hindsight_annotation_sees_the_true_image_alone(files, tmp_path):
     # step 2's map is the posterior's entropy on the true image seen through the first cell and each cell
     posterior, _ = load_posterior(cfg.posterior, torch.device("cpu"))
     grid = cfg.make_grid((8, 8))
-    from foveal.boed.epe import cell_masks, posterior_entropy
+    from foveal.boed.epe import cell_masks
+    from foveal.logits import posterior_entropy
 
     cells = cell_masks(grid)  # [G, 1, 8, 8]
     first = int(grid.corner_to_index(seqs.corners[0, :1])[0])
@@ -271,7 +250,29 @@ def test_hindsight_annotation_sees_the_true_image_alone(files, tmp_path):
         entropy = posterior_entropy(posterior.logits(image * seen, seen), multilabel=False)
         assert seqs.epe_maps[row, 1].flatten() == pytest.approx(entropy.tolist(), abs=1e-5)
     with pytest.raises(ValueError, match="AnnotateConfig.completions: expected one of 'bank', 'hindsight', found 'x'"):
-        config(files, completions="x")
+        toy_config(files, completions="x")
+
+
+def test_the_annotator_is_the_nogs_and_hindsight_maker(files, tmp_path):
+    """MAKERS.build("nogs" | "hindsight", target) runs the annotator on the target's images, T and grid."""
+    settings = dict(n_completions=4, n_proposals=10, pca_components=4, chunk_size=3, seed=7)
+    grid = LocationGrid.from_stride((8, 8), 4, 2)
+    target = Target(ToySplit(), range(8), 2, grid)
+    paths = {"posterior": str(files / "posterior"), "bank": str(files / "bank.npy")}
+    for name, completions in (("nogs", "bank"), ("hindsight", "hindsight")):
+        made = MAKERS.build(name, target, out_dir=tmp_path / name, **paths, **settings)
+        direct = annotate(toy_config(files, completions=completions), tmp_path / f"{name}-direct", dataset=ToySplit())
+        assert made.method == name and read(made.source) == read(direct)
+    counted = Target(ToySplit(), range(8), 2, LocationGrid.from_count((8, 8), 4, (2, 3)))  # no stride: 0, 4 x 0, 2, 4
+    made = MAKERS.build("nogs", counted, out_dir=tmp_path / "count", **paths, **settings)
+    assert made.grid == counted.grid and made.provenance["config"]["grid"] == [2, 3]
+    with pytest.raises(ValueError, match=r"nogs: expected the target's images to be a range of positions"):
+        MAKERS.build("nogs", Target(ToySplit(), [0, 2], 2, grid), out_dir=tmp_path / "x", **paths)
+    with pytest.raises(ValueError, match=r"hindsight: \['grid_stride', 'start'\] are not settings"):
+        MAKERS.build("hindsight", target, out_dir=tmp_path / "x", start=2, grid_stride=4, **paths)
+    uneven = LocationGrid((8, 8), 4, (0, 1, 4), (0, 1, 4))
+    with pytest.raises(ValueError, match="nogs: the target's grid is neither every S pixels nor N cells"):
+        MAKERS.build("nogs", Target(ToySplit(), range(8), 2, uneven), out_dir=tmp_path / "x", **paths)
 
 
 def test_annotate_takes_the_posteriors_glimpse_settings_or_refuses_others(tmp_path, capsys):

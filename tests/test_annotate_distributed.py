@@ -17,10 +17,11 @@ import torch
 from foveal.boed.annotate import AnnotateConfig, annotate, merge_chunks, merge_folder
 from foveal.boed.bank import ImageBank
 from foveal.boed.completion import BankSampler
-from foveal.boed.workers import HOST, ClaimBoard, Worker, unique_token, worker_from_environment
-from foveal.checkpoint import atomic_write, save_checkpoint
-from foveal.data.sequences import GlimpseSequences, sequence_paths
+from foveal.boed.workers import HOST, ClaimBoard, Worker, worker_from_environment
+from foveal.checkpoint import save_checkpoint
 from foveal.models import create_model, model_spec
+from foveal.sequences import GlimpseSequences, sequence_paths
+from toys import ToySplit, toy_config  # tests/toys.py
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 REPO = Path(__file__).resolve().parents[1]
@@ -97,45 +98,22 @@ def test_claims_stale_after_timeout_or_when_the_holder_died_here(tmp_path):
     assert board.try_claim("part-00003") is None
 
 
-def test_temporary_names_are_host_safe(tmp_path):
-    token = unique_token()
-    assert token.startswith(HOST.replace(".", "_")[:20]) and f"-{os.getpid()}-" in token and token != unique_token()
-    atomic_write(tmp_path / "a.json", b"{}")
-    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
-
-
 # --------------------------------------------------------------------------------- in one process
-class ToySplit:
-    name, split, image_shape, num_classes = "toy", "train", (1, 8, 8), 3
-
-    def __init__(self):
-        self.images = torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-
-    def __len__(self):
-        return 10
-
-    def __getitem__(self, i):
-        return {"image": self.images[i], "label": torch.tensor(i % 3), "index": i}
-
-
 @pytest.fixture(scope="module")
 def toy_files(annotation_inputs):
     root = annotation_inputs  # tests/conftest.py
-    reference = annotate(toy_config(root), root / "reference", dataset=ToySplit())  # fixed share, one worker
+    reference = annotate(claim_config(root), root / "reference", dataset=ToySplit())  # fixed share, one worker
     return root, sequence_paths(reference)[1].read_bytes()
 
 
-def toy_config(root, **changes):
-    settings = dict(dataset="toy", posterior=str(root / "posterior"), bank=str(root / "bank.npy"), count=8,
-                    glimpse_size=4, grid_stride=2, num_glimpses=2, n_completions=4, n_proposals=10,
-                    pca_components=4, chunk_size=3, seed=7, keep_maps=True)
-    return AnnotateConfig(**{**settings, **changes})
+def claim_config(root, **changes):
+    return toy_config(root, **{"keep_maps": True, **changes})
 
 
 def test_claiming_workers_killed_and_joining_late_give_the_unsharded_result(toy_files, tmp_path):
     root, reference = toy_files
     out = tmp_path / "claimed"
-    worker = lambda i, n=2, **kw: toy_config(root, shard_mode="claim", shard_index=i, num_shards=n, chunk_size=2, **kw)
+    worker = lambda i, n=2, **kw: claim_config(root, shard_mode="claim", shard_index=i, num_shards=n, chunk_size=2, **kw)
     assert annotate(worker(0), out, dataset=ToySplit(), prepare_only=True) is None
     assert annotate(worker(0), out, dataset=ToySplit(), stop_after=1) is None  # "killed" after one chunk
     assert annotate(worker(1), out, dataset=ToySplit(), stop_after=1) is None  # starts at chunk 2 of 4
@@ -151,13 +129,13 @@ def test_claiming_workers_killed_and_joining_late_give_the_unsharded_result(toy_
     sequence_paths(path)[0].unlink()
     assert merge_folder(out) == path and sequence_paths(path)[1].read_bytes() == reference
     with pytest.raises(ValueError, match="config.shard_mode: 'claim' vs 'round-robin'"):
-        annotate(toy_config(root, chunk_size=2), out, dataset=ToySplit())  # a fixed share in a claiming folder
+        annotate(claim_config(root, chunk_size=2), out, dataset=ToySplit())  # a fixed share in a claiming folder
 
 
 def test_shared_files_are_prepared_once_and_read_by_the_other_workers(toy_files, tmp_path, monkeypatch):
     root, reference = toy_files
     out = tmp_path / "prepared"
-    assert annotate(toy_config(root, shard_mode="claim"), out, dataset=ToySplit(), prepare_only=True) is None
+    assert annotate(claim_config(root, shard_mode="claim"), out, dataset=ToySplit(), prepare_only=True) is None
     first = json.loads((out / "first-glimpse.json").read_text())
     assert [p.name for p in (out / "pca").iterdir()] == [f"cell-{first['cell']:05d}.safetensors"]
     stamps = {p: p.stat().st_mtime_ns for p in [*out.glob("first-glimpse.*"), *(out / "pca").iterdir()]}
@@ -169,7 +147,7 @@ def test_shared_files_are_prepared_once_and_read_by_the_other_workers(toy_files,
     original_fit = BankSampler.fit_cell_pca
     monkeypatch.setattr(annotate_module, "first_glimpse", no_first_glimpse)
     monkeypatch.setattr(BankSampler, "fit_cell_pca", lambda self, cell: fitted.append(cell) or original_fit(self, cell))
-    path = annotate(toy_config(root, shard_mode="claim", share_pca_cells=True), out, dataset=ToySplit())
+    path = annotate(claim_config(root, shard_mode="claim", share_pca_cells=True), out, dataset=ToySplit())
     assert sequence_paths(path)[1].read_bytes() == reference
     assert first["cell"] not in fitted and len(fitted) == len(set(fitted))  # read from pca/, never refitted
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
@@ -179,7 +157,7 @@ def test_shared_files_are_prepared_once_and_read_by_the_other_workers(toy_files,
 def test_a_live_claim_is_waited_for_and_taken_over_once_stale(toy_files, tmp_path):
     root, reference = toy_files
     out = tmp_path / "stale"
-    cfg = toy_config(root, shard_mode="claim", claim_timeout=1.0)
+    cfg = claim_config(root, shard_mode="claim", claim_timeout=1.0)
     (out / "claims").mkdir(parents=True)
     (out / "claims" / "part-00001.0").write_text(json.dumps({"host": "gone-node", "pid": 1, "time": time.time()}))
     tic = time.perf_counter()

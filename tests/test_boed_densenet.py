@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from foveal.boed import NetworkPosterior, Posterior
-from foveal.models import create_model, list_models, model_spec
+from foveal.models import MODELS, create_model, model_spec
 from foveal.models.densenet import densenet121
 from foveal.retina import masked_input
 
@@ -49,7 +49,7 @@ def test_densenet121_has_torchvisions_parameters_and_names():
 
 
 def test_posterior_shapes_gradients_and_spec():
-    assert "posterior-densenet121" in list_models("posterior")
+    assert "posterior-densenet121" in MODELS.names(kind="posterior")
     torch.manual_seed(0)
     model = posterior()
     assert model.first_conv.weight.shape == (64, 4, 7, 7) and model.first_conv.weight[:, 3].abs().sum() == 0

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from foveal.boed import (CompletionSampler, FirstGlimpse, Posterior, cell_masks, expected_posterior_entropy,
-                         first_glimpse, greedy_sequence, posterior_entropy, posterior_log_prob)
+                         first_glimpse, greedy_sequence)
+from foveal.logits import posterior_entropy, posterior_log_prob
 from foveal.retina import LocationGrid
 
 BLOCKS = torch.tensor([[0, 0, 0, 0], [1, 0, 0, 1], [0, 1, 0, 1], [0, 0, 1, 1]], dtype=torch.float32)

@@ -23,6 +23,35 @@ def test_help_and_argument_errors_do_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
+def test_list_shows_every_registered_name_with_its_summary(capsys):
+    from foveal.data import DATASETS
+    from foveal.models import MODELS
+    from foveal.policies import POLICIES
+    from foveal.training.algorithms import ALGORITHMS
+
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for heading, registry in (("models (model.name):", MODELS), ("algorithms (algorithm.name):", ALGORITHMS),
+                              ("datasets (data.name", DATASETS), ("policies (", POLICIES)):
+        start = next(i for i, line in enumerate(lines) if line.startswith(heading))
+        rows = [line.split(maxsplit=1) for line in lines[start + 1:] if line.startswith("  ")
+                and not line.startswith("   ")]
+        for name, summary in registry.describe():
+            assert [name, summary] in rows, (name, heading)
+
+
+def test_list_shows_the_sequence_makers_the_annotator_included(capsys):
+    """nogs and hindsight register when foveal.boed is imported (foveal.sequences may not name the annotator)."""
+    from foveal.sequences import MAKERS
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    listed = out[out.index("sequence makers:\n"):]
+    for name, summary in MAKERS.describe():
+        assert f"  {name:<24} {summary}" in listed
+    assert {"salient", "random", "ps-ram", "nogs", "hindsight"} <= set(MAKERS.names())
+
+
 def test_overrides_and_config_errors(tmp_path):
     cfg = apply_overrides(load_config("demo"), ["train.iterations=7", "data.canvas=100", "model.core=lstm"])
     assert cfg["train"]["iterations"] == 7 and cfg["data"]["canvas"] == 100 and cfg["model"]["core"] == "lstm"

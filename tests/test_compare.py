@@ -6,7 +6,6 @@ import csv
 import dataclasses
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,11 +14,11 @@ import yaml
 
 from foveal.checkpoint import save_checkpoint
 from foveal.cli import main
-from foveal.data.sequences import GlimpseSequences
-from foveal.evaluation.convergence import run_convergence
 from foveal.models import create_model, model_spec
 from foveal.recipes.compare.config import load_compare_config, plan_runs, slug
+from foveal.recipes.compare.convergence import run_convergence
 from foveal.retina import LocationGrid
+from foveal.sequences import GlimpseSequences, salient_cells
 from squares import SIZE, register_squares  # tests/squares.py
 
 
@@ -170,7 +169,6 @@ def test_estimate_times_each_method(setup, capsys):
 
 def test_salient_and_random_supervision_use_the_nogs_images_and_grid(setup):
     """PS-SALIENT / PS-RANDOM: baseline sequences of exactly the supervised images, made before any run."""
-    from foveal.boed.salient import salient_cells
     from foveal.recipes.compare.inputs import ComparisonInputs
     from squares import Squares
 
@@ -249,15 +247,10 @@ def test_claim_table_pairs_seeds_against_ram_and_applies_the_papers_claim(setup)
     assert claim_table(cfg, [r for r in rows if r["method"] != "RAM"]) == ""
 
 
-def test_compare_targets_pairs_seed_by_seed(tmp_path, capsys):
-    """benchmarks/compare_targets.py --pairs: differences only on the seeds both methods finished, greedy and
-    sampled each on the seeds that have them, with the Student-t interval over those seeds."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_targets.py"
-    spec = importlib.util.spec_from_file_location("compare_targets", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_pairs_of_methods_are_compared_seed_by_seed(tmp_path):
+    """foveal.recipes.compare.pairs (compare_targets.py --pairs): differences only on the seeds both methods
+    finished, greedy and sampled each on the seeds that have them, with the Student-t interval over those seeds."""
+    from foveal.recipes.compare.pairs import pairs_table, parse_pairs
 
     def run(name, greedy, sampled=None):
         folder = tmp_path / name
@@ -270,16 +263,18 @@ def test_compare_targets_pairs_seed_by_seed(tmp_path, capsys):
     runs = {"A": {0: run("a0", 0.70, 0.60), 1: run("a1", 0.80, 0.70), 2: run("a2", 0.75, 0.65)},
             "B": {0: run("b0", 0.60, 0.50), 1: run("b1", 0.60), 2: run("b2", 0.70, 0.65)},
             "C": {0: run("c0", 0.50)}}
-    table = module.pairs_table(runs, [("A", "B"), ("C", "A")]).splitlines()
+    table = pairs_table(runs, parse_pairs(["A:B", "C:A"], ["A", "B", "C"])).splitlines()
     assert table[0] == ("| pair | seed 0 | seed 1 | seed 2 | mean ± sd, greedy | 95 % interval | mean ± sd, sampled "
                         "| 95 % interval |")
     # greedy: 10, 20, 5 points (mean 11.7, sd 7.6, t(0.975, 2) = 4.303); sampled: 10 and 0 (seed 1 has none)
     assert table[2] == "| A - B | +10.0 / +10.0 | +20.0 / - | +5.0 / +0.0 | +11.7 ± 7.6 (3) | [-7.3, +30.6] | " \
                        "+5.0 ± 7.1 (2) | [-58.5, +68.5] |"
     assert table[3] == "| C - A | -20.0 / - | - | - | -20.0 (1) | - | - | - |"
-    with pytest.raises(SystemExit):
-        module.main([str(tmp_path), "--methods", "A", "B", "--pairs", "A-B"])
-    assert "--pairs: expected A:B with A and B among --methods ['A', 'B'], found 'A-B'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"--pairs: expected A:B with A and B among --methods \['A', 'B'\], found 'A-B'"):
+        parse_pairs(["A-B"], ["A", "B"])
+    (runs["C"][0] / "results.json").write_text(json.dumps({"test_accuracy": "n/a"}))
+    with pytest.raises(ValueError, match="c0/results.json: test_accuracy: expected a number"):
+        pairs_table(runs, [("C", "A")])
 
 
 def test_policy_curves_undo_the_share_weighting_and_count_per_glimpse():

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from foveal.evaluation.convergence import (iterations_to_converge, iterations_to_reach, mean_and_spread, mean_interval,
+from foveal.recipes.compare.convergence import (iterations_to_converge, iterations_to_reach, mean_and_spread, mean_interval,
                                           run_convergence, t_quantile)
 
 

@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from foveal.evaluation.cost import POOLING, count_macs, glimpse_cost
-from foveal.models import create_model, list_models
+from foveal.models import MODELS, create_model
 from foveal.policies.basic import greedy_policy
 
 SMALL = {"in_channels": 2, "num_classes": 3, "image_size": (20, 24), "glimpse_size": 6, "hidden_size": 16,
@@ -67,7 +67,7 @@ def test_the_retina_coarse_scales_and_the_representation_network_are_counted():
     assert cost.parts["cell"] == (0, 3 * grid * d)
 
 
-@pytest.mark.parametrize("name", list_models("glimpse") + list_models("grid"))
+@pytest.mark.parametrize("name", MODELS.names(kind="glimpse") + MODELS.names(kind="grid"))
 def test_every_model_has_a_positive_linear_cost(name):
     model = create_model(name, **BUILD.get(name, SMALL))
     cost = glimpse_cost(model, (2, *model.config.image_size))

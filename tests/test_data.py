@@ -9,21 +9,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from foveal.data import DataError, PlacedDataset, build_dataset, dataset_names
+from foveal.data import DATASETS, DataError, PlacedDataset, build_dataset
 from foveal.data.mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_ROOT, ArrayDataset
 from foveal.data.synthetic import default_clutter
-
-
-def check_items(ds, count=3):
-    """Items match the dataset's declared shape, dtype, range and classes."""
-    assert len(ds) > 0 and len(ds.class_names) == ds.num_classes
-    for i in list(range(min(count, len(ds)))) + [len(ds) - 1]:
-        item = ds[i]
-        assert set(item) == {"image", "label", "index"} and item["index"] == i
-        assert item["image"].dtype == torch.float32 and tuple(item["image"].shape) == ds.image_shape
-        assert 0.0 <= item["image"].min() and item["image"].max() <= 1.0
-        assert item["label"].dtype == torch.int64 and item["label"].ndim == 0
-        assert 0 <= int(item["label"]) < ds.num_classes and int(item["label"]) == ds.labels[i]
+from toys import check_items  # tests/toys.py
 
 
 def write_idx(path: Path, array: np.ndarray, magic: int) -> None:
@@ -49,9 +38,15 @@ def make_idx_dir(folder: Path, gz: bool = True, per_class: int = 12, classes: in
 
 # ------------------------------------------------------------------------------------------------ registry
 def test_names_and_unknown_name():
-    assert {"mnist5k", "fashion-mnist", "mnist", "celeba-hq", "cub", "imagefolder"} <= set(dataset_names())
-    with pytest.raises(DataError, match="expected one of .*mnist5k.*found 'nope'"):
+    assert {"mnist5k", "fashion-mnist", "mnist", "celeba-hq", "cub", "imagefolder"} <= set(DATASETS.names())
+    with pytest.raises(DataError, match="expected one of .*mnist5k.* or translated-<name> / cluttered-<name>, "
+                                        "found 'nope'"):
         build_dataset("nope", "train")
+    with pytest.raises(DataError, match="found 'fashon-mnist'; did you mean 'fashion-mnist'"):
+        build_dataset("cluttered-fashon-mnist", "train")
+    with pytest.raises(ValueError, match="names starting with translated- / cluttered- are reserved"):
+        DATASETS.register("cluttered-mine", build_dataset, summary="a name the placed datasets own")
+    assert all(summary for _, summary in DATASETS.describe())
 
 
 def test_unknown_option_and_split(tmp_path):

@@ -8,17 +8,7 @@ from PIL import Image
 
 from foveal.data import CELEBA_ATTRIBUTES, DataError, build_dataset
 from foveal.data.celeba import split_range
-
-
-def check_items(ds, count=2):
-    """Items match the dataset's declared shape, dtype, range and classes."""
-    assert len(ds) > 0 and len(ds.class_names) == ds.num_classes
-    for i in list(range(min(count, len(ds)))) + [len(ds) - 1]:
-        item = ds[i]
-        assert set(item) == {"image", "label", "index"} and item["index"] == i
-        assert item["image"].dtype == torch.float32 and tuple(item["image"].shape) == ds.image_shape
-        assert 0.0 <= item["image"].min() and item["image"].max() <= 1.0
-        assert item["label"].dtype == torch.int64 and 0 <= int(item["label"]) < ds.num_classes
+from toys import check_items  # tests/toys.py
 
 
 def write_image(path: Path, h: int = 6, w: int = 5, value=None, seed: int = 0) -> np.ndarray:

@@ -20,11 +20,11 @@ from torch import nn
 
 from foveal.checkpoint import load_checkpoint
 from foveal.config import apply_overrides, load_config
-from foveal.data.sequences import GlimpseSequences
 from foveal.models import create_model
 from foveal.recipes.run import train_run
 from foveal.retina import LocationGrid
 from foveal.runtime import launcher_world_size, resolve_device
+from foveal.sequences import GlimpseSequences
 from foveal.training import TrainConfig, fit
 from foveal.training import distributed
 from foveal.training.loop import IterationBatches

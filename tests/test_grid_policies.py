@@ -11,8 +11,9 @@ from foveal.models.base import PolicyState
 from foveal.policies import make_policy
 from foveal.policies.basic import greedy_policy
 from foveal.policies.grid import (CenterPolicy, ModelPolicy, OrderedLogitsPolicy, SaccaderPolicy, SobelPolicy,
-                                  patch_statistics, sobel_magnitude, visited_cells)
+                                  patch_statistics, visited_cells)
 from foveal.retina import LocationGrid
+from foveal.saliency import sobel_magnitude
 
 TINY = {"in_channels": 1, "num_classes": 3, "image_size": (28, 28), "width": 2, "what_dim": 4}
 

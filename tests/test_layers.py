@@ -19,10 +19,11 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # The declared order, first to last; a module belongs to the layer of its longest matching prefix.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundations", ("foveal", "foveal.runtime", "foveal.config", "foveal.configs", "foveal.checkpoint",
-                     "foveal.retina", "foveal.registry")),
+                     "foveal.files", "foveal.logits", "foveal.retina", "foveal.saliency", "foveal.registry")),
     ("data", ("foveal.data",)),
     ("models", ("foveal.models",)),
     ("policies", ("foveal.policies",)),
+    ("sequences", ("foveal.sequences",)),
     ("training", ("foveal.training",)),
     ("boed", ("foveal.boed",)),
     ("evaluation", ("foveal.evaluation",)),
@@ -215,7 +216,7 @@ def test_type_checking_imports_and_other_packages_do_not_count(tmp_path):
 
 
 @pytest.mark.parametrize("module, layer", [("foveal", "foundations"), ("foveal.retina", "foundations"),
-                                           ("foveal.data.sequences", "data"), ("foveal.recipes.compare.run", "recipes"),
+                                           ("foveal.sequences.format", "sequences"), ("foveal.recipes.compare.run", "recipes"),
                                            ("foveal.__main__", "cli")])
 def test_layer_of(module, layer):
     assert LAYERS[layer_of(module)][0] == layer

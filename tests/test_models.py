@@ -4,7 +4,7 @@ parameter that should learn gets a gradient; plus RAM's stop-gradients."""
 import pytest
 import torch
 
-from foveal.models import create_model, list_models, model_spec, register_model
+from foveal.models import MODELS, create_model, model_spec
 from foveal.policies import make_policy
 from foveal.policies.basic import ReplayPolicy
 from foveal.training.reinforce import Reinforce, ReinforceConfig
@@ -18,7 +18,7 @@ def build(name, **over):
     return create_model(name, **{**SMALL, **EXTRA.get(name, {}), **over})
 
 
-@pytest.mark.parametrize("name", list_models("glimpse"))
+@pytest.mark.parametrize("name", MODELS.names(kind="glimpse"))
 def test_rollout_shapes_and_every_parameter_learns(name):
     torch.manual_seed(0)
     model = build(name)
@@ -60,7 +60,7 @@ def test_spec_rebuilds_identical_model():
     assert torch.equal(a.logits, b.logits) and torch.equal(a.indices, b.indices)
 
 
-@pytest.mark.parametrize("name", list_models("posterior"))
+@pytest.mark.parametrize("name", MODELS.names(kind="posterior"))
 def test_posterior_shapes_every_parameter_learns_and_spec_rebuilds(name):
     """Posterior networks read ``[B, C + 1, H, W]`` (image * mask, mask); 32 px is DenseNet-121's minimum."""
     from foveal.retina import masked_input
@@ -83,14 +83,24 @@ def test_posterior_shapes_every_parameter_learns_and_spec_rebuilds(name):
 def test_registry_rejects_duplicates_and_unknown_names():
     with pytest.raises(ValueError, match=r"model.widths: unknown setting of model 'ram'"):
         create_model("ram", in_channels=1, num_classes=10, image_size=(28, 28), widths=[8])
-    with pytest.raises(ValueError, match="already registered"):
-        register_model("ram")(lambda **kw: None)
-    with pytest.raises(ValueError, match="expected one of"):
-        create_model("no-such-model")
+    with pytest.raises(ValueError, match=r"the name 'ram' is registered twice: first at .*models/ram.py:\d+"):
+        MODELS.register("ram", kind="glimpse")(lambda **kw: None)
+    with pytest.raises(ValueError, match="kind expected one of"):
+        MODELS.register("ram-3d", kind="volume", summary="a model of no known kind")(lambda **kw: None)
+    with pytest.raises(ValueError, match=r"^model\.name: expected one of .*found 'ram-gird'; did you mean 'ram-grid'"):
+        create_model("ram-gird")
     with pytest.raises(ValueError, match="RAMConfig.core"):
         build("ram", core="transformer")
     with pytest.raises(ValueError, match="grid"):
         build("ram", location="categorical")
+
+
+def test_every_model_has_a_kind_and_a_summary_and_build_is_create_model():
+    assert MODELS.names() == sorted(n for kind in ("glimpse", "posterior", "grid", "classifier")
+                                    for n in MODELS.names(kind=kind))
+    assert all(summary.endswith(".") and "``" not in summary for _, summary in MODELS.describe())
+    model = MODELS.build("ram", **SMALL)
+    assert model_spec(model)["name"] == "ram"  # named for its checkpoint, as create_model does
 
 
 def test_wrong_image_shape_names_expected_and_found():

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from foveal.data import DataError
-from foveal.data.sequences import GlimpseSequences
 from foveal.models import create_model
 from foveal.policies.basic import ReplayPolicy
 from foveal.retina import LocationGrid
+from foveal.sequences import GlimpseSequences
 from foveal.training.loop import FixedShareBatches, IterationBatches
 from foveal.training.partial_supervision import (FixedShareDataset, OversampledDataset, PartialSupervision,
                                                  PartialSupervisionConfig, oversampling_repeats)

@@ -266,7 +266,8 @@ def test_figures_leave_no_pyplot_state(tmp_path: Path, record_path: Path):
 @pytest.fixture
 def drawn(monkeypatch):
     """Keeps every figure the plot functions make (drawn, not cleared) in a list, for reading its artists."""
-    from foveal.evaluation import boed_plots, compare_plots, plots
+    from foveal.evaluation import boed_plots, plots
+    from foveal.recipes.compare import plots as compare_plots
 
     figures = []
 
@@ -279,7 +280,7 @@ def drawn(monkeypatch):
         return path
 
     for module in (plots, compare_plots, boed_plots):
-        monkeypatch.setattr(module, "_save", keep)
+        monkeypatch.setattr(module, "save_figure", keep)
     return figures
 
 
@@ -379,7 +380,7 @@ def test_training_summary_plots_what_training_is_judged_by(tmp_path: Path, drawn
 
 
 def test_method_curves_show_a_single_validation_point(tmp_path: Path, drawn):
-    from foveal.evaluation.compare_plots import plot_method_curves
+    from foveal.recipes.compare.plots import plot_method_curves
 
     plot_method_curves({"RAM": [(np.array([100]), np.array([0.5]))]}, tmp_path / "c.png", ylabel="accuracy")
     (line,) = drawn[-1].axes[0].get_lines()
@@ -387,9 +388,9 @@ def test_method_curves_show_a_single_validation_point(tmp_path: Path, drawn):
 
 
 def test_epe_figure_marks_a_revisited_cell_and_explains_its_rows(tmp_path: Path, drawn):
-    from foveal.data.sequences import GlimpseSequences
     from foveal.evaluation.boed_plots import plot_epe_sequence
     from foveal.retina import LocationGrid
+    from foveal.sequences import GlimpseSequences
 
     grid = LocationGrid.from_stride((16, 16), 4, 4)
     cells = torch.tensor([[5, 10, 5]])  # the third glimpse looks at the first one's cell again
@@ -402,7 +403,7 @@ def test_epe_figure_marks_a_revisited_cell_and_explains_its_rows(tmp_path: Path,
 
 
 def test_heatmaps_by_method_give_each_row_its_colour_scale_and_counts(tmp_path: Path, drawn):
-    from foveal.evaluation.compare_plots import plot_heatmaps_by_method
+    from foveal.recipes.compare.plots import plot_heatmaps_by_method
 
     records = {"RAM": GlimpseRecord(**record_kwargs()), "PS-NOGS": GlimpseRecord(**record_kwargs())}
     plot_heatmaps_by_method(records, tmp_path / "h.png")
@@ -442,7 +443,7 @@ def test_heatmap_draws_no_outline_of_objects_at_random_places(tmp_path: Path, dr
 
 
 def test_iterations_per_seed_give_slots_only_to_methods_with_runs(tmp_path: Path, drawn):
-    from foveal.evaluation.compare_plots import plot_iterations_per_seed
+    from foveal.recipes.compare.plots import plot_iterations_per_seed
 
     iterations = {"RAM": {0: 30, 1: 20}, "WSRAM": {0: None, 1: None}, "PS-RAM": {}, "PS-NOGS": {0: 30, 1: 20}}
     plot_iterations_per_seed(iterations, tmp_path / "it.png", criterion="CE within 0.01 of its best")

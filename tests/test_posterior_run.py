@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from foveal.cli import main
-from foveal.data.sequences import GlimpseSequences
 from foveal.evaluation.boed_plots import plot_epe_sequence, plot_posterior_curves, read_curves
 from foveal.retina import LocationGrid
+from foveal.sequences import GlimpseSequences
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY = """

@@ -70,3 +70,53 @@ def test_lazy_target_is_imported_on_first_use_and_needs_a_summary():
         reg.register("bad", 42, summary="x")
     with pytest.raises(TypeError, match="expected a callable or 'module:attribute'"):
         reg.register("bad", "no-colon", summary="x")
+
+
+def test_summary_is_the_docstrings_first_paragraph_on_one_line_and_required():
+    reg = Registry("widget")
+
+    @reg.register("wrapped")
+    def wrapped():
+        """A summary that wraps onto a second line, with :class:`~foveal.retina.LocationGrid` and
+        ``code`` in it.
+
+        Details."""
+
+    assert reg.describe() == [("wrapped", "A summary that wraps onto a second line, with LocationGrid and code in it.")]
+    with pytest.raises(ValueError, match=r"widget registry: 'bare': .*<lambda> has no docstring and needs a summary"):
+        reg.register("bare", lambda: None)
+
+    class Quiet(Registry):  # a docstring it only inherits says nothing about it
+        pass
+
+    with pytest.raises(ValueError, match="has no docstring"):
+        reg.register("quiet", Quiet)
+
+    @reg.register("full")
+    def full():
+        """Reads :mod:`foveal.data` and :class:`~foveal.retina.LocationGrid`."""
+
+    assert reg.entry("full").summary == "Reads foveal.data and LocationGrid."
+    reg.register("given", lambda: None, summary="a summary\n  given")
+    assert ("given", "a summary given") in reg.describe()
+
+
+def test_build_hook_validation_and_other_accepted_names():
+    built = []
+
+    def build(name, *args, **kwargs):  # what a kind does beyond calling the builder: here, records the name
+        built.append(name)
+        return reg.get(name)(*args, **kwargs)
+
+    def validate(name, target, meta):
+        if meta.get("kind") not in ("a", "b"):
+            raise ValueError(f"{name}: kind expected 'a' or 'b', found {meta.get('kind')!r}")
+
+    reg = Registry("widget", field="widget.name", build=build, validate=validate, also="big-<name>")
+    reg.register("w", dict, summary="w", kind="a")
+    assert reg.build("w", x=1) == {"x": 1} and built == ["w"]
+    with pytest.raises(ValueError, match="v: kind expected 'a' or 'b', found None"):
+        reg.register("v", dict, summary="v")
+    assert "v" not in reg
+    with pytest.raises(ValueError, match=r"^widget\.name: expected one of \['w'\] or big-<name>, found 'x'$"):
+        reg.check("x")

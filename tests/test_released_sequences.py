@@ -12,9 +12,8 @@ from PIL import Image
 from foveal.cli import main
 from foveal.config import apply_overrides, load_config
 from foveal.data import CELEBA_ATTRIBUTES, DataError, build_dataset
-from foveal.data.sequences import GlimpseSequences
-from foveal.data.sequences_official import CUB_LAYOUT, export_official, import_official, read_image_map
 from foveal.retina import LocationGrid
+from foveal.sequences import CUB_LAYOUT, GlimpseSequences, export_official, import_official, read_image_map
 from foveal.training.partial_supervision import PartialSupervision, PartialSupervisionConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -16,9 +16,9 @@ from PIL import Image
 
 import foveal.cli.common as common
 from foveal.cli import main
-from foveal.data.sequences import GlimpseSequences
 from foveal.retina import LocationGrid
 from foveal.runfolder import LOCK_NAME
+from foveal.sequences import GlimpseSequences
 
 from test_errors import TINY, refused, train
 

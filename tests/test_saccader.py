@@ -11,13 +11,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from foveal.checkpoint import save_checkpoint
-from foveal.models import create_model, list_models, model_spec
+from foveal.models import MODELS, create_model, model_spec
 from foveal.models.bagnet import LAYOUTS, BagNetConfig, GridMaps, auto_layout
 from foveal.models.base import Rollout
 from foveal.models.saccader import SaccaderCell
 from foveal.policies.basic import greedy_policy
 from foveal.training import TrainConfig, fit
-from foveal.training.algorithms import algorithm_names, build_algorithm
+from foveal.training.algorithms import ALGORITHMS, build_algorithm
 from foveal.training.reinforce import Reinforce, ReinforceConfig
 from foveal.training.saccader import (LocationConfig, LocationPretraining, RepresentationConfig,
                                       RepresentationPretraining, SaccaderReinforce, SaccaderReinforceConfig,
@@ -36,9 +36,9 @@ MINE = sorted(BUILD)
 
 
 def test_every_model_of_this_module_is_registered_with_its_kind():
-    assert set(list_models("grid")) >= {"bagnet", "saccader", "saccader-patch"}
-    assert "small-cnn" in list_models("classifier") and "dram" in list_models("glimpse")
-    assert {"saccader-representation", "saccader-location", "saccader-reinforce"} <= set(algorithm_names())
+    assert set(MODELS.names(kind="grid")) >= {"bagnet", "saccader", "saccader-patch"}
+    assert "small-cnn" in MODELS.names(kind="classifier") and "dram" in MODELS.names(kind="glimpse")
+    assert {"saccader-representation", "saccader-location", "saccader-reinforce"} <= set(ALGORITHMS.names())
 
 
 @pytest.mark.parametrize("name", MINE)

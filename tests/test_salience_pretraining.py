@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from foveal.boed.epe import cell_masks
+from foveal.logits import posterior_entropy
 from foveal.models import create_model
 from foveal.retina import LocationGrid, masked_input
-from foveal.boed.epe import cell_masks, posterior_entropy
 from foveal.training.algorithms import build_algorithm
 from foveal.training.salience_pretraining import (SalienceMaps, SaliencePolicy, compute_salience, salience,
                                                   salience_probabilities)

@@ -1,5 +1,5 @@
-"""Sequence quality judged by another posterior: per-image curves equal the averaged ones, the paired bootstrap,
-and ``foveal sequences score`` on files of the same images."""
+"""Sequence quality judged by another network: per-image curves equal the averaged ones (foveal.evaluation), the
+paired bootstrap and comparisons of files of the same images (foveal.sequences.scoring), ``foveal sequences score``."""
 
 import json
 
@@ -7,16 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from foveal.boed.salient import baseline_sequences
 from foveal.checkpoint import save_checkpoint
 from foveal.cli import main
 from foveal.data import build_dataset
-from foveal.data.sequences import GlimpseSequences
 from foveal.evaluation.posterior_curves import posterior_curves
-from foveal.evaluation.sequence_quality import (compare_sequences, glimpse_model_curves, paired_bootstrap,
-                                              per_image_curves)
+from foveal.evaluation.sequence_quality import glimpse_model_curves, network_scorer, per_image_curves
 from foveal.models import create_model, model_spec
 from foveal.retina import LocationGrid
+from foveal.sequences import MAKERS, GlimpseSequences, Target, compare_sequences, paired_bootstrap
 
 GRID = LocationGrid.from_stride((28, 28), 8, 4)  # 6 x 6 cells
 
@@ -72,9 +70,9 @@ def test_paired_bootstrap():
 
 def test_files_are_scored_on_the_images_they_share_and_paired_with_the_first(scorer, tmp_path, capsys):
     val = build_dataset("mnist5k", "val")
-    salient = baseline_sequences("salient", val, [4, 1, 2, 3], GRID, 3)
-    random = baseline_sequences("random", val, [1, 2, 3, 9], GRID, 3, seed=2)
-    result = compare_sequences(scorer, val, [salient, salient, random], resamples=500)
+    salient = MAKERS.build("salient", Target(val, [4, 1, 2, 3], 3, GRID))
+    random = MAKERS.build("random", Target(val, [1, 2, 3, 9], 3, GRID), seed=2)
+    result = compare_sequences(network_scorer(scorer), val, [salient, salient, random], resamples=500)
     assert result["images"] == 3 and result["num_glimpses"] == 3  # images 1, 2, 3
     first, again, other = result["files"]
     assert first["vs_first"] is None and again["vs_first"]["accuracy_after_T"]["ci95"] == [0.0, 0.0]
@@ -102,7 +100,7 @@ def test_files_are_scored_on_the_images_they_share_and_paired_with_the_first(sco
                                      "corners": LocationGrid.from_stride((28, 28), 8, 10).corners()[
                                          torch.zeros(4, 3, dtype=torch.long)]})
     with pytest.raises(ValueError, match="on another grid"):
-        compare_sequences(scorer, val, [salient, other_grid])
+        compare_sequences(network_scorer(scorer), val, [salient, other_grid])
 
 
 def test_a_glimpse_network_scores_sequences_by_looking_along_them(scorer, tmp_path, capsys):
@@ -131,7 +129,7 @@ def test_a_glimpse_network_scores_sequences_by_looking_along_them(scorer, tmp_pa
         glimpse_model_curves(scorer, val, GRID, cells)
     # the command: a posterior and a glimpse network side by side
     full = build_dataset("mnist5k", "val")
-    salient, random = (baseline_sequences(m, full, [1, 2, 3], GRID, 3) for m in ("salient", "random"))
+    salient, random = (MAKERS.build(m, Target(full, [1, 2, 3], 3, GRID)) for m in ("salient", "random"))
     salient.save(tmp_path / "sal")
     random.save(tmp_path / "rnd")
     save_checkpoint(tmp_path / "scorer", model=scorer, info={"model": model_spec(scorer)}, rng=False)
@@ -142,6 +140,7 @@ def test_a_glimpse_network_scores_sequences_by_looking_along_them(scorer, tmp_pa
     assert out.count("3 images all files hold") == 2 and "glimpse network" in out
     saved = json.loads((tmp_path / "s.json").read_text())
     assert [r["kind"] for r in saved] == ["posterior", "glimpse network"]
-    assert saved[1]["files"][0]["accuracy"] == pytest.approx(compare_sequences(ram, full, [salient])["files"][0]["accuracy"])
+    direct = compare_sequences(network_scorer(ram), full, [salient])["files"][0]["accuracy"]
+    assert saved[1]["files"][0]["accuracy"] == pytest.approx(direct)
     assert main(["sequences", "score", str(tmp_path / "sal")]) == 2
     assert "expected at least one --scorer or --classifier" in capsys.readouterr().err

@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from foveal.data import DataError
-from foveal.data.sequences import FORMAT, VERSION, GlimpseSequences, sequence_paths
-from foveal.data.sequences_official import export_official, import_official
 from foveal.retina import LocationGrid, top_left
+from foveal.sequences import FORMAT, VERSION, GlimpseSequences, export_official, import_official, sequence_paths
 
 GRID = LocationGrid.from_stride((12, 10), 4, 2)  # rows 0..8, cols 0..6
 

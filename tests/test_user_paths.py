@@ -56,8 +56,10 @@ def test_grey_images_read_as_three_channels_are_noted(tmp_path, capsys):
 def test_list_shows_every_datasets_options(capsys):
     assert main(["list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert any(line.split() == ["imagefolder", "image_size,", "grayscale"] for line in lines), lines
-    assert any(line.split()[:4] == ["cluttered-<base>", "canvas,", "clutter,", "piece"] for line in lines)
+    options = {lines[i].split()[0]: lines[i + 1].split() for i in range(len(lines) - 1)
+               if lines[i + 1].strip().startswith("options:")}  # a dataset's row, then its options
+    assert options["imagefolder"] == ["options:", "image_size,", "grayscale"], lines
+    assert options["cluttered-<base>"][:4] == ["options:", "canvas,", "clutter,", "piece,"]
 
 
 # ----------------------------------------------------------------------------- config messages: what the user typed

@@ -4,7 +4,7 @@ checked against an exactly enumerable posterior (one glimpse on a 4-cell grid)."
 import pytest
 import torch
 
-from foveal.models import create_model, list_models, model_spec
+from foveal.models import MODELS, create_model, model_spec
 from foveal.training.algorithms import build_algorithm
 from foveal.training.wake_sleep import WakeSleep, WakeSleepConfig
 
@@ -30,7 +30,7 @@ def groups_with_gradient(m):
 
 @pytest.mark.parametrize("name", ["ram-grid-ws", "ram-ws"])
 def test_each_term_trains_only_its_network(name):
-    assert {"ram-ws", "ram-grid-ws"} <= set(list_models("glimpse"))
+    assert {"ram-ws", "ram-grid-ws"} <= set(MODELS.names(kind="glimpse"))
     cases = {(1.0, 0.0, 0.0): {"classifier", "core", "glimpse"},
              (0.0, 1.0, 0.0): {"location_net"},
              (0.0, 0.0, 1.0): {"inference"}}

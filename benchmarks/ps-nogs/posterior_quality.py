@@ -27,9 +27,9 @@ from typing import Optional
 import torch
 
 from foveal.data import build_dataset
-from foveal.evaluation.sequence_quality import glimpse_model_curves, paired_bootstrap, per_image_curves
+from foveal.evaluation.sequence_quality import glimpse_model_curves, per_image_curves
 from foveal.models import load_model
-from foveal.recipes.sequence_sources import policy_sequences
+from foveal.sequences import Target, paired_bootstrap, policy_sequences
 from foveal.retina import LocationGrid
 
 HERE = Path(__file__).resolve().parent
@@ -66,7 +66,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         ram, _ = load_model(path)
         if getattr(ram, "grid", None) != grid:
             raise SystemExit(f"{path}: expected a ram-grid model on the 13x13 grid of 12 px cells every 4 px")
-        seqs = policy_sequences(ram, dataset, list(range(n)), T, policy="greedy")
+        seqs = policy_sequences(Target(dataset, list(range(n)), T), model=ram, policy="greedy")
         cells = grid.corner_to_index(seqs.corners)  # [n, T]
         glimpse_sets[f"{name}'s greedy cells"] = cells
         own = glimpse_model_curves(ram, images, grid, cells)["accuracy"][:, 1:]  # [n, T]

@@ -34,7 +34,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from foveal.evaluation.convergence import iterations_to_reach, mean_interval, run_convergence
+from foveal.recipes.compare.convergence import iterations_to_reach, mean_interval, run_convergence
 from foveal.evaluation.records import read_metrics
 from foveal.recipes.compare.config import SAMPLED, load_compare_config, method_config, run_finished, slug
 

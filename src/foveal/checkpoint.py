@@ -39,8 +39,6 @@ import hashlib
 import json
 import os
 import random
-import secrets
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -50,8 +48,9 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import Tensor, nn
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "read_checkpoint_info", "checkpoint_paths",
-           "atomic_write", "write_temporary"]
+from foveal.files import atomic_write
+
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "read_checkpoint_info", "checkpoint_paths"]
 
 FORMAT = "foveal-checkpoint"
 VERSION = 1
@@ -193,39 +192,6 @@ def load_checkpoint(path_prefix: PathLike, *, model: Optional[nn.Module] = None,
 
 
 # ----------------------------------------------------------------------------- files
-
-
-def unique_token() -> str:
-    """``<host>-<pid>-<random>``: a temporary name no other process makes, on any host of a shared file
-    system (a pid alone repeats across hosts)."""
-    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:64]
-    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def write_temporary(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a host-unique temporary file beside ``path``, flushed to disk; returns its path.
-    The caller moves it into place (``os.replace``) or links it (first writer wins) and removes it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{unique_token()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``: never a half-written file."""
-    tmp = write_temporary(path, data)
-    try:
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _pending_path(st_path: Path) -> Path:

@@ -9,11 +9,17 @@ A :class:`Registry` maps names to things that build something (a function, a cla
     def ram(**config): ...
 
     MODELS.build("ram", hidden_size=256)   # calls the builder with the keyword arguments
-    MODELS.names()                         # registration order
+    MODELS.names(kind="glimpse")           # sorted (or registration order), filtered by metadata
     MODELS.describe()                      # [(name, summary), ...] for `foveal list`
 
 A name is registered once: a second registration is an error naming both places. An unknown name is an
-error naming the field, the registered names and the closest matches.
+error naming the field, the registered names and the closest matches. Every entry has a one-line summary
+(given, or the first paragraph of the target's docstring), so that a listing is never blank.
+
+A kind whose building does more than calling the registered object (a model is named for its checkpoint,
+an algorithm's settings become its config dataclass) passes ``build=``: then :meth:`Registry.build` is
+that function, the one way to build one, and the kind's module exports it under its familiar name
+(``create_model``). ``validate=`` refuses entries the kind cannot use (a model without a known ``kind``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, Optional, TypeVar, Union
@@ -56,9 +63,16 @@ class RegistryEntry(Generic[T]):
         return self.target
 
 
-def _first_line(obj: Any) -> str:
-    doc = inspect.getdoc(obj) if not isinstance(obj, str) else None
-    return doc.strip().splitlines()[0].strip() if doc else ""
+_ROLE = re.compile(r":\w+:`(~?)([^`]+)`")  # as Sphinx shows them: :class:`~foveal.x.RAMConfig` -> RAMConfig
+
+
+def _summary(obj: Any) -> str:
+    """The first paragraph of ``obj``'s own docstring (a class's, not one it inherits) on one line, without
+    reST markup; "" if it has none."""
+    doc = getattr(obj, "__doc__", None) if not isinstance(obj, str) else None
+    paragraph = inspect.cleandoc(doc).split("\n\n")[0] if isinstance(doc, str) else ""
+    one_line = _ROLE.sub(lambda m: m[2].rpartition(".")[2] if m[1] else m[2], " ".join(paragraph.split()))
+    return one_line.replace("``", "")
 
 
 def _caller(depth: int) -> str:
@@ -74,11 +88,19 @@ class Registry(Generic[T]):
         field: the config field that names one (``model.name``) for unknown-name errors; default ``kind``.
         error: the exception type of unknown-name errors (``ValueError``; datasets use ``DataError``).
         sort: list names sorted (True) or in registration order (False).
+        also: names accepted besides the registered ones, in words, for the unknown-name error
+            (``"translated-<name>"``).
+        build: what :meth:`build` calls, ``build(name, *args, **kwargs)``, where building one does more than
+            calling the registered object; default: call it.
+        validate: ``validate(name, target, meta)`` at registration, raising (``ValueError``, ``TypeError``) to
+            refuse an entry.
     """
 
     def __init__(self, kind: str, *, field: Optional[str] = None, error: type[Exception] = ValueError,
-                 sort: bool = True):
-        self.kind, self.field, self.error, self.sort = kind, field or kind, error, sort
+                 sort: bool = True, also: str = "", build: Optional[Callable[..., Any]] = None,
+                 validate: Optional[Callable[[str, Any, dict[str, Any]], None]] = None):
+        self.kind, self.field, self.error, self.sort, self.also = kind, field or kind, error, sort, also
+        self._build, self._validate = build, validate
         self._entries: dict[str, RegistryEntry[T]] = {}
 
     def register(self, name: str, target: Union[T, str, None] = None, *, summary: Optional[str] = None,
@@ -88,11 +110,12 @@ class Registry(Generic[T]):
         Args:
             target: a builder or class, or ``"module:attribute"`` (imported when first used; then ``summary``
                 is required, since nothing can be read from it yet).
-            summary: one line for listings; default the first line of the target's docstring.
+            summary: one line for listings; default the first paragraph of the target's docstring.
             **meta: stored with the entry (:meth:`meta`).
 
         Raises:
-            ValueError: the name is registered already (both places named), or a lazy target has no summary.
+            ValueError: the name is registered already (both places named), there is no summary (a lazy
+                target, or one without a docstring), or this registry's ``validate`` refuses the entry.
             TypeError: the target is neither callable nor ``"module:attribute"``.
         """
         if target is None:
@@ -117,10 +140,13 @@ class Registry(Generic[T]):
         if lazy and ":" not in target or not lazy and not callable(target):
             raise TypeError(f"{self.kind} registry: {name!r}: expected a callable or 'module:attribute', "
                             f"found {target!r}")
-        if summary is None:
-            if lazy:
-                raise ValueError(f"{self.kind} registry: {name!r}: a lazy target {target!r} needs a summary")
-            summary = _first_line(target)
+        summary = " ".join(summary.split()) if summary is not None else _summary(target)
+        if not summary:
+            what = f"a lazy target {target!r}" if lazy else f"{_describe(target)} has no docstring and"
+            raise ValueError(f"{self.kind} registry: {name!r}: {what} needs a summary (summary=, one line for "
+                             "listings)")
+        if self._validate is not None:
+            self._validate(name, target, meta)
         self._entries[name] = RegistryEntry(name, target, summary, dict(meta), where)
 
     def __contains__(self, name: object) -> bool:
@@ -147,7 +173,8 @@ class Registry(Generic[T]):
             return
         close = difflib.get_close_matches(name, list(self._entries), n=3) if isinstance(name, str) else []
         hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-        raise self.error(f"{field or self.field}: expected one of {self.names()}, found {name!r}{hint}")
+        also = f" or {self.also}" if self.also else ""
+        raise self.error(f"{field or self.field}: expected one of {self.names()}{also}, found {name!r}{hint}")
 
     def entry(self, name: str, field: Optional[str] = None) -> RegistryEntry[T]:
         """The entry of ``name`` (:meth:`check` first)."""
@@ -163,7 +190,9 @@ class Registry(Generic[T]):
         return self.entry(name).meta
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        """Call the registered object of ``name`` with the arguments."""
+        """Call the registered object of ``name`` with the arguments (or this registry's ``build``)."""
+        if self._build is not None:
+            return self._build(name, *args, **kwargs)
         return self.get(name)(*args, **kwargs)
 
 

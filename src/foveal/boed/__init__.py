@@ -8,17 +8,18 @@
 * :mod:`foveal.boed.local` - exact local updates of a posterior CNN's logits, one cell at a time.
 * :mod:`foveal.boed.bank` - the image bank; :mod:`foveal.boed.completion` the PCA-accelerated
   importance-sampling completion sampler over it.
-* :mod:`foveal.boed.salient` - hand-crafted (salient, random) sequences to compare with.
 * :mod:`foveal.boed.annotate` - the resumable, shardable annotator writing glimpse-sequence files
-  (:mod:`foveal.data.sequences`); its settings are in :mod:`foveal.boed.annotate_config`.
+  (:mod:`foveal.sequences`); its settings are in :mod:`foveal.boed.annotate_config`.
+* :mod:`foveal.boed.makers` - the annotator as the sequence makers ``nogs`` and ``hindsight``, registered
+  in :data:`foveal.sequences.MAKERS` on import (the baselines it is compared with are makers there too).
 """
 
 from foveal.boed.annotate import AnnotateConfig, annotate, merge_shards
 from foveal.boed.epe import (CompletionSampler, FirstGlimpse, GlimpseSequence, Posterior, cell_masks,
-                             expected_posterior_entropy, first_glimpse, greedy_sequence, posterior_entropy,
-                             posterior_log_prob)
+                             expected_posterior_entropy, first_glimpse, greedy_sequence)
+from foveal.boed.makers import hindsight_sequences, nogs_sequences
 from foveal.boed.posterior import NetworkPosterior
 
 __all__ = ["CompletionSampler", "FirstGlimpse", "GlimpseSequence", "Posterior", "cell_masks",
-           "expected_posterior_entropy", "first_glimpse", "greedy_sequence", "posterior_entropy",
-           "posterior_log_prob", "NetworkPosterior", "AnnotateConfig", "annotate", "merge_shards"]
+           "expected_posterior_entropy", "first_glimpse", "greedy_sequence", "NetworkPosterior", "AnnotateConfig",
+           "annotate", "merge_shards", "nogs_sequences", "hindsight_sequences"]

@@ -4,7 +4,7 @@ For every selected image of a split, :func:`annotate` runs :func:`foveal.boed.ep
 (at step t, the cell minimising the expected posterior entropy given the true pixels seen so far)
 with a posterior network loaded from a checkpoint (:class:`~foveal.boed.posterior.NetworkPosterior`)
 and an image bank (:class:`~foveal.boed.completion.BankSampler`, searched on the posterior's device), and
-writes the sequences as a :class:`~foveal.data.sequences.GlimpseSequences` file. Its cost is ``T - 1``
+writes the sequences as a :class:`~foveal.sequences.GlimpseSequences` file. Its cost is ``T - 1``
 steps per image, each ``len(grid) x n_completions`` posterior evaluations plus one bank search; the first
 glimpse sees nothing, so it is the same for every image of a task and computed once.
 
@@ -70,10 +70,10 @@ from foveal.boed.posterior import NetworkPosterior
 from foveal.boed.workers import HOST, ClaimBoard, run_once
 from foveal.checkpoint import checkpoint_paths, read_checkpoint_info
 from foveal.data import build_dataset
-from foveal.data.sequences import GlimpseSequences
 from foveal.models import load_model
 from foveal.retina import LocationGrid
 from foveal.runtime import resolve_device
+from foveal.sequences import GlimpseSequences
 
 __all__ = ["AnnotateConfig", "annotate", "merge_shards", "merge_chunks", "merge_folder", "select_indices",
            "image_generator", "load_posterior", "result_path"]

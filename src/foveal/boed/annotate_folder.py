@@ -27,9 +27,9 @@ from foveal.boed.annotate_config import AnnotateConfig
 from foveal.boed.completion import CellPCA
 from foveal.boed.epe import FirstGlimpse
 from foveal.boed.workers import private_dir, publish_dir, publish_file
-from foveal.checkpoint import atomic_write
-from foveal.data.sequences import GlimpseSequences, sequence_paths
+from foveal.files import atomic_write_json
 from foveal.retina import LocationGrid
+from foveal.sequences import GlimpseSequences, sequence_paths
 
 __all__ = ["FREE_FIELDS", "run_record", "check_run_dir", "read_first_glimpse", "publish_first_glimpse",
            "PCAFileStore", "part_prefix", "part_done", "save_sequences", "publish_part", "assemble", "merge_shards",
@@ -98,7 +98,7 @@ def publish_first_glimpse(out_dir: Path, first: FirstGlimpse, seconds: float, gr
         first = FirstGlimpse(int(epe_map.argmin()), epe_map)  # first_glimpse's rule
     meta = {"cell": first.cell, "corner": grid.corners()[first.cell].tolist(), "grid_shape": list(grid.shape),
             "seconds": seconds, "sha256": hashlib.sha256(blob).hexdigest()}
-    atomic_write(out_dir / "first-glimpse.json", json.dumps(meta, indent=1).encode())  # a function of the map
+    atomic_write_json(out_dir / "first-glimpse.json", meta, indent=1)  # a function of the map
     return first
 
 

@@ -61,10 +61,10 @@ from typing import NamedTuple, Optional, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from foveal.models.posterior_cnn import posterior_entropy, posterior_log_prob
+from foveal.logits import posterior_entropy
 from foveal.retina import LocationGrid, cell_masks
 
-__all__ = ["Posterior", "CompletionSampler", "posterior_entropy", "posterior_log_prob", "cell_masks",
+__all__ = ["Posterior", "CompletionSampler", "cell_masks",
            "expected_posterior_entropy", "SearchConfig", "FirstGlimpse", "GlimpseSequence", "first_glimpse",
            "greedy_sequence", "search_step"]
 

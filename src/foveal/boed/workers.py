@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
-from foveal.checkpoint import unique_token, write_temporary
+from foveal.files import unique_token, write_temporary
 
-__all__ = ["Worker", "worker_from_environment", "worker_device", "unique_token", "publish_file",
+__all__ = ["Worker", "worker_from_environment", "worker_device", "publish_file",
            "publish_dir", "private_dir", "Claim", "ClaimBoard", "run_once", "HOST"]
 
 HOST = socket.gethostname()

@@ -23,10 +23,10 @@ EPILOG = """examples:
   foveal train --config ram-cluttered-fashion-mnist train.iterations=2000 model.location_std=0.1
   foveal train --config my.yaml --run-dir runs/mine   (run again to resume after a kill)
   torchrun --nproc-per-node=2 -m foveal train --config demo   one run on 2 processes (data-parallel)
-  foveal train --config demo --run-dir runs/photos data.name=imagefolder data.root=photos data.image_size=64
+  foveal train --config demo --run-dir runs/photos data.name=imagefolder data.root=photos data.image_size=64 data.canvas=null
                                                    your own class folders, resized to 64x64 (data.grayscale=true: 1 channel)
   foveal evaluate runs/mine --test-samples 10      the run's best checkpoint, into runs/mine/eval-<split>
-  foveal list                                      configs, datasets and their options, models, algorithms, policies
+  foveal list                                      configs; models, algorithms, datasets (with options), policies
 """
 
 COMMAND_MODULES: tuple[str, ...] = ("foveal.cli.run", "foveal.cli.posterior", "foveal.cli.boed", "foveal.cli.sequences",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from foveal.config import apply_overrides, load_config
-from foveal.policies import describe_policies
+from foveal.policies import POLICIES
 from foveal.runtime import launcher_world_size
 
 __all__ = ["progress_bar", "report", "add_exit_arguments", "add_training_arguments", "config_and_run_dir", "run_training", "policy_help",
@@ -50,7 +50,7 @@ def progress_bar(quiet: bool, unit: str = "it", show: tuple[str, ...] = ("loss",
 
 def policy_help(prefix: str) -> str:
     """``prefix`` followed by every registered policy and its summary (:mod:`foveal.policies`, no torch)."""
-    return prefix + "; ".join(f"{name}: {summary}" for name, summary in describe_policies())
+    return prefix + "; ".join(f"{name}: {summary}" for name, summary in POLICIES.describe())
 
 
 def run_training(cfg: dict, run_dir: Path, quiet: bool) -> dict | None:

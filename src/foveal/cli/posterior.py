@@ -36,11 +36,11 @@ def add_parsers(sub) -> None:
 
 
 def train_posterior(args) -> int:
-    from foveal.models import list_models
+    from foveal.models import MODELS
 
     cfg, run_dir = config_and_run_dir(args)
-    if cfg["model"]["name"] not in list_models("posterior"):
-        raise ValueError(f"model.name: expected a posterior network, one of {list_models('posterior')}, "
+    if cfg["model"]["name"] not in MODELS.names(kind="posterior"):
+        raise ValueError(f"model.name: expected a posterior network, one of {MODELS.names(kind='posterior')}, "
                          f"found {cfg['model']['name']!r}")
     results = run_training(cfg, run_dir, args.quiet)
     if results:
@@ -52,8 +52,8 @@ def train_posterior(args) -> int:
 
 def plot_epe(args) -> int:
     from foveal.data import build_dataset
-    from foveal.data.sequences import GlimpseSequences
     from foveal.evaluation.boed_plots import plot_epe_sequence
+    from foveal.sequences import GlimpseSequences
 
     seqs = GlimpseSequences.load(args.sequences)
     if not 0 <= args.row < len(seqs):

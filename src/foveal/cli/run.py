@@ -37,7 +37,8 @@ def add_parsers(sub) -> None:
     d.add_argument("overrides", nargs="*", metavar="section.key=value")
     d.set_defaults(handler=_demo)
 
-    lst = sub.add_parser("list", help="list built-in configs, datasets, models, algorithms and policies")
+    lst = sub.add_parser("list", help="list the built-in configs and every registered model, algorithm, dataset (with "
+                                      "its options), policy and sequence maker, each with its summary")
     lst.set_defaults(handler=_list)
 
 
@@ -94,21 +95,50 @@ def _evaluate(args) -> int:
 
 def _list(args) -> int:
     from foveal.config import builtin_configs
-    from foveal.data import DATASET_PATTERNS, dataset_names, dataset_options
-    from foveal.models import list_models
-    from foveal.policies import describe_policies
-    from foveal.training.algorithms import algorithm_names
+    from foveal.data import DATASET_PATTERNS, DATASETS, dataset_options
+    from foveal.models import MODELS
+    from foveal.policies import POLICIES
+    from foveal.training.algorithms import ALGORITHMS
 
-    for title, names in (("configs", builtin_configs()), ("models", list_models()),
-                         ("algorithms", algorithm_names())):
-        print(f"{title}: {', '.join(names)}")
-    print("datasets (data.name), with their options (data.<option>=...; see help(foveal.data)):")
-    for name in dataset_names():
-        print(f"  {name:<18} {', '.join(dataset_options(name)) or '-'}")
-    for pattern in DATASET_PATTERNS:
-        placed = dataset_options(pattern.replace("<base>", "mnist5k"))  # mnist5k has no options of its own
-        print(f"  {pattern:<18} {', '.join(placed)} (and the base's)")
-    print("policies:")
-    for name, summary in describe_policies():
-        print(f"  {name:<15} {summary}")
+    def options(name: str) -> list[str]:
+        return [f"options: {', '.join(dataset_options(name)) or 'none'}"]
+
+    placed = [(pattern, summary, [f"options: {', '.join(dataset_options(pattern.replace('<base>', 'mnist5k')))}, "
+                                  "and the base's"])  # mnist5k has no options of its own
+              for pattern, summary in DATASET_PATTERNS.items()]
+    print(f"configs (--config): {', '.join(builtin_configs())}")
+    print_registry("models", MODELS)
+    print_registry("algorithms", ALGORITHMS)
+    print_registry("datasets", DATASETS, details=options, more=placed, note="options are data.<option>=VALUE; "
+                   "see help(foveal.data)")
+    print_registry("policies", POLICIES, note="algorithm.eval_policy, --policy")
+    print_registry("sequence makers", _sequence_makers())
     return 0
+
+
+def print_registry(title: str, registry, *, details=None, more=(), note: str = "") -> None:
+    """A listing of a :class:`foveal.registry.Registry`: a heading, then a row per name with its summary.
+
+    Args:
+        title: the heading ("models"); the registry's config field (``model.name``) and ``note`` follow it.
+        details: ``details(name) -> lines`` printed under a name's row (a dataset's options).
+        more: further ``(name, summary, lines)`` rows after the registered ones (the dataset patterns).
+    """
+    said = ", ".join(x for x in ((registry.field if "." in registry.field else ""), note) if x)
+    print(f"{title}{f' ({said})' if said else ''}:")
+    rows = [(name, summary, details(name) if details else []) for name, summary in registry.describe()]
+    for name, summary, lines in [*rows, *more]:
+        print(f"  {name:<{_NAME_WIDTH}} {summary}")
+        for line in lines:
+            print(f"  {'':<{_NAME_WIDTH}} {line}")
+
+
+_NAME_WIDTH = 24  # the longest built-in name, saccader-representation, and a space
+
+
+def _sequence_makers():
+    """The sequence-maker registry, :data:`foveal.sequences.MAKERS`, with the annotator's makers in it."""
+    import foveal.boed  # noqa: F401  (registers nogs and hindsight, which foveal.sequences may not name)
+    from foveal.sequences import MAKERS
+
+    return MAKERS

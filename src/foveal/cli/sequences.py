@@ -1,13 +1,20 @@
 """``foveal sequences info|validate|export|import|merge|make|score``: glimpse-sequence files, the annotator's
-output and the released ones. No torch at module level (see foveal.cli)."""
+output and the released ones (:mod:`foveal.sequences`).
+
+No torch at module level (see :mod:`foveal.cli`): :mod:`foveal.sequences` and what scores or merges sequences
+import torch, which ``foveal --help`` must not wait for, so each handler imports them itself.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 from pathlib import Path
 
 from foveal.cli.common import add_data_arguments, add_device_argument, build_split, checked_device, key_values
+from foveal.runtime import resolve_device
 
 IMPORT_EPILOG = """examples (the sequences released with Harvey et al. 2021):
   CelebA-HQ, one attribute (files 0.txt .. 599.txt = rows of annotations.txt, the annotate split):
@@ -97,7 +104,7 @@ def add_parsers(sub) -> None:
 
 
 def _info(args) -> int:
-    from foveal.data.sequences import GlimpseSequences
+    from foveal.sequences import GlimpseSequences
 
     s = GlimpseSequences.load(args.path)
     print(f"{s.source}: {len(s)} sequences of {s.num_glimpses} glimpses ({s.glimpse_size} px) on {s.dataset}/{s.split} "
@@ -126,7 +133,7 @@ def _info(args) -> int:
 
 
 def _validate(args) -> int:
-    from foveal.data.sequences import GlimpseSequences
+    from foveal.sequences import GlimpseSequences
 
     s = GlimpseSequences.load(args.path)
     dataset = build_split(s.dataset, s.split, args, s.provenance.get("config"))
@@ -136,10 +143,7 @@ def _validate(args) -> int:
 
 
 def _make(args) -> int:
-    import dataclasses
-
-    from foveal.boed.salient import SalientConfig, baseline_sequences
-    from foveal.data.sequences import GlimpseSequences, sequence_paths
+    from foveal.sequences import MAKERS, GlimpseSequences, Target, sequence_paths
 
     like = GlimpseSequences.load(args.like)
     if like.grid is None:
@@ -147,8 +151,8 @@ def _make(args) -> int:
     if not args.force and any(p.exists() for p in sequence_paths(args.out)):
         raise ValueError(f"--out {args.out}: exists; use --force to replace it")
     dataset = build_split(like.dataset, like.split, args, like.provenance.get("config"))
-    made = baseline_sequences(args.method, dataset, like.indices, like.grid, like.num_glimpses,
-                              dataset_name=like.dataset, seed=args.seed, config=SalientConfig(args.kind))
+    settings = {"kind": args.kind} if args.method == "salient" else {"seed": args.seed}
+    made = MAKERS.build(args.method, Target.like(like, dataset), **settings)
     provenance = {**made.provenance, "like": str(like.source), "config": like.provenance.get("config")}
     made = dataclasses.replace(made, task=like.task, provenance=provenance)
     made.validate(dataset)
@@ -159,12 +163,9 @@ def _make(args) -> int:
 
 
 def _score(args) -> int:
-    import json
-
-    from foveal.data.sequences import GlimpseSequences
-    from foveal.evaluation.sequence_quality import compare_sequences
+    from foveal.evaluation.sequence_quality import network_scorer
     from foveal.models import load_model
-    from foveal.runtime import resolve_device
+    from foveal.sequences import GlimpseSequences, compare_sequences
 
     if not args.scorer and not args.classifier:
         raise ValueError("sequences score: expected at least one --scorer or --classifier checkpoint, found none")
@@ -177,8 +178,8 @@ def _score(args) -> int:
     for kind, paths in (("posterior", args.scorer), ("glimpse network", args.classifier)):
         for path in paths:
             model, _ = load_model(path, kind="posterior" if kind == "posterior" else None)
-            result = compare_sequences(model, dataset, files, num_glimpses=args.num_glimpses,
-                                       resamples=args.resamples, device=device)
+            result = compare_sequences(network_scorer(model, device=device), dataset, files,
+                                       num_glimpses=args.num_glimpses, resamples=args.resamples)
             results.append({"scorer": str(path), "kind": kind, **result})
             _print_scores(results[-1])
     if args.json is not None:
@@ -203,8 +204,7 @@ def _print_scores(result: dict) -> None:
 
 
 def _export(args) -> int:
-    from foveal.data.sequences import GlimpseSequences
-    from foveal.data.sequences_official import export_official
+    from foveal.sequences import GlimpseSequences, export_official
 
     paths = export_official(GlimpseSequences.load(args.path), args.folder, layout=args.layout, overwrite=args.force)
     print(f"{len(paths)} files written to {args.folder}")
@@ -212,9 +212,8 @@ def _export(args) -> int:
 
 
 def _import(args) -> int:
-    from foveal.data.sequences import sequence_paths
-    from foveal.data.sequences_official import import_official, read_image_map
     from foveal.retina import LocationGrid
+    from foveal.sequences import import_official, read_image_map, sequence_paths
 
     if not args.dataset or not args.split:
         raise ValueError("sequences import: expected --dataset and --split (the split the files belong to)")
@@ -263,7 +262,7 @@ def _import(args) -> int:
 
 def _merge(args) -> int:
     from foveal.boed.annotate import merge_folder
-    from foveal.data.sequences import GlimpseSequences
+    from foveal.sequences import GlimpseSequences
 
     if len(args.paths) == 1 and Path(args.paths[0]).is_dir():
         path = merge_folder(args.paths[0])

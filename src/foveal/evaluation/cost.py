@@ -9,14 +9,14 @@ layout is counted as it is.
 
 Counted, per call (``rows`` = the leading dimensions of the input, e.g. the batch):
 
-==========================  ===================================================================
-``Linear(i, o)``            ``rows * i * o``
-``ConvNd``                  ``output elements * in_channels / groups * prod(kernel)``
-``RNNCell / GRUCell / LSTMCell``  ``rows * g * (i * h + h * h)`` with g = 1 / 3 / 4 gates
-a module with ``macs(inputs, output)``  what it returns (the Saccader cell's three ``G x d`` products)
-average pooling             one add per input element read (the retina's coarser scales, DRAM's
-                            coarse image), counted as one MAC each
-==========================  ===================================================================
+==========================================  ===================================================================
+``Linear(i, o)``                            ``rows * i * o``
+``ConvNd``                                  ``output elements * in_channels / groups * prod(kernel)``
+``RNNCell / GRUCell / LSTMCell``            ``rows * g * (i * h + h * h)`` with g = 1 / 3 / 4 gates
+a module with ``macs(inputs, output)``      what it returns (the Saccader cell's three ``G x d`` products)
+average pooling                             one add per input element read (the retina's coarser scales,
+                                            DRAM's coarse image), counted as one MAC each
+==========================================  ===================================================================
 
 Not counted: biases, activations, BatchNorm (foldable into the convolution before it), softmax, the
 gather that cuts a patch; they are a small part of each layer. A profiler counts the same layers:

@@ -9,7 +9,9 @@ Figures are drawn on a bare :class:`matplotlib.figure.Figure` with the Agg canva
 ``pyplot``: nothing is registered with pyplot (so nothing is left open, however many figures a sweep
 makes) and the caller's backend is never switched (``matplotlib.use("Agg")`` would close the figures of
 someone plotting in a notebook). matplotlib is imported inside the functions, so importing foveal
-does not import it.
+does not import it. :func:`new_figure`, :func:`save_figure`, :func:`display_image` and :func:`marker_style`
+are shared with the other figure modules (:mod:`foveal.evaluation.boed_plots`, a comparison's
+:mod:`foveal.recipes.compare.plots`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ _GOOD, _BAD = "#1a7f37", "#c62828"  # title colours of a right / wrong predictio
 _DPI = 130
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     """A figure that belongs to no pyplot state, with constrained layout."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -41,7 +43,8 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: PathLike) -> Path:
+def save_figure(fig, path: PathLike) -> Path:
+    """Write ``fig`` to ``path`` as a PNG (its folder made), then clear it; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -55,7 +58,7 @@ def _source(record_or_path) -> str:
     return "" if isinstance(record_or_path, GlimpseRecord) else f"{record_or_path}: "
 
 
-def _display(image: np.ndarray) -> tuple[np.ndarray, Optional[str]]:
+def display_image(image: np.ndarray) -> tuple[np.ndarray, Optional[str]]:
     """``[C, H, W]`` in [0, 1] -> an array for ``imshow`` and its colour map (RGB for C = 3, else channel 0)."""
     if image.shape[0] == 3:
         return np.clip(image.transpose(1, 2, 0), 0, 1), None
@@ -79,7 +82,7 @@ def plot_glimpse_heatmaps(record_or_path: Union[GlimpseRecord, PathLike], path: 
     T, N = rec.num_glimpses, rec.num_images
     mean = None
     if rec.images is not None and len(rec.images):
-        mean, mean_cmap = _display(rec.images.mean(0))
+        mean, mean_cmap = display_image(rec.images.mean(0))
     panels = T + (mean is not None)
     nrows = math.ceil(panels / 6)
     ncols = math.ceil(panels / nrows)  # balanced rows: 7 panels as 4 + 3, not 6 + 1
@@ -92,7 +95,7 @@ def plot_glimpse_heatmaps(record_or_path: Union[GlimpseRecord, PathLike], path: 
     if outline is not None:
         caption.append("White line: outline of the mean image (first panel), for orientation.")
     wrap = width < 11
-    fig = _figure(width, side * nrows + 0.6 + 0.25 * (width < 8) + 0.2 * len(caption) * (1 + wrap))
+    fig = new_figure(width, side * nrows + 0.6 + 0.25 * (width < 8) + 0.2 * len(caption) * (1 + wrap))
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax in axes:
         ax.set_axis_off()
@@ -120,7 +123,7 @@ def plot_glimpse_heatmaps(record_or_path: Union[GlimpseRecord, PathLike], path: 
                  + f"({N} images, {rec.glimpse_size} px glimpses, accuracy {100 * rec.accuracy:.1f}%)")
     fig.suptitle(title, fontsize=11)
     fig.supxlabel(("\n" if wrap else " ").join(caption), fontsize=8.5, color="0.25")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _outline(mean: np.ndarray, images: np.ndarray) -> Optional[np.ndarray]:
@@ -182,7 +185,7 @@ def plot_glimpse_examples(record_or_path: Union[GlimpseRecord, PathLike], path: 
         steps = _steps_label(revisit[:-1], ", ") + f" and {revisit[-1]}"
         lines.append(f"label {_steps_label(revisit)}: one box looked at by glimpses {steps}")
     stacked = width < 9 or len(lines) > 3  # one title line would be cut off: one line per part
-    fig = _figure(width, side * nrows + 0.5 + 0.22 * (len(lines) - 1) * stacked)
+    fig = new_figure(width, side * nrows + 0.5 + 0.22 * (len(lines) - 1) * stacked)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax in axes:
         ax.set_axis_off()
@@ -190,7 +193,7 @@ def plot_glimpse_examples(record_or_path: Union[GlimpseRecord, PathLike], path: 
     style = glimpse_style(rec.glimpse_size, (H, W), side)
     for i in range(n):
         ax = axes[i]
-        image, cmap = _display(rec.images[i])
+        image, cmap = display_image(rec.images[i])
         ax.imshow(image, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
         placed: list[tuple[float, float, float, float]] = []
         for steps in groups[i]:
@@ -203,7 +206,7 @@ def plot_glimpse_examples(record_or_path: Union[GlimpseRecord, PathLike], path: 
         ax.set_title(f"true: {_short(rec.class_name(label))}  pred: {_short(rec.class_name(pred))}",
                      color=_GOOD if label == pred else _BAD, fontsize=10)
     fig.suptitle(("\n" if stacked else "; ").join(lines), fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _revisits(corners: np.ndarray) -> list[tuple[int, ...]]:
@@ -312,18 +315,18 @@ def plot_curves(runs: Union[PathLike, Mapping[str, Union[PathLike, Metrics]]], p
     """
     if isinstance(runs, (str, Path)):
         runs = {Path(runs).parent.name or Path(runs).stem: runs}
-    fig = _figure(7.0, 4.5)
+    fig = new_figure(7.0, 4.5)
     ax = fig.subplots()
     for label, source in runs.items():
         metrics = source if isinstance(source, Mapping) else read_metrics(source)
         x, y = _series(metrics, split, metric, f"run {label!r}")
-        ax.plot(x, y, linewidth=1.6, label=label, **_markers(len(x)))
+        ax.plot(x, y, linewidth=1.6, label=label, **marker_style(len(x)))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{split} {metric}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
     ax.set_title(f"{split} {metric} by {xlabel}", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # Training terms drawn in the loss panel besides the cross-entropy: each is a loss that should fall.
@@ -356,7 +359,7 @@ def plot_training_summary(metrics_csv: Union[PathLike, Metrics], path: PathLike)
     """
     metrics = metrics_csv if isinstance(metrics_csv, Mapping) else read_metrics(metrics_csv)
     train, val = metrics.get("train", {}), metrics.get("val", {})
-    fig = _figure(11.0, 4.6)
+    fig = new_figure(11.0, 4.6)
     acc_ax, loss_ax = fig.subplots(1, 2)
     drawn: set[str] = set()
     if "accuracy" in train:
@@ -400,7 +403,7 @@ def plot_training_summary(metrics_csv: Union[PathLike, Metrics], path: PathLike)
         caption.append("Not drawn (see metrics.csv): " + "; ".join(left_out) + ".")
     if caption:
         fig.supxlabel("\n".join(caption), fontsize=8.5, color="0.25", wrap=True)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _train_line(ax, x: np.ndarray, y: np.ndarray, colour, label: str, *, scale: float = 1.0) -> None:
@@ -408,7 +411,7 @@ def _train_line(ax, x: np.ndarray, y: np.ndarray, colour, label: str, *, scale: 
     y = y * scale
     window = max(1, len(y) // 25)
     if window == 1:
-        ax.plot(x, y, color=colour, linewidth=1.5, label=label, **_markers(len(x)))
+        ax.plot(x, y, color=colour, linewidth=1.5, label=label, **marker_style(len(x)))
         return
     ax.plot(x, y, color=colour, alpha=0.25, linewidth=1)
     smooth = np.convolve(y, np.ones(window) / window, mode="valid")
@@ -418,13 +421,13 @@ def _train_line(ax, x: np.ndarray, y: np.ndarray, colour, label: str, *, scale: 
 def _val_line(ax, x: np.ndarray, y: np.ndarray, colour, label: str, *, scale: float = 1.0) -> None:
     """A validation series with markers; one point is labelled with its value."""
     y = y * scale
-    ax.plot(x, y, color=colour, linestyle="--", linewidth=1.5, label=label, **_markers(len(x), "s"))
+    ax.plot(x, y, color=colour, linestyle="--", linewidth=1.5, label=label, **marker_style(len(x), "s"))
     if len(x) == 1:
         ax.annotate(f"{y[0]:.3g}", (x[0], y[0]), textcoords="offset points", xytext=(7, 5), fontsize=9,
                     color=colour)
 
 
-def _markers(n: int, marker: str = "o") -> dict:
+def marker_style(n: int, marker: str = "o") -> dict:
     """Marker settings for a series of n points: large for 1-3 points (a lone point must show), none past 30."""
     if n > 30:
         return {}
@@ -452,7 +455,7 @@ def plot_speedup(results: Union[PathLike, Sequence[Mapping]], path: PathLike) ->
     results, setting = _benchmark_results(results)
     speedups = speedup_over_reference(results)
     ms = np.array([float(r["ms_per_batch"]) for r in results])
-    fig = _figure(8.5, max(3.0, 0.55 * len(results) + 1.6))
+    fig = new_figure(8.5, max(3.0, 0.55 * len(results) + 1.6))
     ax = fig.subplots()
     y = np.arange(len(results))
     ax.barh(y, ms, color=["0.6" if s is None else "C0" for s in speedups], height=0.6)
@@ -469,7 +472,7 @@ def plot_speedup(results: Union[PathLike, Sequence[Mapping]], path: PathLike) ->
     ax.set_xlabel("ms per batch" + (" (log scale)" if log else "") + ", lower is better")
     ax.grid(axis="x", alpha=0.3)
     ax.set_title("Time per batch" + (f"\n{setting}" if setting else ""), fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def speedup_over_reference(results: Sequence[Mapping]) -> list[Optional[float]]:
@@ -511,17 +514,17 @@ def _benchmark_results(results) -> tuple[list[Mapping], Optional[str]]:
 def plot_accuracy_vs(xs_by_method: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: PathLike, *,
                      xlabel: str, ylabel: str = "accuracy", title: Optional[str] = None) -> Path:
     """One line with markers per method, e.g. accuracy against the number of glimpses or the area seen."""
-    fig = _figure(6.5, 4.5)
+    fig = new_figure(6.5, 4.5)
     ax = fig.subplots()
     markers = "osD^v<>pXh"
     for i, (method, (xs, ys)) in enumerate(xs_by_method.items()):
         if len(xs) != len(ys):
             raise ValueError(f"plot_accuracy_vs: method {method!r} has {len(xs)} x values and {len(ys)} y values")
-        ax.plot(xs, ys, linewidth=1.6, label=method, **_markers(len(xs), markers[i % len(markers)]))
+        ax.plot(xs, ys, linewidth=1.6, label=method, **marker_style(len(xs), markers[i % len(markers)]))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if xs_by_method:
         ax.legend(fontsize=9)
     ax.set_title(title or f"{ylabel} vs {xlabel}", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from foveal.boed.posterior import NetworkPosterior
-from foveal.models.posterior_cnn import posterior_entropy
+from foveal.logits import posterior_entropy
 from foveal.retina import LocationGrid, cell_masks
 from foveal.training.posterior import loss_and_accuracy
 

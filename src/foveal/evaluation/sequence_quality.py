@@ -1,35 +1,31 @@
-"""How good sets of glimpse sequences are, judged fairly: by a posterior network that did not choose them,
-image by image, with paired confidence intervals.
+"""Networks scoring glimpse sequences: a network's accuracy, entropy and cross-entropy after t = 0..T glimpses
+along given cells, one row per image (the scorers of :func:`foveal.sequences.scoring.compare_sequences`).
 
-A sequence set chosen with one posterior looks best to that same posterior; the score that counts is another
-network's (trained separately, e.g. another seed or architecture). :func:`per_image_curves` gives that
-scorer's accuracy, entropy and cross-entropy after t = 0..T glimpses of each image's sequence;
-:func:`compare_sequences` scores several files on the images they share and pairs every file with the first
-(per-image differences of accuracy after T, and of accuracy and entropy averaged over t = 1..T, with 95 %
-percentile-bootstrap intervals over images, :func:`paired_bootstrap`). ``foveal sequences score`` prints it.
-
-A second kind of scorer asks what users want from sequences: how well a *glimpse network* classifies along
-them. :func:`glimpse_model_curves` forces a hard-attention model (one with ``rollout`` and the sequences'
-grid, e.g. a ``ram-grid`` trained with ``algorithm.train_policy=random``: a classifier trained on random
-glimpses) to look at each image's cells and scores its classifier after every glimpse; t = 0 is its classifier
-on its initial state, the class prior it learnt. :func:`compare_sequences` takes either kind of scorer.
+:func:`per_image_curves` asks a posterior network (one that did not choose the sequences: the score that
+counts is another network's) what it makes of the pixels seen so far. A second kind of scorer asks what
+users want from sequences: how well a *glimpse network* classifies along them. :func:`glimpse_model_curves`
+forces a hard-attention model (one with ``rollout`` and the sequences' grid, e.g. a ``ram-grid`` trained with
+``algorithm.train_policy=random``: a classifier trained on random glimpses) to look at each image's cells and
+scores its classifier after every glimpse; t = 0 is its classifier on its initial state, the class prior it
+learnt. :func:`network_scorer` picks the one that fits a model.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from functools import partial
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from foveal.boed.posterior import NetworkPosterior
-from foveal.data.sequences import GlimpseSequences
-from foveal.models.posterior_cnn import posterior_entropy
+from foveal.logits import posterior_entropy
 from foveal.retina import LocationGrid, cell_masks
+from foveal.sequences.scoring import Scorer
 
-__all__ = ["per_image_curves", "glimpse_model_curves", "paired_bootstrap", "compare_sequences"]
+__all__ = ["per_image_curves", "glimpse_model_curves", "network_scorer"]
 
 
 def _scores(logits: Tensor, labels: Tensor, multilabel: bool) -> Tensor:
@@ -139,69 +135,8 @@ def glimpse_model_curves(model: nn.Module, dataset: Dataset, grid: LocationGrid,
     return {"accuracy": out[0], "entropy": out[1], "ce": out[2]}
 
 
-def paired_bootstrap(diff: Tensor, *, resamples: int = 10_000, seed: int = 0) -> dict:
-    """Mean of per-image differences ``diff [K]`` and its 95 % percentile-bootstrap interval over images."""
-    if diff.dim() != 1 or diff.numel() < 2:
-        raise ValueError(f"diff: expected [K] differences of K >= 2 images, found {list(diff.shape)}")
-    g = torch.Generator().manual_seed(seed)
-    means = diff.double()[torch.randint(diff.numel(), (resamples, diff.numel()), generator=g)].mean(1)
-    lo, hi = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    return {"mean": float(diff.double().mean()), "ci95": [lo, hi], "contains_0": lo <= 0 <= hi}
-
-
-def compare_sequences(model: nn.Module, dataset: Dataset, files: Sequence[GlimpseSequences], *,
-                      num_glimpses: Optional[int] = None, resamples: int = 10_000, batch_size: int = 64,
-                      device: Optional[torch.device] = None) -> dict:
-    """Score sequence files with ``model`` on the images all of them cover; pair each with the first.
-
-    ``model``: a posterior network (:func:`per_image_curves`) or a glimpse network with ``rollout``
-    (:func:`glimpse_model_curves`).
-
-    Returns:
-        ``{"images": K, "num_glimpses": T, "files": [{"source", "method", "accuracy" [T + 1], "entropy",
-        "ce", "accuracy_after_T", "accuracy_mean", "entropy_mean", "vs_first": {"accuracy_after_T", "accuracy_mean",
-        "entropy_mean"} or None}]}``, the curves averaged over the K images, ``*_mean`` also over t = 1..T.
-    """
-    if not files:
-        raise ValueError("files: expected at least one sequence file")
-    first = files[0]
-    for f in files[1:]:
-        if (f.dataset, f.split, f.grid) != (first.dataset, first.split, first.grid):
-            raise ValueError(f"{f.source}: made for {f.dataset}/{f.split} on another grid than {first.source} "
-                             f"({first.dataset}/{first.split}); only sequences of the same images and cells compare")
-    if first.grid is None:
-        raise ValueError(f"{first.source}: expected a file with a grid (cells to score), found none")
-    T = min(f.num_glimpses for f in files) if num_glimpses is None else num_glimpses
-    if T < 1 or any(f.num_glimpses < T for f in files):
-        raise ValueError(f"num_glimpses: expected 1..{min(f.num_glimpses for f in files)}, found {T}")
-    common = set(first.indices.tolist())
-    for f in files[1:]:
-        common &= set(f.indices.tolist())
-    images = sorted(common)
-    if len(images) < 2:
-        raise ValueError(f"the files share {len(images)} image(s); at least 2 are needed to pair them")
-    subset = Subset(dataset, images)
-    grid = first.grid
-    scored = []
+def network_scorer(model: nn.Module, *, batch_size: int = 64, device: Optional[torch.device] = None) -> Scorer:
+    """``model`` as a :data:`~foveal.sequences.scoring.Scorer`: a glimpse network (one with ``rollout``) by
+    :func:`glimpse_model_curves`, any other (a posterior network) by :func:`per_image_curves`."""
     curves = glimpse_model_curves if callable(getattr(model, "rollout", None)) else per_image_curves
-    for f in files:
-        row = {int(i): r for r, i in enumerate(f.indices.tolist())}
-        cells = grid.corner_to_index(f.corners[[row[i] for i in images], :T].reshape(-1, 2)).view(len(images), T)
-        scored.append(curves(model, subset, grid, cells, batch_size=batch_size, device=device))
-    out = []
-    q0 = scored[0]
-    for k, (f, q) in enumerate(zip(files, scored)):
-        entry = {"source": str(f.source), "method": f.method,
-                 **{k: v.mean(0).tolist() for k, v in q.items()},
-                 "accuracy_after_T": float(q["accuracy"][:, -1].mean()),
-                 "accuracy_mean": float(q["accuracy"][:, 1:].mean()),
-                 "entropy_mean": float(q["entropy"][:, 1:].mean()), "vs_first": None}
-        if k > 0:
-            entry["vs_first"] = {
-                "accuracy_after_T": paired_bootstrap(q["accuracy"][:, -1] - q0["accuracy"][:, -1], resamples=resamples),
-                "accuracy_mean": paired_bootstrap(q["accuracy"][:, 1:].mean(1) - q0["accuracy"][:, 1:].mean(1),
-                                                  resamples=resamples),
-                "entropy_mean": paired_bootstrap(q["entropy"][:, 1:].mean(1) - q0["entropy"][:, 1:].mean(1),
-                                                 resamples=resamples)}
-        out.append(entry)
-    return {"images": len(images), "num_glimpses": T, "files": out}
+    return partial(curves, model, batch_size=batch_size, device=device)

@@ -47,7 +47,7 @@ from torch.distributions import Categorical
 from foveal.config import check_fields
 from foveal.models.base import Policy, PolicyState, Rollout
 from foveal.models.early_exit import ExitRule, StepRecorder
-from foveal.models.registry import register_model
+from foveal.models.registry import MODELS
 from foveal.retina import LocationGrid
 
 # Paper's Eq. 1 and 3 subtract 1e5 * C from the scores of visited cells: exp() of that is exactly 0
@@ -314,9 +314,11 @@ def grid_rollout(grid: LocationGrid, grid_locations: Tensor, logit_map: Tensor,
     return steps.rollout()
 
 
-@register_model("bagnet", kind="grid")
+@MODELS.register("bagnet", kind="grid")
 def bagnet(**config) -> BagNet:
-    """BagNet-lowD with the settings of :class:`BagNetConfig` (layout by image size by default)."""
+    """BagNet-lowD (Brendel & Bethge 2019): class logits on a grid of cells, each from one patch.
+
+    Settings: :class:`BagNetConfig` (layout by image size by default)."""
     return BagNet(BagNetConfig(**config))
 
 

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from foveal.config import check_fields
 from foveal.models.densenet import DenseNet, read_state_dict
 from foveal.models.posterior_cnn import expand_first_conv
-from foveal.models.registry import register_model
+from foveal.models.registry import MODELS
 
 __all__ = ["DenseNetPosteriorConfig", "DenseNetPosterior", "load_imagenet_weights", "posterior_densenet121"]
 
@@ -151,7 +151,9 @@ def load_imagenet_weights(model: DenseNetPosterior, path: str | Path) -> None:
     assert all(k.startswith("classifier.") for k in result.missing_keys), result.missing_keys  # checked above
 
 
-@register_model("posterior-densenet121", kind="posterior")
+@MODELS.register("posterior-densenet121", kind="posterior")
 def posterior_densenet121(**config) -> DenseNetPosterior:
-    """DenseNet-121 attentional variational posterior (:class:`DenseNetPosteriorConfig`)."""
+    """DenseNet-121 attentional variational posterior (the paper's CelebA-HQ annotator).
+
+    Settings: :class:`DenseNetPosteriorConfig`."""
     return DenseNetPosterior(DenseNetPosteriorConfig(**config))

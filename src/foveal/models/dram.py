@@ -41,7 +41,7 @@ from torch.distributions import Independent, Normal
 from foveal.config import check_fields
 from foveal.models.base import Policy, PolicyState, Rollout, check_glimpse_fits
 from foveal.models.early_exit import ExitRule, StepRecorder
-from foveal.models.registry import register_model
+from foveal.models.registry import MODELS
 from foveal.retina import extract_glimpses
 
 __all__ = ["DRAMConfig", "DRAM"]
@@ -168,7 +168,9 @@ class DRAM(nn.Module):
         return steps.rollout()
 
 
-@register_model("dram")
+@MODELS.register("dram", kind="glimpse")
 def dram(**config) -> DRAM:
-    """DRAM with the settings of :class:`DRAMConfig`."""
+    """Deep recurrent attention model (Ba et al. 2014): a context network, two LSTM layers.
+
+    Settings: :class:`DRAMConfig`."""
     return DRAM(DRAMConfig(**config))

@@ -16,9 +16,8 @@ depend on ``m`` except through ``x * m``. Hence copying the first-conv weights o
 plain C-channel images (:func:`expand_first_conv`) gives, before any fine-tuning, exactly that network
 applied to the zero-filled image ``x * m``.
 
-What a posterior network's logits mean is fixed here for every such network: :func:`posterior_entropy`
-and :func:`posterior_log_prob` read them as a categorical label or, for ``multilabel`` networks, as
-independent binary attributes.
+What a posterior network's logits mean is fixed for every such network by :mod:`foveal.logits`: a
+categorical label or, for ``multilabel`` networks, independent binary attributes.
 """
 
 from __future__ import annotations
@@ -29,10 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from foveal.config import check_fields
-from foveal.models.registry import register_model
+from foveal.models.registry import MODELS
 
-__all__ = ["PosteriorCNNConfig", "PosteriorCNN", "expand_first_conv", "posterior_cnn", "posterior_entropy",
-           "posterior_log_prob"]
+__all__ = ["PosteriorCNNConfig", "PosteriorCNN", "expand_first_conv", "posterior_cnn"]
 
 
 @dataclass(frozen=True)
@@ -109,22 +107,10 @@ def expand_first_conv(weight: Tensor) -> Tensor:
     return torch.cat([weight, weight.new_zeros(weight.shape[0], 1, *weight.shape[2:])], dim=1)
 
 
-@register_model("posterior-cnn", kind="posterior")
+@MODELS.register("posterior-cnn", kind="posterior")
 def posterior_cnn(**config) -> PosteriorCNN:
-    """The small attentional variational posterior CNN (:class:`PosteriorCNNConfig`)."""
+    """The small attentional variational posterior CNN: class probabilities from a masked image.
+
+    Settings: :class:`PosteriorCNNConfig`."""
     return PosteriorCNN(PosteriorCNNConfig(**config))
 
-
-def posterior_entropy(logits: Tensor, multilabel: bool = False) -> Tensor:
-    """``[B, K]`` logits -> ``[B]`` entropy in nats (sum of binary entropies if ``multilabel``)."""
-    if multilabel:
-        p = torch.sigmoid(logits)
-        return (torch.special.entr(p) + torch.special.entr(torch.sigmoid(-logits))).sum(-1)
-    return torch.special.entr(torch.softmax(logits, dim=-1)).sum(-1)  # entr(0) = 0: -inf logits are fine
-
-
-def posterior_log_prob(logits: Tensor, labels: Tensor, multilabel: bool = False) -> Tensor:
-    """``log q(labels | glimpses)``: ``[B, K]`` logits and ``[B]`` classes (or ``[B, K]`` 0/1 attributes) -> ``[B]``."""
-    if multilabel:
-        return -torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none").sum(-1)
-    return torch.log_softmax(logits, dim=-1).gather(-1, labels.long()[:, None])[:, 0]

@@ -41,7 +41,7 @@ from torch.distributions import Categorical, Independent, Normal
 from foveal.config import check_fields
 from foveal.models.base import Policy, PolicyState, Rollout, check_glimpse_fits, check_grid_fits
 from foveal.models.early_exit import ExitRule, StepRecorder
-from foveal.models.registry import register_model
+from foveal.models.registry import MODELS
 from foveal.retina import LocationGrid, extract_glimpses
 
 
@@ -291,13 +291,17 @@ class RAM(nn.Module):
         return self.grid_locations[index], index
 
 
-@register_model("ram")
+@MODELS.register("ram", kind="glimpse")
 def ram(**config) -> RAM:
-    """RAM with the settings of :class:`RAMConfig` (Gaussian policy by default)."""
+    """The recurrent attention model (Mnih et al. 2014), Gaussian location policy.
+
+    Settings: :class:`RAMConfig`."""
     return RAM(RAMConfig(**config))
 
 
-@register_model("ram-grid")
+@MODELS.register("ram-grid", kind="glimpse")
 def ram_grid(**config) -> RAM:
-    """RAM with a categorical policy over a grid of cells (near-optimal-glimpse-sequences paper)."""
+    """RAM with a categorical policy over a grid of cells (near-optimal glimpse sequences paper).
+
+    Settings: :class:`RAMConfig` with ``location: categorical``, ``glimpse_net: conv``."""
     return RAM(RAMConfig(**{"location": "categorical", "glimpse_net": "conv", **config}))

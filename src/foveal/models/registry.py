@@ -1,8 +1,11 @@
-"""The model registry: every glimpse model is a name plus a one-line keyword-only builder.
+"""The model registry, :data:`MODELS`: every model is a name, a kind and a one-line keyword-only builder::
 
-    @register_model("ram")
-    def ram(**config) -> RAM:
+    @MODELS.register("ram", kind="glimpse")
+    def ram(**config) -> RAM:   # its docstring's first paragraph: the summary `foveal list` shows
         return RAM(RAMConfig(**config))
+
+    create_model("ram", in_channels=1, num_classes=10, image_size=(28, 28))   # = MODELS.build(...)
+    MODELS.names(kind="posterior")                                             # the posterior networks
 
 Models carry their settings as a frozen dataclass in ``model.config``; :func:`model_spec` turns a
 model into ``{"name": ..., "config": {...}}`` (JSON), which checkpoints store so that
@@ -20,9 +23,8 @@ from typing import Any, Callable, Optional
 from torch import nn
 
 from foveal.checkpoint import load_checkpoint, read_checkpoint_info
+from foveal.registry import Registry
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
-_KINDS: dict[str, str] = {}
 # "glimpse": has rollout(images, T, *, policy, forced_locations) -> Rollout.
 # "posterior": reads a masked image and its mask (foveal.boed).
 # "grid": rollout on a grid of locations read from one feature map (BagNet, Saccader; foveal.models.bagnet).
@@ -30,37 +32,16 @@ _KINDS: dict[str, str] = {}
 KINDS = ("glimpse", "posterior", "grid", "classifier")
 
 
-def register_model(name: str, *, kind: str = "glimpse") -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator adding a builder under ``name``; a second builder of the same name is an error."""
-    if kind not in KINDS:
-        raise ValueError(f"register_model({name!r}): kind expected one of {KINDS}, found {kind!r}")
-
-    def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _BUILDERS:
-            raise ValueError(f"model registry: the name {name!r} is already registered by {_BUILDERS[name].__module__}")
-        _BUILDERS[name] = builder
-        _KINDS[name] = kind
-        return builder
-
-    return add
-
-
-def list_models(kind: str | None = None) -> list[str]:
-    """Registered model names, sorted; only those of one ``kind`` if given."""
-    return sorted(n for n in _BUILDERS if kind is None or _KINDS[n] == kind)
-
-
 def create_model(name: str, **config: Any) -> nn.Module:
-    """Build a registered model from its settings (see each model's config dataclass)."""
-    if name not in _BUILDERS:
-        raise ValueError(f"model: expected one of {list_models()}, found {name!r}")
+    """Build a registered model from its settings (see each model's config dataclass); ``MODELS.build``."""
+    builder = MODELS.get(name)
     try:
-        model = _BUILDERS[name](**config)
+        model = builder(**config)
     except TypeError as error:  # a config dataclass refusing a keyword: say which, for which model
         unknown = re.search(r"(?:(\w+)\.__init__\(\) got an |)unexpected keyword argument '(\w+)'", str(error))
         if unknown is None:
             raise
-        key, fields = unknown.group(2), _config_fields(_BUILDERS[name], unknown.group(1))
+        key, fields = unknown.group(2), _config_fields(builder, unknown.group(1))
         close = difflib.get_close_matches(key, fields, n=1)
         hint = f"; did you mean model.{close[0]}?" if close else ""
         from_data = ("in_channels", "num_classes", "image_size")  # set from the data, never in a config
@@ -68,6 +49,15 @@ def create_model(name: str, **config: Any) -> nn.Module:
         raise ValueError(f"model.{key}: unknown setting of model {name!r}{hint}{known}") from None
     model.registry_name = name
     return model
+
+
+def _check_kind(name: str, builder: Any, meta: dict[str, Any]) -> None:
+    if meta.get("kind") not in KINDS:
+        raise ValueError(f"model registry: {name!r}: kind expected one of {KINDS}, found {meta.get('kind')!r}")
+
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", field="model.name", build=create_model,
+                                                      validate=_check_kind)
 
 
 def _config_fields(builder: Callable[..., nn.Module], class_name: Optional[str]) -> list[str]:
@@ -99,9 +89,9 @@ def load_model(checkpoint, *, kind: str | None = None) -> tuple[nn.Module, dict[
     if not isinstance(spec, dict) or "name" not in spec or "config" not in spec:
         raise ValueError(f"{checkpoint}: checkpoint info field 'model': expected {{name, config}} (the registry "
                          f"spec written by foveal), found {spec!r}")
-    if kind is not None and spec["name"] not in list_models(kind):
+    if kind is not None and spec["name"] not in MODELS.names(kind=kind):
         raise ValueError(f"{checkpoint}: model {spec['name']!r}: expected a {kind} network, one of "
-                         f"{list_models(kind)}")
+                         f"{MODELS.names(kind=kind)}")
     model = create_model(spec["name"], **spec["config"])
     load_checkpoint(checkpoint, model=model)
     return model, info

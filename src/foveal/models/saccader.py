@@ -49,7 +49,7 @@ from foveal.checkpoint import load_checkpoint, read_checkpoint_info
 from foveal.models.bagnet import VISITED_PENALTY, BagNet, BagNetConfig, GridMaps, grid_rollout
 from foveal.models.base import Policy, Rollout
 from foveal.models.early_exit import ExitRule, StepRecorder
-from foveal.models.registry import register_model
+from foveal.models.registry import MODELS
 from foveal.retina import extract_glimpses
 
 __all__ = ["SaccaderConfig", "Saccader", "SaccaderCell", "SmallCNN", "SmallCNNConfig", "SaccaderPatch",
@@ -181,10 +181,12 @@ def load_init(model: nn.Module, checkpoint: str) -> None:
                      f"a {type(model).__name__}, found one of {source!r}")
 
 
-@register_model("saccader", kind="grid")
+@MODELS.register("saccader", kind="grid")
 def saccader(*, init_from: Optional[str] = None, **config) -> Saccader:
-    """Saccader with the settings of :class:`SaccaderConfig`; ``init_from`` loads a previous stage's weights
-    (not part of the config: the checkpoint this model is saved in is self-contained)."""
+    """Saccader (Elsayed et al. 2019): BagNet-lowD features; a cell picks grid cells one by one.
+
+    Settings: :class:`SaccaderConfig`; ``init_from`` loads a previous stage's weights (not part of the config:
+    the checkpoint this model is saved in is self-contained)."""
     model = Saccader(SaccaderConfig(**config))
     if init_from:
         load_init(model, init_from)
@@ -239,9 +241,11 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
-@register_model("small-cnn", kind="classifier")
+@MODELS.register("small-cnn", kind="classifier")
 def small_cnn(**config) -> SmallCNN:
-    """A small plain CNN (:class:`SmallCNNConfig`): the occlusion analysis's full-image classifier."""
+    """A small plain CNN on whole images: the occlusion analysis's full-image classifier.
+
+    Settings: :class:`SmallCNNConfig`."""
     return SmallCNN(SmallCNNConfig(**config))
 
 
@@ -349,9 +353,11 @@ class SaccaderPatch(nn.Module):
         return recorder.rollout()
 
 
-@register_model("saccader-patch", kind="grid")
+@MODELS.register("saccader-patch", kind="grid")
 def saccader_patch(*, init_from: Optional[str] = None, **config) -> SaccaderPatch:
-    """Saccader-NASNet analogue (:class:`SaccaderPatchConfig`); ``init_from`` names the trained Saccader."""
+    """Saccader-NASNet analogue: a trained Saccader's cells, classified by a patch CNN.
+
+    Settings: :class:`SaccaderPatchConfig`; ``init_from`` names the trained Saccader."""
     model = SaccaderPatch(SaccaderPatchConfig(**config))
     if init_from:
         load_init(model, init_from)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, Independent, Normal
 
 from foveal.models.ram import RAM, RAMConfig
-from foveal.models.registry import register_model
+from foveal.models.registry import MODELS
 
 __all__ = ["WakeSleepRAMConfig", "WakeSleepRAM", "InferenceNet"]
 
@@ -93,13 +93,13 @@ class WakeSleepRAM(RAM):
         return Categorical(logits=out, validate_args=False)
 
 
-@register_model("ram-ws")
+@MODELS.register("ram-ws", kind="glimpse")
 def ram_ws(**config) -> WakeSleepRAM:
     """RAM (Gaussian policy) with an inference network, for ``wake-sleep`` training."""
     return WakeSleepRAM(WakeSleepRAMConfig(**config))
 
 
-@register_model("ram-grid-ws")
+@MODELS.register("ram-grid-ws", kind="glimpse")
 def ram_grid_ws(**config) -> WakeSleepRAM:
     """``ram-grid`` with an inference network over the grid's cells, for ``wake-sleep`` training."""
     return WakeSleepRAM(WakeSleepRAMConfig(**{"location": "categorical", "glimpse_net": "conv", **config}))

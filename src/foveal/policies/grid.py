@@ -39,8 +39,7 @@ from torch.distributions import Categorical
 from foveal.models.base import PolicyState
 from foveal.policies.basic import greedy_policy
 from foveal.retina import LocationGrid
-
-_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+from foveal.saliency import sobel_magnitude
 
 
 def visited_cells(locations: Tensor, grid: LocationGrid) -> Tensor:
@@ -50,15 +49,6 @@ def visited_cells(locations: Tensor, grid: LocationGrid) -> Tensor:
     if t:
         visited.scatter_(1, grid.nearest_index(locations), 1.0)
     return visited
-
-
-def sobel_magnitude(images: Tensor) -> Tensor:
-    """``[B, C, H, W]`` -> ``[B, 1, H, W]`` Sobel gradient magnitude of the channel mean."""
-    grey = images.mean(1, keepdim=True)
-    kx = _SOBEL_X.to(images)
-    kernels = torch.stack([kx, kx.t()])[:, None]  # [2, 1, 3, 3]
-    g = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), kernels)  # no false edges at the border
-    return g.square().sum(1, keepdim=True).sqrt()
 
 
 def patch_statistics(values: Tensor, grid: LocationGrid, statistic: str) -> Tensor:
@@ -139,7 +129,7 @@ class SobelPolicy(RankingPolicy):
         self.statistic = statistic
 
     def scores(self, images: Tensor, grid: LocationGrid) -> Tensor:
-        return patch_statistics(sobel_magnitude(images), grid, self.statistic)
+        return patch_statistics(sobel_magnitude(images, per_channel=False), grid, self.statistic)  # the grey image
 
 
 class OrderedLogitsPolicy(RankingPolicy):

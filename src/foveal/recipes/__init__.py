@@ -1,4 +1,3 @@
 """Whole experiments, each made of the layers below: a run (:mod:`foveal.recipes.run`), the Saccader's
-stages (:mod:`foveal.recipes.saccader`), policy evaluation (:mod:`foveal.recipes.policy_eval`), sequence
-sources (:mod:`foveal.recipes.sequence_sources`) and the partial-supervision comparison
-(:mod:`foveal.recipes.compare`). Nothing below this package starts a whole run."""
+stages (:mod:`foveal.recipes.saccader`), policy evaluation (:mod:`foveal.recipes.policy_eval`) and the
+partial-supervision comparison (:mod:`foveal.recipes.compare`). Nothing below this package starts a whole run."""

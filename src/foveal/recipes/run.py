@@ -51,7 +51,7 @@ import yaml
 from torch.utils.data import Dataset
 
 from foveal import __version__, runfolder
-from foveal.checkpoint import atomic_write, checkpoint_paths, load_checkpoint
+from foveal.checkpoint import checkpoint_paths, load_checkpoint
 from foveal.config import EvaluateConfig, as_section, check_fields, check_value, config_differences, dump_config, section_config, \
     split_name
 from foveal.data import build_dataset, dataset_options
@@ -61,11 +61,12 @@ from foveal.evaluation.boed_plots import plot_posterior_curves
 from foveal.evaluation.budget import budget_evaluation, write_budget
 from foveal.evaluation.collect import collect_glimpses, make_figures, record_metrics, save_record
 from foveal.evaluation.posterior_curves import posterior_curves
-from foveal.models import create_model, list_models, load_model, model_spec
+from foveal.files import atomic_write_json
+from foveal.models import MODELS, create_model, load_model, model_spec
 from foveal.policies import make_policy
 from foveal.runfolder import FolderStart
 from foveal.training import TrainConfig, distributed, evaluate, fit
-from foveal.training.algorithms import algorithm_config_class, build_algorithm
+from foveal.training.algorithms import ALGORITHMS, build_algorithm
 from foveal.training.base import PolicyEvaluation
 
 
@@ -108,10 +109,7 @@ def build_data(cfg: dict[str, Any], splits: tuple[str, ...]) -> dict[str, Datase
 
 def check_data_options(name: str, settings: dict[str, Any]) -> None:
     """``data.<key>`` is an option of dataset ``name`` (or an error naming it, with the closest one)."""
-    try:
-        accepted = dataset_options(name)
-    except ValueError as err:
-        raise ValueError(f"data.name: {err}") from None
+    accepted = dataset_options(name)  # an unknown name: DataError "data.name: expected one of ..."
     for key in settings:
         if key not in accepted:
             close = difflib.get_close_matches(str(key), [*accepted, "root", "seed", "train_rows"], n=1)
@@ -141,7 +139,8 @@ def build_algorithm_of(cfg: dict[str, Any]) -> Any:
     except TypeError as err:  # a config dataclass comparing a value of the wrong type
         raise ValueError(f"algorithm {name!r}: a setting has the wrong type ({err}); settings: {settings}") from None
     except ValueError as err:  # the config dataclass's own check names ClassName.field: say algorithm.field
-        raise ValueError(as_section(str(err), algorithm_config_class(name), "algorithm")) from None
+        config_class = ALGORITHMS.meta(name)["config"] if name in ALGORITHMS else object
+        raise ValueError(as_section(str(err), config_class, "algorithm")) from None
     if dataclasses.is_dataclass(getattr(algorithm, "config", None)):
         check_fields(algorithm.config, "algorithm")
     return algorithm
@@ -172,7 +171,7 @@ def check_experiment(exp: Experiment, train_cfg: TrainConfig) -> None:
             raise ValueError(f"algorithm.glimpse_size: the grid of {getattr(settings, 'glimpse_size', '?')} px "
                              f"glimpses does not fit the {H}x{W} images of {train_set.name} ({err})") from None
     grid, num_glimpses = getattr(exp.model, "grid", None), getattr(settings, "num_glimpses", None)
-    if cfg["model"]["name"] in list_models("grid") and grid is not None and isinstance(num_glimpses, int) \
+    if cfg["model"]["name"] in MODELS.names(kind="grid") and grid is not None and isinstance(num_glimpses, int) \
             and num_glimpses > len(grid):
         rows, cols = grid.shape
         raise ValueError(f"algorithm.num_glimpses: expected at most the {len(grid)} cells of the {rows}x{cols} grid "
@@ -390,7 +389,7 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
     start = time.perf_counter()
     if thresholds:
         check_budget_settings(algorithm, repeats, info["model"]["name"])
-    if info["model"]["name"] in list_models("posterior"):
+    if info["model"]["name"] in MODELS.names(kind="posterior"):
         results = evaluate_posterior(model, algorithm, dataset, batch_size=batch_size, device=device, seed=seed)
         results.update({"split": split, "model": info["model"]["name"], "algorithm": name, "checkpoint": str(checkpoint),
                         "eval_time_s": time.perf_counter() - start, "foveal_version": __version__})
@@ -413,7 +412,7 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
         results["training"] = training
     out_dir = Path(out_dir)
     with runfolder.holding(out_dir):  # one writer (inside train_run, which holds it already: nothing to do)
-        atomic_write(out_dir / "results.json", json.dumps(results, indent=2).encode())
+        atomic_write_json(out_dir / "results.json", results)
         record_path = save_record(record, model, dataset, out_dir / "records" / f"glimpses_{split}.npz")
         if eval_cfg.figures:
             results["figures"] = [str(p) for p in make_figures(record_path, out_dir)]
@@ -427,13 +426,13 @@ def evaluate_run(checkpoint: str | Path, out_dir: Path, *, dataset: Optional[Dat
             results["budget"] = {"rule": exit_rule, "cost": budget["cost"], "exit": budget["exit"],
                                  "files": [str(p) for p in files]}
         if eval_cfg.figures or thresholds:
-            atomic_write(out_dir / "results.json", json.dumps(results, indent=2).encode())
+            atomic_write_json(out_dir / "results.json", results)
     return results
 
 
 def check_budget_settings(algorithm: Any, repeats: int, model_name: str) -> None:
     """Early exit decides per rollout: refuse Monte-Carlo averaging and repeated rollouts, naming the setting."""
-    if model_name in list_models("posterior"):
+    if model_name in MODELS.names(kind="posterior"):
         raise ValueError(f"--thresholds: early exit needs a glimpse model with a policy; {model_name!r} is a "
                          "posterior network")
     if algorithm.config.test_samples != 1:
@@ -481,5 +480,5 @@ def _write_posterior_files(results: dict[str, Any], out_dir: Path, split: str, c
         if metrics.exists():
             figures.append(plots.plot_training_summary(metrics, out_dir / "figures" / "training_curves.png"))
         results["figures"] = [str(p) for p in figures]
-    atomic_write(out_dir / "results.json", json.dumps(results, indent=2).encode())
+    atomic_write_json(out_dir / "results.json", results)
     return results

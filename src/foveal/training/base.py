@@ -7,21 +7,35 @@ the trained model through the algorithm: :class:`Algorithm` lists all of it.
 
 A batch is a dict collated from dataset items: ``{"image": [B, C, H, W] float in [0, 1],
 "label": [B] int64, "index": [B] int64}`` (dataset index, used to look up supervision sequences).
+
+Algorithms are registered by name in :data:`ALGORITHMS` where the class is defined, with the frozen
+dataclass of its settings (whose evaluation fields come from :class:`EvaluationSettings`)::
+
+    @ALGORITHMS.register("reinforce", config=ReinforceConfig)
+    class Reinforce(PolicyEvaluation):   # its docstring's first paragraph: the summary `foveal list` shows
+        ...
+
+    build_algorithm("reinforce", num_glimpses=6)   # = ALGORITHMS.build(...): Reinforce(ReinforceConfig(...))
+
+:mod:`foveal.training.algorithms` imports every built-in algorithm, registering it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Any, Iterable, Optional, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from foveal.policies import check_policy_name, make_policy
+from foveal.policies import POLICIES, make_policy
+from foveal.registry import Registry
 
-__all__ = ["LossOutput", "EvaluationSettings", "Algorithm", "PolicyEvaluation", "check_algorithm",
-           "check_evaluation_settings", "final_metrics"]
+__all__ = ["ALGORITHMS", "LossOutput", "EvaluationSettings", "Algorithm", "PolicyEvaluation", "build_algorithm",
+           "check_algorithm", "check_positive_integers", "final_metrics"]
 
 
 @dataclass
@@ -35,19 +49,37 @@ class LossOutput:
     logs: dict[str, float | Tensor] = field(default_factory=dict)
 
 
-@runtime_checkable
-class EvaluationSettings(Protocol):
-    """The fields of an algorithm's (frozen dataclass) config that a run reads to test a model.
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """The settings a run reads to test a model, the base of every algorithm's frozen config dataclass.
+
+    Each is declared and checked here once; as fields of a base dataclass they stay top-level keys of the
+    ``algorithm:`` section. A subclass adds its own fields after these, may give one of these another
+    default by declaring it again (``eval_policy: str = "ordered-logits"``), and calls
+    ``super().__post_init__()``; errors name ``<subclass>.<field>``.
 
     Attributes:
         num_glimpses: T, the glimpses of a test rollout.
-        eval_policy: the policy of test rollouts, a :mod:`foveal.policies` name.
+        eval_policy: the policy of test rollouts, a :data:`foveal.policies.POLICIES` name.
         test_samples: M rollouts per test image whose class probabilities are averaged.
     """
 
-    num_glimpses: int
-    eval_policy: str
-    test_samples: int
+    num_glimpses: int = 6
+    eval_policy: str = "greedy"
+    test_samples: int = 1
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        check_positive_integers(owner, self, ("num_glimpses", "test_samples"))
+        POLICIES.check(self.eval_policy, f"{owner}.eval_policy")
+
+
+def check_positive_integers(owner: str, config: Any, names: Iterable[str]) -> None:
+    """``ValueError`` naming ``owner.<name>`` unless each of the ``names`` of ``config`` is an integer >= 1."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{owner}.{name}: expected a positive integer, found {value!r}")
 
 
 @runtime_checkable
@@ -60,7 +92,8 @@ class Algorithm(Protocol):
       ``"accuracy"`` and ``"ce"``.
     * ``predict`` gives the class probabilities ``[B, T, K]`` after each glimpse and the locations
       ``[B, T, 2]`` looked at: the test numbers and the glimpse record of a run come from one call.
-    * ``config`` is the algorithm's frozen settings, with :class:`EvaluationSettings`.
+    * ``config`` is the algorithm's frozen settings, with the fields of :class:`EvaluationSettings` (its
+      subclass, or any object that has them).
     * Optional: ``prepare(train_set) -> train_set``, called once before training (validate a sequence
       file against the data, oversample it, compute salience maps); ``config.make_grid(image_size)``
       for algorithms whose model reads a grid of cells (posterior networks).
@@ -91,13 +124,30 @@ def check_algorithm(algorithm: Any, name: str = "algorithm") -> None:
                         f"{', '.join(missing)} (see foveal.training.base.Algorithm)")
 
 
-def check_evaluation_settings(owner: str, config: Any) -> None:
-    """Errors naming ``owner.field`` for bad ``num_glimpses`` / ``test_samples`` / ``eval_policy``."""
-    for name in ("num_glimpses", "test_samples"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{owner}.{name}: expected a positive integer, found {value!r}")
-    check_policy_name(f"{owner}.eval_policy", config.eval_policy)
+def build_algorithm(name: str, **settings: Any) -> Algorithm:
+    """An algorithm from its name and settings (``ALGORITHMS.build`` is this function): the registered class
+    built on its config dataclass; unknown settings are an error naming them."""
+    entry = ALGORITHMS.entry(name)
+    cls, config_cls = entry.load(), entry.meta["config"]
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(settings) - fields)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(fields), n=1)
+        hint = f"did you mean algorithm.{close[0]}? " if close else ""
+        raise ValueError(f"algorithm.{unknown[0]}: unknown setting of algorithm {name!r}; {hint}"
+                         f"expected some of {sorted(fields)}")
+    algorithm = cls(config_cls(**settings))
+    check_algorithm(algorithm, f"algorithm {name!r}")
+    return algorithm
+
+
+def _config_is_a_dataclass(name: str, cls: Any, meta: dict[str, Any]) -> None:
+    if not dataclasses.is_dataclass(meta.get("config")):
+        raise TypeError(f"algorithm registry: {name!r}: config= expected the dataclass of its settings, "
+                        f"found {meta.get('config')!r}")
+
+
+ALGORITHMS = Registry("algorithm", field="algorithm.name", build=build_algorithm, validate=_config_is_a_dataclass)
 
 
 def final_metrics(probs: Tensor, labels: Tensor) -> dict[str, float]:

@@ -14,27 +14,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from foveal.training.base import LossOutput
+from foveal.training.base import ALGORITHMS, EvaluationSettings, LossOutput
 
 __all__ = ["ImageClassificationConfig", "ImageClassification"]
 
 
 @dataclass(frozen=True)
-class ImageClassificationConfig:
-    """Settings of :class:`ImageClassification`: none to choose; the evaluation fields say "one look at the
-    whole image" (:class:`foveal.training.base.EvaluationSettings`)."""
+class ImageClassificationConfig(EvaluationSettings):
+    """Settings of :class:`ImageClassification`: none to choose; the evaluation settings are fixed at "one
+    look at the whole image"."""
 
     num_glimpses: int = 1
     eval_policy: str = "center"
-    test_samples: int = 1
 
     def __post_init__(self) -> None:
         if (self.num_glimpses, self.eval_policy, self.test_samples) != (1, "center", 1):
             raise ValueError("ImageClassificationConfig: a whole-image classifier takes one look at the centre; "
                              f"found num_glimpses={self.num_glimpses!r}, eval_policy={self.eval_policy!r}, "
                              f"test_samples={self.test_samples!r}")
+        super().__post_init__()
 
 
+@ALGORITHMS.register("image-classification", config=ImageClassificationConfig)
 class ImageClassification:
     """Cross-entropy on whole images, ``model(images [B, C, H, W]) -> logits [B, K]``."""
 

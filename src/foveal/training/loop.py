@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from foveal.checkpoint import atomic_write
+from foveal.files import atomic_write
 from foveal.training.base import LossOutput
 
 METRICS_HEADER = ("iteration", "split", "name", "value")

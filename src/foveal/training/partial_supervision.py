@@ -1,7 +1,7 @@
 r"""Partial supervision by glimpse sequences (Harvey et al. 2021, section 5, Eq. 8).
 
 Some training images come with a *supervision sequence* :math:`l^i_{1:T}` (near-optimal, from a
-trained policy, hand-crafted...: any file of :mod:`foveal.data.sequences`). The objective is the
+trained policy, hand-crafted...: any file of :mod:`foveal.sequences`). The objective is the
 joint log-likelihood of labels and sequences,
 
 .. math::
@@ -94,9 +94,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from foveal.data.sequences import GlimpseSequences
+from foveal.sequences import GlimpseSequences
 from foveal.training import distributed
-from foveal.training.base import LossOutput, PolicyEvaluation
+from foveal.training.base import ALGORITHMS, LossOutput, PolicyEvaluation
 from foveal.training.loop import FixedShareBatches
 from foveal.training.reinforce import Reinforce, ReinforceConfig
 
@@ -269,8 +269,11 @@ class FixedShareDataset(Dataset):
         return getattr(self.base, name)
 
 
+@ALGORITHMS.register("partial-supervision", config=PartialSupervisionConfig)
 class PartialSupervision(PolicyEvaluation):
-    """Eq. 8: sequence likelihood on supervised images, REINFORCE on the others (module docstring)."""
+    """Partial supervision, Eq. 8: sequence likelihood on supervised images, REINFORCE elsewhere.
+
+    See the module docstring."""
 
     def __init__(self, config: PartialSupervisionConfig) -> None:
         self.config = config
@@ -282,7 +285,7 @@ class PartialSupervision(PolicyEvaluation):
 
     @property
     def sequences(self):
-        """The :class:`~foveal.data.sequences.GlimpseSequences` used (the file's first ``num_sequences``)."""
+        """The :class:`~foveal.sequences.GlimpseSequences` used (the file's first ``num_sequences``)."""
         if self._sequences is None:
             seqs = GlimpseSequences.load(self.config.sequences)
             if self.config.num_sequences is not None:

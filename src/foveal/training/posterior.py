@@ -21,34 +21,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from foveal.retina import LocationGrid, cell_masks, masked_input
-from foveal.training.base import LossOutput
+from foveal.training.base import ALGORITHMS, EvaluationSettings, LossOutput
 
 __all__ = ["PosteriorTrainingConfig", "PosteriorTraining", "random_glimpse_masks", "loss_and_accuracy"]
 
 
 @dataclass(frozen=True)
-class PosteriorTrainingConfig:
-    """Settings of :class:`PosteriorTraining`.
+class PosteriorTrainingConfig(EvaluationSettings):
+    """Settings of :class:`PosteriorTraining`, after the evaluation settings: ``num_glimpses`` is T, the most
+    glimpses an image is seen through; ``eval_policy`` and ``test_samples`` are fixed at ``"random"`` and 1,
+    since a posterior network is tested through uniformly random cells
+    (:mod:`foveal.evaluation.posterior_curves`).
 
     Attributes:
-        num_glimpses: T, the most glimpses an image is seen through.
         min_glimpses: the fewest (t is uniform over ``min_glimpses..num_glimpses``).
         glimpse_size: side of a glimpse in pixels.
         grid: cells per axis spread evenly (:meth:`LocationGrid.from_count`), or
         grid_stride: cells every ``grid_stride`` pixels; neither: every pixel position (stride 1),
             the paper's "uniform over all image locations".
-        eval_policy, test_samples: fixed at ``"random"`` and 1 (:class:`foveal.training.base.EvaluationSettings`):
-            a posterior network is tested through uniformly random cells
-            (:mod:`foveal.evaluation.posterior_curves`).
     """
 
     num_glimpses: int = 5
+    eval_policy: str = "random"
     min_glimpses: int = 1
     glimpse_size: int = 8
     grid: Optional[int | tuple[int, int]] = None
     grid_stride: Optional[int] = None
-    eval_policy: str = "random"
-    test_samples: int = 1
 
     def __post_init__(self) -> None:
         if (self.eval_policy, self.test_samples) != ("random", 1):
@@ -65,6 +63,7 @@ class PosteriorTrainingConfig:
         if self.grid is not None and self.grid_stride is not None:
             raise ValueError(f"PosteriorTrainingConfig: expected at most one of grid, grid_stride; "
                              f"found grid={self.grid!r}, grid_stride={self.grid_stride!r}")
+        super().__post_init__()  # last: the checks above name these fields as they always have
 
     def make_grid(self, image_size: tuple[int, int]) -> LocationGrid:
         if self.grid is not None:
@@ -98,6 +97,7 @@ def loss_and_accuracy(logits: Tensor, labels: Tensor, multilabel: bool) -> tuple
     return F.cross_entropy(logits, labels), (logits.argmax(-1) == labels).float().mean()
 
 
+@ALGORITHMS.register("posterior", config=PosteriorTrainingConfig)
 class PosteriorTraining:
     """Cross-entropy of a posterior network on images seen through random glimpses (Eq. 7)."""
 

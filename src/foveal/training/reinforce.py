@@ -49,28 +49,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli
 
-from foveal.policies import check_policy_name, make_policy
-from foveal.training.base import LossOutput, PolicyEvaluation, check_evaluation_settings
+from foveal.policies import POLICIES, make_policy
+from foveal.training.base import ALGORITHMS, EvaluationSettings, LossOutput, PolicyEvaluation
 
 
 @dataclass(frozen=True)
-class ReinforceConfig:
-    """Settings of :class:`Reinforce`; the loss weights live here and nowhere else."""
+class ReinforceConfig(EvaluationSettings):
+    """Settings of :class:`Reinforce`, after the evaluation settings; the loss weights live here and nowhere else."""
 
-    num_glimpses: int = 6
     ce_weight: float = 1.0
     baseline_weight: float = 1.0
     reinforce_weight: float = 1.0
     entropy_weight: float = 0.0
     train_policy: str = "sample"
-    eval_policy: str = "greedy"
-    test_samples: int = 1
     ce_steps: str = "last"
     stop_cost: Optional[float] = None
 
     def __post_init__(self) -> None:
-        check_evaluation_settings("ReinforceConfig", self)
-        check_policy_name("ReinforceConfig.train_policy", self.train_policy)
+        super().__post_init__()
+        POLICIES.check(self.train_policy, "ReinforceConfig.train_policy")
         if self.ce_steps not in ("last", "all"):
             raise ValueError(f"ReinforceConfig.ce_steps: expected 'last' or 'all', found {self.ce_steps!r}")
         if self.stop_cost is not None and (isinstance(self.stop_cost, bool) or not isinstance(
@@ -82,8 +79,11 @@ class ReinforceConfig:
                              f"sampled locations; expected train_policy 'sample', found {self.train_policy!r}")
 
 
+@ALGORITHMS.register("reinforce", config=ReinforceConfig)
 class Reinforce(PolicyEvaluation):
-    """The hybrid REINFORCE loss of a model with ``rollout`` (see the module docstring); tested by
+    """Hybrid REINFORCE (Mnih et al. 2014): cross-entropy, and a policy gradient for locations.
+
+    The loss of a model with ``rollout`` (see the module docstring); tested by
     :class:`~foveal.training.base.PolicyEvaluation` (``eval_policy``, ``test_samples``)."""
 
     def __init__(self, config: ReinforceConfig = ReinforceConfig()) -> None:

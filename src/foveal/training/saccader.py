@@ -52,19 +52,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from foveal.training import distributed
-from foveal.training.base import LossOutput, PolicyEvaluation, check_evaluation_settings
+from foveal.training.base import (ALGORITHMS, EvaluationSettings, LossOutput, PolicyEvaluation,
+                                  check_positive_integers)
 
 __all__ = ["RepresentationConfig", "RepresentationPretraining", "LocationConfig", "LocationPretraining",
            "SaccaderReinforceConfig", "SaccaderReinforce", "l2_penalty", "sorted_logit_targets"]
 
 
-def _check_settings(owner: str, config, positive: tuple[str, ...], nonnegative: tuple[str, ...]) -> None:
-    """The evaluation settings (:func:`check_evaluation_settings`), then a stage's own positive / non-negative ones."""
-    check_evaluation_settings(owner, config)
-    for name in positive:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{owner}.{name}: expected a positive integer, found {value!r}")
+def _check_settings(config: EvaluationSettings, positive: tuple[str, ...], nonnegative: tuple[str, ...]) -> None:
+    """A stage's own positive integers and non-negative numbers (after the evaluation settings' checks)."""
+    owner = type(config).__name__
+    check_positive_integers(owner, config, positive)
     for name in nonnegative:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
@@ -93,26 +91,28 @@ def sorted_logit_targets(logit_map: Tensor, steps: int) -> Tensor:
 
 
 @dataclass(frozen=True)
-class RepresentationConfig:
-    """Settings of :class:`RepresentationPretraining`.
+class RepresentationConfig(EvaluationSettings):
+    """Settings of :class:`RepresentationPretraining`, after the evaluation settings: how ``predict`` rolls
+    the model out for glimpse records (``test_samples`` rollouts averaged,
+    :class:`~foveal.training.base.PolicyEvaluation`; by default ordered by the cells' logits).
 
     Attributes:
         l2: λ of Eq. 4, on the representation network's weights.
-        num_glimpses, eval_policy, test_samples: how ``predict`` rolls the model out for glimpse records
-            (``test_samples`` rollouts averaged, :class:`~foveal.training.base.PolicyEvaluation`).
     """
 
-    l2: float = 0.0
-    num_glimpses: int = 6
     eval_policy: str = "ordered-logits"
-    test_samples: int = 1
+    l2: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_settings("RepresentationConfig", self, (), ("l2",))
+        super().__post_init__()
+        _check_settings(self, (), ("l2",))
 
 
+@ALGORITHMS.register("saccader-representation", config=RepresentationConfig)
 class RepresentationPretraining(PolicyEvaluation):
-    """Stage 1, Eq. 4 (module docstring); works on a ``bagnet`` or a ``saccader`` model."""
+    """Saccader stage 1, Eq. 4: the classifier of all cells' averaged logits (bagnet or saccader).
+
+    See the module docstring."""
 
     def __init__(self, config: RepresentationConfig = RepresentationConfig()) -> None:
         self.config = config
@@ -142,27 +142,28 @@ class RepresentationPretraining(PolicyEvaluation):
 
 
 @dataclass(frozen=True)
-class LocationConfig:
-    """Settings of :class:`LocationPretraining`.
+class LocationConfig(EvaluationSettings):
+    """Settings of :class:`LocationPretraining`, after the evaluation settings (validation and ``predict``:
+    the greedy policy, T glimpses).
 
     Attributes:
         steps: T of Eq. 5 (12 in the paper).
         l2: ν of Eq. 5, on the location network's weights.
-        num_glimpses, eval_policy, test_samples: validation and ``predict`` (the greedy policy, T glimpses).
     """
 
     steps: int = 12
     l2: float = 0.0
-    num_glimpses: int = 6
-    eval_policy: str = "greedy"
-    test_samples: int = 1
 
     def __post_init__(self) -> None:
-        _check_settings("LocationConfig", self, ("steps",), ("l2",))
+        super().__post_init__()
+        _check_settings(self, ("steps",), ("l2",))
 
 
+@ALGORITHMS.register("saccader-location", config=LocationConfig)
 class LocationPretraining(PolicyEvaluation):
-    """Stage 2, Eq. 5 (module docstring); needs a ``saccader`` model."""
+    """Saccader stage 2, Eq. 5: the location network learns the cells' logit order (saccader).
+
+    See the module docstring."""
 
     def __init__(self, config: LocationConfig = LocationConfig()) -> None:
         self.config = config
@@ -198,33 +199,32 @@ class LocationPretraining(PolicyEvaluation):
 
 
 @dataclass(frozen=True)
-class SaccaderReinforceConfig:
-    """Settings of :class:`SaccaderReinforce`; the loss weights live here and nowhere else.
+class SaccaderReinforceConfig(EvaluationSettings):
+    """Settings of :class:`SaccaderReinforce`, after the evaluation settings (``num_glimpses``: T, 6 in the
+    paper); the loss weights live here and nowhere else.
 
     Attributes:
-        num_glimpses: T (6 in the paper).
         samples: S trajectories per image (2).
         reinforce_weight, ce_weight: weights of the policy-gradient and cross-entropy terms.
         l2: λ on the representation network's weights; l2_location: ν on the location network's.
-        eval_policy, test_samples: validation and ``predict``.
     """
 
-    num_glimpses: int = 6
     samples: int = 2
     reinforce_weight: float = 1.0
     ce_weight: float = 1.0
     l2: float = 0.0
     l2_location: float = 0.0
-    eval_policy: str = "greedy"
-    test_samples: int = 1
 
     def __post_init__(self) -> None:
-        _check_settings("SaccaderReinforceConfig", self, ("samples",),
-                        ("reinforce_weight", "ce_weight", "l2", "l2_location"))
+        super().__post_init__()
+        _check_settings(self, ("samples",), ("reinforce_weight", "ce_weight", "l2", "l2_location"))
 
 
+@ALGORITHMS.register("saccader-reinforce", config=SaccaderReinforceConfig)
 class SaccaderReinforce(PolicyEvaluation):
-    """Stage 3, Eq. 6 (module docstring); needs a ``saccader`` model."""
+    """Saccader stage 3, Eq. 6: everything trained by REINFORCE and cross-entropy (saccader).
+
+    See the module docstring."""
 
     def __init__(self, config: SaccaderReinforceConfig = SaccaderReinforceConfig()) -> None:
         self.config = config

@@ -53,11 +53,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from foveal.checkpoint import unique_token
+from foveal.files import unique_token
+from foveal.logits import posterior_entropy
 from foveal.models.base import PolicyState
-from foveal.models.posterior_cnn import posterior_entropy
 from foveal.retina import LocationGrid, cell_masks, masked_input
-from foveal.training.base import LossOutput, PolicyEvaluation, check_evaluation_settings
+from foveal.training.base import ALGORITHMS, EvaluationSettings, LossOutput, PolicyEvaluation
 
 __all__ = ["SalienceMaps", "salience", "compute_salience", "salience_probabilities", "SaliencePolicy",
            "SaliencePretrainingConfig", "SaliencePretraining"]
@@ -219,24 +219,21 @@ class SaliencePolicy:
 
 
 @dataclass(frozen=True)
-class SaliencePretrainingConfig:
-    """Settings of :class:`SaliencePretraining`.
+class SaliencePretrainingConfig(EvaluationSettings):
+    """Settings of :class:`SaliencePretraining`, after the evaluation settings (validation: random places by
+    default, the location network is untrained in this stage).
 
     Attributes:
-        num_glimpses: T.
         salience: path of the :class:`SalienceMaps` ``.npz`` of the training split.
         uniform_mix: epsilon, the uniform share of the sampling distribution.
-        eval_policy, test_samples: validation (the location network is untrained in this stage).
     """
 
-    num_glimpses: int = 6
+    eval_policy: str = "random"
     salience: Optional[str] = None
     uniform_mix: float = 0.1
-    eval_policy: str = "random"
-    test_samples: int = 1
 
     def __post_init__(self) -> None:
-        check_evaluation_settings("SaliencePretrainingConfig", self)
+        super().__post_init__()
         if not isinstance(self.salience, str) or not self.salience:
             raise ValueError(f"SaliencePretrainingConfig.salience: expected the path of salience maps (.npz), "
                              f"found {self.salience!r}")
@@ -244,8 +241,11 @@ class SaliencePretrainingConfig:
             raise ValueError(f"SaliencePretrainingConfig.uniform_mix: expected in [0, 1], found {self.uniform_mix!r}")
 
 
+@ALGORITHMS.register("salience-pretraining", config=SaliencePretrainingConfig)
 class SaliencePretraining(PolicyEvaluation):
-    """Cross-entropy with glimpses drawn from salience maps (module docstring)."""
+    """RAM+ pretraining: cross-entropy with glimpses drawn from a posterior's salience maps.
+
+    See the module docstring."""
 
     def __init__(self, config: SaliencePretrainingConfig) -> None:
         self.config = config

@@ -63,38 +63,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from foveal.models.base import PolicyState
-from foveal.training.base import LossOutput, PolicyEvaluation, check_evaluation_settings
+from foveal.training.base import (ALGORITHMS, EvaluationSettings, LossOutput, PolicyEvaluation,
+                                  check_positive_integers)
 
 __all__ = ["WakeSleepConfig", "WakeSleep", "InferencePolicy"]
 
 
 @dataclass(frozen=True)
-class WakeSleepConfig:
-    """Settings of :class:`WakeSleep`.
+class WakeSleepConfig(EvaluationSettings):
+    """Settings of :class:`WakeSleep`, after the evaluation settings (``num_glimpses`` T, ``eval_policy``,
+    ``test_samples``: as in :class:`~foveal.training.reinforce.ReinforceConfig`).
 
     Attributes:
-        num_glimpses: T.
         samples: M, location sequences drawn from q per image (the step costs M rollouts).
         ce_weight, prior_weight, inference_weight: :math:`w_{ce}, w_\\pi, w_q` of the module docstring.
         control_variate: subtract :math:`1/M` from the weights in the q-update.
-        eval_policy, test_samples: evaluation, as in :class:`~foveal.training.reinforce.ReinforceConfig`.
     """
 
-    num_glimpses: int = 6
     samples: int = 5
     ce_weight: float = 1.0
     prior_weight: float = 1.0
     inference_weight: float = 1.0
     control_variate: bool = True
-    eval_policy: str = "greedy"
-    test_samples: int = 1
 
     def __post_init__(self) -> None:
-        check_evaluation_settings("WakeSleepConfig", self)
-        for name in ("samples",):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"WakeSleepConfig.{name}: expected a positive integer, found {value!r}")
+        super().__post_init__()
+        check_positive_integers("WakeSleepConfig", self, ("samples",))
         for name in ("ce_weight", "prior_weight", "inference_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"WakeSleepConfig.{name}: expected >= 0, found {getattr(self, name)!r}")
@@ -121,8 +115,11 @@ class InferencePolicy:
         return torch.stack(self.log_q, 1)
 
 
+@ALGORITHMS.register("wake-sleep", config=WakeSleepConfig)
 class WakeSleep(PolicyEvaluation):
-    """The reweighted wake-sleep loss of the module docstring, for models with an inference network."""
+    """Reweighted wake-sleep (WSRAM, Ba et al. 2015), for models with an inference network.
+
+    The loss of the module docstring."""
 
     def __init__(self, config: WakeSleepConfig = WakeSleepConfig()) -> None:
         self.config = config

@@ -14,7 +14,7 @@ ps         partial supervision (:mod:`foveal.training.partial_supervision`) by t
            ``sequences``: ``nogs`` (the annotator's file), ``ps-ram`` (sampled from the RAM run of the
            same seed, or from ``inputs.ps_ram_source``), ``hgs`` (CUB parts, or ``inputs.hgs_points``),
            ``salient`` / ``random`` (Sobel-salient or uniformly random cells of the model's grid for the
-           same images, :func:`foveal.boed.salient.baseline_sequences`: what NOGS must beat as
+           same images, :data:`foveal.sequences.MAKERS`: what NOGS must beat as
            supervision), or a path
 =========  ======================================================================================
 
@@ -81,7 +81,7 @@ _TOP_KEYS = ("run", "run_overrides", "seeds", "methods", "inputs", "convergence"
 _INPUT_DEFAULTS = {"nogs": None, "posterior": None, "ps_ram_source": "auto", "hgs_points": None,
                    "num_sequences": 1000, "pretrain_iterations": 1000, "salience_mode": "linear", "uniform_mix": 0.1,
                    "salience_stride": None, "stand_ins": False}
-# foveal.evaluation.convergence's CE_TOLERANCE / ACCURACY_TOLERANCE (not imported: it brings torch)
+# foveal.recipes.compare.convergence's CE_TOLERANCE / ACCURACY_TOLERANCE (not imported: it brings torch)
 _CONVERGENCE_DEFAULTS = {"ce_tolerance": 0.01, "accuracy_tolerance": 0.01, "target_accuracy": None}
 EVALUATE_REPEATS = 5  # the official partial-supervision trainer's M: sampled rollouts per test image
 

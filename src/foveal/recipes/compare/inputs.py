@@ -6,7 +6,7 @@
   (``inputs.ps_ram_source: auto``), or ``ps-ram-n<n>`` from a given checkpoint.
 * ``hgs-n<n>`` - hand-crafted sequences from CUB parts, or from the points of ``inputs.hgs_points``.
 * ``salient-n<n>`` / ``random-n<n>`` - Sobel-salient / uniformly random cells of the model's grid for the
-  supervised images (:func:`foveal.boed.salient.baseline_sequences`, random with seed 0): the baselines
+  supervised images (:data:`foveal.sequences.MAKERS` ``salient`` and ``random``, seed 0): the baselines
   NOGS must beat as supervision. Cheap and deterministic, made by :meth:`ComparisonInputs.preflight`.
 * ``salience-<mode>.npz`` - RAM+'s salience maps of the training split, from ``inputs.posterior``.
 
@@ -25,13 +25,12 @@ from typing import Callable, Collection, Optional
 
 import torch
 
-from foveal.boed.salient import baseline_sequences
-from foveal.data.sequences import GlimpseSequences, sequence_paths
 from foveal.models import load_model
 from foveal.recipes.compare.config import BASELINES, SEQUENCE_SOURCES, CompareConfig, RunTask, slug
 from foveal.recipes.run import build_data, build_model
-from foveal.recipes.sequence_sources import hgs_sequences, points_sequences, policy_sequences
 from foveal.retina import LocationGrid
+from foveal.sequences import (MAKERS, GlimpseSequences, Target, hgs_sequences, points_sequences, policy_sequences,
+                              random_cells, sequence_paths)
 from foveal.training.salience_pretraining import SalienceMaps, compute_salience
 
 __all__ = ["ComparisonInputs", "MADE"]
@@ -104,7 +103,7 @@ class ComparisonInputs:
             train, grid = self.train_set, self.grid()
             N = len(train)
             indices = torch.randperm(N, generator=torch.Generator().manual_seed(0))[:min(self.n, N)].sort().values
-            cells = torch.randint(len(grid), (len(indices), self.num_glimpses), generator=torch.Generator().manual_seed(1))
+            cells = random_cells(len(indices), grid, self.num_glimpses, generator=torch.Generator().manual_seed(1))
             GlimpseSequences(train.name, train.split, tuple(train.image_shape[1:]), grid.glimpse_size, indices,
                              grid.corners()[cells], grid=grid, method="random",
                              provenance={"stand_in": "random sequences in place of NOGS (inputs.stand_ins)"}).save(path)
@@ -173,8 +172,8 @@ class ComparisonInputs:
         if not sequence_paths(path)[0].exists():
             self.log(f"sampling PS-RAM sequences for {self.n} images from {checkpoint}")
             model, _ = load_model(checkpoint)
-            seqs = policy_sequences(model, self.train_set, self.indices().tolist(), self.num_glimpses,
-                                    seed=seed, provenance={"source": str(checkpoint)})
+            target = Target(self.train_set, self.indices(), self.num_glimpses)
+            seqs = policy_sequences(target, model=model, seed=seed, provenance={"source": str(checkpoint)})
             self._check_sequences(seqs, "PS-RAM")
             seqs.save(path)
         return path
@@ -204,7 +203,8 @@ class ComparisonInputs:
         if not sequence_paths(path)[0].exists():
             indices = self.indices()
             self.log(f"making {method} sequences for {len(indices)} images")
-            seqs = baseline_sequences(method, self.train_set, indices, self.grid(), self.num_glimpses, seed=0)
+            target = Target(self.train_set, indices, self.num_glimpses, self.grid())
+            seqs = MAKERS.build(method, target)  # the defaults: edge saliency; random cells of seed 0
             self._check_sequences(seqs, f"{method} sequences")
             seqs.save(path)
         return path

@@ -2,7 +2,7 @@
 
 For every method and seed the run folder (``runs/<method>/seed-<s>/``) gives:
 
-* iterations to converge by both of the paper's criteria (:mod:`foveal.evaluation.convergence`) from
+* iterations to converge by both of the paper's criteria (:mod:`foveal.recipes.compare.convergence`) from
   its ``metrics.csv``: validation cross-entropy within ``ce_tolerance`` of its best, validation
   accuracy within ``accuracy_tolerance`` of its best;
 * with ``convergence.target_accuracy``, iterations until validation accuracy first reaches that fixed
@@ -39,11 +39,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-from foveal.checkpoint import atomic_write
-from foveal.evaluation import compare_plots, plots
-from foveal.evaluation.convergence import mean_and_spread, mean_interval, run_convergence
+from foveal.evaluation import plots
 from foveal.evaluation.records import read_metrics
+from foveal.files import atomic_write, atomic_write_json
+from foveal.recipes.compare import plots as compare_plots
 from foveal.recipes.compare.config import SAMPLED, CompareConfig, method_config, run_finished, slug
+from foveal.recipes.compare.convergence import mean_and_spread, mean_interval, run_convergence
 
 __all__ = ["collect_runs", "summarise", "markdown_table", "claim_table", "policy_curves", "write_report"]
 
@@ -317,10 +318,10 @@ def write_report(cfg: CompareConfig, out: Path, skipped: Optional[dict[str, str]
             for e in summary]
     _write_csv(paths["table_csv"], flat, list(flat[0]) if flat else ["method"])
     _write_csv(paths["runs_csv"], rows, _fields(cfg, _RUN_FIELDS))
-    atomic_write(paths["summary"], json.dumps({"methods": summary, "runs": rows, "skipped": skipped,
-                                              "evaluate_repeats": cfg.evaluate_repeats}, indent=2).encode())
+    atomic_write_json(paths["summary"], {"methods": summary, "runs": rows, "skipped": skipped,
+                                         "evaluate_repeats": cfg.evaluate_repeats})
     if skipped:
-        atomic_write(skipped_file, json.dumps(skipped, indent=2).encode())
+        atomic_write_json(skipped_file, skipped)
     if not figures:
         return {"summary": summary, "paths": paths}
     fig_dir = out / "figures"

@@ -12,8 +12,8 @@ from typing import Callable, Optional
 import torch
 import yaml
 
-from foveal.checkpoint import atomic_write
 from foveal.config import config_differences
+from foveal.files import atomic_write
 from foveal.recipes.compare.config import CompareConfig, plan_runs, restrict
 from foveal.recipes.compare.inputs import ComparisonInputs
 from foveal.recipes.compare.parallel import run_rank, run_steps, sync_ranks

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from foveal.checkpoint import atomic_write
+from foveal.files import atomic_write
 from foveal.recipes.compare.config import CompareConfig, RunTask, slug
 
 __all__ = ["Step", "Outcome", "Failure", "RunsFailed", "plan_steps", "assign", "StepRunner", "train_task",

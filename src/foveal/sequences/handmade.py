@@ -1,21 +1,22 @@
-"""Supervision sequences other than near-optimal ones, in the same file format (:mod:`foveal.data.sequences`).
+"""Sequences given by hand: from part annotations (PS-HGS) and from files of glimpse centres.
 
-The baselines of Harvey et al. (2021, section 6) supervise with:
+The baselines of Harvey et al. (2021, section 6) supervise with near-optimal sequences, sequences sampled
+from a trained policy (PS-RAM, :mod:`foveal.sequences.makers`), and:
 
-* **PS-RAM** - :func:`policy_sequences`: train a model with RAM, then *sample* sequences from its learned
-  policy on the images to annotate (``policy="sample"``; ``"greedy"`` takes the mode instead).
 * **PS-HGS** - :func:`hgs_sequences`: hand-crafted glimpse sequences from CUB's part annotations, the
   beak, an eye, the forehead, the belly and a foot, in that order; a part that is not visible is
   replaced by a randomly chosen visible part (of all 15). A group with two parts (left / right eye,
   left / right leg) takes a visible one, at random if both are.
 * **points** - :func:`points_sequences`: user-given glimpse centres for any dataset, from CSV or JSON.
 
+Here the hand decides the length: T is the number of part groups, or of points per image (so these are
+not :data:`~foveal.sequences.makers.MAKERS`, which make T glimpses for given images).
+
 A point ``(row, col)`` is a glimpse *centre* in continuous pixel coordinates (pixel ``r`` spans
 ``[r, r + 1)``; CUB part coordinates mapped into the crop are such points). It becomes the location
 ``2 * (row, col) / (H, W) - 1`` in RAM's convention, is clamped so that the glimpse lies inside the
 image, and is snapped to the nearest cell when a ``grid`` is given; the file stores the glimpse's
-top-left pixel (``corners``), as every sequence file does. NOGS sequences come from the annotator
-(``foveal annotate``).
+top-left pixel (``corners``), as every sequence file does.
 
 Point files::
 
@@ -34,22 +35,18 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from foveal.data.base import DataError
-from foveal.data.sequences import GlimpseSequences
-from foveal.policies import make_policy
 from foveal.retina import LocationGrid, top_left
+from foveal.sequences.format import GlimpseSequences
+from foveal.sequences.makers import Target
 
-__all__ = ["HGS_PARTS", "policy_sequences", "hgs_sequences", "points_sequences", "points_to_corners"]
+__all__ = ["HGS_PARTS", "hgs_sequences", "points_sequences", "points_to_corners"]
 
 # The paper's order; each entry is a group of CUB part names, one of which is looked at.
 HGS_PARTS: tuple[tuple[str, ...], ...] = (("beak",), ("left eye", "right eye"), ("forehead",), ("belly",),
                                           ("left leg", "right leg"))
-
-
-def _ids(dataset: Any, indices: Sequence[int]) -> Optional[list[str]]:
-    return [dataset.image_id(i) for i in indices] if hasattr(dataset, "image_id") else None
 
 
 def points_to_corners(points: Tensor, image_size: tuple[int, int], glimpse_size: int,
@@ -68,50 +65,8 @@ def points_to_corners(points: Tensor, image_size: tuple[int, int], glimpse_size:
 
 def _make(dataset: Any, indices: Sequence[int], corners: Tensor, glimpse_size: int, grid: Optional[LocationGrid],
           method: str, provenance: dict) -> GlimpseSequences:
-    return GlimpseSequences(dataset.name, dataset.split, tuple(dataset.image_shape[1:]), glimpse_size,
-                            torch.as_tensor(list(indices), dtype=torch.long), corners, grid=grid,
-                            ids=_ids(dataset, indices), method=method, provenance=provenance)
-
-
-@torch.no_grad()
-def policy_sequences(model: nn.Module, dataset: Any, indices: Sequence[int], num_glimpses: int, *,
-                     policy: str = "sample", seed: int = 0, batch_size: int = 256,
-                     provenance: Optional[dict] = None) -> GlimpseSequences:
-    """PS-RAM: the glimpses a trained glimpse model takes on ``dataset[indices]``.
-
-    Args:
-        model: a glimpse model (``rollout``); its grid, if any, becomes the file's grid.
-        policy: ``"sample"`` (the paper: sample from the learned policy) or ``"greedy"``.
-        seed: seeds the sampling (the global RNG is restored afterwards); the samples depend on
-            ``seed`` and ``batch_size`` (the rollout draws from the global RNG batch by batch).
-
-    Returns:
-        Sequences with ``method="ps-ram"`` and the file's glimpse size = the model's.
-    """
-    if policy not in ("sample", "greedy"):
-        raise ValueError(f"policy_sequences: policy: expected 'sample' or 'greedy', found {policy!r}")
-    rule = make_policy(policy)
-    device = next(model.parameters()).device
-    glimpse = model.config.glimpse_size
-    image_size = tuple(dataset.image_shape[1:])
-    was_training = model.training
-    model.eval()
-    chunks = []
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            for start in range(0, len(indices), batch_size):
-                images = torch.stack([dataset[i]["image"] for i in indices[start:start + batch_size]]).to(device)
-                ro = model.rollout(images, num_glimpses, policy=rule)
-                chunks.append(top_left(ro.locations.cpu(), image_size, glimpse))
-    finally:
-        model.train(was_training)
-    corners = torch.cat(chunks) if chunks else torch.zeros(0, num_glimpses, 2, dtype=torch.long)
-    grid = getattr(model, "grid", None)
-    if grid is None:  # Gaussian policy: keep every glimpse inside the image, as the file format requires
-        corners = torch.minimum(corners.clamp_min(0), torch.tensor([image_size[0] - glimpse, image_size[1] - glimpse]))
-    return _make(dataset, indices, corners, glimpse, grid, "ps-ram",
-                 {"policy": policy, "seed": seed, "num_glimpses": num_glimpses, **(provenance or {})})
+    target = Target(dataset, list(indices), corners.shape[1])
+    return target.sequences(corners, glimpse_size=glimpse_size, grid=grid, method=method, provenance=provenance)
 
 
 def hgs_sequences(dataset: Any, indices: Sequence[int], *, glimpse_size: int, grid: Optional[LocationGrid] = None,

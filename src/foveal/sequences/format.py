@@ -1,4 +1,4 @@
-"""Glimpse-sequence files: where to look, per image of a dataset split, T glimpses each.
+"""The glimpse-sequence file: where to look, per image of a dataset split, T glimpses each.
 
 A :class:`GlimpseSequences` holds, for ``N`` images of one split, the top-left pixel (row, col) of each
 of their ``T`` glimpses, the convention of the released near-optimal glimpse sequences. Glimpse
@@ -47,7 +47,7 @@ file made for another attribute is refused). A split that holds another at a kno
 (``dataset.contains_splits``: CelebA-HQ's ``annotate+train`` holds ``annotate`` at 0) accepts that
 split's files; :meth:`GlimpseSequences.aligned_to` moves their indices into it.
 
-The released text format (:mod:`foveal.data.sequences_official`): one file per image,
+The released text format (:mod:`foveal.sequences.official`): one file per image,
 T lines ``r, c``; see those functions.
 """
 
@@ -65,12 +65,12 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import Tensor
 
-from foveal.checkpoint import atomic_write, checkpoint_paths
+from foveal.checkpoint import checkpoint_paths
 from foveal.data.base import DataError
+from foveal.files import atomic_write
 from foveal.retina import LocationGrid
 
-__all__ = ["FORMAT", "VERSION", "GlimpseSequences", "sequence_paths",
-           "atomic_write"]
+__all__ = ["FORMAT", "VERSION", "PathLike", "GlimpseSequences", "sequence_paths"]
 
 FORMAT = "foveal-glimpse-sequences"
 VERSION = 1

@@ -29,7 +29,7 @@ naming the file and line. Each file is matched to a position of the dataset spli
 Import records in ``provenance["released"]`` each file's name and path line (by index) and the folder's
 :class:`TextLayout`, so that :func:`export_official` (``layout="released"``) writes the folder back byte
 for byte; ``verbatim`` says whether every file re-renders exactly (one with blank lines or stray spaces
-does not). Use these through :mod:`foveal.data.sequences`.
+does not).
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ from typing import Any, Callable, Optional
 import torch
 
 from foveal.data.base import IMAGE_EXTENSIONS, DataError
-from foveal.data.sequences import GlimpseSequences, PathLike, atomic_write
+from foveal.files import atomic_write
 from foveal.retina import LocationGrid
+from foveal.sequences.format import GlimpseSequences, PathLike
 
 __all__ = ["TextLayout", "CELEBA_HQ_LAYOUT", "CUB_LAYOUT", "FOVEAL_LAYOUT", "EXPORT_LAYOUTS", "MATCH_MODES",
            "export_official", "import_official", "read_image_map"]

@@ -1,12 +1,11 @@
-"""Sequence sources for the baselines: PS-RAM (a model's policy), PS-HGS (CUB parts), user points."""
+"""Sequences given by hand: PS-HGS (CUB parts) and user points."""
 
 import pytest
 import torch
 
 from foveal.data import DataError
-from foveal.models import create_model
-from foveal.recipes.sequence_sources import hgs_sequences, points_sequences, points_to_corners, policy_sequences
 from foveal.retina import LocationGrid
+from foveal.sequences import hgs_sequences, points_sequences, points_to_corners
 
 CUB_PARTS = ["back", "beak", "belly", "breast", "crown", "forehead", "left eye", "left leg", "left wing", "nape",
              "right eye", "right leg", "right wing", "tail", "throat"]
@@ -57,24 +56,6 @@ def test_hgs_order_visible_choice_and_replacement():
     grid.corner_to_index(on_grid.corners)  # every glimpse is a cell
     with pytest.raises(DataError, match="part annotations"):
         hgs_sequences(type("NoParts", (), {"name": "x", "part_names": []})(), [0], glimpse_size=8)
-
-
-def test_policy_sequences_sample_the_model_and_restore_the_rng():
-    data = Birds({})
-    torch.manual_seed(0)
-    model = create_model("ram-grid", in_channels=3, num_classes=2, image_size=(32, 32), glimpse_size=8, grid_stride=8,
-                         hidden_size=8)
-    state = torch.get_rng_state()
-    a = policy_sequences(model, data, [3, 1, 2], 4, seed=5, batch_size=2)
-    assert torch.equal(torch.get_rng_state(), state)
-    b = policy_sequences(model, data, [3, 1, 2], 4, seed=5, batch_size=2)
-    assert a == b and a.method == "ps-ram" and a.grid == model.grid and a.corners.shape == (3, 4, 2)
-    greedy = policy_sequences(model, data, [3, 1, 2], 4, policy="greedy")
-    assert (greedy.corners[:, 0] == greedy.corners[0, 0]).all()  # the first glimpse cannot depend on the image
-    gauss = create_model("ram", in_channels=3, num_classes=2, image_size=(32, 32), glimpse_size=8, location_std=0.5,
-                         hidden_size=8)
-    g = policy_sequences(gauss, data, [0, 1, 2, 3], 6)
-    assert g.grid is None and g.corners.min() >= 0 and g.corners.max() <= 24
 
 
 def test_points_from_csv_and_json(tmp_path):

@@ -1,4 +1,4 @@
-"""Figures of a comparison (``foveal compare``), from saved records only.
+"""Figures of a comparison (``foveal compare``) for its report (:mod:`.report`), from saved records only.
 
 * :func:`plot_method_curves` - validation curves of every method on one plot, mean over seeds with the
   range as a band (the paper's Fig. 6);
@@ -19,7 +19,7 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from foveal.evaluation.plots import _display, _figure, _markers, _save
+from foveal.evaluation.plots import display_image, marker_style, new_figure, save_figure
 from foveal.evaluation.records import PathLike, as_record, glimpse_coverage
 
 __all__ = ["plot_method_curves", "plot_iterations_per_seed", "plot_heatmaps_by_method"]
@@ -46,7 +46,7 @@ def plot_method_curves(curves: Mapping[str, Sequence[Series]], path: PathLike, *
         curves: ``{method: [(iterations, values) per seed]}``; methods without curves are left out.
         percent: multiply values by 100 (accuracy as %).
     """
-    fig = _figure(7.5, 4.6)
+    fig = new_figure(7.5, 4.6)
     ax = fig.subplots()
     scale = 100.0 if percent else 1.0
     drawn = 0
@@ -57,7 +57,7 @@ def plot_method_curves(curves: Mapping[str, Sequence[Series]], path: PathLike, *
         x, mean, lo, hi = _mean_and_range(series)
         colour = f"C{k % 10}"
         ax.plot(x, mean * scale, color=colour, linewidth=1.7, label=f"{method} ({len(series)} seed{'s' * (len(series) > 1)})",
-                **_markers(len(x)))  # a curve of one validation point is a marker, not nothing
+                **marker_style(len(x)))  # a curve of one validation point is a marker, not nothing
         if len(series) > 1:
             ax.fill_between(x, lo * scale, hi * scale, color=colour, alpha=0.15, linewidth=0)
         drawn += 1
@@ -72,13 +72,13 @@ def plot_method_curves(curves: Mapping[str, Sequence[Series]], path: PathLike, *
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.set_title(title or f"{ylabel} during training (mean over seeds, range shaded)", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_iterations_per_seed(iterations: Mapping[str, Mapping[int, Optional[int]]], path: PathLike, *,
                              criterion: str) -> Path:
     """Iterations to converge of each run: x = seed, one marker series per method, means as dashed lines."""
-    fig = _figure(7.0, 4.4)
+    fig = new_figure(7.0, 4.4)
     ax = fig.subplots()
     seeds = sorted({s for runs in iterations.values() for s in runs})
     markers = "osD^v<>pXh"
@@ -102,7 +102,7 @@ def plot_iterations_per_seed(iterations: Mapping[str, Mapping[int, Optional[int]
     if any(v is not None for runs in iterations.values() for v in runs.values()):
         ax.legend(fontsize=9)
     ax.set_title(f"Iterations until {criterion} (dashed: method mean)", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_heatmaps_by_method(records: Mapping[str, Union[PathLike, object]], path: PathLike) -> Path:
@@ -118,7 +118,7 @@ def plot_heatmaps_by_method(records: Mapping[str, Union[PathLike, object]], path
         raise ValueError("plot_heatmaps_by_method: expected at least one record, found none")
     T = max(r.num_glimpses for r in recs.values())
     side = 1.7
-    fig = _figure(side * (T + 1) + 1.4, side * len(recs) + 1.0)
+    fig = new_figure(side * (T + 1) + 1.4, side * len(recs) + 1.0)
     axes = fig.subplots(len(recs), T + 1, squeeze=False)
     counts = set()
     for row, (method, rec) in enumerate(recs.items()):
@@ -128,7 +128,7 @@ def plot_heatmaps_by_method(records: Mapping[str, Union[PathLike, object]], path
             ax.set_xticks([])
             ax.set_yticks([])
         if rec.images is not None and len(rec.images):
-            mean, cmap = _display(rec.images.mean(0))
+            mean, cmap = display_image(rec.images.mean(0))
             axes[row, 0].imshow(mean, cmap=cmap)
             if len(rec.images) < rec.num_images:
                 axes[row, 0].set_xlabel(f"mean of first {len(rec.images)}", fontsize=8)
@@ -150,4 +150,4 @@ def plot_heatmaps_by_method(records: Mapping[str, Union[PathLike, object]], path
     fig.supxlabel("Colour: the fraction of the test images whose glimpse t (finest scale) covered the pixel, "
                   "each row on its own scale (colour bar at its end). Row label: method and test accuracy.",
                   fontsize=8, color="0.25", wrap=True)
-    return _save(fig, path)
+    return save_figure(fig, path)
