@@ -50,24 +50,38 @@ log "start: $(hostname), $(nproc) cores"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
+# A second lease continues a posterior the first one cut (RESUME=a folder holding its posterior-strong run
+# folder) and leaves out 1 and 2, which the first one measured.
+RESUME=${RESUME:-}
+[ -n "$RESUME" ] && cp -r "$RESUME/posterior-strong" "$W/"
+
 # 1. the DenseNet-121 posterior benchmark on the GPU, while the CPU builds the image bank
-log "bank (CPU) and gpu_posterior.py (GPU)"
+log "bank (CPU)${RESUME:+, no benchmarks (a continuation)}"
 $PY -m foveal build-bank cluttered-fashion-mnist --option canvas=60 --start 2000 --out "$W/bank.npy" --quiet &
 BANK=$!
-timeout "$(left 110)" $PY benchmarks/gpu_posterior.py "${GPUP[@]}" --out "$W/gpu-results" || log "gpu_posterior.py: exit $?"
+if [ -z "$RESUME" ]; then
+  log "gpu_posterior.py (GPU)"
+  timeout "$(left 110)" $PY benchmarks/gpu_posterior.py "${GPUP[@]}" --out "$W/gpu-results" || log "gpu_posterior.py: exit $?"
+fi
 wait $BANK || log "bank: exit $?"
 
 # 2 and 3: the strong posterior and, beside it, a 1-GPU torchrun run of ram-grid
-log "strong posterior and 1-GPU DDP ram-grid"
-timeout "$(left 300)" $PY -m torch.distributed.run --standalone --nproc-per-node=1 -m foveal train \
-  --config $S/comparison/runs/ram/seed-0/config.yaml --run-dir "$W/ddp-ram" --device $DEV --quiet \
-  train.patience=null train.patience_on=null evaluate.figures=false evaluate.examples=0 "${DDP[@]}" \
-  > "$W/ddp-ram.log" 2>&1 &
-DDPPID=$!
+DDPPID=
+if [ -z "$RESUME" ]; then
+  log "1-GPU DDP ram-grid"
+  timeout "$(left 300)" $PY -m torch.distributed.run --standalone --nproc-per-node=1 -m foveal train \
+    --config $S/comparison/runs/ram/seed-0/config.yaml --run-dir "$W/ddp-ram" --device $DEV --quiet \
+    train.patience=null train.patience_on=null evaluate.figures=false evaluate.examples=0 "${DDP[@]}" \
+    > "$W/ddp-ram.log" 2>&1 &
+  DDPPID=$!
+fi
+log "strong posterior"
 timeout "$(left "$POST_END")" $PY -m foveal train-posterior --config $S/posterior-strong.yaml \
   --run-dir "$W/posterior-strong" --device $DEV --quiet "${POST[@]}" || log "train-posterior: exit $?"
-wait $DDPPID || log "ddp: exit $?"
-tail -n 5 "$W/ddp-ram.log"
+if [ -n "$DDPPID" ]; then
+  wait $DDPPID || log "ddp: exit $?"
+  tail -n 5 "$W/ddp-ram.log"
+fi
 log "posterior done"
 
 # 4. the strong annotation, workers claiming chunks of one folder, until the budget

@@ -31,7 +31,7 @@ it is first read. A batch (:meth:`PlacedDataset.load_batch`, what a ``DataLoader
 with the same draws and pixels as the items one by one. On a base of bytes (``bytes_exact``: the built-in
 MNIST and Fashion-MNIST sets) an item is then kept as its bytes, ``C x canvas x canvas`` of them (216 MB
 for the 60,000 items of a 60x60 training split once every item has been read), and read back from them bit
-for bit: every epoch after the first costs a gather instead of a generation (issue 12: a batch of 128
+for bit: every epoch after the first costs a gather instead of a generation (measured: a batch of 128
 cluttered 60x60 images through the engine's DataLoader, collating included, 8 ms made and 2.8 ms read
 back). A copy sent to a worker process goes without them. ``translated-X`` and ``cluttered-X`` with the
 same seed place the object identically.

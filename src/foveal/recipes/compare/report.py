@@ -197,7 +197,7 @@ def markdown_table(cfg: CompareConfig, summary: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-CLAIM_SPEED_UP, CLAIM_ACCURACY_DROP = 5.0, 0.01  # issue 13's reading of the paper: >= 5x faster, within 1 point
+CLAIM_SPEED_UP, CLAIM_ACCURACY_DROP = 5.0, 0.01  # our reading of the paper's claim: >= 5x faster, within 1 point
 
 
 def claim_table(cfg: CompareConfig, rows: list[dict[str, Any]]) -> str:
