@@ -46,7 +46,7 @@ $(VENV)/.docs-installed: pyproject.toml
 	touch $@
 
 bench: setup
-	$(BIN)/python benchmarks/retina.py
+	$(BIN)/python benchmarks/retina/retina.py
 
 clean:
 	rm -rf $(VENV) runs docs/_build

@@ -1,5 +1,5 @@
 """The bank search on an explicit device: on the CPU, exactly the default's numbers (a GPU is checked by
-benchmarks/gpu_posterior.py, not here)."""
+benchmarks/gpu/gpu_posterior.py, not here)."""
 
 import pytest
 import torch

@@ -14,7 +14,7 @@ Coordinates (used everywhere in foveal):
   pixels, the form in which the released near-optimal glimpse sequences are written (row first).
 
 Everything is vectorised over the batch: one gather per scale, no Python loop over samples
-(``benchmarks/retina.py`` measures it against :func:`extract_glimpses_loop`, the per-sample
+(``benchmarks/retina/retina.py`` measures it against :func:`extract_glimpses_loop`, the per-sample
 reference the tests compare it with for exact equality).
 """
 

@@ -60,7 +60,7 @@ class AnnotateConfig:
         local_updates, screen_completions, screen_top_k, skip_seen: how each step searches
             (:class:`~foveal.boed.epe.SearchConfig`; the defaults are the plain method). local_updates
             is exact; screening with few completions then re-scoring the top k is an approximation
-            (benchmarks/annotate.py measures both).
+            (benchmarks/annotator/annotate.py measures both).
         keep_maps: also store every step's EPE map (``[N, T, grid_h, grid_w]`` float32).
         seed: per-image randomness (module docstring).
         chunk_size: images per part file (the unit of resumption).

@@ -12,7 +12,7 @@
        "t": [0, 1, ..., T] (optional), "dataset": ..., "split": ..., "num_images": ...}
 
   as written by a posterior run's evaluation (``records/posterior_curves_<split>.json``) and by
-  ``benchmarks/annotate.py``.
+  ``benchmarks/annotator/annotate.py``.
 
 Drawing follows :mod:`foveal.evaluation.plots` (bare Agg figures, matplotlib imported lazily).
 """

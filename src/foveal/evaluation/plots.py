@@ -449,7 +449,7 @@ def plot_speedup(results: Union[PathLike, Sequence[Mapping]], path: PathLike) ->
 
     Args:
         results: ``[{"label", "batch_size", "ms_per_batch"}, ...]`` or a JSON file of that list (or of
-            ``{"results": [...], "meta": {"setting": ...}}``, as ``benchmarks/retina.py`` writes). The
+            ``{"results": [...], "meta": {"setting": ...}}``, as ``benchmarks/retina/retina.py`` writes). The
             reference of each batch size is the entry whose label contains "loop", else the slowest.
     """
     results, setting = _benchmark_results(results)

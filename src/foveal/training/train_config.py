@@ -50,7 +50,7 @@ class TrainConfig:
             accuracy has settled while its cross-entropy still falls goes on).
         compile: run the training loss through ``torch.compile`` (validation stays eager). It pays on a GPU,
             where a rollout is hundreds of small kernels; on one CPU core RAM's step is about a quarter faster
-            after about a minute of compiling (``benchmarks/throughput.py --compile``). Results equal the
+            after about a minute of compiling (``benchmarks/throughput/throughput.py --compile``). Results equal the
             eager ones up to floating point, so a run may be resumed with it on or off.
     """
 

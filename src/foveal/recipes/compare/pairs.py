@@ -3,7 +3,7 @@
 For a pair of methods (A, B), A's test accuracy minus B's on every seed both finished, greedy (the run's
 ``results.json``) and sampled (``sampled/results.json``, where the comparison has a sampled evaluation), each
 on the seeds that have it, then the mean ± sd and the 95 % Student-t interval over those seeds
-(:func:`foveal.recipes.compare.convergence.mean_interval`). ``benchmarks/compare_targets.py --pairs`` prints
+(:func:`foveal.recipes.compare.convergence.mean_interval`). ``benchmarks/compare/compare_targets.py --pairs`` prints
 the table.
 """
 
