@@ -53,6 +53,7 @@ def main() -> None:
     if args.from_json:
         report = json.loads((args.out / f"{args.tag}.json").read_text())
         (args.out / f"{args.tag}.md").write_text(markdown(report, args.tag))
+        figure(report["runs"], args.out / f"{args.tag}.png")
         return
     speed_up_allocator()
     if args.threads:
@@ -87,6 +88,7 @@ def main() -> None:
               "threads": torch.get_num_threads(), "runs": rows}
     (args.out / f"{args.tag}.json").write_text(json.dumps(report, indent=2))
     (args.out / f"{args.tag}.md").write_text(markdown(report, args.tag))
+    figure(rows, args.out / f"{args.tag}.png")
     print(table(rows))
 
 
@@ -104,6 +106,34 @@ def markdown(report: dict, tag: str) -> str:
             f"Command: `{command}`" + (f"; {report['note']}" if report.get("note") else "") + ".\n\n"
             f"This file is remade from `{tag}.json` by "
             f"`.venv/bin/python benchmarks/ram/ram.py --tag {tag} --from-json`.\n")
+
+
+def figure(rows: list[dict], path: Path) -> None:
+    """Test error per setting, learned policy beside random locations: a bar for the mean, a dot per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    policies = list(dict.fromkeys(r["policy"] for r in rows))
+    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(settings), 3.2))
+    width = 0.8 / len(policies)
+    for j, policy in enumerate(policies):
+        for i, setting in enumerate(settings):
+            errs = [100 * r["test_error"] for r in rows if (r["setting"], r["policy"]) == (setting, policy)]
+            if not errs:
+                continue
+            x = i + (j - (len(policies) - 1) / 2) * width
+            ax.bar(x, statistics.mean(errs), width * 0.9, color=f"C{j}", label=policy if i == 0 else None)
+            ax.plot([x] * len(errs), errs, "k.", markersize=4)
+    ax.set_xticks(range(len(settings)), settings)
+    ax.set_ylabel("test error (%)")
+    ax.legend(title="glimpse locations", frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def table(rows: list[dict]) -> str:
