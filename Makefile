@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# CPU build of torch that lies on this kind of machine's disk (see README: dependencies).
+# CPU build of torch that lies on this kind of machine's disk (see docs/install.md).
 TORCH  ?= torch==2.13.0
 MLXTEND := mlxtend==0.25.0
 

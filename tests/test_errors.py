@@ -2,7 +2,7 @@
 exit status 2, no traceback, and a start refused before anything is built leaves no run folder behind.
 
 Each case goes through ``foveal.cli.main`` exactly as typed on the command line (tiny settings,
-built-in ``mnist5k``); the README's table of bad inputs and their messages is made from these.
+built-in ``mnist5k``); the table of bad inputs and their messages in docs/errors.md is made from these.
 """
 
 import json
