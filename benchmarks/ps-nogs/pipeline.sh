@@ -54,7 +54,7 @@ inputs() {
   annotation nogs wide                                         # today's annotator, rebuilt as it was
   annotation hindsight wide completions=hindsight screen_completions=null  # the true image as the only completion
   # the strong annotator: a stronger posterior; N = 200 completions worth ~200 distinct images (ESS 0.2 x 1,000
-  # candidates); the plain search (local updates are exact). Both were started on a GPU (benchmarks/gpu_lease.sh:
+  # candidates); the plain search (local updates are exact). Both were started on a GPU (benchmarks/gpu/gpu_lease.sh:
   # workers claiming chunks of 10 images); this continues the chunks that are left with the same settings.
   posterior strong $S/posterior-strong.yaml train.checkpoint_every=500
   annotation nogs-strong strong n_completions=200 target_ess=0.2 screen_completions=null chunk_size=10 \
