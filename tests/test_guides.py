@@ -1,7 +1,8 @@
 """The guides' commands run as written (``docs/guides/*.md``), on tiny data, so that a changed flag fails here.
 
-Every fenced ``bash`` block of a guide runs, in the guide's order, in one temporary folder per guide, after
-that guide's fixture (:data:`FIXTURES`) has made the data the guide starts from (a user has their own).
+Every fenced ``bash`` block of a guide (and of ``docs/getting-started.md``) runs, in the guide's order, in one
+temporary folder per guide, after that guide's fixture (:data:`FIXTURES`) has made the data the guide starts
+from (a user has their own).
 A block right after a ``<!-- not run: reason -->`` line is skipped (say why: it needs a GPU, a cluster, a
 download). Each ``foveal COMMAND`` (also under ``torchrun ... -m foveal``) gets :data:`SMALL`'s overrides
 for that command appended, so that it takes seconds: the commands' words are the guide's, only the sizes
@@ -17,6 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from toys import release_folder  # tests/toys.py
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDES = ROOT / "docs" / "guides"
@@ -82,16 +85,18 @@ FIXTURES = {
     "own-images": lambda d: _images(d / "photos"),
     "ps-nogs": lambda d: _images(d / "photos", per_class=80),  # 128 training images: 100 annotated, 28 bank
     "saccader": lambda d: _images(d / "photos", per_class=80),  # the occlusion CNN trains on batches of 64
+    "released-sequences": release_folder,  # CelebA-HQ and CUB stand-ins in the release's exact layouts
 }
 
 
 def guides() -> list[Path]:
-    return sorted(GUIDES.glob("*.md"))
+    """The pages whose commands run: every guide, and the getting-started page."""
+    return sorted(GUIDES.glob("*.md")) + [ROOT / "docs" / "getting-started.md"]
 
 
 def test_the_guides_exist_and_have_commands():
     names = {p.stem for p in guides()}
-    assert {"own-images", "ps-nogs", "saccader"} <= names
+    assert {"own-images", "ps-nogs", "saccader", "released-sequences", "getting-started"} <= names
     for path in guides():
         assert command_blocks(path.read_text()), f"{path}: no bash block to run"
 
