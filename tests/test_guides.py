@@ -168,12 +168,13 @@ _CITED = re.compile(r"(?<![\w./-])((?:benchmarks|tests|src|docs)/[\w./{},*-]*[\w
 
 def cited_paths(text: str) -> list[str]:
     """The repository paths a page names (``benchmarks/...``, ``tests/...``, ``src/...``, ``docs/...``), with
-    ``{a,b}`` expanded; a path with ``<...>`` in it is a placeholder, and ``docs/_build`` is what ``make docs``
-    makes: both are left out."""
+    ``{a,b}`` expanded. Left out: a path with ``<...>`` in it (a placeholder), one after ``--out`` or
+    ``--run-dir`` (what a command will write) and ``docs/_build`` (what ``make docs`` makes)."""
     out = []
     for m in _CITED.finditer(text):
         path = m.group(1)
-        if "<" in text[m.end():m.end() + 1] or path.startswith("docs/_build"):
+        written = text[:m.start()].rstrip().endswith(("--out", "--run-dir"))
+        if "<" in text[m.end():m.end() + 1] or written or path.startswith("docs/_build"):
             continue
         braces = re.search(r"\{([^{}]*)\}", path)
         if braces:
