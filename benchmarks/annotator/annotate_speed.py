@@ -1,5 +1,5 @@
 """The annotator at N = 64 completions: the plain search against each saving, at equal quality measured by an
-independent posterior (issue 12, "Throughput").
+independent posterior (docs/results/annotator.md).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/annotator/annotate_speed.py                    # the reported run, K = 30
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/annotator/annotate_speed.py --images 1 --sequences-only   # time one image

@@ -1,5 +1,5 @@
 """Sequence-quality tables and figure: sequence files of the same images scored by networks that did not
-choose them (issue 13), with paired 95 % bootstrap intervals over images against the first file.
+choose them, with paired 95 % bootstrap intervals over images against the first file.
 
     .venv/bin/python benchmarks/annotator/sequence_quality.py --tag quality-aligned \\
         --files runs/nogs-aligned/nogs-1000 runs/nogs-aligned/salient-1000 runs/nogs-aligned/random-1000 \\
