@@ -37,6 +37,19 @@ def test_cli_shard_auto_and_claim_mode_are_refused_naming_ray(capsys):
     assert "invalid choice: 'claim'" in capsys.readouterr().err
     assert main(["annotate", "--dataset", "mnist5k", "--posterior", "p", "--bank", "b.npy", "--workers", "2"]) == 2
     assert "--workers 2: sizes the local Ray instance of --ray; add --ray" in capsys.readouterr().err
+    assert main(["annotate", "--dataset", "mnist5k", "--ray", "--prepare-only"]) == 2
+    assert "--prepare-only: with --ray the driver prepares the folder itself" in capsys.readouterr().err
+
+
+def test_ray_workers_size_only_a_local_instance(annotation_inputs, tmp_path):
+    from foveal.boed.annotate_ray import annotate_on_ray
+
+    cfg = toy_config(annotation_inputs)
+    with pytest.raises(ValueError, match="--workers: sizes a local Ray instance, but --ray auto names a cluster"):
+        annotate_on_ray(cfg, tmp_path, address="auto", workers=2)
+    with pytest.raises(ValueError, match="--workers: expected a positive number of chunks at once, found 0"):
+        annotate_on_ray(cfg, tmp_path, workers=0)
+    assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
 # ------------------------------------------------------------------------ folders of claiming workers

@@ -117,8 +117,9 @@ def annotate_on_ray(config: AnnotateConfig, out_dir: str | Path, *, address: Opt
         log(f"prepared {run.out_dir} (first glimpse, its cell's PCA) in {time.perf_counter() - tic:.1f} s; "
             f"{len(todo)} of {len(run.chunks)} chunk(s) to compute")
         tasks = chunk_tasks(run, todo)
-        results = run_on_ray(tasks, address=address, workers=None if workers is None else workers * (config.threads or 1),
-                             retries=retries, log=_progress(run, todo, log), env=env)
+        cpus = None if workers is None else workers * (config.threads or 1)  # the local instance's
+        results = run_on_ray(tasks, address=address, workers=cpus, retries=retries, log=_progress(run, todo, log),
+                             env=env)
         failed = [(t.name, results[t.key]) for t in tasks if not results[t.key].ok]
         if failed:
             raise ChunksFailed(run.out_dir, failed, len(tasks))
