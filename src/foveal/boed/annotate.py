@@ -50,8 +50,8 @@ import hashlib
 import json
 import socket
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -73,7 +73,8 @@ from foveal.retina import LocationGrid
 from foveal.runtime import resolve_device
 from foveal.sequences import GlimpseSequences
 
-__all__ = ["AnnotateConfig", "annotate", "prepare", "compute_chunk", "finish", "Annotation", "merge_shards",
+__all__ = ["AnnotateConfig", "annotate", "open_annotation", "load_tools", "prepare", "prepared_first_glimpse",
+           "compute_chunk", "finish", "Annotation", "Tools", "merge_shards",
            "merge_chunks", "merge_folder", "select_indices", "image_generator", "load_posterior", "result_path"]
 
 
@@ -164,7 +165,7 @@ def open_annotation(cfg: AnnotateConfig, out_dir: str | Path, dataset: Any = Non
 
 
 @dataclass
-class _Tools:
+class Tools:
     """The posterior and the bank sampler on their device (loaded once per process and folder)."""
 
     device: torch.device
@@ -173,7 +174,8 @@ class _Tools:
     store: PCAFileStore
 
 
-def _load_tools(run: Annotation) -> _Tools:
+def load_tools(run: Annotation) -> Tools:
+    """The posterior and the bank sampler of ``run``'s settings, on their device."""
     cfg = run.cfg
     device = resolve_device(cfg.device, "AnnotateConfig.device")
     posterior, _ = load_posterior(cfg.posterior, device, precision=cfg.precision, channels_last=cfg.channels_last,
@@ -184,15 +186,15 @@ def _load_tools(run: Annotation) -> _Tools:
                           target_ess=cfg.target_ess, resampling=cfg.resampling,
                           pca_fit_samples=cfg.pca_fit_samples, cache_cells=cfg.cache_cells or len(run.grid),
                           shifts=cfg.shifts, pca_store=store, device=device)
-    return _Tools(device, posterior, sampler, store)
+    return Tools(device, posterior, sampler, store)
 
 
-def prepare(run: Annotation, tools: Optional[_Tools] = None) -> FirstGlimpse:
+def prepare(run: Annotation, tools: Optional[Tools] = None) -> FirstGlimpse:
     """The task's first glimpse and its cell's PCA: made and saved if not in the folder yet, else read.
 
     Every chunk then reads them (:func:`compute_chunk`), so a chunk computed in this process or in any
     other gives the same part."""
-    tools = tools or _load_tools(run)
+    tools = tools or load_tools(run)
     cfg = run.cfg
     if read_first_glimpse(run.out_dir) is None:
         tic = time.perf_counter()
@@ -200,10 +202,10 @@ def prepare(run: Annotation, tools: Optional[_Tools] = None) -> FirstGlimpse:
                              n_completions=cfg.first_completions or cfg.n_completions, batch_size=cfg.batch_size,
                              generator=image_generator(cfg.seed, None), device=tools.device)
         write_first_glimpse(run.out_dir, made, time.perf_counter() - tic, run.grid)
-    return _first(run, tools, fit=True)
+    return prepared_first_glimpse(run, tools, fit=True)
 
 
-def _first(run: Annotation, tools: _Tools, fit: bool = False) -> FirstGlimpse:
+def prepared_first_glimpse(run: Annotation, tools: Tools, fit: bool = False) -> FirstGlimpse:
     """The saved first glimpse (its cell's PCA then shared through ``pca/``; ``fit``: fitted and saved if
     not there yet)."""
     got = read_first_glimpse(run.out_dir)
@@ -221,7 +223,7 @@ def _first(run: Annotation, tools: _Tools, fit: bool = False) -> FirstGlimpse:
     return first
 
 
-def compute_chunk(run: Annotation, k: int, tools: _Tools, first: FirstGlimpse,
+def compute_chunk(run: Annotation, k: int, tools: Tools, first: FirstGlimpse,
                   on_image: Callable[[], None] = lambda: None) -> Optional[GlimpseSequences]:
     """Chunk ``k``'s sequences, saved as its part (tensors, then JSON: a kill leaves the chunk to redo);
     None, computing nothing, if the part is there already (e.g. a retried task that had saved it)."""
@@ -323,7 +325,7 @@ def _annotate(cfg: AnnotateConfig, out_dir: Path, dataset: Any, progress, stop_a
     run = open_annotation(cfg, out_dir, dataset)
     todo = run.todo()
     if todo or prepare_only:
-        tools = _load_tools(run)
+        tools = load_tools(run)
         first = prepare(run, tools)
         if prepare_only:
             return None

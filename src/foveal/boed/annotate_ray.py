@@ -28,7 +28,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from foveal.boed.annotate import Annotation, _load_tools, _first, compute_chunk, finish, open_annotation, prepare
+import torch
+
+from foveal.boed.annotate import (Annotation, Tools, compute_chunk, finish, load_tools, open_annotation, prepare,
+                                  prepared_first_glimpse)
 from foveal.boed.annotate_config import AnnotateConfig
 from foveal.cluster import Task, TaskResult, run_on_ray
 
@@ -38,7 +41,7 @@ LogFn = Callable[[str], None]
 
 # What a worker process has open: {(folder, settings as JSON): (Annotation, tools, first glimpse)}. One entry:
 # a worker serves one annotation at a time, and an entry holds a posterior and a bank.
-_OPEN: dict[tuple[str, str], tuple[Annotation, Any, Any]] = {}
+_OPEN: dict[tuple[str, str], tuple[Annotation, Tools, Any]] = {}
 
 
 class ChunksFailed(RuntimeError):
@@ -54,13 +57,13 @@ class ChunksFailed(RuntimeError):
                          "are saved; run the same command again to compute the failed ones")
 
 
-def _opened(config: dict[str, Any], out_dir: str) -> tuple[Annotation, Any, Any]:
+def _opened(config: dict[str, Any], out_dir: str) -> tuple[Annotation, Tools, Any]:
     key = (out_dir, json.dumps(config, sort_keys=True))
     if key not in _OPEN:
         _OPEN.clear()
         run = open_annotation(AnnotateConfig.from_dict(config), out_dir)
-        tools = _load_tools(run)
-        _OPEN[key] = (run, tools, _first(run, tools))
+        tools = load_tools(run)
+        _OPEN[key] = (run, tools, prepared_first_glimpse(run, tools))
     return _OPEN[key]
 
 
@@ -112,8 +115,12 @@ def annotate_on_ray(config: AnnotateConfig, out_dir: str | Path, *, address: Opt
     run = open_annotation(config, out_dir)
     todo = run.todo()
     if todo:
-        tic = time.perf_counter()
-        prepare(run)
+        tic, threads = time.perf_counter(), torch.get_num_threads()
+        torch.set_num_threads(config.threads or threads)  # as annotate() prepares: the same first-glimpse bytes
+        try:
+            prepare(run)
+        finally:
+            torch.set_num_threads(threads)
         log(f"prepared {run.out_dir} (first glimpse, its cell's PCA) in {time.perf_counter() - tic:.1f} s; "
             f"{len(todo)} of {len(run.chunks)} chunk(s) to compute")
         tasks = chunk_tasks(run, todo)

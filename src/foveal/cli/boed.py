@@ -25,9 +25,9 @@ many processes, one task per chunk of images, through Ray (the driver prepares t
   foveal annotate --config annotate.yaml --out /shared/runs/nogs --ray auto --device cuda --threads 4
 --ray with no address starts a local instance with --workers chunks at once (--threads CPUs each); --ray auto
 (or HOST:PORT) uses a running cluster (ray start; on Slurm: examples/slurm/annotate-ray.sbatch), whose nodes
-must see the output folder. Each chunk asks for --threads CPUs, or one GPU with --device cuda. A task whose
-node dies is run again elsewhere; a chunk that fails is named at the end, the others are kept: run the same
-command again. The result is the one a single process writes.
+must see the output folder. Each chunk's task asks for --threads CPUs (default 1) and, with --device cuda,
+one GPU. A task whose node dies is run again elsewhere; a chunk that fails is named at the end (exit status
+1), the others are kept: run the same command again. The result is the one a single process writes.
 
 by hand, on machines that share nothing: a fixed share of the images per machine, then one merge:
   foveal annotate --config annotate.yaml --out runs/nogs --shard 0/4      (... --shard 3/4 on the others)
@@ -92,7 +92,7 @@ def add_parsers(sub) -> None:
     a.add_argument("--compile", action="store_true", default=None,
                    help="the posterior's forward through torch.compile (off by default; pays off on GPUs; a rerun "
                         "must keep it, as --precision and --channels-last)")
-    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.add_argument("--quiet", action="store_true", help="no progress bar (with --ray: no line per chunk)")
     a.add_argument("overrides", nargs="*", metavar="key=value", help="AnnotateConfig fields, e.g. n_completions=50")
     a.set_defaults(handler=_annotate)
 
