@@ -2,6 +2,7 @@
 retired claim mode refused with a pointer to --ray, and folders the claiming workers made still merged.
 (Ray: tests/test_ray_annotate.py.)"""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -49,7 +50,24 @@ def test_ray_workers_size_only_a_local_instance(annotation_inputs, tmp_path):
         annotate_on_ray(cfg, tmp_path, address="auto", workers=2)
     with pytest.raises(ValueError, match="--workers: expected a positive number of chunks at once, found 0"):
         annotate_on_ray(cfg, tmp_path, workers=0)
+    with pytest.raises(ValueError, match="--tasks-per-gpu 4: chunks share a GPU only with --device cuda, found "
+                                         "device 'cpu'"):
+        annotate_on_ray(cfg, tmp_path, tasks_per_gpu=4)
+    with pytest.raises(ValueError, match="--tasks-per-gpu: expected a positive number .*found 0"):
+        annotate_on_ray(cfg, tmp_path, tasks_per_gpu=0)
     assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_chunks_ask_for_a_share_of_a_gpu(annotation_inputs, tmp_path):
+    from foveal.boed.annotate import open_annotation
+    from foveal.boed.annotate_ray import chunk_tasks
+
+    run = open_annotation(dataclasses.replace(toy_config(annotation_inputs), device="cuda:1", threads=2), tmp_path,
+                          dataset=ToySplit())
+    tasks = chunk_tasks(run, [0, 1], tasks_per_gpu=8)
+    assert [(t.cpus, t.gpus) for t in tasks] == [(2, 0.125), (2, 0.125)]
+    assert tasks[0].args[0]["device"] == "cuda"  # the GPU Ray gives the task, whichever it is
+    assert [(t.cpus, t.gpus) for t in chunk_tasks(run, [0])] == [(2, 1.0)]
 
 
 # ------------------------------------------------------------------------ folders of claiming workers

@@ -78,20 +78,22 @@ def annotate_chunk(config: dict[str, Any], out_dir: str, k: int) -> dict[str, An
     return {"chunk": k, "images": 0 if part is None else len(part), "seconds": time.perf_counter() - tic}
 
 
-def chunk_tasks(run: Annotation, chunks: list[int]) -> list[Task]:
-    """One :class:`~foveal.cluster.Task` per chunk: ``threads`` CPUs (default 1), and one GPU if ``device``
-    is CUDA (the task's device is then ``cuda``: the GPU Ray gives it)."""
+def chunk_tasks(run: Annotation, chunks: list[int], *, tasks_per_gpu: int = 1) -> list[Task]:
+    """One :class:`~foveal.cluster.Task` per chunk: ``threads`` CPUs (default 1), and, if ``device`` is CUDA,
+    ``1 / tasks_per_gpu`` of a GPU (the task's device is then ``cuda``: the GPU Ray gives it). A chunk's
+    posterior batches rarely fill a large GPU, so several chunks on one GPU at once keep it busy (on one
+    H200, 8 at once made the 1,000-image strong annotation; see benchmarks/gpu/README.md)."""
     cfg = run.cfg
     gpu = cfg.device.startswith("cuda")
     config = {**cfg.to_dict(), "device": "cuda" if gpu else cfg.device, "threads": cfg.threads or 1}
     out_dir = str(run.out_dir.resolve())
     return [Task(f"chunk-{k:05d}", annotate_chunk, args=(config, out_dir, k), cpus=cfg.threads or 1,
-                 gpus=1.0 if gpu else 0.0, what=run.describe(k)) for k in chunks]
+                 gpus=1.0 / tasks_per_gpu if gpu else 0.0, what=run.describe(k)) for k in chunks]
 
 
 def annotate_on_ray(config: AnnotateConfig, out_dir: str | Path, *, address: Optional[str] = None,
-                    workers: Optional[int] = None, retries: int = 3, log: LogFn = lambda m: None,
-                    env: Optional[dict[str, str]] = None) -> Path:
+                    workers: Optional[int] = None, tasks_per_gpu: int = 1, retries: int = 3,
+                    log: LogFn = lambda m: None, env: Optional[dict[str, str]] = None) -> Path:
     """Annotate the selected images with one Ray task per chunk (module docstring) and write the result.
 
     Args:
@@ -100,6 +102,8 @@ def annotate_on_ray(config: AnnotateConfig, out_dir: str | Path, *, address: Opt
         address: None for a local Ray instance; else an existing cluster (``auto``, ``host:port``).
         workers: chunks at once on the local instance (it gets ``workers * threads`` CPUs; default: as
             many as this machine's CPUs allow).
+        tasks_per_gpu: chunks that share one GPU at once (``device`` CUDA): each task asks for
+            ``1 / tasks_per_gpu`` of a GPU.
         retries: how often Ray restarts a chunk whose worker or node died.
         log: progress lines: the instance, then one per finished chunk with the images per minute so far.
         env: environment variables for the tasks' workers (e.g. ``PYTHONPATH``).
@@ -112,6 +116,11 @@ def annotate_on_ray(config: AnnotateConfig, out_dir: str | Path, *, address: Opt
                          "nodes decide its size; leave --workers out")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"--workers: expected a positive number of chunks at once, found {workers!r}")
+    if isinstance(tasks_per_gpu, bool) or not isinstance(tasks_per_gpu, int) or tasks_per_gpu < 1:
+        raise ValueError(f"--tasks-per-gpu: expected a positive number of chunks that share a GPU, found {tasks_per_gpu!r}")
+    if tasks_per_gpu > 1 and not config.device.startswith("cuda"):
+        raise ValueError(f"--tasks-per-gpu {tasks_per_gpu}: chunks share a GPU only with --device cuda, found device "
+                         f"{config.device!r}")
     run = open_annotation(config, out_dir)
     todo = run.todo()
     if todo:
@@ -123,7 +132,7 @@ def annotate_on_ray(config: AnnotateConfig, out_dir: str | Path, *, address: Opt
             torch.set_num_threads(threads)
         log(f"prepared {run.out_dir} (first glimpse, its cell's PCA) in {time.perf_counter() - tic:.1f} s; "
             f"{len(todo)} of {len(run.chunks)} chunk(s) to compute")
-        tasks = chunk_tasks(run, todo)
+        tasks = chunk_tasks(run, todo, tasks_per_gpu=tasks_per_gpu)
         cpus = None if workers is None else workers * (config.threads or 1)  # the local instance's
         results = run_on_ray(tasks, address=address, workers=cpus, retries=retries, log=_progress(run, todo, log),
                              env=env)

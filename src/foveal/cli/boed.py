@@ -62,6 +62,9 @@ def add_parsers(sub) -> None:
                         "HOST:PORT, ray://HOST:10001) a running cluster (see below)")
     a.add_argument("--workers", type=int, help="with --ray and no address: chunks at once on the local instance "
                                                "(default: as many as this machine's CPUs allow at --threads each)")
+    a.add_argument("--tasks-per-gpu", type=int, default=1,
+                   help="with --ray and --device cuda: chunks that share one GPU at once (each task asks for "
+                        "1/N of a GPU; default 1)")
     a.add_argument("--shard", help="I/N: this machine's fixed share of the images, I counted from 0 (e.g. 0/4); "
                                    "merge the shards' files with foveal sequences merge")
     a.add_argument("--shard-mode", choices=["round-robin", "contiguous"],
@@ -245,7 +248,8 @@ def _annotate_on_ray(cfg, out: Path, args):
     on_term = signal.signal(signal.SIGTERM, _exit_on_term) if threading.current_thread() is threading.main_thread() \
         else None
     try:
-        return annotate_on_ray(cfg, out, address=ray_address(args.ray), workers=args.workers, log=log)
+        return annotate_on_ray(cfg, out, address=ray_address(args.ray), workers=args.workers,
+                               tasks_per_gpu=args.tasks_per_gpu, log=log)
     except ChunksFailed as failed:
         for n, (what, result) in enumerate(failed.failures):
             detail = (result.traceback or result.error) if n < 3 else result.error
