@@ -39,6 +39,7 @@ from typing import Any, Callable, Optional, Sequence
 __all__ = ["Task", "TaskResult", "run_here", "run_on_ray", "ray_address"]
 
 LogFn = Callable[[str], None]
+EndedFn = Callable[["Task", "TaskResult"], Optional[str]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,13 +139,21 @@ def _line(task: Task, result: TaskResult) -> str:
     return f"FAILED {task.name}: {result.error}"
 
 
-def run_here(tasks: Sequence[Task], *, log: LogFn = lambda m: None) -> dict[str, TaskResult]:
-    """Every task in the order given, in this process (its threads as they are); results by key."""
+def _say(log: LogFn, line: Optional[str]) -> None:
+    if line is not None:
+        log(line)
+
+
+def run_here(tasks: Sequence[Task], *, log: LogFn = lambda m: None, ended: EndedFn = _line) -> dict[str, TaskResult]:
+    """Every task in the order given, in this process (its threads as they are); results by key.
+
+    ``ended(task, result)``, called here as each task ends, gives the line to log (None: none); the default
+    says finished / FAILED / not started."""
     _check_graph(tasks)
     results: dict[str, TaskResult] = {}
     for task in tasks:
         results[task.key] = _execute(task, [results[k] for k in task.after])
-        log(_line(task, results[task.key]))
+        _say(log, ended(task, results[task.key]))
     return results
 
 
@@ -157,8 +166,8 @@ def ray_address(value: Optional[str]) -> Optional[str]:
 
 
 def run_on_ray(tasks: Sequence[Task], *, address: Optional[str] = None, workers: Optional[int] = None,
-               retries: int = 3, log: LogFn = lambda m: None, env: Optional[dict[str, str]] = None
-               ) -> dict[str, TaskResult]:
+               retries: int = 3, log: LogFn = lambda m: None, env: Optional[dict[str, str]] = None,
+               ended: EndedFn = _line) -> dict[str, TaskResult]:
     """Every task as a Ray task (module docstring); their results by key (in the order given).
 
     Args:
@@ -169,6 +178,7 @@ def run_on_ray(tasks: Sequence[Task], *, address: Optional[str] = None, workers:
         log: one line when the instance is up (with the dashboard address where there is one), then one per
             task as it finishes, fails or is not started.
         env: environment variables for the tasks' worker processes (e.g. ``PYTHONPATH``).
+        ended: as in :func:`run_here`, called in this process (the driver) as each task ends.
     """
     _check_graph(tasks)
     try:
@@ -219,7 +229,7 @@ def run_on_ray(tasks: Sequence[Task], *, address: Optional[str] = None, workers:
                     result = TaskResult(task.key, False, error=f"{type(err).__name__}: Ray could not run it: "
                                         + " ".join(text.split())[:500], traceback=text)
                 results[task.key] = result
-                log(_line(task, result))
+                _say(log, ended(task, result))
     except BaseException:
         for ref in refs.values():
             ray.cancel(ref, force=True)
