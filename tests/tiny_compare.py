@@ -13,10 +13,12 @@ METHODS = [{"name": "RAM", "kind": "ram"}, {"name": "RAM+", "kind": "ram+"},
            {"name": "PS-RAM", "kind": "ps", "sequences": "ps-ram"}, {"name": "PS-NOGS", "kind": "ps", "sequences": "nogs"}]
 
 
-def runs(seeds=(0,)) -> list[str]:
-    """The run folders of :data:`METHODS` under ``runs/``."""
-    return [f"{m}/seed-{s}{stage}" for s in seeds for m, stage in (("ram", ""), ("ram-plus", "/pretrain"),
-                                                                    ("ram-plus", ""), ("ps-ram", ""), ("ps-nogs", ""))]
+FOLDERS = (("ram", ""), ("ram-plus", "/pretrain"), ("ram-plus", ""), ("ps-ram", ""), ("ps-nogs", ""))
+
+
+def runs(seeds=(0,), folders=FOLDERS) -> list[str]:
+    """The run folders of :data:`METHODS` (or ``(method folder, stage)`` pairs) under ``runs/``."""
+    return [f"{m}/seed-{s}{stage}" for s in seeds for m, stage in folders]
 
 
 def make_images(root: Path) -> Path:
@@ -60,9 +62,9 @@ def sampled(out: Path, run: str) -> dict:
     return {k: results[k] for k in ("test_accuracy", "test_ce", "accuracy_per_glimpse", "repeats", "eval_policy")}
 
 
-def same_as(out: Path, reference: Path, seeds=(0,)) -> None:
+def same_as(out: Path, reference: Path, seeds=(0,), folders=FOLDERS) -> None:
     """Every run of ``out`` finished with ``reference``'s numbers, its sampled evaluation too."""
-    for run in runs(seeds):
+    for run in runs(seeds, folders):
         assert numbers(out, run) == numbers(reference, run), run
         if not run.endswith("pretrain"):
             assert sampled(out, run) == sampled(reference, run), run
