@@ -85,7 +85,10 @@ def test_options_are_checked_before_anything_starts(images, tmp_path, capsys, mo
             (["--workers", "3", "--devices", "cpu,cpu"], "--workers 3 with --devices cpu,cpu: one run at a time per "
                                                          "listed device"),
             (["--workers", "2", "--ray", "127.0.0.1:6379"], "--workers 2: sizes a local Ray instance; the cluster at "
-                                                            "--ray 127.0.0.1:6379 runs as many tasks")):
+                                                            "--ray 127.0.0.1:6379 runs as many tasks"),
+            # a cluster's GPUs are its nodes', not necessarily this machine's: only the name is checked here
+            (["--ray", "127.0.0.1:6379", "--devices", "gpu0"], "--devices: expected 'cpu', 'cuda' or 'cuda:N', "
+                                                               "found 'gpu0'")):
         assert main([*base, *extra]) == 2
         assert f"foveal compare: error: {message}" in capsys.readouterr().err
     if not torch.cuda.is_available():

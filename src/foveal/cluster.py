@@ -165,6 +165,17 @@ def ray_address(value: Optional[str]) -> Optional[str]:
     return value.strip()
 
 
+def _check_fits(ray: Any, tasks: Sequence[Task], started_here: bool) -> None:
+    """A task that asks more GPUs than any node has would wait forever: refuse it before any starts."""
+    gpus = max((t.gpus for t in tasks), default=0.0)
+    most = max((n.get("Resources", {}).get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    if gpus > most:
+        if started_here:
+            ray.shutdown()
+        raise ValueError(f"a task asks for {gpus:g} GPU(s), and no node of this Ray instance has as many (at most "
+                         f"{most:g}): give the nodes GPUs (ray start --num-gpus) or run the tasks on CPUs")
+
+
 def run_on_ray(tasks: Sequence[Task], *, address: Optional[str] = None, workers: Optional[int] = None,
                retries: int = 3, log: LogFn = lambda m: None, env: Optional[dict[str, str]] = None,
                ended: EndedFn = _line) -> dict[str, TaskResult]:
@@ -204,6 +215,7 @@ def run_on_ray(tasks: Sequence[Task], *, address: Optional[str] = None, workers:
         where = "a local Ray instance" if address is None else f"the Ray cluster at {address}"
         log(f"{len(tasks)} task(s) on {where} ({cpus:g} CPUs, {len(ray.nodes())} node(s))"
             + (f"; dashboard: http://{dashboard}" if dashboard else ""))
+    _check_fits(ray, tasks, started_here)
     remote = ray.remote(_call)
     cwd = os.getcwd()
     refs: dict[str, Any] = {}

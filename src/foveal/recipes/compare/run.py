@@ -51,18 +51,18 @@ def run_comparison(cfg: CompareConfig, out: Path, *, log: Callable[[str], None] 
     """
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"--workers: expected a positive number of runs at once, found {workers!r}")
-    _check_devices(devices)
+    address = ray_address(ray)
+    _check_devices(devices, here=address is None)
     if devices and workers is not None and workers != len(devices):
         raise ValueError(f"--workers {workers} with --devices {','.join(devices)}: one run at a time per listed device; "
                          "give as many devices as workers (a device may repeat), or leave --workers out")
-    address = ray_address(ray)
     if address is not None and workers is not None:
         raise ValueError(f"--workers {workers}: sizes a local Ray instance; the cluster at --ray {address} runs as many "
                          "tasks at once as its nodes have CPUs (or GPUs); leave --workers out")
     if ray is None and (workers or 1) == 1 and len(devices) <= 1:
         where = Placement(device=devices[0] if devices else None)
     else:
-        device, gpus = _task_device(cfg, devices)
+        device, gpus = _task_device(cfg, devices, here=address is None)
         where = Placement(ray="local" if ray is None else ray, workers=workers or len(devices) or None,
                           device=device, gpus=gpus)
     wanted = restrict(cfg, methods, seeds)
@@ -81,11 +81,12 @@ def run_comparison(cfg: CompareConfig, out: Path, *, log: Callable[[str], None] 
     return run_steps(cfg, out, steps, where, stop_after=stop_after, log=log, progress=progress)
 
 
-def _task_device(cfg: CompareConfig, devices: tuple[str, ...]) -> tuple[Optional[str], float]:
+def _task_device(cfg: CompareConfig, devices: tuple[str, ...], here: bool) -> tuple[Optional[str], float]:
     """``(train.device, GPUs)`` of each Ray task: ``cuda`` and one GPU (a share of one where ``devices``
-    repeats it) for GPU runs, which Ray hands out (it sets ``CUDA_VISIBLE_DEVICES``); CPU runs ask for none."""
+    repeats it) for GPU runs, which Ray hands out (it sets ``CUDA_VISIBLE_DEVICES``); CPU runs ask for none.
+    ``here``: a local instance (else a cluster, whose nodes have the GPUs, not necessarily this one)."""
     if devices:
-        kinds = {resolve_device(d, "--devices").type for d in devices}
+        kinds = {_device_type(d, here) for d in devices}
         if kinds == {"cpu"}:
             return "cpu", 0.0
         if kinds == {"cuda"}:
@@ -96,9 +97,23 @@ def _task_device(cfg: CompareConfig, devices: tuple[str, ...]) -> tuple[Optional
     return None, 0.0
 
 
-def _check_devices(devices: tuple[str, ...]) -> None:
-    """Each of ``--devices`` names a device of this machine (before any worker starts)."""
+def _device_type(name: str, here: bool) -> str:
+    """``cpu`` or ``cuda``: of a device of this machine (``here``), or of any (a Ray cluster's nodes)."""
+    if here:
+        return resolve_device(name, "--devices").type
+    try:
+        return torch.device(name).type
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--devices: expected 'cpu', 'cuda' or 'cuda:N', found {name!r}") from None
+
+
+def _check_devices(devices: tuple[str, ...], here: bool) -> None:
+    """Each of ``--devices`` names a device of this machine (before any task starts); for a Ray cluster
+    (not ``here``), of some machine: the driver may have no GPU."""
     for name in devices:
+        if not here:
+            _device_type(name, here)
+            continue
         device = resolve_device(name, "--devices")
         count = torch.cuda.device_count() if device.type == "cuda" else 0
         if device.type == "cuda" and device.index is not None and device.index >= count:
