@@ -138,7 +138,8 @@ def test_the_second_node_killed_mid_run_and_the_work_still_finishes_alike(toy, s
     err = capfd.readouterr().err
     assert killed, "the second node never trained a run past its first checkpoint"
     assert code == 0, err[-3000:]
-    assert node.poll() is not None and session(node.pid) == [] and cluster.alive_nodes() == 1
+    assert node.poll() is not None and session(node.pid) == []  # the node and its workers are gone
+    # (Ray's head may list the node as alive a while longer: its health checks take tens of seconds)
     same_as(out, serial[1], (0, 1), (("ram", ""), ("ps-nogs", "")))  # the killed run too, continued from its last checkpoint
     method, seed = killed[0]
     assert err.count(f"finished {method} seed {seed}: test accuracy") == 1
