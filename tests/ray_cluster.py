@@ -24,6 +24,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def session(sid: int) -> list[int]:
+    """The live processes of the session ``sid`` (a node started with ``start_new_session``)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
 class Cluster:
     def __init__(self, address: str, env: dict[str, str], temp_dir: str) -> None:
         self.address, self.env, self.temp_dir = address, env, temp_dir
@@ -37,11 +50,13 @@ class Cluster:
         return node
 
     def kill(self, node: subprocess.Popen) -> None:
-        """The node and every process it started (raylet, workers) die at once, as when a machine is lost."""
-        try:
-            os.killpg(node.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        """The node and every process it started (raylet, workers) die at once, as when a machine is lost.
+        Its workers run in process groups of their own, within the node's session: the session it is."""
+        for pid in session(node.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         node.wait()
 
     def alive_nodes(self) -> int:

@@ -81,3 +81,27 @@ def test_local_ray_instance_gives_the_same_results(tmp_path, monkeypatch):
     # one line per task, the failures word for word as run_here says them
     assert len(lines) == 7 and "FAILED b: ValueError: bad input in run-b" in lines
     assert "not started: D: it needs b, which did not finish" in lines
+
+
+def test_ended_says_what_a_task_came_to_in_the_callers_words():
+    seen, lines = [], []
+
+    def ended(task, result):
+        seen.append((task.key, result.ok, result.blocked_by))
+        return None if result.ok else f"{task.key}: {result.error}"
+
+    run_here(graph(), log=lines.append, ended=ended)
+    assert seen == [("a", True, None), ("b", False, None), ("c", True, None), ("d", False, "b"), ("e", False, "d")]
+    assert lines == ["b: ValueError: bad input in run-b", "d: not started: it needs b, which did not finish",
+                     "e: not started: it needs d, which did not finish"]
+
+
+def test_a_task_asking_for_gpus_no_node_has_is_refused_before_any_starts(tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"a task asks for 1 GPU\(s\), and no node of this Ray instance has as many "
+                                         r"\(at most 0\)"):
+        run_on_ray([Task("a", square, (2,)), Task("b", square, (3,), gpus=1)], workers=1)
+    import ray
+
+    assert not ray.is_initialized()  # the local instance it started is gone

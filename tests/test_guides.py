@@ -77,11 +77,24 @@ def _images(folder: Path, classes=("circle", "square"), per_class=20, size=80) -
             image.save(folder / c / f"{i:03d}.png")
 
 
+def _env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
+
+
+def _nogs_inputs(folder: Path) -> None:
+    """The PS-NOGS guide's photos, posterior and bank (its first two blocks, made small)."""
+    _images(folder / "photos", per_class=80)
+    for block in command_blocks((GUIDES / "ps-nogs.md").read_text())[:2]:
+        subprocess.run(["bash", "-euo", "pipefail", "-c", shrink(block)], cwd=folder, env=_env(), check=True,
+                       capture_output=True, timeout=600)
+
+
 # what each guide starts from, made in its folder
 FIXTURES = {
     "own-images": lambda d: _images(d / "photos"),
     "ps-nogs": lambda d: _images(d / "photos", per_class=80),  # 128 training images: 100 annotated, 28 bank
     "saccader": lambda d: _images(d / "photos", per_class=80),  # the occlusion CNN trains on batches of 64
+    "scale-out": _nogs_inputs,
 }
 
 
@@ -91,7 +104,7 @@ def guides() -> list[Path]:
 
 def test_the_guides_exist_and_have_commands():
     names = {p.stem for p in guides()}
-    assert {"own-images", "ps-nogs", "saccader"} <= names
+    assert {"own-images", "ps-nogs", "saccader", "scale-out"} <= names
     for path in guides():
         assert command_blocks(path.read_text()), f"{path}: no bash block to run"
 
@@ -109,7 +122,7 @@ def test_blocks_and_overrides_are_read_as_written():
 @pytest.mark.parametrize("guide", guides(), ids=lambda p: p.stem)
 def test_guide_commands_run(guide: Path, tmp_path: Path):
     FIXTURES.get(guide.stem, lambda d: None)(tmp_path)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
+    env = _env()
     for k, block in enumerate(command_blocks(guide.read_text())):
         script = shrink(block)
         done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env,

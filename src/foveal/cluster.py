@@ -39,6 +39,7 @@ from typing import Any, Callable, Optional, Sequence
 __all__ = ["Task", "TaskResult", "run_here", "run_on_ray", "ray_address"]
 
 LogFn = Callable[[str], None]
+EndedFn = Callable[["Task", "TaskResult"], Optional[str]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,13 +139,21 @@ def _line(task: Task, result: TaskResult) -> str:
     return f"FAILED {task.name}: {result.error}"
 
 
-def run_here(tasks: Sequence[Task], *, log: LogFn = lambda m: None) -> dict[str, TaskResult]:
-    """Every task in the order given, in this process (its threads as they are); results by key."""
+def _say(log: LogFn, line: Optional[str]) -> None:
+    if line is not None:
+        log(line)
+
+
+def run_here(tasks: Sequence[Task], *, log: LogFn = lambda m: None, ended: EndedFn = _line) -> dict[str, TaskResult]:
+    """Every task in the order given, in this process (its threads as they are); results by key.
+
+    ``ended(task, result)``, called here as each task ends, gives the line to log (None: none); the default
+    says finished / FAILED / not started."""
     _check_graph(tasks)
     results: dict[str, TaskResult] = {}
     for task in tasks:
         results[task.key] = _execute(task, [results[k] for k in task.after])
-        log(_line(task, results[task.key]))
+        _say(log, ended(task, results[task.key]))
     return results
 
 
@@ -156,9 +165,20 @@ def ray_address(value: Optional[str]) -> Optional[str]:
     return value.strip()
 
 
+def _check_fits(ray: Any, tasks: Sequence[Task], started_here: bool) -> None:
+    """A task that asks more GPUs than any node has would wait forever: refuse it before any starts."""
+    gpus = max((t.gpus for t in tasks), default=0.0)
+    most = max((n.get("Resources", {}).get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    if gpus > most:
+        if started_here:
+            ray.shutdown()
+        raise ValueError(f"a task asks for {gpus:g} GPU(s), and no node of this Ray instance has as many (at most "
+                         f"{most:g}): give the nodes GPUs (ray start --num-gpus) or run the tasks on CPUs")
+
+
 def run_on_ray(tasks: Sequence[Task], *, address: Optional[str] = None, workers: Optional[int] = None,
-               retries: int = 3, log: LogFn = lambda m: None, env: Optional[dict[str, str]] = None
-               ) -> dict[str, TaskResult]:
+               retries: int = 3, log: LogFn = lambda m: None, env: Optional[dict[str, str]] = None,
+               ended: EndedFn = _line) -> dict[str, TaskResult]:
     """Every task as a Ray task (module docstring); their results by key (in the order given).
 
     Args:
@@ -169,6 +189,7 @@ def run_on_ray(tasks: Sequence[Task], *, address: Optional[str] = None, workers:
         log: one line when the instance is up (with the dashboard address where there is one), then one per
             task as it finishes, fails or is not started.
         env: environment variables for the tasks' worker processes (e.g. ``PYTHONPATH``).
+        ended: as in :func:`run_here`, called in this process (the driver) as each task ends.
     """
     _check_graph(tasks)
     try:
@@ -194,6 +215,7 @@ def run_on_ray(tasks: Sequence[Task], *, address: Optional[str] = None, workers:
         where = "a local Ray instance" if address is None else f"the Ray cluster at {address}"
         log(f"{len(tasks)} task(s) on {where} ({cpus:g} CPUs, {len(ray.nodes())} node(s))"
             + (f"; dashboard: http://{dashboard}" if dashboard else ""))
+    _check_fits(ray, tasks, started_here)
     remote = ray.remote(_call)
     cwd = os.getcwd()
     refs: dict[str, Any] = {}
@@ -219,7 +241,7 @@ def run_on_ray(tasks: Sequence[Task], *, address: Optional[str] = None, workers:
                     result = TaskResult(task.key, False, error=f"{type(err).__name__}: Ray could not run it: "
                                         + " ".join(text.split())[:500], traceback=text)
                 results[task.key] = result
-                log(_line(task, result))
+                _say(log, ended(task, result))
     except BaseException:
         for ref in refs.values():
             ray.cancel(ref, force=True)
