@@ -78,10 +78,10 @@ def test_annotate_gpu_options_reach_the_config():
     from foveal.cli.boed import _annotate_config
 
     base = ["annotate", "--dataset", "mnist5k", "--posterior", "p", "--bank", "b.npy"]
-    cfg, _ = _annotate_config(_parser().parse_args(base))
+    cfg = _annotate_config(_parser().parse_args(base))
     assert (cfg.device, cfg.precision, cfg.channels_last, cfg.compile) == ("cpu", "fp32", False, False)
-    cfg, _ = _annotate_config(_parser().parse_args([*base, "--device", "cpu", "--precision", "bf16",
-                                                    "--channels-last", "--compile"]))
+    cfg = _annotate_config(_parser().parse_args([*base, "--device", "cpu", "--precision", "bf16",
+                                                 "--channels-last", "--compile"]))
     assert (cfg.device, cfg.precision, cfg.channels_last, cfg.compile) == ("cpu", "bf16", True, True)
 
 

@@ -107,6 +107,18 @@ def _study_folder(folder: Path) -> None:
         (data / name).write_bytes(bytes(raw))
 
 
+def _env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
+
+
+def _nogs_inputs(folder: Path) -> None:
+    """The PS-NOGS guide's photos, posterior and bank (its first two blocks, made small)."""
+    _images(folder / "photos", per_class=80)
+    for block in command_blocks((GUIDES / "ps-nogs.md").read_text())[:2]:
+        subprocess.run(["bash", "-euo", "pipefail", "-c", shrink(block)], cwd=folder, env=_env(), check=True,
+                       capture_output=True, timeout=600)
+
+
 # what each guide starts from, made in its folder
 FIXTURES = {
     "own-images": lambda d: _images(d / "photos"),
@@ -114,6 +126,7 @@ FIXTURES = {
     "saccader": lambda d: _images(d / "photos", per_class=80),  # the occlusion CNN trains on batches of 64
     "released-sequences": release_folder,  # CelebA-HQ and CUB stand-ins in the release's exact layouts
     "reproduce": _study_folder,  # the studies' configs, and Fashion-MNIST with a 100-image test split
+    "scale-out": _nogs_inputs,
 }
 # where a guide's data lie when not where its commands expect them, as each command is told it
 _FASHION = "fashion"
@@ -132,7 +145,8 @@ def guides() -> list[Path]:
 
 def test_the_guides_exist_and_have_commands():
     names = {p.stem for p in guides()}
-    assert {"own-images", "ps-nogs", "saccader", "released-sequences", "reproduce", "getting-started"} <= names
+    assert {"own-images", "ps-nogs", "saccader", "released-sequences", "reproduce", "getting-started",
+            "scale-out"} <= names
     for path in guides():
         assert command_blocks(path.read_text()), f"{path}: no bash block to run"
 
@@ -154,7 +168,7 @@ def test_guide_commands_run(guide: Path, tmp_path: Path):
     if guide.stem in NEEDS and not NEEDS[guide.stem].is_file():
         pytest.skip(f"{NEEDS[guide.stem]} is missing (make setup installs it)")
     FIXTURES.get(guide.stem, lambda d: None)(tmp_path)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
+    env = _env()
     for k, block in enumerate(command_blocks(guide.read_text())):
         script = shrink(block, DATA.get(guide.stem))
         done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env,

@@ -1,4 +1,5 @@
-r"""The annotator: near-optimal glimpse sequences for many images, resumable and shardable.
+r"""The annotator: near-optimal glimpse sequences for many images, resumable, shardable, and spread over a
+Ray cluster.
 
 For every selected image of a split, :func:`annotate` runs :func:`foveal.boed.epe.greedy_sequence`
 (at step t, the cell minimising the expected posterior entropy given the true pixels seen so far)
@@ -10,48 +11,46 @@ glimpse sees nothing, so it is the same for every image of a task and computed o
 
 Selection: positions ``start .. start + count - 1`` of the split; shard ``i`` of ``n`` (``i`` counts
 from 0) takes every n-th of them from the i-th (``round-robin``, balanced even if cost drifts along
-the split) or the i-th of n near-equal consecutive blocks (``contiguous``).
+the split) or the i-th of n near-equal consecutive blocks (``contiguous``): a fixed share, for splitting
+an annotation by hand over machines that share nothing, then ``foveal sequences merge``.
 
-Claiming (``shard_mode="claim"``, what ``foveal annotate --shard auto`` does under torchrun or Slurm):
-the selection is cut into chunks and every worker started on the same output folder (on a shared file
-system) claims the next free chunk, computes it and publishes it, until none is left
-(:mod:`foveal.boed.workers`: claims are files made with ``O_EXCL``; a dead worker's claim goes stale
-and is taken over; a worker added late just claims what is left). A worker with nothing left to claim
-waits for the chunks others hold, and the one that sees the last chunk done writes the result, so no
-worker's death or arrival changes the file. ``shard_index`` / ``num_shards`` only spread where the
-workers start. Before any chunk, one worker prepares what all need (the first glimpse and its cell's
-PCA) while the others wait and then read it.
+The work has three steps: :func:`prepare` (the record ``config.json``, the first glimpse and its cell's
+PCA), one :func:`compute_chunk` per chunk of ``chunk_size`` images (each saves its part), and
+:func:`finish` (the result from the parts). :func:`annotate` does them in this process;
+:func:`foveal.boed.annotate_ray.annotate_on_ray` prepares and finishes in the driver and runs the chunks
+as Ray tasks (:mod:`foveal.cluster`) on a local instance or a cluster. The folder is the same either way,
+so a run of one kind resumes a run of the other.
 
 Reproducibility: image ``k`` draws its completions from a generator seeded by
 ``SeedSequence([seed, k])`` (numpy; the first glimpse from ``SeedSequence([seed])``), so its sequence
-does not depend on sharding, chunking or resumption: a killed run continued, and shards merged,
-give the same tensors as one uninterrupted run.
+does not depend on sharding, chunking, resumption or which process computed it: a killed run continued,
+shards merged and chunks computed on a cluster give the same tensors as one uninterrupted run (as long as
+the processes compute alike: same software, same thread count; floating-point results can differ between
+CPU or GPU models).
 
 ``out_dir`` holds::
 
     config.json                         the resolved config and the posterior's SHA-256; a rerun must match
-                                        (paths, device, batch_size, threads, shard_index may differ; with
-                                        claims num_shards too); with claims also the selected positions
+                                        (paths, device, batch_size, threads, shard_index may differ)
     first-glimpse.{json,safetensors}    the task's first cell and its EPE map [grid_h, grid_w]
-    pca/cell-<g>.safetensors            cell PCAs shared by the workers (the first cell's; all if share_pca_cells)
+    pca/cell-<g>.safetensors            cell PCAs that chunks read (the first cell's; all if share_pca_cells)
     parts/shard-<i>-of-<n>/part-<k>.*   chunk k of the shard's images, one GlimpseSequences each
-    parts/all/part-<k>/part.*           with claims: chunk k of all the images (published as a folder)
-    claims/<name>.<g>                   with claims: who computes what (host, pid, time)
     sequences.{json,safetensors}        the result; a fixed shard writes sequences-shard-<i>-of-<n>.*
 
-Each file is written atomically and a part only once its chunk is done, so a killed run restarts at the
-first missing chunk. :func:`merge_shards` combines fixed shards' results (copied into one folder),
-:func:`merge_chunks` a claiming folder's chunks (both: ``foveal sequences merge <out_dir>``). The
-result's tensors do not depend on who computed which chunk, as long as the workers compute alike
-(same software; floating-point results can differ between CPU or GPU models).
+Each file is written atomically (:mod:`foveal.files`) and a part only once its chunk is done, so a killed
+run restarts at the first missing chunk and a chunk whose part exists is never computed again.
+:func:`merge_shards` combines fixed shards' results (copied into one folder), :func:`merge_chunks` the
+chunks of a folder made by the claiming workers of earlier versions (``parts/all/part-<k>/part.*``; both:
+``foveal sequences merge <out_dir>``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -61,13 +60,12 @@ from torch import Tensor
 
 from foveal.boed.annotate_config import AnnotateConfig, check_posterior_settings, select_indices
 from foveal.boed.annotate_folder import (PCAFileStore, assemble, check_run_dir, merge_chunks, merge_folder,
-                                         merge_shards, part_done, part_prefix, publish_first_glimpse, publish_part,
-                                         read_first_glimpse, run_record, save_sequences)
+                                         merge_shards, part_done, part_prefix, read_first_glimpse, run_record,
+                                         save_sequences, write_first_glimpse)
 from foveal.boed.bank import ImageBank
 from foveal.boed.completion import BankSampler, TrueImage, effective_sample_size
 from foveal.boed.epe import FirstGlimpse, first_glimpse, greedy_sequence
 from foveal.boed.posterior import NetworkPosterior
-from foveal.boed.workers import HOST, ClaimBoard, run_once
 from foveal.checkpoint import checkpoint_paths, read_checkpoint_info
 from foveal.data import build_dataset
 from foveal.models import load_model
@@ -75,8 +73,9 @@ from foveal.retina import LocationGrid
 from foveal.runtime import resolve_device
 from foveal.sequences import GlimpseSequences
 
-__all__ = ["AnnotateConfig", "annotate", "merge_shards", "merge_chunks", "merge_folder", "select_indices",
-           "image_generator", "load_posterior", "result_path"]
+__all__ = ["AnnotateConfig", "annotate", "open_annotation", "load_tools", "prepare", "prepared_first_glimpse",
+           "compute_chunk", "finish", "Annotation", "Tools", "merge_shards",
+           "merge_chunks", "merge_folder", "select_indices", "image_generator", "load_posterior", "result_path"]
 
 
 def image_generator(seed: int, index: Optional[int]) -> torch.Generator:
@@ -96,7 +95,7 @@ def load_posterior(checkpoint: str | Path, device: torch.device, *, precision: s
 
 def result_path(config: AnnotateConfig, out_dir: str | Path) -> Path:
     """Where :func:`annotate` writes the result (prefix, without suffix)."""
-    name = "sequences" if config.num_shards == 1 or config.claims else f"sequences-{config.shard_name}"
+    name = "sequences" if config.num_shards == 1 else f"sequences-{config.shard_name}"
     return Path(out_dir) / name
 
 
@@ -119,31 +118,137 @@ def _identity(cfg: AnnotateConfig) -> tuple[str, dict[str, Any]]:
     return _sha256(posterior_file), json.loads(bank_sidecar.read_text())
 
 
-def _prepare(out_dir: Path, board: ClaimBoard, poll: float, posterior, sampler: BankSampler, store: PCAFileStore,
-             grid: LocationGrid, channels: int, cfg: AnnotateConfig, device: torch.device) -> FirstGlimpse:
-    """The task's first glimpse and its cell's PCA, made by one worker and read by the others."""
+@dataclass
+class Annotation:
+    """An output folder opened for a config: what :func:`prepare`, :func:`compute_chunk` and :func:`finish`
+    share. ``chunks[k]``: int64 ``[<= chunk_size]`` positions of the split; ``prefixes[k]``: its part."""
 
-    def ready() -> bool:
-        got = read_first_glimpse(out_dir)
-        return got is not None and store.path(got[0].cell).exists()
+    cfg: AnnotateConfig
+    out_dir: Path
+    dataset: Any
+    grid: LocationGrid
+    channels: int
+    indices: Tensor
+    chunks: list[Tensor]
+    prefixes: list[Path]
+    record: dict[str, Any]
 
-    def make() -> None:
-        got = read_first_glimpse(out_dir)
-        if got is None:
-            tic = time.perf_counter()
-            first = first_glimpse(posterior, sampler, grid, channels,
-                                  n_completions=cfg.first_completions or cfg.n_completions,
-                                  batch_size=cfg.batch_size, generator=image_generator(cfg.seed, None), device=device)
-            first = publish_first_glimpse(out_dir, first, time.perf_counter() - tic, grid)
-        else:
-            first = got[0]
-        store.share(first.cell)
-        sampler.cell_pca(first.cell)  # fitted and published (or read, if there)
+    def todo(self) -> list[int]:
+        """The chunks whose part is not there yet."""
+        return [k for k, p in enumerate(self.prefixes) if not part_done(p)]
 
-    run_once(board, "prepare", ready, make, poll=poll)
-    first = read_first_glimpse(out_dir)[0]
-    store.share(first.cell)
+    def describe(self, k: int) -> str:
+        rows = self.chunks[k]
+        return f"chunk {k} (images {int(rows[0])}..{int(rows[-1])})"
+
+
+def open_annotation(cfg: AnnotateConfig, out_dir: str | Path, dataset: Any = None) -> Annotation:
+    """Check the settings against the posterior, the dataset and the folder (``config.json``: written if
+    new, else compared) and plan the chunks."""
+    out_dir = Path(out_dir)
+    if dataset is None:
+        dataset = build_dataset(cfg.dataset, cfg.split, root=cfg.data_root, seed=cfg.data_seed, **cfg.data_options)
+    for name, attr in (("dataset", "name"), ("split", "split")):
+        if getattr(dataset, attr, getattr(cfg, name)) != getattr(cfg, name):
+            raise ValueError(f"AnnotateConfig.{name}: expected {getattr(dataset, attr)!r} (the dataset given), "
+                             f"found {getattr(cfg, name)!r}")
+    C, H, W = dataset.image_shape
+    indices = select_indices(cfg, len(dataset))
+    chunks = list(indices.split(cfg.chunk_size))
+    posterior_sha, bank_meta = _identity(cfg)
+    check_posterior_settings(cfg, read_checkpoint_info(cfg.posterior))  # its glimpse size, grid and T, or an error
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = run_record(cfg, posterior_sha, bank_meta)
+    check_run_dir(out_dir, record)
+    return Annotation(cfg, out_dir, dataset, cfg.make_grid((H, W)), C, indices, chunks,
+                      [part_prefix(out_dir, cfg, k) for k in range(len(chunks))], record)
+
+
+@dataclass
+class Tools:
+    """The posterior and the bank sampler on their device (loaded once per process and folder)."""
+
+    device: torch.device
+    posterior: Any
+    sampler: BankSampler
+    store: PCAFileStore
+
+
+def load_tools(run: Annotation) -> Tools:
+    """The posterior and the bank sampler of ``run``'s settings, on their device."""
+    cfg = run.cfg
+    device = resolve_device(cfg.device, "AnnotateConfig.device")
+    posterior, _ = load_posterior(cfg.posterior, device, precision=cfg.precision, channels_last=cfg.channels_last,
+                                  compile=cfg.compile)
+    store = PCAFileStore(run.out_dir / "pca", cells=None if cfg.share_pca_cells else set())
+    sampler = BankSampler(ImageBank.open(cfg.bank), run.grid, pca_components=cfg.pca_components,
+                          n_proposals=cfg.n_proposals, sigma2_schedule=cfg.sigma2_schedule,
+                          target_ess=cfg.target_ess, resampling=cfg.resampling,
+                          pca_fit_samples=cfg.pca_fit_samples, cache_cells=cfg.cache_cells or len(run.grid),
+                          shifts=cfg.shifts, pca_store=store, device=device)
+    return Tools(device, posterior, sampler, store)
+
+
+def prepare(run: Annotation, tools: Optional[Tools] = None) -> FirstGlimpse:
+    """The task's first glimpse and its cell's PCA: made and saved if not in the folder yet, else read.
+
+    Every chunk then reads them (:func:`compute_chunk`), so a chunk computed in this process or in any
+    other gives the same part."""
+    tools = tools or load_tools(run)
+    cfg = run.cfg
+    if read_first_glimpse(run.out_dir) is None:
+        tic = time.perf_counter()
+        made = first_glimpse(tools.posterior, tools.sampler, run.grid, run.channels,
+                             n_completions=cfg.first_completions or cfg.n_completions, batch_size=cfg.batch_size,
+                             generator=image_generator(cfg.seed, None), device=tools.device)
+        write_first_glimpse(run.out_dir, made, time.perf_counter() - tic, run.grid)
+    return prepared_first_glimpse(run, tools, fit=True)
+
+
+def prepared_first_glimpse(run: Annotation, tools: Tools, fit: bool = False) -> FirstGlimpse:
+    """The saved first glimpse (its cell's PCA then shared through ``pca/``; ``fit``: fitted and saved if
+    not there yet)."""
+    got = read_first_glimpse(run.out_dir)
+    if got is None:
+        raise FileNotFoundError(f"{run.out_dir / 'first-glimpse.json'}: expected the first glimpse (with its "
+                                ".safetensors, matching), found it missing or not matching; prepare the folder "
+                                "first (foveal annotate does)")
+    first = got[0]
+    tools.store.share(first.cell)
+    if fit:
+        tools.sampler.cell_pca(first.cell)  # fitted and saved, or read if there
+    elif not tools.store.path(first.cell).exists():
+        raise FileNotFoundError(f"{tools.store.path(first.cell)}: expected the first cell's PCA, saved when the "
+                                "folder was prepared, found none; prepare the folder first (foveal annotate does)")
     return first
+
+
+def compute_chunk(run: Annotation, k: int, tools: Tools, first: FirstGlimpse,
+                  on_image: Callable[[], None] = lambda: None) -> Optional[GlimpseSequences]:
+    """Chunk ``k``'s sequences, saved as its part (tensors, then JSON: a kill leaves the chunk to redo);
+    None, computing nothing, if the part is there already (e.g. a retried task that had saved it)."""
+    if part_done(run.prefixes[k]):
+        return None
+    part = _annotate_chunk(run.cfg, run.dataset, run.chunks[k], tools.posterior, tools.sampler, run.grid, first,
+                           tools.device, on_image)
+    save_sequences(part, run.prefixes[k])
+    return part
+
+
+def finish(run: Annotation) -> Path:
+    """The result assembled from every chunk's part (all must be there), saved; its path prefix."""
+    missing = run.todo()
+    if missing:
+        shown = ", ".join(run.describe(k) for k in missing[:8]) + (f" and {len(missing) - 8} more"
+                                                                   if len(missing) > 8 else "")
+        raise FileNotFoundError(f"{run.out_dir}: expected all {len(run.chunks)} chunks' parts, found "
+                                f"{len(missing)} missing: {shown}; run the annotation again to compute them")
+    path = result_path(run.cfg, run.out_dir)
+    first_meta = read_first_glimpse(run.out_dir)[1]
+    result = assemble([GlimpseSequences.load(p) for p in run.prefixes], run.chunks, run.cfg.to_dict(), run.record,
+                      first_meta)
+    save_sequences(result, path)
+    return path
 
 
 def _annotate_chunk(cfg: AnnotateConfig, dataset: Any, rows: Tensor, posterior, sampler, grid: LocationGrid, first,
@@ -164,9 +269,7 @@ def _annotate_chunk(cfg: AnnotateConfig, dataset: Any, rows: Tensor, posterior, 
             maps.append(seq.epe_maps.cpu().float().view(cfg.num_glimpses, *grid.shape))
         on_image()
     ids = [dataset.image_id(i) for i in rows.tolist()] if hasattr(dataset, "image_id") else None
-    provenance = {"seconds": time.perf_counter() - tic, "completion_stats": stats}
-    if cfg.claims:
-        provenance["host"] = HOST
+    provenance = {"seconds": time.perf_counter() - tic, "completion_stats": stats, "host": socket.gethostname()}
     return GlimpseSequences(cfg.dataset, cfg.split, grid.image_size, cfg.glimpse_size, rows,
                             grid.corners()[torch.stack(cells)], grid=grid, ids=ids, task=cfg.task, method=cfg.method,
                             epe_maps=torch.stack(maps) if cfg.keep_maps else None, provenance=provenance)
@@ -191,24 +294,16 @@ class _Recording:
         return completions, weights
 
 
-def _claim_order(cfg: AnnotateConfig, n_chunks: int) -> list[int]:
-    """Every chunk, starting at this worker's stretch (worker i of n at chunk i * K / n), then on, cyclically."""
-    start = cfg.shard_index * n_chunks // cfg.num_shards
-    return [(start + j) % n_chunks for j in range(n_chunks)]
-
-
 def annotate(config: AnnotateConfig, out_dir: str | Path, *, dataset: Any = None,
              progress: Optional[Callable[[int, int, dict], None]] = None,
              stop_after: Optional[int] = None, prepare_only: bool = False) -> Optional[Path]:
-    """Annotate the selected images (resuming from ``out_dir``) and write the result file.
+    """Annotate the selected images in this process (resuming from ``out_dir``) and write the result file.
 
     Args:
         config: the settings.
-        out_dir: the output folder (module docstring); run again with the same settings to resume. With
-            ``shard_mode="claim"`` start any number of workers on it, at once or one after another.
+        out_dir: the output folder (module docstring); run again with the same settings to resume.
         dataset: the split, if already built (else built from the config).
-        progress: called as ``progress(images_done, images_total, {"images_per_min": ...})`` (with claims,
-            images done by every worker).
+        progress: called as ``progress(images_done, images_total, {"images_per_min": ...})`` after each image.
         stop_after: return after computing this many chunks (tests; a kill between chunks).
         prepare_only: return once the shared files (config, first glimpse, its cell's PCA) are there.
 
@@ -227,40 +322,14 @@ def annotate(config: AnnotateConfig, out_dir: str | Path, *, dataset: Any = None
 
 def _annotate(cfg: AnnotateConfig, out_dir: Path, dataset: Any, progress, stop_after: Optional[int],
               prepare_only: bool) -> Optional[Path]:
-    if dataset is None:
-        dataset = build_dataset(cfg.dataset, cfg.split, root=cfg.data_root, seed=cfg.data_seed, **cfg.data_options)
-    for name, attr in (("dataset", "name"), ("split", "split")):
-        if getattr(dataset, attr, getattr(cfg, name)) != getattr(cfg, name):
-            raise ValueError(f"AnnotateConfig.{name}: expected {getattr(dataset, attr)!r} (the dataset given), "
-                             f"found {getattr(cfg, name)!r}")
-    C, H, W = dataset.image_shape
-    grid = cfg.make_grid((H, W))
-    indices = select_indices(cfg, len(dataset))
-    chunks = list(indices.split(cfg.chunk_size))
-    posterior_sha, bank_meta = _identity(cfg)
-    check_posterior_settings(cfg, read_checkpoint_info(cfg.posterior))  # its glimpse size, grid and T, or an error
-    out_dir.mkdir(parents=True, exist_ok=True)
-    images = (int(indices[0]), int(indices[-1]) + 1) if len(indices) else (cfg.start, cfg.start)  # claims: all
-    record = run_record(cfg, posterior_sha, bank_meta, images)
-    check_run_dir(out_dir, record)
-    board, poll = ClaimBoard(out_dir / "claims", cfg.claim_timeout), min(cfg.claim_timeout / 8, 2.0)
-    prefixes = [part_prefix(out_dir, cfg, k) for k in range(len(chunks))]
-    todo = [k for k, p in enumerate(prefixes) if not part_done(p)]
-
+    run = open_annotation(cfg, out_dir, dataset)
+    todo = run.todo()
     if todo or prepare_only:
-        device = resolve_device(cfg.device, "AnnotateConfig.device")
-        posterior, _ = load_posterior(cfg.posterior, device, precision=cfg.precision, channels_last=cfg.channels_last,
-                                      compile=cfg.compile)
-        store = PCAFileStore(out_dir / "pca", cells=None if cfg.share_pca_cells else set())
-        sampler = BankSampler(ImageBank.open(cfg.bank), grid, pca_components=cfg.pca_components,
-                              n_proposals=cfg.n_proposals, sigma2_schedule=cfg.sigma2_schedule,
-                              target_ess=cfg.target_ess, resampling=cfg.resampling,
-                              pca_fit_samples=cfg.pca_fit_samples, cache_cells=cfg.cache_cells or len(grid),
-                              shifts=cfg.shifts, pca_store=store, device=device)
-        first = _prepare(out_dir, board, poll, posterior, sampler, store, grid, C, cfg, device)
+        tools = load_tools(run)
+        first = prepare(run, tools)
         if prepare_only:
             return None
-        count = {"done": len(indices) - sum(len(chunks[k]) for k in todo), "computed": 0}
+        count = {"done": len(run.indices) - sum(len(run.chunks[k]) for k in todo), "computed": 0}
         tic = time.perf_counter()
 
         def on_image() -> None:
@@ -268,62 +337,10 @@ def _annotate(cfg: AnnotateConfig, out_dir: Path, dataset: Any, progress, stop_a
             count["computed"] += 1
             if progress is not None:
                 rate = 60 * count["computed"] / (time.perf_counter() - tic)
-                progress(count["done"], len(indices), {"images_per_min": rate})
+                progress(count["done"], len(run.indices), {"images_per_min": rate})
 
-        def compute(k: int) -> GlimpseSequences:
-            return _annotate_chunk(cfg, dataset, chunks[k], posterior, sampler, grid, first, device, on_image)
-
-        if cfg.claims:
-            if not _claim_chunks(cfg, board, poll, chunks, prefixes, compute, count, stop_after):
+        for n_chunks, k in enumerate(todo):
+            if stop_after is not None and n_chunks >= stop_after:
                 return None
-        else:
-            for n_chunks, k in enumerate(todo):
-                if stop_after is not None and n_chunks >= stop_after:
-                    return None
-                save_sequences(compute(k), prefixes[k])  # tensors, then JSON: a kill leaves this chunk to redo
-
-    path = result_path(cfg, out_dir)
-    if cfg.claims:
-        run_once(board, "result", lambda: part_done(path), lambda: merge_chunks(out_dir), poll=poll)
-        return path
-    first_meta = read_first_glimpse(out_dir)[1]
-    result = assemble([GlimpseSequences.load(p) for p in prefixes], chunks, cfg.to_dict(), record, first_meta)
-    save_sequences(result, path)
-    return path
-
-
-def _claim_chunks(cfg: AnnotateConfig, board: ClaimBoard, poll: float, chunks: list[Tensor], prefixes: list[Path],
-                  compute: Callable[[int], GlimpseSequences], count: dict, stop_after: Optional[int]) -> bool:
-    """Claim, compute and publish chunks until every one is done (waiting for those others hold).
-
-    Returns False if ``stop_after`` chunks were computed first."""
-    order, computed = _claim_order(cfg, len(chunks)), 0
-    while True:
-        done = _published(prefixes[0].parent.parent)  # one directory read per pass, not one per chunk
-        count["done"] = sum(len(chunks[k]) for k in done)
-        pending = [k for k in order if k not in done]
-        if not pending:
-            return True
-        if stop_after is not None and computed >= stop_after:
-            return False
-        claims = board.listing()
-        for k in pending:
-            claim = board.try_claim(f"part-{k:05d}", claims.get(f"part-{k:05d}", []))
-            if claim is None:
-                continue
-            with claim:
-                if not part_done(prefixes[k]):  # published meanwhile by a worker whose claim had gone stale
-                    publish_part(compute(k), prefixes[k])  # False: that worker published first, the same part
-                    computed += 1
-            break
-        else:
-            time.sleep(poll)  # every chunk left is held by a live worker: wait for it, or for its claim to go stale
-
-
-def _published(folder: Path) -> set[int]:
-    """Chunks whose part folder ``part-<k>`` is in ``folder`` (published whole, by a rename)."""
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return set()
-    return {int(n[5:]) for n in names if n.startswith("part-") and n[5:].isdigit()}
+            compute_chunk(run, k, tools, first, on_image)
+    return finish(run)

@@ -20,7 +20,7 @@ from foveal.retina import LocationGrid
 __all__ = ["AnnotateConfig", "select_indices", "SHARD_MODES", "GLIMPSE_FIELDS", "posterior_glimpse_settings",
            "with_posterior_settings", "check_posterior_settings", "grid_words"]
 
-SHARD_MODES = ("round-robin", "contiguous", "claim")
+SHARD_MODES = ("round-robin", "contiguous")
 COMPLETIONS = ("bank", "hindsight")
 
 
@@ -34,13 +34,10 @@ class AnnotateConfig:
         bank: image bank ``.npy`` (``foveal build-bank``).
         task: recorded in the file (e.g. a CelebA attribute); None = the dataset's labels.
         start, count: positions ``start .. start + count - 1`` of the split (count None: to the end).
-        shard_index, num_shards, shard_mode: this worker's share: "round-robin" or "contiguous" (a fixed
-            share of the images), or "claim": the workers of one output folder claim chunks of all the
-            images until none is left (the index and count then only spread where each starts).
-        claim_timeout: seconds after which a claim nobody touched is stale, its holder presumed dead on
-            another host (:mod:`foveal.boed.workers`; a dead holder on the same host is seen at once).
+        shard_index, num_shards, shard_mode: this process's fixed share of the images, "round-robin" or
+            "contiguous" (to split an annotation by hand; ``foveal annotate --ray`` spreads chunks instead).
         threads: torch's CPU threads while annotating (the bank search runs on the CPU when ``device`` is the
-            CPU; torchrun sets OMP_NUM_THREADS=1); None leaves the setting as it is.
+            CPU); None leaves the setting as it is. With Ray, the CPUs each chunk task asks for.
         share_pca_cells: also write every cell's PCA to the output folder for the other workers (the
             first glimpse's cell always is); ``len(bank) * pca_components * 2`` bytes per cell.
         glimpse_size, grid, grid_stride: the candidate cells, as in ``PosteriorTrainingConfig``
@@ -93,7 +90,6 @@ class AnnotateConfig:
     shard_index: int = 0
     num_shards: int = 1
     shard_mode: str = "round-robin"
-    claim_timeout: float = 300.0
     threads: Optional[int] = None
     share_pca_cells: bool = False
     glimpse_size: int = 8
@@ -156,11 +152,10 @@ class AnnotateConfig:
             raise ValueError(f"AnnotateConfig.shard_index: expected 0 <= shard_index < num_shards = {self.num_shards} "
                              f"(shards count from 0), found {self.shard_index}")
         if self.shard_mode not in SHARD_MODES:
+            retired = " (claiming chunks on a shared folder was replaced by foveal annotate --ray)" \
+                if self.shard_mode == "claim" else ""
             raise ValueError(f"AnnotateConfig.shard_mode: expected one of {', '.join(map(repr, SHARD_MODES))}, "
-                             f"found {self.shard_mode!r}")
-        if isinstance(self.claim_timeout, bool) or not isinstance(self.claim_timeout, (int, float)) \
-                or not self.claim_timeout > 0:
-            raise ValueError(f"AnnotateConfig.claim_timeout: expected seconds > 0, found {self.claim_timeout!r}")
+                             f"found {self.shard_mode!r}{retired}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"AnnotateConfig.threads: expected None (leave as is) or an integer >= 1, "
                              f"found {self.threads!r}")
@@ -181,7 +176,9 @@ class AnnotateConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(values) - set(names))
         if unknown:
-            raise ValueError(f"annotate config: unknown field(s) {unknown}; expected some of {names}")
+            retired = " (claim_timeout belonged to the claiming workers, replaced by foveal annotate --ray)" \
+                if "claim_timeout" in unknown else ""
+            raise ValueError(f"annotate config: unknown field(s) {unknown}{retired}; expected some of {names}")
         missing = [k for k in ("dataset", "posterior", "bank") if values.get(k) is None]
         if missing:
             raise ValueError(f"annotate config: field {missing[0]!r}: expected a value, found none")
@@ -201,13 +198,8 @@ class AnnotateConfig:
         return LocationGrid.from_stride(image_size, self.glimpse_size, self.grid_stride or 1)
 
     @property
-    def claims(self) -> bool:
-        """Whether the workers claim chunks (shard_mode "claim") instead of taking a fixed share."""
-        return self.shard_mode == "claim"
-
-    @property
     def shard_name(self) -> str:
-        return "all" if self.claims else f"shard-{self.shard_index}-of-{self.num_shards}"
+        return f"shard-{self.shard_index}-of-{self.num_shards}"
 
 
 GLIMPSE_FIELDS = ("glimpse_size", "grid", "grid_stride", "num_glimpses")  # what the posterior was trained for
@@ -276,15 +268,12 @@ def check_posterior_settings(config: AnnotateConfig, info: dict[str, Any]) -> No
 
 
 def select_indices(config: AnnotateConfig, split_size: int) -> Tensor:
-    """int64 ``[n]``: this shard's positions of the split, in processing order (module docstring); with
-    shard_mode "claim", all of them (the workers share them chunk by chunk)."""
+    """int64 ``[n]``: this shard's positions of the split, in processing order (module docstring)."""
     stop = split_size if config.count is None else config.start + config.count
     if config.start >= split_size or stop > split_size:
         raise ValueError(f"AnnotateConfig.start/count: expected positions within the split's {split_size} images, "
                          f"found {config.start}..{stop - 1}")
     chosen = torch.arange(config.start, stop)
-    if config.claims:
-        return chosen
     if config.shard_mode == "round-robin":
         return chosen[config.shard_index::config.num_shards]
     return torch.tensor_split(chosen, config.num_shards)[config.shard_index]

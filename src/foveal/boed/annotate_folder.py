@@ -1,9 +1,15 @@
-"""The annotator's output folder (layout in :mod:`foveal.boed.annotate`): its record, the files every worker
-shares (the first glimpse, cell PCAs), the chunk parts, and the result assembled from them.
+"""The annotator's output folder (layout in :mod:`foveal.boed.annotate`): its record, the files every chunk
+reads (the first glimpse, cell PCAs), the chunk parts, and the result assembled from them.
 
-Every write here is safe with several workers on one shared folder (:mod:`foveal.boed.workers`): shared
-state is published first-writer-wins, so every worker reads the same; parts of the claiming layout are
-published as a folder, so a chunk's two files appear together or not at all.
+Every write is atomic (:mod:`foveal.files`: a temporary file of this host and process, then ``os.replace``),
+so a process killed mid-write leaves the old file or none, never half of one. Nothing here coordinates
+writers: the shared files are written by one process (the driver of ``foveal annotate``, or the first run on
+a folder) before the chunks start, and two processes that do write the same file write the same bytes (a
+retried chunk, two fixed shards preparing one folder), so the last writer changes nothing.
+
+Folders made before ``foveal annotate --ray`` by workers that claimed chunks (``config.json`` with
+``images`` and ``worker_config``, parts in ``parts/all/part-<k>/part.*``) are still read by
+:func:`merge_chunks` (``foveal sequences merge``).
 """
 
 from __future__ import annotations
@@ -26,37 +32,33 @@ from foveal import __version__
 from foveal.boed.annotate_config import AnnotateConfig
 from foveal.boed.completion import CellPCA
 from foveal.boed.epe import FirstGlimpse
-from foveal.boed.workers import private_dir, publish_dir, publish_file
-from foveal.files import atomic_write_json
+from foveal.files import atomic_write, atomic_write_json, unique_token
 from foveal.retina import LocationGrid
 from foveal.sequences import GlimpseSequences, sequence_paths
 
-__all__ = ["FREE_FIELDS", "run_record", "check_run_dir", "read_first_glimpse", "publish_first_glimpse",
-           "PCAFileStore", "part_prefix", "part_done", "save_sequences", "publish_part", "assemble", "merge_shards",
+__all__ = ["FREE_FIELDS", "run_record", "check_run_dir", "read_first_glimpse", "write_first_glimpse",
+           "PCAFileStore", "part_prefix", "part_done", "save_sequences", "assemble", "merge_shards",
            "merge_chunks", "merge_folder"]
 
-# Settings that do not change the result: a rerun or another worker may differ in them.
+# Settings that do not change the result: a rerun or another worker may differ in them (claim_timeout: a
+# field of the retired claiming workers, still in the provenance of files they made).
 FREE_FIELDS = ("shard_index", "posterior", "bank", "data_root", "device", "batch_size", "threads", "claim_timeout",
                "share_pca_cells")
 _SHARD_FILE = re.compile(r"^sequences-shard-(\d+)-of-(\d+)\.json$")
 
 
 # ------------------------------------------------------------------------------------------ record
-def run_record(cfg: AnnotateConfig, posterior_sha: str, bank_meta: dict, images: tuple[int, int]) -> dict[str, Any]:
-    """What ``config.json`` holds: the settings that fix the result, the posterior's hash, the bank's sidecar;
-    with claims also the selected positions ``[start, stop)`` and the first worker's full config (for merge)."""
-    free = FREE_FIELDS + (("num_shards",) if cfg.claims else ())
-    record = {"config": {k: v for k, v in cfg.to_dict().items() if k not in free},
-              "posterior_sha256": posterior_sha, "bank_meta": bank_meta}
-    if cfg.claims:
-        record.update(images=list(images), worker_config=cfg.to_dict())
-    return record
+def run_record(cfg: AnnotateConfig, posterior_sha: str, bank_meta: dict) -> dict[str, Any]:
+    """What ``config.json`` holds: the settings that fix the result, the posterior's hash, the bank's sidecar."""
+    return {"config": {k: v for k, v in cfg.to_dict().items() if k not in FREE_FIELDS},
+            "posterior_sha256": posterior_sha, "bank_meta": bank_meta}
 
 
 def check_run_dir(out_dir: Path, record: dict[str, Any]) -> None:
-    """Save the run's record in ``config.json`` (the first worker's), or check that this one matches it."""
+    """Save the run's record in ``config.json`` (the first run's), or check that this one matches it."""
     path = out_dir / "config.json"
-    if publish_file(path, json.dumps(record, indent=1).encode()):
+    if not path.exists():
+        atomic_write(path, json.dumps(record, indent=1).encode())
         return
     old = json.loads(path.read_text())
     # a field added to AnnotateConfig after the folder was made had its default value there
@@ -88,25 +90,22 @@ def read_first_glimpse(out_dir: Path) -> Optional[tuple[FirstGlimpse, dict[str, 
     return FirstGlimpse(meta["cell"], load_tensors(blob)["epe_map"].flatten()), meta
 
 
-def publish_first_glimpse(out_dir: Path, first: FirstGlimpse, seconds: float, grid: LocationGrid) -> FirstGlimpse:
-    """Write the first glimpse; if another worker's map was published first, keep and return that one."""
-    st_path = out_dir / "first-glimpse.safetensors"
+def write_first_glimpse(out_dir: Path, first: FirstGlimpse, seconds: float, grid: LocationGrid) -> None:
+    """Write the first glimpse: its map, then the JSON that holds the map's SHA-256 (so a kill between the
+    two leaves a pair :func:`read_first_glimpse` refuses, and the next run makes it again)."""
     blob = save_tensors({"epe_map": first.epe_map.detach().cpu().float().view(grid.shape).contiguous()})
-    if not publish_file(st_path, blob):  # a holder presumed dead finished after all: every worker uses its map
-        blob = st_path.read_bytes()
-        epe_map = load_tensors(blob)["epe_map"].flatten()
-        first = FirstGlimpse(int(epe_map.argmin()), epe_map)  # first_glimpse's rule
+    atomic_write(out_dir / "first-glimpse.safetensors", blob)
     meta = {"cell": first.cell, "corner": grid.corners()[first.cell].tolist(), "grid_shape": list(grid.shape),
             "seconds": seconds, "sha256": hashlib.sha256(blob).hexdigest()}
-    atomic_write_json(out_dir / "first-glimpse.json", meta, indent=1)  # a function of the map
-    return first
+    atomic_write_json(out_dir / "first-glimpse.json", meta, indent=1)
 
 
 class PCAFileStore:
     """Cell PCAs shared through ``<folder>/cell-<g>.safetensors`` (a :class:`~foveal.boed.completion.PCAStore`).
 
-    Only the cells in ``cells`` are shared (None: all); the first PCA published for a cell is the one every
-    worker uses. The folder's ``config.json`` pins the bank, grid and PCA settings the files belong to.
+    Only the cells in ``cells`` are shared (None: all); a cell's PCA found there is read, not refitted (a fit
+    depends only on the bank, the cell and the settings, so two processes that fit one write the same). The
+    folder's ``config.json`` pins the bank, grid and PCA settings the files belong to.
     """
 
     def __init__(self, folder: Path, *, cells: Optional[set[int]] = None) -> None:
@@ -137,15 +136,20 @@ class PCAFileStore:
             return pca
         blob = save_tensors({"mean": pca.mean.contiguous(), "basis": pca.basis.contiguous(),
                              "coefficients": pca.coefficients.contiguous()})
-        return pca if publish_file(self.path(cell), blob) else self.load(cell)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path(cell), blob)
+        return pca
 
 
 # ------------------------------------------------------------------------------------------- parts
 def part_prefix(out_dir: Path, cfg: AnnotateConfig, k: int) -> Path:
-    """Chunk ``k``'s part: ``parts/<shard>/part-<k>`` (fixed shares), ``parts/all/part-<k>/part`` (claims)."""
-    if cfg.claims:
-        return out_dir / "parts" / "all" / f"part-{k:05d}" / "part"
+    """Chunk ``k``'s part: ``parts/shard-<i>-of-<n>/part-<k>``."""
     return out_dir / "parts" / cfg.shard_name / f"part-{k:05d}"
+
+
+def _claimed_part_prefix(out_dir: Path, k: int) -> Path:
+    """Chunk ``k``'s part in a folder of the retired claiming workers (each part a folder of its own)."""
+    return out_dir / "parts" / "all" / f"part-{k:05d}" / "part"
 
 
 def part_done(prefix: Path) -> bool:
@@ -155,20 +159,14 @@ def part_done(prefix: Path) -> bool:
 def save_sequences(seqs: GlimpseSequences, prefix: Path) -> None:
     """``seqs.save(prefix)`` through a folder of this process's own (host-safe temporary names), the tensors
     moved into place first, the JSON last."""
-    tmp = private_dir(prefix.parent)
+    tmp = prefix.parent / f".tmp-{unique_token()}"
+    tmp.mkdir(parents=True)
     try:
         seqs.save(tmp / prefix.name)
         for src, dst in zip(reversed(sequence_paths(tmp / prefix.name)), reversed(sequence_paths(prefix))):
             os.replace(src, dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def publish_part(part: GlimpseSequences, prefix: Path) -> bool:
-    """Publish a claimed chunk's part as its folder ``prefix.parent``; False if another worker's came first."""
-    tmp = private_dir(prefix.parent.parent)
-    part.save(tmp / prefix.name)
-    return publish_dir(tmp, prefix.parent)
 
 
 # ---------------------------------------------------------------------------------------- assemble
@@ -220,21 +218,23 @@ def _describe(chunks: list[torch.Tensor], ks: list[int]) -> str:
 
 
 def merge_chunks(out_dir: str | Path) -> Path:
-    """Assemble ``sequences`` from the parts of a claiming folder (every chunk must be there)."""
+    """Assemble ``sequences`` from the parts of a folder made by the retired claiming workers (``config.json``
+    with ``images`` and ``worker_config``; every chunk must be there). Their settings are read as saved, not
+    as an :class:`AnnotateConfig` (whose shard_mode "claim" and claim_timeout are gone)."""
     out_dir = Path(out_dir)
     record = json.loads((out_dir / "config.json").read_text())
     if "images" not in record:
-        raise ValueError(f"{out_dir / 'config.json'}: expected an annotation made with shard_mode 'claim' "
+        raise ValueError(f"{out_dir / 'config.json'}: expected an annotation made by claiming workers "
                          f"(field 'images'), found shard_mode {record['config'].get('shard_mode')!r}")
     config = {**record["worker_config"], "shard_index": None, "num_shards": None}
-    cfg = AnnotateConfig.from_dict({**config, "shard_index": 0, "num_shards": 1})
-    chunks = list(torch.arange(*record["images"]).split(cfg.chunk_size))
-    prefixes = [part_prefix(out_dir, cfg, k) for k in range(len(chunks))]
+    chunks = list(torch.arange(*record["images"]).split(int(config["chunk_size"])))
+    prefixes = [_claimed_part_prefix(out_dir, k) for k in range(len(chunks))]
     missing = [k for k, p in enumerate(prefixes) if not part_done(p)]
     if missing:
         raise FileNotFoundError(f"{out_dir}: expected all {len(chunks)} chunks, found {len(missing)} missing: chunk(s) "
-                                f"{_describe(chunks, missing)} (parts/all/part-{missing[0]:05d}); run a worker "
-                                "(foveal annotate with the same settings and --out) to compute them")
+                                f"{_describe(chunks, missing)} (parts/all/part-{missing[0]:05d}); this folder was "
+                                "made by claiming workers, which foveal annotate no longer runs: annotate those "
+                                "images into a new folder (--start/--count) and merge the files")
     first = read_first_glimpse(out_dir)
     if first is None:
         raise FileNotFoundError(f"{out_dir / 'first-glimpse.json'}: expected the first glimpse (with its "
@@ -288,7 +288,7 @@ def merge_shards(out_dir: str | Path) -> Path:
 
 
 def merge_folder(out_dir: str | Path) -> Path:
-    """``foveal sequences merge <out_dir>``: the claiming layout's chunks, or the fixed shares' shard results."""
+    """``foveal sequences merge <out_dir>``: a claiming folder's chunks, or the fixed shares' shard results."""
     out_dir = Path(out_dir)
     record_path = out_dir / "config.json"
     if record_path.exists() and "images" in json.loads(record_path.read_text()):

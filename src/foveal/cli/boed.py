@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
@@ -18,19 +17,21 @@ ANNOTATE_EPILOG = """examples:
   foveal build-bank fashion-mnist --split train --out banks/fmnist.npy
   foveal annotate --dataset fashion-mnist --split val --count 1000 --posterior runs/post/checkpoints/best \\
       --bank banks/fmnist.npy --glimpse-size 8 --grid-stride 4 --num-glimpses 5 --out runs/nogs-fmnist
-  foveal annotate --config annotate.yaml --shard 0/4 num_glimpses=3   (a YAML of AnnotateConfig fields + overrides)
-  foveal sequences merge runs/nogs-fmnist            (after copying every shard's result there)
+  foveal annotate --config annotate.yaml num_glimpses=3     (a YAML of AnnotateConfig fields + overrides)
 Run the same command again to resume a killed run: finished chunks are kept.
 
-several workers on one output folder (a shared file system), each claiming chunks until none is left:
-  sbatch --array=0-31 --wrap "foveal annotate --config annotate.yaml --out runs/nogs --shard auto --threads 8"
-  torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint $HEAD:29500 -m foveal annotate \\
-      --config annotate.yaml --out runs/nogs --shard auto --device cuda --threads 4
---shard auto reads torchrun's RANK/WORLD_SIZE/LOCAL_RANK or Slurm's SLURM_ARRAY_TASK_* / SLURM_PROCID and
-SLURM_NTASKS, and claims chunks (shard_mode claim): a worker that dies or joins late changes nothing; the
-last one writes runs/nogs/sequences (else: foveal sequences merge runs/nogs). torchrun sets
-OMP_NUM_THREADS=1: give --threads for the work on the CPU (reading the bank; all of the bank search with
---device cpu; with a GPU its distances are computed there)."""
+many processes, one task per chunk of images, through Ray (the driver prepares the folder and writes the result):
+  foveal annotate --config annotate.yaml --out runs/nogs --ray --workers 8 --threads 2     (a local Ray instance)
+  foveal annotate --config annotate.yaml --out /shared/runs/nogs --ray auto --device cuda --threads 4
+--ray with no address starts a local instance with --workers chunks at once (--threads CPUs each); --ray auto
+(or HOST:PORT) uses a running cluster (ray start; on Slurm: examples/slurm/annotate-ray.sbatch), whose nodes
+must see the output folder. Each chunk's task asks for --threads CPUs (default 1) and, with --device cuda,
+one GPU. A task whose node dies is run again elsewhere; a chunk that fails is named at the end (exit status
+1), the others are kept: run the same command again. The result is the one a single process writes.
+
+by hand, on machines that share nothing: a fixed share of the images per machine, then one merge:
+  foveal annotate --config annotate.yaml --out runs/nogs --shard 0/4      (... --shard 3/4 on the others)
+  foveal sequences merge runs/nogs            (after copying every shard's sequences-shard-* file there)"""
 
 def add_parsers(sub) -> None:
     b = sub.add_parser("build-bank", help="write a dataset split's images to an image bank (.npy + .json)")
@@ -47,7 +48,7 @@ def add_parsers(sub) -> None:
     add_data_arguments(b, dataset=False)
     b.set_defaults(handler=_build_bank)
 
-    a = sub.add_parser("annotate", help="near-optimal glimpse sequences for a split (resumable, shardable)",
+    a = sub.add_parser("annotate", help="near-optimal glimpse sequences for a split (resumable; Ray or shards)",
                        epilog=ANNOTATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--config", type=Path, help="YAML file of AnnotateConfig fields")
     a.add_argument("--out", type=Path, help="output folder (default: runs/annotate-<dataset>-<split>)")
@@ -56,17 +57,22 @@ def add_parsers(sub) -> None:
     a.add_argument("--bank", help="image bank .npy (foveal build-bank)")
     a.add_argument("--start", type=int, help="first position of the split")
     a.add_argument("--count", type=int, help="number of images (default: to the end)")
-    a.add_argument("--shard", help="I/N: this worker's share, I counted from 0 (e.g. 0/4); auto: from torchrun's or "
-                                   "Slurm's environment, claiming chunks (see below)")
-    a.add_argument("--shard-mode", choices=["round-robin", "contiguous", "claim"],
-                   help="a fixed share of the images (round-robin, contiguous; default) or claim chunks in turn "
-                        "(default with --shard auto)")
-    a.add_argument("--threads", type=int, help="torch CPU threads (default: as set, e.g. by OMP_NUM_THREADS)")
-    a.add_argument("--claim-timeout", type=float, help="seconds before an untouched claim counts as a dead worker's "
-                                                       "(default 300)")
+    a.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="one Ray task per chunk: alone, a local Ray instance (--workers); with an address (auto, "
+                        "HOST:PORT, ray://HOST:10001) a running cluster (see below)")
+    a.add_argument("--workers", type=int, help="with --ray and no address: chunks at once on the local instance "
+                                               "(default: as many as this machine's CPUs allow at --threads each)")
+    a.add_argument("--tasks-per-gpu", type=int, default=1,
+                   help="with --ray and --device cuda: chunks that share one GPU at once (each task asks for "
+                        "1/N of a GPU; default 1)")
+    a.add_argument("--shard", help="I/N: this machine's fixed share of the images, I counted from 0 (e.g. 0/4); "
+                                   "merge the shards' files with foveal sequences merge")
+    a.add_argument("--shard-mode", choices=["round-robin", "contiguous"],
+                   help="how --shard splits: every N-th image (round-robin, default) or N consecutive blocks")
+    a.add_argument("--threads", type=int, help="torch CPU threads (default: as set, e.g. by OMP_NUM_THREADS); "
+                                               "with --ray the CPUs of each chunk's task (default 1)")
     a.add_argument("--prepare-only", action="store_true",
-                   help="only prepare the files every worker reads (first glimpse, its cell's PCA), then exit; give "
-                        "the workers' settings (for --shard auto workers: --shard-mode claim)")
+                   help="only prepare the files every shard reads (first glimpse, its cell's PCA), then exit")
     a.add_argument("--glimpse-size", type=int, help="default: the posterior's (another value is refused)")
     a.add_argument("--grid", type=int, help="cells per axis, spread evenly (default: the posterior's grid; another "
                                             "grid is refused)")
@@ -89,7 +95,7 @@ def add_parsers(sub) -> None:
     a.add_argument("--compile", action="store_true", default=None,
                    help="the posterior's forward through torch.compile (off by default; pays off on GPUs; a rerun "
                         "must keep it, as --precision and --channels-last)")
-    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.add_argument("--quiet", action="store_true", help="no progress bar (with --ray: no line per chunk)")
     a.add_argument("overrides", nargs="*", metavar="key=value", help="AnnotateConfig fields, e.g. n_completions=50")
     a.set_defaults(handler=_annotate)
 
@@ -146,8 +152,8 @@ def _annotate_config(args):
     flags = {k: getattr(args, k) for k in ("dataset", "split", "data_root", "data_seed", "posterior", "bank", "start",
                                            "count", "shard_mode", "glimpse_size", "grid", "grid_stride", "num_glimpses",
                                            "n_completions", "pca_components", "n_proposals", "target_ess", "keep_maps",
-                                           "seed", "chunk_size", "batch_size", "device", "threads", "claim_timeout",
-                                           "precision", "channels_last", "compile")}
+                                           "seed", "chunk_size", "batch_size", "device", "threads", "precision",
+                                           "channels_last", "compile")}
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.option:
         values["data_options"] = {**(values.get("data_options") or {}), **key_values(args.option, "--option")}
@@ -156,26 +162,15 @@ def _annotate_config(args):
             values["sigma2_schedule"] = [float(s) for s in args.sigma2.split(",")]
         except ValueError:
             raise ValueError(f"--sigma2: expected comma-separated numbers, found {args.sigma2!r}") from None
-    worker = None
-    if args.shard == "auto":
-        from foveal.boed.workers import worker_from_environment
-
-        worker = worker_from_environment(os.environ)
-        values["shard_index"], values["num_shards"] = worker.rank, worker.world_size
-    elif args.shard:
+    if args.shard:
         i, sep, n = args.shard.partition("/")
         if not (sep and i.strip().isdigit() and n.strip().isdigit()):
-            raise ValueError(f"--shard: expected I/N with 0 <= I < N (e.g. 0/4), or auto, found {args.shard!r}")
+            retired = " (--shard auto, claiming chunks, was replaced by --ray)" if args.shard.strip() == "auto" else ""
+            raise ValueError(f"--shard: expected I/N with 0 <= I < N (e.g. 0/4), found {args.shard!r}{retired}")
         values["shard_index"], values["num_shards"] = int(i), int(n)
     values.update(key_values(args.overrides, "override"))
     values = _with_posterior_settings(values)
-    if worker is not None:
-        values.setdefault("shard_mode", "claim")
-        if worker.local_rank is not None:
-            from foveal.boed.workers import worker_device
-
-            values["device"] = worker_device(values.get("device", "cpu"), worker.local_rank)
-    return AnnotateConfig.from_dict(values), worker
+    return AnnotateConfig.from_dict(values)
 
 
 def _with_posterior_settings(values: dict[str, Any]) -> dict[str, Any]:
@@ -211,29 +206,56 @@ def _annotate(args) -> int:
 
     from foveal.boed.annotate import annotate
 
-    cfg, worker = _annotate_config(args)
+    if args.workers is not None and args.ray is None:
+        raise ValueError(f"--workers {args.workers}: sizes the local Ray instance of --ray; add --ray, or leave "
+                         "--workers out for one process")
+    if args.ray is not None and args.prepare_only:
+        raise ValueError("--prepare-only: with --ray the driver prepares the folder itself; leave one of them out")
+    cfg = _annotate_config(args)
     out = args.out or Path("runs") / f"annotate-{cfg.dataset}-{cfg.split}"
-    print(f"output folder: {out}" + (f"; worker {worker.rank} of {worker.world_size} ({worker.source}"
-                                     f"{'' if worker.local_rank is None else f', local rank {worker.local_rank}'}), "
-                                     f"{cfg.shard_mode}, device {cfg.device}" if worker else ""), file=sys.stderr)
-    update, close = progress_bar(args.quiet, "img", show=("images_per_min",))
-    # Slurm (time limit, preemption) and torchrun (a failed peer) stop workers with SIGTERM: unwind, so
-    # that the claims this worker holds are released at once instead of going stale.
-    on_term = signal.signal(signal.SIGTERM, _exit_on_term) if threading.current_thread() is threading.main_thread() \
-        else None
-    try:
-        path = annotate(cfg, out, progress=update, prepare_only=args.prepare_only)
-    finally:
-        close()
-        if on_term is not None:
-            signal.signal(signal.SIGTERM, on_term)
-    if path is None:
-        print(f"prepared: {out} (config.json, first-glimpse.*, pca/); now start the workers on it")
-        return 0
+    print(f"output folder: {out}", file=sys.stderr)
+    if args.ray is not None:
+        path = _annotate_on_ray(cfg, out, args)
+        if path is None:
+            return 1
+    else:
+        update, close = progress_bar(args.quiet, "img", show=("images_per_min",))
+        try:
+            path = annotate(cfg, out, progress=update, prepare_only=args.prepare_only)
+        finally:
+            close()
+        if path is None:
+            print(f"prepared: {out} (config.json, first-glimpse.*, pca/); now start the shards on it")
+            return 0
     timing = json.loads(path.with_name(path.name + ".json").read_text())["provenance"]["timing"]
     print(f"sequences: {path}.json (+ .safetensors): {timing['images']} images, {timing['seconds']:.1f} s of "
           f"compute, {timing['sequences_per_min'] or 0:.3g} sequences/min")
-    if cfg.num_shards > 1 and not cfg.claims:
+    if cfg.num_shards > 1:
         print(f"shard {cfg.shard_index} of {cfg.num_shards}: when every shard is done, collect the "
               f"sequences-shard-*-of-{cfg.num_shards} files in one folder and run: foveal sequences merge FOLDER")
     return 0
+
+
+def _annotate_on_ray(cfg, out: Path, args):
+    """The annotation as Ray tasks; the result's path, or None (after saying which chunks failed and how to
+    go on) when a chunk failed."""
+    from foveal.boed.annotate_ray import ChunksFailed, annotate_on_ray
+    from foveal.cluster import ray_address
+
+    log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    # Slurm (time limit, preemption) stops jobs with SIGTERM: unwind, so that the tasks are cancelled and a
+    # local Ray instance is shut down instead of left running.
+    on_term = signal.signal(signal.SIGTERM, _exit_on_term) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        return annotate_on_ray(cfg, out, address=ray_address(args.ray), workers=args.workers,
+                               tasks_per_gpu=args.tasks_per_gpu, log=log)
+    except ChunksFailed as failed:
+        for n, (what, result) in enumerate(failed.failures):
+            detail = (result.traceback or result.error) if n < 3 else result.error
+            print(f"FAILED {what}:\n{detail.rstrip()}", file=sys.stderr)
+        print(f"foveal annotate: error: {failed}", file=sys.stderr)
+        return None
+    finally:
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)

@@ -18,18 +18,19 @@ EPILOG = """examples:
   foveal compare --report-only                                  the table and figures of what has finished
   foveal compare --report-only --methods RAM,PS-NOGS            ... of these methods only
   foveal compare --quick --out runs/compare-smoke               a tiny smoke run of the whole pipeline
-  foveal compare --workers 2 inputs.nogs=...                    two runs at a time, one CPU thread each
-  foveal compare --devices cuda:0,cuda:1 inputs.nogs=...        one run on each GPU
-  foveal compare --device cuda inputs.nogs=...                  every run on the GPU, one at a time
-  torchrun --nproc-per-node=4 -m foveal compare inputs.nogs=... four ranks share the runs (any machines
-                                                                that share the --out folder)
+  foveal compare --workers 2 inputs.nogs=...                    two runs at a time (a local Ray instance)
+  foveal compare --devices cuda:0,cuda:1 inputs.nogs=...        one run on each GPU (a local Ray instance)
+  foveal compare --device cuda inputs.nogs=...                  every run on the GPU, one at a time, here
+  foveal compare --ray auto --devices cuda inputs.nogs=...      the Ray cluster this node belongs to, one GPU a
+                                                                task (examples/slurm/compare-ray.sbatch)
 Run the same command again, with any number of workers, to resume: finished runs are skipped,
 interrupted ones continue. Runs that need another start after it: PS-RAM after the RAM run of its
 seed, RAM+ after its pretraining; each generated input (salience maps, PS-RAM sequences) is made once.
 A run that fails is reported with its folder (traceback in <out>/status/); the runs that do not need
 it still train, then the report of what finished is written and the command exits with status 1.
-Under torchrun every rank computes the same share of the runs and waits, by polling the folder, for
-the runs of other ranks it needs; rank 0 writes the report once every rank is through.
+With Ray each run is a task (1 CPU, or 1 GPU); a task whose worker or node dies is started again and
+continues from its run's last checkpoint; one line per finished step. torchrun is for one big run
+(foveal train), not for compare. Guide: docs/guides/scale-out.md.
 """
 
 
@@ -47,13 +48,19 @@ def add_parsers(sub) -> None:
     p.add_argument("--report-only", action="store_true", help="write the table and figures; train nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="train N runs at once, each in a worker process with one torch thread (default: 1, "
-                        "here, with progress bars); a failed run stops only the runs that need it")
+                   help="train N runs at once as tasks of a local Ray instance with N CPUs, one torch thread each "
+                        "(default: 1: here, one after the other, with progress bars, without Ray); a failed run "
+                        "stops only the runs that need it")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the steps as Ray tasks: without ADDRESS on a local Ray instance sized to --workers (default: "
+                        "this machine's CPUs); with one (auto, host:6379, ray://host:10001) on that cluster, whose "
+                        "nodes must see --out at the same path")
     add_device_argument(p, "the run config's train.device; sets it for every run, also with --estimate; "
                            "for several workers, one device each, use --devices")
     p.add_argument("--devices", metavar="LIST",
-                   help="comma-separated devices, one worker each (cuda:0,cuda:1; may repeat): the runs' train.device; "
-                        "under torchrun, local rank k takes the k-th")
+                   help="comma-separated devices, one run at a time on each (cuda:0,cuda:1; may repeat: runs share "
+                        "it): the runs' train.device; several: a local Ray instance; with Ray each task gets one GPU "
+                        "(or its share) from Ray")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="run-config overrides (train.iterations=2000) or comparison ones (seeds=[0,1], inputs.nogs=...)")
     p.set_defaults(handler=_compare)
@@ -72,6 +79,7 @@ def _compare(args) -> int:
     from foveal.recipes.compare.config import load_compare_config, restrict
     from foveal.recipes.compare.run import run_comparison
 
+    _refuse_torchrun()
     overrides = tuple(args.overrides)
     if checked_device(args.device) is not None:
         if args.devices:
@@ -110,26 +118,17 @@ def _compare(args) -> int:
     except ValueError:
         raise ValueError(f"--seeds: expected comma-separated integers, found {args.seeds!r}") from None
     devices = tuple(d.strip() for d in args.devices.split(",") if d.strip()) if args.devices else ()
-    rank, world = _torchrun()
     skipped, failed = {}, None
     if args.report_only:  # a report of a part: only these methods and seeds
         cfg = restrict(cfg, methods, seeds)
     else:
         from foveal.recipes.compare.run import RunsFailed
 
-        log = _log if world is None else lambda message: _log(f"[rank {rank}] {message}")
         try:
-            workers = args.workers if args.workers is not None else len(devices) or 1
-            skipped = run_comparison(cfg, out, log=log, progress=lambda: progress_bar(args.quiet), methods=methods,
-                                     seeds=seeds, workers=workers, devices=devices, rank=rank, world=world)
+            skipped = run_comparison(cfg, out, log=_log, progress=lambda: progress_bar(args.quiet), methods=methods,
+                                     seeds=seeds, workers=args.workers, devices=devices, ray=args.ray)
         except RunsFailed as err:
             skipped, failed = err.skipped, err
-        if world is not None and rank != 0:
-            if failed is not None:
-                _log(f"foveal compare: error: [rank {rank}] {failed}")
-                return 1
-            _log(f"[rank {rank}] its share of the runs is done; rank 0 writes the report")
-            return 0
     from foveal.recipes.compare.report import write_report
 
     report = write_report(cfg, out, skipped)
@@ -142,9 +141,11 @@ def _compare(args) -> int:
     return 0
 
 
-def _torchrun() -> tuple:
-    """``(rank, world size)`` when torchrun started this process with more than one rank, else (None, None)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
-        return None, None
-    return int(os.environ.get("RANK", "0")), world
+
+def _refuse_torchrun() -> None:
+    """compare spreads whole runs; torchrun's ranks are for one data-parallel run."""
+    world = os.environ.get("WORLD_SIZE", "1") or "1"
+    if world.isdigit() and int(world) > 1:
+        raise ValueError(f"foveal compare does not run under torchrun (WORLD_SIZE={world}): to spread a comparison's "
+                         "runs use --workers N (one machine) or --ray ADDRESS (a Ray cluster, e.g. on Slurm: "
+                         "examples/slurm/compare-ray.sbatch); torchrun trains one big run data-parallel: foveal train")

@@ -13,7 +13,7 @@
 Supervised methods share their images: the first ``num_sequences`` of the NOGS file, or, without one, a
 fixed random subset (seed 0) of the training split. Files are written atomically and reused when they
 exist (their names carry what would make them differ). The generated ones (:data:`MADE`) are each made
-by one step of :mod:`foveal.recipes.compare.parallel` (:meth:`ComparisonInputs.make`), so that workers
+by one step of :mod:`foveal.recipes.compare.graph` (:meth:`ComparisonInputs.make`), so that tasks
 running side by side never make the same file twice; :meth:`ComparisonInputs.preflight` makes the
 stand-in NOGS file in the process that starts them.
 """
@@ -247,7 +247,7 @@ class ComparisonInputs:
         chosen = [m for m in self.cfg.methods if methods is None or m.name in methods]
         kinds = {m.kind for m in chosen}
         sources = {m.sequences for m in chosen if m.kind == "ps"}
-        nogs = self.nogs() if sources else None  # checked (or a stand-in made) here, once, before any worker
+        nogs = self.nogs() if sources else None  # checked (or a stand-in made) here, once, before any task
         if "nogs" in sources and nogs is None:
             raise ValueError("a PS-NOGS method needs the NOGS sequence file: set inputs.nogs=<file> (foveal annotate)")
         if "ram+" in kinds and self.cfg.inputs["posterior"] is None and not self.cfg.inputs["stand_ins"] and not (

@@ -1,23 +1,22 @@
 """``foveal compare``'s runs: train every planned run of a comparison (:mod:`foveal.recipes.compare.config`)
 that is not finished, after its inputs (:mod:`foveal.recipes.compare.inputs`) are made; resumable. Here
-one after the other, or side by side on worker processes, GPUs or torchrun ranks
-(:mod:`foveal.recipes.compare.parallel`)."""
+one after the other, or as Ray tasks on a local instance or a cluster (:mod:`foveal.recipes.compare.graph`)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 import yaml
 
+from foveal.cluster import ray_address
 from foveal.config import config_differences
 from foveal.files import atomic_write
 from foveal.recipes.compare.config import CompareConfig, plan_runs, restrict
+from foveal.recipes.compare.graph import Placement, run_steps
 from foveal.recipes.compare.inputs import ComparisonInputs
-from foveal.recipes.compare.parallel import run_rank, run_steps, sync_ranks
-from foveal.recipes.compare.steps import RunsFailed, StepRunner, clear_status, plan_steps, train_task
+from foveal.recipes.compare.steps import RunsFailed, clear_status, plan_steps, train_task
 from foveal.recipes.run import longer_constant_run
 from foveal.runtime import resolve_device
 
@@ -27,65 +26,94 @@ __all__ = ["train_task", "run_comparison", "check_compare_config", "save_compare
 def run_comparison(cfg: CompareConfig, out: Path, *, log: Callable[[str], None] = lambda message: None,
                    progress: Optional[Callable[[], tuple[Optional[Callable], Callable[[], None]]]] = None,
                    methods: Optional[tuple[str, ...]] = None, seeds: Optional[tuple[int, ...]] = None,
-                   stop_after: Optional[int] = None, workers: int = 1, devices: tuple[str, ...] = (),
-                   rank: Optional[int] = None, world: Optional[int] = None) -> dict[str, str]:
+                   stop_after: Optional[int] = None, workers: Optional[int] = None, devices: tuple[str, ...] = (),
+                   ray: Optional[str] = None) -> dict[str, str]:
     """Train every planned run that is not finished yet (module docstring); returns the skipped methods
     with the reason (e.g. PS-HGS without part annotations).
 
     Args:
         log: receives one line per event (inputs made, run started / skipped / finished / failed).
         progress: makes ``(callback, close)`` for each run's training (the CLI's progress bar); used
-            when the runs train in this process (workers and ranks log a line per tenth instead).
+            when the runs train in this process.
         methods, seeds: train only these (the report still covers every finished run); one the config
             lacks is an error.
         stop_after: stop each run after this iteration (timing, smoke tests).
-        workers: how many runs train at once, each in its own process with one torch thread (1: here).
-        devices: one worker per device (``cuda:0``, ...; may repeat), its runs' ``train.device``; then
-            ``workers`` is their number.
-        rank, world: this process is rank ``rank`` of ``world`` (torchrun): it trains its share of the runs,
-            waiting for the runs of other ranks that it needs; rank 0 waits for all of them.
+        workers: how many runs train at once on a local Ray instance (its CPUs; each run one torch thread);
+            None or 1 without ``ray`` or several ``devices``: here, one after the other.
+        devices: the runs' ``train.device``: one (here), or several, one task each at a time on a local
+            Ray instance (``cuda:0,cuda:1``: each task gets one GPU from Ray; a device may repeat, then
+            tasks share it); ``workers`` is their number.
+        ray: ``"local"`` (or ``""``) for a local Ray instance, else the address of a Ray cluster (``auto``,
+            ``host:6379``, ``ray://host:10001``); None: Ray only for several workers or devices.
 
     Raises:
         RunsFailed: some runs failed; every run that did not need them has trained.
     """
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"--workers: expected a positive number of worker processes, found {workers!r}")
-    _check_devices(devices)
-    if devices and workers != len(devices):
-        raise ValueError(f"--workers {workers} with --devices {','.join(devices)}: one worker per device; give as many "
-                         "devices as workers (a device may repeat), or leave --workers out")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"--workers: expected a positive number of runs at once, found {workers!r}")
+    address = ray_address(ray)
+    _check_devices(devices, here=address is None)
+    if devices and workers is not None and workers != len(devices):
+        raise ValueError(f"--workers {workers} with --devices {','.join(devices)}: one run at a time per listed device; "
+                         "give as many devices as workers (a device may repeat), or leave --workers out")
+    if address is not None and workers is not None:
+        raise ValueError(f"--workers {workers}: sizes a local Ray instance; the cluster at --ray {address} runs as many "
+                         "tasks at once as its nodes have CPUs (or GPUs); leave --workers out")
+    if ray is None and (workers or 1) == 1 and len(devices) <= 1:
+        where = Placement(device=devices[0] if devices else None)
+    else:
+        device, gpus = _task_device(cfg, devices, here=address is None)
+        where = Placement(ray="local" if ray is None else ray, workers=workers or len(devices) or None,
+                          device=device, gpus=gpus)
     wanted = restrict(cfg, methods, seeds)
     train_methods, train_seeds = {m.name for m in wanted.methods}, set(wanted.seeds)
     out = Path(out)
     tasks = [t for t in plan_runs(cfg, out) if t.method in train_methods and t.seed in train_seeds]
     steps = plan_steps(cfg, tasks)
-
-    def prepare() -> None:  # the checks, the stand-in NOGS file and fresh status files, once, before any run
-        # compare.yaml is written only once the checks pass: a start refused for a missing input leaves the
-        # folder as it was, so the corrected command is not refused as "another config"
-        resolved = check_compare_config(cfg, out)
-        ComparisonInputs(cfg, out, log).preflight(train_methods)
-        save_compare_config(resolved, out)
-        for step in steps:
-            clear_status(out, step.name)
-
-    if world is not None and world > 1:
-        if workers > max(1, len(devices)):
-            raise ValueError("--workers: under torchrun every rank is one worker (--nproc-per-node sets how many); "
-                             "leave --workers out")
-        rank = int(rank or 0)
-        sync_ranks(rank, prepare)
-        device = devices[int(os.environ.get("LOCAL_RANK", rank)) % len(devices)] if devices else None
-        runner = StepRunner(cfg, out, device=device, log=log, stop_after=stop_after)
-        return run_rank(steps, runner, out, rank, world, log=log)
-    prepare()
-    runner = StepRunner(cfg, out, log=log, progress=progress, stop_after=stop_after)
-    return run_steps(steps, runner, out, workers=workers, devices=tuple(devices), log=log)
+    # the checks, the stand-in NOGS file and fresh status files, once, before any run; compare.yaml is
+    # written only once the checks pass: a start refused for a missing input leaves the folder as it was,
+    # so the corrected command is not refused as "another config"
+    resolved = check_compare_config(cfg, out)
+    ComparisonInputs(cfg, out, log).preflight(train_methods)
+    save_compare_config(resolved, out)
+    for step in steps:
+        clear_status(out, step.name)
+    return run_steps(cfg, out, steps, where, stop_after=stop_after, log=log, progress=progress)
 
 
-def _check_devices(devices: tuple[str, ...]) -> None:
-    """Each of ``--devices`` names a device of this machine (before any worker starts)."""
+def _task_device(cfg: CompareConfig, devices: tuple[str, ...], here: bool) -> tuple[Optional[str], float]:
+    """``(train.device, GPUs)`` of each Ray task: ``cuda`` and one GPU (a share of one where ``devices``
+    repeats it) for GPU runs, which Ray hands out (it sets ``CUDA_VISIBLE_DEVICES``); CPU runs ask for none.
+    ``here``: a local instance (else a cluster, whose nodes have the GPUs, not necessarily this one)."""
+    if devices:
+        kinds = {_device_type(d, here) for d in devices}
+        if kinds == {"cpu"}:
+            return "cpu", 0.0
+        if kinds == {"cuda"}:
+            return "cuda", len(set(devices)) / len(devices)
+        raise ValueError(f"--devices {','.join(devices)}: expected GPUs only or CPUs only, found both")
+    if resolve_device(cfg.run["train"].get("device", "auto")).type == "cuda":
+        return "cuda", 1.0
+    return None, 0.0
+
+
+def _device_type(name: str, here: bool) -> str:
+    """``cpu`` or ``cuda``: of a device of this machine (``here``), or of any (a Ray cluster's nodes)."""
+    if here:
+        return resolve_device(name, "--devices").type
+    try:
+        return torch.device(name).type
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--devices: expected 'cpu', 'cuda' or 'cuda:N', found {name!r}") from None
+
+
+def _check_devices(devices: tuple[str, ...], here: bool) -> None:
+    """Each of ``--devices`` names a device of this machine (before any task starts); for a Ray cluster
+    (not ``here``), of some machine: the driver may have no GPU."""
     for name in devices:
+        if not here:
+            _device_type(name, here)
+            continue
         device = resolve_device(name, "--devices")
         count = torch.cuda.device_count() if device.type == "cuda" else 0
         if device.type == "cuda" and device.index is not None and device.index >= count:

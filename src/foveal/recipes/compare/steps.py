@@ -1,13 +1,11 @@
 """A comparison as a graph of steps: every planned run, its sampled evaluation and every generated input the
-runs share, what each step needs, a deterministic assignment of steps to ranks, the status files of steps
-that did not finish, and running one step (:class:`StepRunner`). :mod:`foveal.recipes.compare.parallel`
-schedules them over worker processes, devices or torchrun ranks; its docstring describes the graph and the
-schedules."""
+runs share, what each step needs, the status files of steps that did not finish, and running one step
+(:class:`StepRunner`). :mod:`foveal.recipes.compare.graph` runs them as tasks, here or on Ray; its docstring
+describes the graph."""
 
 from __future__ import annotations
 
 import json
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -15,13 +13,12 @@ from typing import Callable, Optional
 from foveal.files import atomic_write
 from foveal.recipes.compare.config import CompareConfig, RunTask, slug
 
-__all__ = ["Step", "Outcome", "Failure", "RunsFailed", "plan_steps", "assign", "StepRunner", "train_task",
+__all__ = ["Step", "Outcome", "Failure", "RunsFailed", "plan_steps", "StepRunner", "train_task",
            "evaluate_sampled", "sampled_done", "status_path", "write_status", "read_status", "clear_status", "STATUS",
-           "NOT_DONE", "LogFn"]
+           "LogFn"]
 
 
 STATUS = "status"  # <out>/status/<step>.txt: failed / blocked / skipped / stopped, the reason, a traceback
-NOT_DONE = ("failed", "blocked", "skipped", "stopped")
 _MADE = ("salience", "ps-ram", "hgs")  # foveal.recipes.compare.inputs.MADE (that module imports torch)
 LogFn = Callable[[str], None]
 
@@ -36,7 +33,6 @@ class Step:
     task: Optional[RunTask] = None
     need: Optional[str] = None  # one of _MADE, when task is None
     seed: Optional[int] = None  # the seed an input is made with
-    cost: float = 1.0  # for assign() only: train.iterations of a run
     repeats: int = 0  # > 0: the sampled evaluation of task, M rollouts per test image
 
     @property
@@ -51,13 +47,13 @@ class Step:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a step came to: ``done``, ``skipped`` (no inputs for it), ``stopped`` (``stop_after``) or
-    ``failed``; ``detail``: the test accuracy, the reason or the error."""
+    """What a step that did not raise came to: ``done``, ``skipped`` (no inputs for it), ``stopped``
+    (``stop_after``) or ``blocked`` (a step it needs did not finish); ``detail``: the test accuracy or the
+    reason. (A step that raises: :class:`foveal.cluster.TaskResult` holds its error.)"""
 
     name: str
     status: str
     detail: str = ""
-    traceback: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,7 +72,8 @@ class RunsFailed(Exception):
 
     Attributes:
         failures: one per failed step, with its folder and error.
-        skipped: methods skipped for want of inputs, with the reason (as :func:`run_steps` returns).
+        skipped: methods skipped for want of inputs, with the reason (as
+            :func:`foveal.recipes.compare.graph.run_steps` returns).
         blocked: steps not started because a step they need failed.
     """
 
@@ -116,34 +113,10 @@ def plan_steps(cfg: CompareConfig, tasks: list[RunTask]) -> list[Step]:
             after.append(name)
         if t.kind == "ram+" and t.stage == "train" and (t.method, t.seed, "pretrain") in runs:
             after.append(runs[(t.method, t.seed, "pretrain")])
-        steps.append(Step(step_name(t), tuple(after), task=t, cost=float(t.config["train"].get("iterations", 1))))
+        steps.append(Step(step_name(t), tuple(after), task=t))
         if t.stage == "train" and cfg.evaluate_repeats > 0:
-            # cost: a token; a test pass costs little beside a run's training, and the split's size is not known here
             steps.append(Step(f"{step_name(t)}-sampled", (step_name(t),), task=t, repeats=cfg.evaluate_repeats))
     return steps
-
-
-def assign(steps: list[Step], world: int, done: frozenset[str] = frozenset()) -> tuple[list[str], dict[str, int]]:
-    """A deterministic share of the steps for each of ``world`` ranks: a list schedule simulated with each
-    step's cost (0 when ``done``), a step going to the rank free first once the steps it needs are over.
-
-    Returns ``(order, rank of each step)``: ``order`` sorts the steps by simulated start (ties: plan order),
-    an order consistent with the graph, which every rank follows through its own steps.
-    """
-    index = {s.name: i for i, s in enumerate(steps)}
-    free = [0.0] * world
-    start, finish, rank = {}, {}, {}
-    remaining = list(steps)
-    while remaining:
-        r = min(range(world), key=lambda k: (free[k], k))
-        ready = [s for s in remaining if all(d in finish for d in s.after)]  # never empty: plan order is topological
-        step = min(ready, key=lambda s: (max([free[r], *(finish[d] for d in s.after)]), index[s.name]))
-        start[step.name] = max([free[r], *(finish[d] for d in step.after)])
-        finish[step.name] = start[step.name] + (0.0 if step.name in done else max(step.cost, 1e-9))
-        rank[step.name] = r
-        free[r] = finish[step.name]
-        remaining.remove(step)
-    return sorted(start, key=lambda n: (start[n], index[n])), rank
 
 
 # ------------------------------------------------------------------------------------------ status files
@@ -153,7 +126,7 @@ def status_path(out: Path, name: str) -> Path:
 
 def write_status(out: Path, name: str, status: str, detail: str, trace: str = "") -> Path:
     path = status_path(out, name)
-    atomic_write(path, f"{status}\n{detail}\n{trace}".encode())  # a rank polling for it never reads half a file
+    atomic_write(path, f"{status}\n{detail}\n{trace}".encode())  # a step that needs it never reads half a file
     return path
 
 
@@ -214,11 +187,12 @@ def evaluate_sampled(task: RunTask, repeats: int, *, device: Optional[str] = Non
 
 
 class StepRunner:
-    """Runs one step, here or in a worker: makes an input, resolves a run's inputs and trains it, or
-    evaluates a finished run with sampled locations.
+    """Runs one step, here or in a Ray worker: makes an input, resolves a run's inputs and trains it, or
+    evaluates a finished run with sampled locations. Holds nothing another process needs: a worker builds
+    its own from ``(cfg, out)``.
 
     Args:
-        device: the ``train.device`` of the runs (a worker's device), or None for the config's own.
+        device: the ``train.device`` of the runs (``cuda`` for a Ray task with a GPU), or None for the config's own.
         progress: makes ``(callback, close)`` for each run's training (the CLI's progress bar).
         stop_after: stop each run after this iteration (timing, smoke tests).
     """
@@ -236,18 +210,15 @@ class StepRunner:
         return sampled_done(step.task, step.repeats) if step.repeats else step.task.done
 
     def run(self, step: Step) -> Outcome:
-        """The step's outcome; an exception becomes a ``failed`` outcome with its traceback."""
-        try:
-            if step.task is None:
-                reason = self.inputs.make(step.need, step.seed)
-                return Outcome(step.name, "skipped" if reason else "done", reason or "")
-            if step.repeats:
-                results = evaluate_sampled(step.task, step.repeats, device=self.device)
-                return Outcome(step.name, "done", f"test accuracy {results['test_accuracy']:.4f}")
-            return self._train(step)
-        except Exception as err:  # reported with the run's folder; the other runs go on
-            message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
-            return Outcome(step.name, "failed", f"{type(err).__name__}: {message}", traceback.format_exc())
+        """The step's outcome; an exception is the step's failure and propagates (the caller reports it with
+        the run's folder; the other runs go on)."""
+        if step.task is None:
+            reason = self.inputs.make(step.need, step.seed)
+            return Outcome(step.name, "skipped" if reason else "done", reason or "")
+        if step.repeats:
+            results = evaluate_sampled(step.task, step.repeats, device=self.device)
+            return Outcome(step.name, "done", f"test accuracy {results['test_accuracy']:.4f}")
+        return self._train(step)
 
     def _train(self, step: Step) -> Outcome:
         task = step.task
