@@ -7,8 +7,9 @@
 #   3. the PS-NOGS study's strong posterior (benchmarks/ps-nogs/posterior-strong.yaml, all 30,000
 #      iterations) trained on the GPU, beside (2);
 #   4. the strong annotation (N = 200 completions, ESS 0.2 of 1,000 proposals, plain search) of train
-#      positions 0-999 by workers that claim chunks of one annotation folder, until the time is up; the
-#      folder continues anywhere (benchmarks/ps-nogs/pipeline.sh) with the chunks that are left.
+#      positions 0-999, one Ray task per chunk with NW chunks sharing the GPU, until the time is up; the
+#      folder continues anywhere (benchmarks/ps-nogs/pipeline.sh) with the chunks that are left. (The lease
+#      that made the study's annotation ran 8 processes claiming chunks, which foveal no longer has.)
 # Everything comes back as $OUT/lease.tar.gz (run folders without their `last` checkpoints once finished)
 # and $OUT/lease.log. The machine has no network: Fashion-MNIST travels in .gpu-data/ (carried).
 #
@@ -23,7 +24,7 @@ left() { local r=$(( $1 - $(el) )); [ $r -gt 1 ] && echo $r || echo 1; }  # seco
 SMOKE=${SMOKE:-0}
 BUDGET=${BUDGET:-530}       # the whole script ends by then, the archive written
 POST_END=${POST_END:-330}   # the posterior stops by then (else no annotation: a cut cosine schedule is weaker)
-NW=${NW:-8}                 # annotation workers sharing the GPU
+NW=${NW:-8}                 # annotation chunks sharing the GPU at once (Ray tasks)
 W=${WORK:-/tmp/lease}
 PY=${PY:-python3}
 rm -rf "$W" && mkdir -p "$W" "$OUT"
@@ -84,23 +85,19 @@ if [ -n "$DDPPID" ]; then
 fi
 log "posterior done"
 
-# 4. the strong annotation, workers claiming chunks of one folder, until the budget
+# 4. the strong annotation: one Ray task per chunk, NW chunks sharing the GPU at once, until the budget
+#    (a killed run leaves its finished chunks; the same command continues with the rest)
 if [ -f "$W/posterior-strong/results.json" ]; then
-  A=(--config benchmarks/configs/annotate-nogs-wide.yaml --out "$W/nogs-strong" --quiet
-     --posterior "$W/posterior-strong/checkpoints/best" --bank "$W/bank.npy" --device $DEV --shard-mode claim
+  A=(--config benchmarks/configs/annotate-nogs-wide.yaml --out "$W/nogs-strong"
+     --posterior "$W/posterior-strong/checkpoints/best" --bank "$W/bank.npy" --device $DEV
      n_completions=200 target_ess=0.2 screen_completions=null threads=1 "${ANN[@]}")
-  log "annotation: prepare"
-  timeout "$(left $((BUDGET - 20)))" $PY -m foveal annotate "${A[@]}" --shard 0/$NW --prepare-only \
-    || log "prepare: exit $?"
-  log "annotation: $NW workers"
-  PIDS=()
-  for i in $(seq 0 $((NW - 1))); do
-    timeout "$(left $((BUDGET - 20)))" $PY -m foveal annotate "${A[@]}" --shard $i/$NW > "$W/annotate-$i.log" 2>&1 &
-    PIDS+=($!)
-  done
-  wait "${PIDS[@]}"   # not a bare wait: that would wait for the log's tee too
-  tail -n 3 "$W"/annotate-*.log
-  log "annotation: $(ls "$W/nogs-strong/parts/all" 2>/dev/null | wc -l) chunks done"
+  RAY=(--ray --workers $NW)
+  [ "$DEV" = cuda ] && RAY+=(--tasks-per-gpu $NW)
+  log "annotation: $NW chunks at a time"
+  timeout "$(left $((BUDGET - 20)))" $PY -m foveal annotate "${A[@]}" "${RAY[@]}" > "$W/annotate.log" 2>&1 \
+    || log "annotate: exit $?"
+  tail -n 3 "$W/annotate.log"
+  log "annotation: $(ls "$W/nogs-strong/parts/shard-0-of-1" 2>/dev/null | grep -c '\.json$') chunks done"
 else
   log "no finished posterior: no annotation"
 fi

@@ -54,11 +54,12 @@ inputs() {
   annotation nogs wide                                         # today's annotator, rebuilt as it was
   annotation hindsight wide completions=hindsight screen_completions=null  # the true image as the only completion
   # the strong annotator: a stronger posterior; N = 200 completions worth ~200 distinct images (ESS 0.2 x 1,000
-  # candidates); the plain search (local updates are exact). Both were started on a GPU (benchmarks/gpu/gpu_lease.sh:
-  # workers claiming chunks of 10 images); this continues the chunks that are left with the same settings.
+  # candidates); the plain search (local updates are exact). Both were made on a GPU (benchmarks/gpu/gpu_lease.sh;
+  # the annotation by 8 processes claiming chunks of 10 images, the layout foveal sequences merge still reads); a
+  # fresh annotation with these settings on this machine: two Ray tasks at once.
   posterior strong $S/posterior-strong.yaml train.checkpoint_every=500
   annotation nogs-strong strong n_completions=200 target_ess=0.2 screen_completions=null chunk_size=10 \
-    --shard 0/1 --shard-mode claim
+    --ray --workers 2
 }
 
 # The comparison's runs, in the order they are taken: RAM first (every method is measured against it, and
