@@ -203,3 +203,14 @@ def test_pages_cite_only_files_that_exist():
     missing = [f"{page.relative_to(ROOT)}: {path}" for page in pages if page.parent.name != "reference"
                for path in cited_paths(page.read_text()) if not any(ROOT.glob(path))]
     assert not missing, "pages name files that are not in the repository:\n" + "\n".join(missing)
+
+
+_CITED_FILE = re.compile(r"(?<![\w./-])((?:benchmarks|docs|examples)/[\w./-]*\.(?:md|py|sh|yaml|json|csv|png|sbatch))\b")
+
+
+def test_source_cites_only_files_that_exist():
+    """The package's docstrings and comments name documentation, benchmark and example files that exist (a
+    fact they rely on must be where they say)."""
+    missing = [f"{path.relative_to(ROOT)}: {cited}" for path in sorted((ROOT / "src" / "foveal").rglob("*.py"))
+               for cited in _CITED_FILE.findall(path.read_text()) if not (ROOT / cited).exists()]
+    assert not missing, "source files name files that are not in the repository:\n" + "\n".join(missing)

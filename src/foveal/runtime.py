@@ -76,7 +76,7 @@ def speed_up_allocator() -> None:
     """Keep freed memory in the process instead of returning it to the OS at once (glibc only; a no-op elsewhere).
 
     glibc returns freed blocks to the OS eagerly; small CNNs then spend most of their time in system
-    calls (REFERENCE.md measured 2.4x). Call it before the allocations start (the CLI and benchmarks do).
+    calls (2.4x slower, measured: docs/background.md). Call it before the allocations start (the CLI and benchmarks do).
     """
     try:
         import ctypes

@@ -19,7 +19,7 @@ one-process update on the global batch, up to floating point, because of how the
 * a batch mean over equal shards: the mean over ranks of the shards' means is the global mean, and so
   is its gradient (cross-entropy, baseline regression, REINFORCE's mean, wake-sleep, posteriors, the
   Saccader's ``sum / B``; a term every rank adds whole, like an L2 penalty, is kept by the average);
-* a SUM over the batch (partial supervision's official sequence term, REFERENCE.md): the average
+* a SUM over the batch (partial supervision's official sequence term, docs/background.md): the average
   would divide it by R, so each rank multiplies its share by R (:mod:`foveal.training.partial_supervision`);
 * a batch statistic inside the loss (the Saccader's stage-3 reward baseline, the minibatch's mean
   reward): :func:`all_reduce_mean` makes it the global batch's.
@@ -141,7 +141,7 @@ def start() -> World:
 
 
 def stop(*, wait: bool = True) -> None:
-    """Leave the world: a barrier (``wait``; it avoided an intermittent abort at exit, REFERENCE.md), then the
+    """Leave the world: a barrier (``wait``; it avoided an intermittent abort at exit, docs/background.md), then the
     process group is destroyed. ``wait=False`` after an error: the other ranks may never come."""
     global _world, _waits
     if _world.size == 1:

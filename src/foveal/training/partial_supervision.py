@@ -27,7 +27,7 @@ rollout.
 How a batch of B with n_sup supervised images weighs the terms (``weighting``):
 
 * ``"official"`` (default), as the published trainer (``training-hard-attention/trainer.py``,
-  REFERENCE.md): cross-entropy, baseline regression and REINFORCE are batch means over the B images
+  docs/background.md): cross-entropy, baseline regression and REINFORCE are batch means over the B images
   (REINFORCE summed over the unsupervised images, divided by B; the baseline regressed on every image,
   the supervised ones under their forced rollout), and the sequence term is a SUM over the supervised
   images, :math:`w_{seq} \sum_{i \in sup} \sum_t -\log\pi(l^i_t)`: a supervised image weighs
