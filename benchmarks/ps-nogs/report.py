@@ -186,8 +186,8 @@ def figure(rows: list[dict[str, Any]], curves: dict, out: Path) -> None:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
     for k, name in enumerate(methods):
-        runs = [curves[(name, r["seed"])]["val"]["accuracy"] for r in rows
-                if r["method"] == name and (name, r["seed"]) in curves]
+        runs = [curves[(name, r["seed"])]["val"]["accuracy"] for r in rows  # a run just begun has no validation yet
+                if r["method"] == name and "accuracy" in curves.get((name, r["seed"]), {}).get("val", {})]
         if not runs:
             continue
         length = min(len(its) for its, _ in runs)  # the iterations every seed has reached
