@@ -114,7 +114,8 @@ def main() -> None:
     speed_up = summary["one-process"]["wall_s"] / summary["ray-2-workers"]["wall_s"]
     command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ray/annotate_overhead.py" + (
         f" --images {args.images}" if args.images != 64 else "") + (
-        f" --repeats {args.repeats}" if args.repeats != 2 else "")
+        f" --repeats {args.repeats}" if args.repeats != 2 else "") + (
+        f" --out {os.path.relpath(args.out)}" if args.out.resolve() != (HERE / "annotate").resolve() else "")
     record = {"command": command, "images": args.images, "repeats": args.repeats, "settings": SETTINGS,
               "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
               "torch": torch.__version__, "ray": _ray_version(), "runs": rows, "mean": summary,
