@@ -34,6 +34,7 @@ import sys
 import time
 import traceback as tb
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 __all__ = ["Task", "TaskResult", "run_here", "run_on_ray", "ray_address"]
@@ -165,6 +166,15 @@ def ray_address(value: Optional[str]) -> Optional[str]:
     return value.strip()
 
 
+def _with_this_foveal(env: Optional[dict[str, str]]) -> dict[str, str]:
+    """``env`` with the folder holding the foveal this process runs first on ``PYTHONPATH``, so that a local
+    instance's workers import the same foveal (a source checkout too) whatever is installed."""
+    root = str(Path(__file__).resolve().parents[1])
+    given = (env or {}).get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    paths = [root, *[p for p in given.split(os.pathsep) if p and p != root]]
+    return {**(env or {}), "PYTHONPATH": os.pathsep.join(paths)}
+
+
 def _check_fits(ray: Any, tasks: Sequence[Task], started_here: bool) -> None:
     """A task that asks more GPUs than any node has would wait forever: refuse it before any starts."""
     gpus = max((t.gpus for t in tasks), default=0.0)
@@ -188,7 +198,8 @@ def run_on_ray(tasks: Sequence[Task], *, address: Optional[str] = None, workers:
             exception the task raised: that is its result).
         log: one line when the instance is up (with the dashboard address where there is one), then one per
             task as it finishes, fails or is not started.
-        env: environment variables for the tasks' worker processes (e.g. ``PYTHONPATH``).
+        env: environment variables for the tasks' worker processes (e.g. ``PYTHONPATH``); a local instance's
+            workers also get the folder of this process's foveal first on ``PYTHONPATH``.
         ended: as in :func:`run_here`, called in this process (the driver) as each task ends.
     """
     _check_graph(tasks)
@@ -203,6 +214,8 @@ def run_on_ray(tasks: Sequence[Task], *, address: Optional[str] = None, workers:
         raise ValueError(f"retries: expected >= 0, found {retries}")
     started_here = not ray.is_initialized()
     if started_here:
+        if address is None:
+            env = _with_this_foveal(env)
         runtime_env = {"env_vars": dict(env)} if env else None
         if address is None:
             context = ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,

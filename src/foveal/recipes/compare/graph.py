@@ -45,7 +45,6 @@ the steps that need it read before they start: they are skipped (with the reason
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -209,16 +208,6 @@ def run_steps(cfg: CompareConfig, out: Path, steps: list[Step], where: Placement
     if where.here:
         run_here(tasks, log=log, ended=record.ended)
     else:
-        run_on_ray(tasks, address=ray_address(where.ray), workers=where.workers, log=log, ended=record.ended,
-                   env=_worker_env() if ray_address(where.ray) is None else None)
+        run_on_ray(tasks, address=ray_address(where.ray), workers=where.workers, log=log, ended=record.ended)
     return record.result()
-
-
-def _worker_env() -> dict[str, str]:
-    """A local instance's workers import the foveal this process runs (a source checkout too)."""
-    import foveal
-
-    root = str(Path(foveal.__file__).resolve().parents[1])
-    paths = [root, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]]
-    return {"PYTHONPATH": os.pathsep.join(paths)}
 
