@@ -12,8 +12,14 @@ Per seed, every model is an ordinary run folder under --runs (a killed benchmark
 4. ``Saccader``: its three stages (configs saccader-{representation,location,reinforce}-cluttered-fashion-mnist);
    its prediction after t glimpses averages the cell logits read, trained at every t by stage 1.
 
-PS-NOGS-trained RAM is not included: no PS-NOGS checkpoint on this data exists yet (it needs annotated
-sequences for cluttered Fashion-MNIST).
+5. from the PS-NOGS study (``--study``, benchmarks/ps-nogs/comparison), where its best checkpoints exist for the
+   seed: its RAM and its PS-NOGS-trained RAM (ram-grid, one 12 px scale, trained to convergence with the loss on
+   the last glimpse's prediction only, so their earlier predictions were never trained; a reference for
+   PS-NOGS against RAM at equal budget, not against the models above).
+
+A seed's numbers are saved in ``--out/seed-<seed>.json``; a later call skips it (and evaluates only the study's
+models it lacks). With --runs inside the repository, ``--snapshot`` git-stages what a fresh clone needs to
+continue (the unfinished seeds' checkpoints).
 
 Each model is evaluated on the first --limit test images (:func:`foveal.evaluation.budget.budget_evaluation`,
 greedy policies, up to 6 glimpses): the fixed-T curve, the confidence rule over --thresholds, and for the
@@ -53,8 +59,8 @@ SCALES = {
               "reinforce": ["train.iterations=60", "train.batch_size=16"],
               "common": ["train.val_every=250", "train.val_batches=2", "train.eval_batch_size=250",
                          "train.tensorboard=false"], "limit": 1000},
-    "full": {"ram": [], "dram": [], "representation": [], "location": [], "reinforce": [], "common": [],
-             "limit": None},
+    "full": {"ram": [], "dram": [], "representation": [], "location": [], "reinforce": [],
+             "common": ["train.tensorboard=false"], "limit": None},
     # seconds: checks that the script runs end to end, measures nothing
     "smoke": {**{k: ["train.iterations=3", "train.batch_size=8"] for k in
                  ("ram", "dram", "representation", "location", "reinforce")},
@@ -63,6 +69,7 @@ SCALES = {
 }
 THRESHOLDS = [0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
 LEARNED_RULE = "RAM + learned stop (its stop rule)"
+STUDY = {"RAM-grid, PS-NOGS study": "ram", "PS-NOGS-trained RAM-grid, PS-NOGS study": "ps-nogs"}
 
 
 def main() -> None:
@@ -74,27 +81,74 @@ def main() -> None:
     ap.add_argument("--stop-cost", type=float, default=STOP_COST, help="reward lost per glimpse (learned stop)")
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-budgeted"))
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results-small")
+    ap.add_argument("--study", type=Path, default=Path(__file__).parents[1] / "ps-nogs" / "comparison",
+                    help="the PS-NOGS study's comparison folder: its RAM and PS-NOGS best checkpoints are evaluated too")
     ap.add_argument("--report-only", action="store_true",
                     help="remake report.md, budget.csv and the figures from --out/budget.json, training nothing")
+    ap.add_argument("--snapshot", action="store_true",
+                    help="git-stage what continues an unfinished run in a fresh clone (--runs inside the repository)")
     args = ap.parse_args()
     if args.report_only:
         write(json.loads((args.out / "budget.json").read_text()), args.out)
+        return
+    if args.snapshot:
+        snapshot(args.runs, args.out, args.seeds)
         return
     speed_up_allocator()
     torch.set_num_threads(1)
     scale = SCALES[args.scale]
     limit = args.limit if args.limit is not None else scale["limit"]
-    start = time.perf_counter()
-    per_seed = [run_seed(seed, scale, limit, args) for seed in args.seeds]
-    report = {"command": " ".join(["OMP_NUM_THREADS=1", ".venv/bin/python", *sys.argv]), "scale": args.scale,
-              "overrides": {k: v for k, v in scale.items() if k != "limit"}, "limit": limit, "seeds": args.seeds,
-              "stop_cost": args.stop_cost, "thresholds": args.thresholds, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "seconds": time.perf_counter() - start,
-              "per_seed": per_seed, "mean": {"methods": mean_methods(per_seed)}}
-    write(report, args.out)
+    per_seed = []
+    for seed in args.seeds:  # a seed already in --out is not trained or evaluated again, only completed
+        per_seed.append(run_seed(seed, scale, limit, args))
+        report = {"command": " ".join(["OMP_NUM_THREADS=1", ".venv/bin/python", *sys.argv]), "scale": args.scale,
+                  "overrides": {k: v for k, v in scale.items() if k != "limit"}, "limit": limit,
+                  "seeds": [s["seed"] for s in per_seed], "stop_cost": args.stop_cost, "thresholds": args.thresholds,
+                  "torch": torch.__version__, "threads": torch.get_num_threads(),
+                  "seconds": sum(sum(s["seconds"].values()) for s in per_seed),
+                  "per_seed": per_seed, "mean": {"methods": mean_methods(per_seed)}}
+        write(report, args.out)  # after every seed: a report of the seeds done so far
 
 
 def run_seed(seed: int, scale: dict, limit, args) -> dict:
+    """One seed's numbers, from ``--out/seed-<seed>.json`` where an earlier call saved them (then only the PS-NOGS
+    study's models it lacks are evaluated), else trained (resuming the run folders) and evaluated, then saved."""
+    cache = args.out / f"seed-{seed}.json"
+    if cache.exists():
+        done = json.loads(cache.read_text())
+        for key, value in (("scale", args.scale), ("limit", limit), ("thresholds", args.thresholds)):
+            if done.get(key) != value:
+                raise ValueError(f"{cache}: field {key!r} is {done.get(key)!r} but this call asks for {value!r}; "
+                                 "use another --out (or delete the file to evaluate that seed again)")
+    else:
+        done = {"seed": seed, "scale": args.scale, "limit": limit, "thresholds": args.thresholds,
+                **train_and_evaluate(seed, scale, limit, args)}
+        args.out.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(done, indent=2))
+    have = {m["label"] for m in done["methods"]}
+    missing = {label: path for label, path in study_checkpoints(args.study, seed).items() if label not in have}
+    if missing:
+        log(f"seed {seed}: evaluating {', '.join(missing)} on {limit or 'all'} test images")
+        t0 = time.perf_counter()
+        done["methods"] += evaluate(missing, limit, args.thresholds, seed)[0]
+        done["seconds"]["evaluation (PS-NOGS study)"] = done["seconds"].get("evaluation (PS-NOGS study)", 0.0) + \
+            time.perf_counter() - t0
+        cache.write_text(json.dumps(done, indent=2))
+    return done
+
+
+def study_checkpoints(study: Path, seed: int) -> dict[str, Path]:
+    """The PS-NOGS study's RAM and PS-NOGS-trained RAM of this seed (benchmarks/ps-nogs/comparison), where their
+    best checkpoints exist: ram-grid, one 12 px scale, trained on the last glimpse's prediction only."""
+    found = {}
+    for label, method in STUDY.items():
+        best = study / "runs" / method / f"seed-{seed}" / "checkpoints" / "best"
+        if best.with_suffix(".json").exists() and best.with_suffix(".safetensors").exists():
+            found[label] = best
+    return found
+
+
+def train_and_evaluate(seed: int, scale: dict, limit, args) -> dict:
     from foveal.recipes.run import train_run
     from foveal.recipes.saccader import run_stages
 
@@ -123,7 +177,29 @@ def run_seed(seed: int, scale: dict, limit, args) -> dict:
     log(f"seed {seed}: evaluating on {limit or 'all'} test images")
     methods, matched = evaluate(checkpoints, limit, args.thresholds, seed)
     seconds["evaluation"] = time.perf_counter() - t0
-    return {"seed": seed, "run_dir": str(root), "seconds": seconds, "methods": methods, "learned_vs_confidence": matched}
+    return {"run_dir": str(root), "seconds": seconds, "methods": methods, "learned_vs_confidence": matched}
+
+
+def snapshot(runs: Path, out: Path, seeds: list[int]) -> None:
+    """Stage for a commit what a fresh clone needs to continue: every run folder's config, metrics and
+    checkpoints (``last`` resumes a run, ``best`` is evaluated) for the seeds whose numbers are not yet in --out;
+    for the others, only their numbers (the checkpoints leave the index)."""
+    import subprocess
+
+    for seed in seeds:
+        root = runs / f"seed{seed}"
+        if not root.exists():
+            continue
+        if (out / f"seed-{seed}.json").exists():
+            subprocess.run(["git", "rm", "-rq", "--cached", "--ignore-unmatch", str(root)], check=True)
+            continue
+        keep = [p for p in root.rglob("*") if p.is_file() and (
+            p.name in ("config.yaml", "metrics.csv") or
+            (p.parent.name == "checkpoints" and p.stem in ("last", "best") and p.suffix in (".json", ".safetensors")))]
+        if keep:
+            subprocess.run(["git", "add", "-f", *map(str, keep)], check=True)
+    subprocess.run(["git", "add", str(out)], check=True)
+    subprocess.run(["git", "status", "--short", "--", str(runs), str(out)], check=True)
 
 
 def evaluate(checkpoints: dict, limit, thresholds: list[float], seed: int) -> tuple[list[dict], dict]:
@@ -163,10 +239,12 @@ def match_glimpses(run, target: float, steps: int = 12) -> dict:
 
 
 def mean_methods(per_seed: list[dict]) -> list[dict]:
-    """Every method's fixed and exit numbers averaged over the seeds (sd beside each accuracy)."""
+    """Every method's fixed and exit numbers averaged over the seeds that have it (sd beside each accuracy)."""
     out = []
-    for i, first in enumerate(per_seed[0]["methods"]):
-        runs = [s["methods"][i] for s in per_seed]
+    labels = list(dict.fromkeys(m["label"] for s in per_seed for m in s["methods"]))
+    for label in labels:
+        runs = [m for s in per_seed for m in s["methods"] if m["label"] == label]
+        seeds = [s["seed"] for s in per_seed if any(m["label"] == label for m in s["methods"])]
 
         def average(rows: list[list[dict]]) -> list[dict]:
             merged = []
@@ -181,7 +259,8 @@ def mean_methods(per_seed: list[dict]) -> list[dict]:
                 merged.append(row)
             return merged
 
-        out.append({**first, "fixed": average([r["fixed"] for r in runs]), "exit": average([r["exit"] for r in runs])})
+        out.append({**runs[0], "seeds": seeds, "fixed": average([r["fixed"] for r in runs]),
+                    "exit": average([r["exit"] for r in runs])})
     return out
 
 
@@ -223,7 +302,7 @@ def write(report: dict, out: Path) -> None:
                   "hours of CPU).", ""]
     lines += [f"Seeds {report['seeds']}" + (" (accuracy: mean over seeds)" if n > 1 else "") +
               f"; first {report['limit'] or 'all'} test images; greedy policies; up to 6 glimpses (trained with 6).",
-              "PS-NOGS-trained RAM: not included, no checkpoint exists on this data yet.", "",
+              study_note(mean["methods"]), "",
               "## Cost per image (multiply-adds, counted from the layers)", "",
               "| model | fixed (once per image) | per glimpse | 6 glimpses |", "|---|---|---|---|"]
     for m in mean["methods"]:
@@ -270,6 +349,17 @@ def write(report: dict, out: Path) -> None:
     print("\n".join(lines))
     for path in [out / "report.md", *files[:2], *files[3:]]:
         print(f"file: {path}")
+
+
+def study_note(methods: list[dict]) -> str:
+    have = {m["label"]: m["seeds"] for m in methods if m["label"] in STUDY}
+    if not have:
+        return "PS-NOGS-trained RAM: not included (no best checkpoint of the PS-NOGS study was found)."
+    return ("From the PS-NOGS study (`benchmarks/ps-nogs/comparison`): " + "; ".join(
+        f"{label} (seeds {seeds})" for label, seeds in have.items()) + ". They are ram-grid models (one 12 px "
+        "scale), trained to convergence with the loss on the last glimpse's prediction only: their predictions "
+        "after fewer glimpses were never trained, so an early exit reads untrained outputs. They compare PS-NOGS "
+        "with RAM at equal budget, not with the models above.")
 
 
 def log(message: str) -> None:
