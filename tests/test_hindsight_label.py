@@ -15,15 +15,22 @@ Two small worlds:
       I4     1 1 0 0    0      0.20
 """
 
+import json
 import math
+import re
 
 import pytest
 import torch
 
+from foveal.boed.annotate import AnnotateConfig, annotate, load_posterior
 from foveal.boed.completion import TrueImage
 from foveal.boed.epe import (SearchConfig, cell_masks, expected_label_cross_entropy, greedy_sequence,
                              label_cross_entropy, search_step)
+from foveal.checkpoint import save_checkpoint
+from foveal.models import create_model, model_spec
 from foveal.retina import LocationGrid
+from foveal.sequences import MAKERS, GlimpseSequences, Target, sequence_paths
+from toys import ToySplit, toy_config  # tests/toys.py
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -172,3 +179,126 @@ def test_the_first_cell_is_each_images_own():
                           keep_maps=True, label=CLASSES[1])
     assert seq.epe_maps[0].tolist() == pytest.approx([-math.log(0.65 / 0.70), -math.log(0.65 / 0.85),
                                                       -math.log(0.75), -math.log(0.75)], abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------- the settings
+def test_settings_name_the_field_expected_and_found(annotation_inputs):
+    files = annotation_inputs
+    cfg = toy_config(files, completions="hindsight", objective="label")
+    assert cfg.method == "hindsight-label" and toy_config(files, completions="hindsight").objective == "entropy"
+    assert toy_config(files, completions="hindsight", objective="label", method="mine").method == "mine"
+    with pytest.raises(ValueError, match=r"AnnotateConfig.objective: 'label' scores a cell by the true label's "
+                                         r"cross-entropy on the true image, so it needs completions='hindsight', "
+                                         r"found completions='bank'"):
+        toy_config(files, objective="label")
+    with pytest.raises(ValueError, match=r"AnnotateConfig.objective: expected one of 'entropy', 'label', found 'x'"):
+        toy_config(files, completions="hindsight", objective="x")
+    with pytest.raises(ValueError, match=r"AnnotateConfig.screen_completions: expected None with objective='label' "
+                                         r"\(the true image is the only completion: nothing to screen\), found 8"):
+        toy_config(files, completions="hindsight", objective="label", screen_completions=8)
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("objective", "method")}  # made before the field
+    assert AnnotateConfig.from_dict({**old, "method": "hindsight"}).objective == "entropy"
+
+
+# ----------------------------------------------------------------------------------- the annotator
+def read(prefix):
+    json_path, st_path = sequence_paths(prefix)
+    header = json.loads(json_path.read_text())
+    header["provenance"].pop("timing")
+    return header, st_path.read_bytes()
+
+
+def test_annotation_with_the_label_objective_resumes_and_records_what_it_is(annotation_inputs, tmp_path):
+    files, data = annotation_inputs, ToySplit()
+    cfg = toy_config(files, completions="hindsight", objective="label", keep_maps=True)
+    assert annotate(cfg, tmp_path / "a", dataset=data, stop_after=1) is None
+    assert not (tmp_path / "a" / "first-glimpse.json").exists()  # no task-wide first glimpse is made
+    path = annotate(cfg, tmp_path / "a", dataset=data)
+    assert read(path) == read(annotate(cfg, tmp_path / "b", dataset=ToySplit()))  # resumed = uninterrupted
+    seqs = GlimpseSequences.load(path, dataset=data)
+    prov = seqs.provenance
+    assert seqs.method == "hindsight-label" and prov["config"]["objective"] == "label"
+    assert "TRUE LABEL" in prov["reference"] and "a reference, not a method" in prov["reference"]
+    assert prov["first_glimpse"] is None and prov["timing"]["first_glimpse_seconds"] == 0.0
+    summary = prov["completions"]
+    assert summary["steps"] == [1, 2] and summary["distinct"] == summary["completion_ess"] == [1.0, 1.0]
+
+    posterior, _ = load_posterior(cfg.posterior, torch.device("cpu"))
+    grid = cfg.make_grid((8, 8))
+    for row, i in enumerate(range(8)):  # each image as greedy_sequence scores it with its own label
+        cells, maps = greedy_sequence(data.images[i], posterior, TrueImage(data.images[i]), grid, 2, n_completions=4,
+                                      keep_maps=True, label=data[i]["label"])
+        assert torch.equal(grid.corner_to_index(seqs.corners[row]), cells)
+        assert seqs.epe_maps[row].flatten().tolist() == pytest.approx(maps.flatten().tolist(), abs=1e-6)
+    assert len(set(grid.corner_to_index(seqs.corners[:, 0]).tolist())) > 1  # first cells differ by image
+
+    local = GlimpseSequences.load(annotate(toy_config(files, completions="hindsight", objective="label",
+                                                      local_updates=True), tmp_path / "local", dataset=ToySplit()))
+    assert torch.equal(local.corners, seqs.corners)  # local updates: the same scores up to rounding
+
+    with pytest.raises(ValueError, match=r"other settings; differing: .*config.objective: 'label' vs 'entropy'"):
+        annotate(toy_config(files, completions="hindsight", keep_maps=True), tmp_path / "a", dataset=data)
+
+
+def test_a_folder_made_before_the_objective_existed_resumes_as_entropy(annotation_inputs, tmp_path):
+    files, data = annotation_inputs, ToySplit()
+    cfg = toy_config(files, completions="hindsight")
+    assert annotate(cfg, tmp_path, dataset=data, stop_after=1) is None
+    record_path = tmp_path / "config.json"
+    record = json.loads(record_path.read_text())
+    del record["config"]["objective"]
+    record_path.write_text(json.dumps(record))
+    assert GlimpseSequences.load(annotate(cfg, tmp_path, dataset=data)).method == "hindsight"
+    with pytest.raises(ValueError, match=r"config.objective: 'entropy' vs 'label'"):
+        annotate(toy_config(files, completions="hindsight", objective="label"), tmp_path, dataset=data)
+
+
+def test_the_hindsight_label_maker(annotation_inputs, tmp_path):
+    files = annotation_inputs
+    settings = dict(n_completions=4, n_proposals=10, pca_components=4, chunk_size=3, seed=7)
+    target = Target(ToySplit(), range(8), 2, LocationGrid.from_stride((8, 8), 4, 2))
+    paths = {"posterior": str(files / "posterior"), "bank": str(files / "bank.npy")}
+    made = MAKERS.build("hindsight-label", target, out_dir=tmp_path / "made", **paths, **settings)
+    direct = annotate(toy_config(files, completions="hindsight", objective="label"), tmp_path / "direct",
+                      dataset=ToySplit())
+    assert made.method == "hindsight-label" and read(made.source) == read(direct)
+    with pytest.raises(ValueError, match=r"hindsight-label: \['objective'\] are not settings"):
+        MAKERS.build("hindsight-label", target, out_dir=tmp_path / "x", objective="entropy", **paths)
+
+
+def test_cli_annotates_with_the_label_objective(tmp_path, capsys):
+    from foveal.cli import main
+
+    bank = tmp_path / "bank.npy"
+    assert main(["build-bank", "mnist5k", "--split", "val", "--limit", "20", "--no-flips", "--out", str(bank),
+                 "--quiet"]) == 0
+    torch.manual_seed(3)
+    net = create_model("posterior-cnn", in_channels=1, num_classes=10, image_size=(28, 28), widths=(4,), strides=(2,))
+    save_checkpoint(tmp_path / "post", model=net, info={"model": model_spec(net)}, rng=False)
+    command = ["annotate", "--dataset", "mnist5k", "--split", "test", "--posterior", str(tmp_path / "post"),
+               "--bank", str(bank), "--count", "2", "--glimpse-size", "8", "--grid", "3", "--num-glimpses", "2",
+               "--out", str(tmp_path / "run"), "--quiet", "completions=hindsight", "objective=label"]
+    assert main(command) == 0
+    seqs = GlimpseSequences.load(tmp_path / "run" / "sequences")
+    assert seqs.method == "hindsight-label" and seqs.provenance["config"]["objective"] == "label"
+    capsys.readouterr()
+    assert main(["sequences", "info", str(tmp_path / "run" / "sequences")]) == 0
+    assert re.search(r"method hindsight-label.*completions per step .*: t1 1/1\.0/1  t2 1/1\.0/1", capsys.readouterr()
+                     .out, re.S)
+
+    # the Ray path's pieces, its chunk tasks called here: no first glimpse to prepare, the same result
+    from foveal.boed.annotate import finish, open_annotation, prepare
+    from foveal.boed.annotate_ray import _OPEN, chunk_tasks
+
+    cfg = AnnotateConfig.from_dict(seqs.provenance["config"])
+    run = open_annotation(cfg, tmp_path / "ray")
+    assert prepare(run) is None and not (tmp_path / "ray" / "first-glimpse.json").exists()
+    for task in chunk_tasks(run, run.todo()):
+        task.fn(*task.args, **task.kwargs)
+    _OPEN.clear()
+    assert read(finish(run))[1] == read(tmp_path / "run" / "sequences")[1]
+
+    assert main([*command[:-5], "--out", str(tmp_path / "other"), "--quiet", "objective=label"]) == 2
+    err = capsys.readouterr().err
+    assert "AnnotateConfig.objective: 'label'" in err and "found completions='bank'" in err
+    assert not (tmp_path / "other").exists()
