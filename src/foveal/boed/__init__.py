@@ -10,16 +10,18 @@
   importance-sampling completion sampler over it.
 * :mod:`foveal.boed.annotate` - the resumable, shardable annotator writing glimpse-sequence files
   (:mod:`foveal.sequences`); its settings are in :mod:`foveal.boed.annotate_config`.
-* :mod:`foveal.boed.makers` - the annotator as the sequence makers ``nogs`` and ``hindsight``, registered
-  in :data:`foveal.sequences.MAKERS` on import (the baselines it is compared with are makers there too).
+* :mod:`foveal.boed.makers` - the annotator as the sequence makers ``nogs``, ``hindsight`` and
+  ``hindsight-label``, registered in :data:`foveal.sequences.MAKERS` on import (the baselines it is compared
+  with are makers there too).
 """
 
 from foveal.boed.annotate import AnnotateConfig, annotate, merge_shards
 from foveal.boed.epe import (CompletionSampler, FirstGlimpse, GlimpseSequence, Posterior, cell_masks,
-                             expected_posterior_entropy, first_glimpse, greedy_sequence)
-from foveal.boed.makers import hindsight_sequences, nogs_sequences
+                             expected_label_cross_entropy, expected_posterior_entropy, first_glimpse, greedy_sequence)
+from foveal.boed.makers import hindsight_label_sequences, hindsight_sequences, nogs_sequences
 from foveal.boed.posterior import NetworkPosterior
 
 __all__ = ["CompletionSampler", "FirstGlimpse", "GlimpseSequence", "Posterior", "cell_masks",
-           "expected_posterior_entropy", "first_glimpse", "greedy_sequence", "NetworkPosterior", "AnnotateConfig",
-           "annotate", "merge_shards", "nogs_sequences", "hindsight_sequences"]
+           "expected_posterior_entropy", "expected_label_cross_entropy", "first_glimpse", "greedy_sequence",
+           "NetworkPosterior", "AnnotateConfig", "annotate", "merge_shards", "nogs_sequences", "hindsight_sequences",
+           "hindsight_label_sequences"]

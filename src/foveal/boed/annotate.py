@@ -7,7 +7,10 @@ with a posterior network loaded from a checkpoint (:class:`~foveal.boed.posterio
 and an image bank (:class:`~foveal.boed.completion.BankSampler`, searched on the posterior's device), and
 writes the sequences as a :class:`~foveal.sequences.GlimpseSequences` file. Its cost is ``T - 1``
 steps per image, each ``len(grid) x n_completions`` posterior evaluations plus one bank search; the first
-glimpse sees nothing, so it is the same for every image of a task and computed once.
+glimpse sees nothing, so it is the same for every image of a task and computed once. The hindsight-label
+reference (``completions="hindsight"``, ``objective="label"``) scores each cell by the cross-entropy of the
+image's true label on the true image instead, all T steps per image (its first cell too), with no bank
+search and no task-wide first glimpse; it reads the answer, so it is a reference, not a method.
 
 Selection: positions ``start .. start + count - 1`` of the split; shard ``i`` of ``n`` (``i`` counts
 from 0) takes every n-th of them from the i-th (``round-robin``, balanced even if cost drifts along
@@ -32,7 +35,8 @@ CPU or GPU models).
 
     config.json                         the resolved config and the posterior's SHA-256; a rerun must match
                                         (paths, device, batch_size, threads, shard_index may differ)
-    first-glimpse.{json,safetensors}    the task's first cell and its EPE map [grid_h, grid_w]
+    first-glimpse.{json,safetensors}    the task's first cell and its EPE map [grid_h, grid_w] (not with
+                                        objective "label", whose first cell is each image's own)
     pca/cell-<g>.safetensors            cell PCAs that chunks read (the first cell's; all if share_pca_cells)
     parts/shard-<i>-of-<n>/part-<k>.*   chunk k of the shard's images, one GlimpseSequences each
     sequences.{json,safetensors}        the result; a fixed shard writes sequences-shard-<i>-of-<n>.*
@@ -189,13 +193,16 @@ def load_tools(run: Annotation) -> Tools:
     return Tools(device, posterior, sampler, store)
 
 
-def prepare(run: Annotation, tools: Optional[Tools] = None) -> FirstGlimpse:
+def prepare(run: Annotation, tools: Optional[Tools] = None) -> Optional[FirstGlimpse]:
     """The task's first glimpse and its cell's PCA: made and saved if not in the folder yet, else read.
 
     Every chunk then reads them (:func:`compute_chunk`), so a chunk computed in this process or in any
-    other gives the same part."""
-    tools = tools or load_tools(run)
+    other gives the same part. None with ``objective="label"``, which chooses every image's first cell
+    by its own label and so has no task-wide one (nothing is made)."""
     cfg = run.cfg
+    if cfg.objective == "label":
+        return None
+    tools = tools or load_tools(run)
     if read_first_glimpse(run.out_dir) is None:
         tic = time.perf_counter()
         made = first_glimpse(tools.posterior, tools.sampler, run.grid, run.channels,
@@ -205,9 +212,11 @@ def prepare(run: Annotation, tools: Optional[Tools] = None) -> FirstGlimpse:
     return prepared_first_glimpse(run, tools, fit=True)
 
 
-def prepared_first_glimpse(run: Annotation, tools: Tools, fit: bool = False) -> FirstGlimpse:
+def prepared_first_glimpse(run: Annotation, tools: Tools, fit: bool = False) -> Optional[FirstGlimpse]:
     """The saved first glimpse (its cell's PCA then shared through ``pca/``; ``fit``: fitted and saved if
-    not there yet)."""
+    not there yet); None with ``objective="label"`` (:func:`prepare`)."""
+    if run.cfg.objective == "label":
+        return None
     got = read_first_glimpse(run.out_dir)
     if got is None:
         raise FileNotFoundError(f"{run.out_dir / 'first-glimpse.json'}: expected the first glimpse (with its "
@@ -223,10 +232,12 @@ def prepared_first_glimpse(run: Annotation, tools: Tools, fit: bool = False) -> 
     return first
 
 
-def compute_chunk(run: Annotation, k: int, tools: Tools, first: FirstGlimpse,
+def compute_chunk(run: Annotation, k: int, tools: Tools, first: Optional[FirstGlimpse],
                   on_image: Callable[[], None] = lambda: None) -> Optional[GlimpseSequences]:
     """Chunk ``k``'s sequences, saved as its part (tensors, then JSON: a kill leaves the chunk to redo);
-    None, computing nothing, if the part is there already (e.g. a retried task that had saved it)."""
+    None, computing nothing, if the part is there already (e.g. a retried task that had saved it).
+    ``first``: :func:`prepare`'s (None: every image's first cell is searched for, as ``objective="label"``
+    does)."""
     if part_done(run.prefixes[k]):
         return None
     part = _annotate_chunk(run.cfg, run.dataset, run.chunks[k], tools.posterior, tools.sampler, run.grid, first,
@@ -244,7 +255,7 @@ def finish(run: Annotation) -> Path:
         raise FileNotFoundError(f"{run.out_dir}: expected all {len(run.chunks)} chunks' parts, found "
                                 f"{len(missing)} missing: {shown}; run the annotation again to compute them")
     path = result_path(run.cfg, run.out_dir)
-    first_meta = read_first_glimpse(run.out_dir)[1]
+    first_meta = None if run.cfg.objective == "label" else read_first_glimpse(run.out_dir)[1]
     result = assemble([GlimpseSequences.load(p) for p in run.prefixes], run.chunks, run.cfg.to_dict(), run.record,
                       first_meta)
     save_sequences(result, path)
@@ -253,15 +264,20 @@ def finish(run: Annotation) -> Path:
 
 def _annotate_chunk(cfg: AnnotateConfig, dataset: Any, rows: Tensor, posterior, sampler, grid: LocationGrid, first,
                     device: torch.device, on_image: Callable[[], None]) -> GlimpseSequences:
-    """Greedy sequences of the images ``rows`` as one part (``on_image()`` after each image)."""
+    """Greedy sequences of the images ``rows`` as one part (``on_image()`` after each image). With
+    ``objective="label"`` every cell, the first too, is scored by the cross-entropy of ``dataset[i]["label"]``
+    (``first`` is None)."""
     tic = time.perf_counter()
     cells, maps, stats = [], [], {"completion_ess": [], "distinct": [], "proposal_ess": []}
     for i in rows.tolist():
-        image = dataset[i]["image"].to(device)
+        item = dataset[i]
+        image = item["image"].to(device)
+        label = item["label"] if cfg.objective == "label" else None
         recording = _Recording(TrueImage(image) if cfg.completions == "hindsight" else sampler)
         seq = greedy_sequence(image, posterior, recording, grid, cfg.num_glimpses,
                               n_completions=cfg.n_completions, first_location=first, keep_maps=cfg.keep_maps,
-                              batch_size=cfg.batch_size, search=cfg.search(), generator=image_generator(cfg.seed, i))
+                              batch_size=cfg.batch_size, search=cfg.search(), generator=image_generator(cfg.seed, i),
+                              label=label)
         cells.append(seq.cells)
         for name in stats:
             stats[name].append(recording.stats[name])
@@ -276,7 +292,8 @@ def _annotate_chunk(cfg: AnnotateConfig, dataset: Any, rows: Tensor, posterior, 
 
 
 class _Recording:
-    """A completion sampler passed through, noting for every step (2..T) of one image how many completions
+    """A completion sampler passed through, noting for every step it samples for (2..T of one image; 1..T
+    with ``objective="label"``, whose first cell is the image's own) how many completions
     came back (``distinct`` images), their effective sample size (``completion_ess``: ``1 / sum w^2``, the
     number of equally weighted distinct images they are worth) and the sampler's ``proposal_ess`` (the
     importance weights' over its candidates, before resampling)."""

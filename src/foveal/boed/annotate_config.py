@@ -17,11 +17,12 @@ from foveal.boed.epe import SearchConfig
 from foveal.boed.posterior import PRECISIONS
 from foveal.retina import LocationGrid
 
-__all__ = ["AnnotateConfig", "select_indices", "SHARD_MODES", "GLIMPSE_FIELDS", "posterior_glimpse_settings",
-           "with_posterior_settings", "check_posterior_settings", "grid_words"]
+__all__ = ["AnnotateConfig", "select_indices", "SHARD_MODES", "COMPLETIONS", "OBJECTIVES", "GLIMPSE_FIELDS",
+           "posterior_glimpse_settings", "with_posterior_settings", "check_posterior_settings", "grid_words"]
 
 SHARD_MODES = ("round-robin", "contiguous")
 COMPLETIONS = ("bank", "hindsight")
+OBJECTIVES = ("entropy", "label")
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,17 @@ class AnnotateConfig:
             completion, :class:`~foveal.boed.completion.TrueImage`: the cell after which the posterior is
             surest on this very image; it uses information no policy has, so it is a reference, not a
             method). The first glimpse is the task's in both (made from the bank's prior samples), so the
-            two differ only in the completions of steps 2..T.
-        method: recorded in the file (``"hindsight"`` where ``completions`` is, unless set otherwise).
+            two differ only in the completions of steps 2..T (``objective`` "label" aside).
+        objective: what each cell is scored by: ``"entropy"`` (the posterior's expected entropy, the method)
+            or ``"label"`` (with ``completions="hindsight"`` only: the cross-entropy of the image's true label,
+            ``dataset[i]["label"]``, on the true image seen through the cells so far and the candidate,
+            :func:`~foveal.boed.epe.expected_label_cross_entropy`: the cell after which the posterior is most
+            *right*, where the entropy finds where it is most *sure*). The label objective chooses the first
+            cell per image the same way (no task-wide first glimpse is made), and takes no screening
+            (``screen_completions`` None: one completion leaves nothing to screen). It reads the answer, so
+            its sequences are a reference, not a method.
+        method: recorded in the file (``"hindsight"`` where ``completions`` is, ``"hindsight-label"`` where
+            ``objective`` is ``"label"`` too, unless set otherwise).
     """
 
     dataset: str
@@ -119,6 +129,7 @@ class AnnotateConfig:
     channels_last: bool = False
     compile: bool = False
     completions: str = "bank"
+    objective: str = "entropy"
     method: str = "nogs"
 
     def __post_init__(self) -> None:
@@ -165,8 +176,18 @@ class AnnotateConfig:
         if self.completions not in COMPLETIONS:
             raise ValueError(f"AnnotateConfig.completions: expected one of {', '.join(map(repr, COMPLETIONS))}, "
                              f"found {self.completions!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"AnnotateConfig.objective: expected one of {', '.join(map(repr, OBJECTIVES))}, "
+                             f"found {self.objective!r}")
+        if self.objective == "label" and self.completions != "hindsight":
+            raise ValueError(f"AnnotateConfig.objective: 'label' scores a cell by the true label's cross-entropy on "
+                             f"the true image, so it needs completions='hindsight', found completions="
+                             f"{self.completions!r}")
+        if self.objective == "label" and self.screen_completions is not None:
+            raise ValueError(f"AnnotateConfig.screen_completions: expected None with objective='label' (the true "
+                             f"image is the only completion: nothing to screen), found {self.screen_completions!r}")
         if self.completions == "hindsight" and self.method == "nogs":
-            object.__setattr__(self, "method", "hindsight")
+            object.__setattr__(self, "method", "hindsight-label" if self.objective == "label" else "hindsight")
         if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
             raise ValueError(f"AnnotateConfig.device: expected cpu, cuda, cuda:N or auto, found {self.device!r}")
 

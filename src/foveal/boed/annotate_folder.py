@@ -171,24 +171,34 @@ def save_sequences(seqs: GlimpseSequences, prefix: Path) -> None:
 
 # ---------------------------------------------------------------------------------------- assemble
 def assemble(parts: list[GlimpseSequences], chunks: list[torch.Tensor], config: dict[str, Any],
-             record: dict[str, Any], first_meta: dict[str, Any]) -> GlimpseSequences:
-    """The result from the parts of ``chunks`` (checked against them), with its provenance."""
+             record: dict[str, Any], first_meta: Optional[dict[str, Any]]) -> GlimpseSequences:
+    """The result from the parts of ``chunks`` (checked against them), with its provenance.
+
+    ``first_meta``: the task's first glimpse (:func:`read_first_glimpse`); None where every image chose its
+    own (``objective="label"``: the provenance then says that the sequences are a reference that read the
+    true labels)."""
     for k, (part, expected) in enumerate(zip(parts, chunks)):
         if not torch.equal(part.indices, expected.sort().values):
             raise ValueError(f"{part.source}: field 'indices': expected chunk {k}'s images {expected.tolist()[:5]}..., "
                              f"found {part.indices.tolist()[:5]}...")
-    seconds = first_meta["seconds"] + sum(p.provenance["seconds"] for p in parts)
+    first_seconds = 0.0 if first_meta is None else first_meta["seconds"]
+    seconds = first_seconds + sum(p.provenance["seconds"] for p in parts)
     hosts = sorted({p.provenance["host"] for p in parts if "host" in p.provenance})
     result = GlimpseSequences.merge(parts)
     result.provenance = {
         "config": config, "foveal_version": __version__, "torch_version": torch.__version__,
         "posterior": {"checkpoint": str(config["posterior"]), "sha256": record["posterior_sha256"]},
         "bank": {"path": str(config["bank"]), **record["bank_meta"]},
-        "first_glimpse": {"cell": first_meta["cell"], "corner": first_meta["corner"]},
-        "timing": {"seconds": seconds, "first_glimpse_seconds": first_meta["seconds"], "images": len(result),
+        "first_glimpse": None if first_meta is None else {"cell": first_meta["cell"], "corner": first_meta["corner"]},
+        "timing": {"seconds": seconds, "first_glimpse_seconds": first_seconds, "images": len(result),
                    "sequences_per_min": 60 * len(result) / seconds if seconds > 0 else None,
                    **({"hosts": hosts} if hosts else {})},
     }
+    if config.get("objective") == "label":
+        result.provenance["reference"] = (
+            "hindsight-label: at every step, the first included, the cell after which the posterior's cross-"
+            "entropy of the image's TRUE LABEL on the true image is lowest. It reads the answer, which no glimpse "
+            "policy has: a reference, not a method.")
     summary = completion_summary(parts)
     if summary is not None:
         result.provenance["completions"] = summary
@@ -196,8 +206,9 @@ def assemble(parts: list[GlimpseSequences], chunks: list[torch.Tensor], config: 
 
 
 def completion_summary(parts: list[GlimpseSequences]) -> Optional[dict[str, Any]]:
-    """Per step t = 2..T, the mean over images of each ``completion_stats`` entry of the parts (None if a
-    part predates them): ``{"steps": [2, ..., T], "completion_ess": [...], "distinct": [...], ...}``."""
+    """Per step t = 2..T (1..T where the first cell was searched for per image, ``objective="label"``), the
+    mean over images of each ``completion_stats`` entry of the parts (None if a part predates them):
+    ``{"steps": [2, ..., T], "completion_ess": [...], "distinct": [...], ...}``."""
     stats = [p.provenance.get("completion_stats") for p in parts]
     if not stats or any(s is None for s in stats):
         return None
@@ -208,7 +219,8 @@ def completion_summary(parts: list[GlimpseSequences]) -> Optional[dict[str, Any]
         summary[name] = [None if math.isnan(m) else round(m, 3) for m in values.mean(0).tolist()]
         if name == "completion_ess":
             summary["completion_ess_min"] = [round(m, 3) for m in values.amin(0).tolist()]
-    summary["steps"] = list(range(2, 2 + len(summary["distinct"])))
+    T, steps = parts[0].num_glimpses, len(summary["distinct"])
+    summary["steps"] = list(range(T - steps + 1, T + 1))  # the last ``steps`` of 1..T
     return summary
 
 

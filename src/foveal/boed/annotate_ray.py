@@ -127,10 +127,11 @@ def annotate_on_ray(config: AnnotateConfig, out_dir: str | Path, *, address: Opt
         tic, threads = time.perf_counter(), torch.get_num_threads()
         torch.set_num_threads(config.threads or threads)  # as annotate() prepares: the same first-glimpse bytes
         try:
-            prepare(run)
+            first = prepare(run)
         finally:
             torch.set_num_threads(threads)
-        log(f"prepared {run.out_dir} (first glimpse, its cell's PCA) in {time.perf_counter() - tic:.1f} s; "
+        made = "(first glimpse, its cell's PCA)" if first is not None else "(objective label: no first glimpse)"
+        log(f"prepared {run.out_dir} {made} in {time.perf_counter() - tic:.1f} s; "
             f"{len(todo)} of {len(run.chunks)} chunk(s) to compute")
         tasks = chunk_tasks(run, todo, tasks_per_gpu=tasks_per_gpu)
         cpus = None if workers is None else workers * (config.threads or 1)  # the local instance's

@@ -49,6 +49,14 @@ Entropy (nats): categorical :math:`-\sum_k p_k \log p_k`; multi-attribute Bernou
 per binary attribute, assumed independent given the glimpses) use the sum of the per-attribute binary
 entropies.
 
+**The label objective** (a reference, not a method): given the image's true label :math:`\theta^*`,
+:func:`expected_label_cross_entropy` scores a cell by the expected cross-entropy of that label instead,
+:math:`\sum_n w_n\,[-\log q(\theta^* \mid I^{(n)} \text{ seen through } m_{t-1} \cup m(l))]` (a
+multilabel posterior: the binary cross-entropies of its attributes, summed). With the true image as the
+only completion (:class:`~foveal.boed.completion.TrueImage`) this is the cell after which the posterior is
+most *right* about this image, where the entropy objective finds where it is most *sure*. It reads the
+answer, which no glimpse policy has. :func:`search_step` and :func:`greedy_sequence` take it as ``label``.
+
 References: Chaloner & Verdinelli (1995), Bayesian experimental design: a review; Foster et al. (2019),
 Variational Bayesian optimal experimental design; Harvey et al. (2021), arXiv:1906.05462.
 """
@@ -61,11 +69,12 @@ from typing import NamedTuple, Optional, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from foveal.logits import posterior_entropy
+from foveal.logits import posterior_entropy, posterior_log_prob
 from foveal.retina import LocationGrid, cell_masks
 
 __all__ = ["Posterior", "CompletionSampler", "cell_masks",
-           "expected_posterior_entropy", "SearchConfig", "FirstGlimpse", "GlimpseSequence", "first_glimpse",
+           "expected_posterior_entropy", "expected_label_cross_entropy", "label_cross_entropy", "SearchConfig",
+           "FirstGlimpse", "GlimpseSequence", "first_glimpse",
            "greedy_sequence", "search_step"]
 
 
@@ -120,6 +129,35 @@ def _check_mask(mask: Tensor, grid: LocationGrid, name: str) -> None:
                          f"(the grid's image size), found {tuple(mask.shape)}")
 
 
+def label_cross_entropy(logits: Tensor, label: Tensor, multilabel: bool) -> Tensor:
+    """``-log q(label | glimpses)`` of every row of ``[B, K]`` logits, for one image's label: ``[B]`` (nats).
+
+    Args:
+        label: a class index (0-dim integer tensor, as ``dataset[i]["label"]``) for a categorical posterior;
+            ``[K]`` 0/1 attributes for a multilabel one (the binary cross-entropies summed over the K).
+
+    Raises:
+        ValueError: a label that does not fit the logits, naming what was expected and found.
+    """
+    K = logits.shape[-1]
+    if multilabel:
+        if tuple(label.shape) != (K,):
+            raise ValueError(f"label: expected [{K}] 0/1 attributes for a multilabel posterior (one per logit), "
+                             f"found shape {tuple(label.shape)}")
+        if not ((label == 0) | (label == 1)).all():
+            raise ValueError(f"label: expected 0/1 attributes for a multilabel posterior, found values "
+                             f"{sorted(set(label.flatten().tolist()))[:8]}")
+        labels = label.to(logits.device)[None].expand(logits.shape[0], K)
+    else:
+        if label.dim() != 0 or label.dtype.is_floating_point or label.dtype == torch.bool:
+            raise ValueError(f"label: expected a class index (a 0-dim integer tensor) for a categorical posterior, "
+                             f"found {label.dtype} of shape {tuple(label.shape)}")
+        if not 0 <= int(label) < K:
+            raise ValueError(f"label: expected a class index in [0, {K}) (the posterior's classes), found {int(label)}")
+        labels = label.to(logits.device).expand(logits.shape[0])
+    return -posterior_log_prob(logits.float(), labels, multilabel)
+
+
 @torch.no_grad()
 def expected_posterior_entropy(posterior: Posterior, completions: Tensor, weights: Tensor, observed_mask: Tensor,
                                grid: LocationGrid, *, batch_size: int = 256,
@@ -142,6 +180,34 @@ def expected_posterior_entropy(posterior: Posterior, completions: Tensor, weight
     Returns:
         ``[G]`` EPE per cell (nats), ``+inf`` where not allowed.
     """
+    return _expected_score(posterior, completions, weights, observed_mask, grid, None, batch_size=batch_size,
+                           allowed=allowed, local_updates=local_updates)
+
+
+@torch.no_grad()
+def expected_label_cross_entropy(posterior: Posterior, completions: Tensor, weights: Tensor, label: Tensor,
+                                 observed_mask: Tensor, grid: LocationGrid, *, batch_size: int = 256,
+                                 allowed: Optional[Tensor] = None, local_updates: bool = False) -> Tensor:
+    """For every cell of ``grid``: the weighted mean over completions of the cross-entropy of the true ``label``
+    (:func:`label_cross_entropy`) given the completion seen through ``observed_mask`` and the cell.
+
+    The label objective of the module docstring: it uses the image's answer, so what it picks is a reference
+    (with the true image as the only completion: the cell after which the posterior is most right about this
+    image), not a method. Arguments and batching as :func:`expected_posterior_entropy`; ``label`` as
+    :func:`label_cross_entropy`.
+
+    Returns:
+        ``[G]`` cross-entropy per cell (nats), ``+inf`` where not allowed.
+    """
+    return _expected_score(posterior, completions, weights, observed_mask, grid, label, batch_size=batch_size,
+                           allowed=allowed, local_updates=local_updates)
+
+
+def _expected_score(posterior: Posterior, completions: Tensor, weights: Tensor, observed_mask: Tensor,
+                    grid: LocationGrid, label: Optional[Tensor], *, batch_size: int, allowed: Optional[Tensor],
+                    local_updates: bool) -> Tensor:
+    """The weighted mean over completions of every cell's score: the posterior's entropy (``label`` None) or
+    the cross-entropy of ``label``."""
     N = completions.shape[0]
     if completions.dim() != 4 or completions.shape[2:] != grid.image_size:
         raise ValueError(f"completions: expected [N, C, {grid.image_size[0]}, {grid.image_size[1]}], "
@@ -153,6 +219,14 @@ def expected_posterior_entropy(posterior: Posterior, completions: Tensor, weight
     _check_mask(observed_mask, grid, "observed_mask")
     if batch_size < 1:
         raise ValueError(f"batch_size: expected >= 1, found {batch_size}")
+    if label is None:
+        def score(logits: Tensor) -> Tensor:
+            return posterior_entropy(logits.float(), posterior.multilabel)
+    else:
+        label = torch.as_tensor(label).cpu()  # checked on the host (no device sync), moved per batch
+
+        def score(logits: Tensor) -> Tensor:
+            return label_cross_entropy(logits, label, posterior.multilabel)
     device = completions.device
     G = len(grid)
     candidates = torch.arange(G, device=device)
@@ -168,18 +242,20 @@ def expected_posterior_entropy(posterior: Posterior, completions: Tensor, weight
                              f"PosteriorCNN), found {type(posterior).__name__}")
         logits = posterior.cell_logits(completions, observed_mask.to(device), grid, pair_cell, pair_image,
                                        batch_size=batch_size)
-        entropy = posterior_entropy(logits.float(), posterior.multilabel)  # [P]
+        scores = score(logits)  # [P]
     else:
         masks = torch.maximum(cell_masks(grid, device), observed_mask.to(device)[None])  # [G, 1, H, W]
-        entropy = completions.new_empty(pair_cell.shape[0])  # [P]
+        scores = completions.new_empty(pair_cell.shape[0])  # [P]
         for start in range(0, pair_cell.shape[0], batch_size):
             cell, image = pair_cell[start:start + batch_size], pair_image[start:start + batch_size]
             m = masks[cell]  # [b, 1, H, W]
             logits = posterior.logits(completions[image] * m, m)  # unobserved pixels zeroed before the call
-            entropy[start:start + batch_size] = posterior_entropy(logits.float(), posterior.multilabel)
-    epe = completions.new_full((G,), float("inf"))
-    epe[candidates] = (entropy.view(len(candidates), N) * weights.to(device)).sum(1)
-    return epe
+            scores[start:start + batch_size] = score(logits)
+    out = completions.new_full((G,), float("inf"))
+    w = weights.to(device)
+    # a completion of weight 0 counts for nothing, even where its score is +inf (the true label impossible)
+    out[candidates] = torch.where(w > 0, scores.view(len(candidates), N) * w, 0.0).sum(1)
+    return out
 
 
 @dataclass(frozen=True)
@@ -217,7 +293,7 @@ def _unseen_cells(cells: Tensor, observed: Tensor) -> Tensor:
 
 def search_step(posterior: Posterior, completions: Tensor, weights: Tensor, observed: Tensor, grid: LocationGrid,
                 search: SearchConfig = SearchConfig(), *, batch_size: int = 256,
-                cells: Optional[Tensor] = None) -> tuple[int, Tensor]:
+                cells: Optional[Tensor] = None, label: Optional[Tensor] = None) -> tuple[int, Tensor]:
     """One greedy step: the chosen cell and the ``[G]`` EPE map, searched as ``search`` says.
 
     With pruning the map holds the full estimate for the re-scored cells and the screening estimate
@@ -227,6 +303,9 @@ def search_step(posterior: Posterior, completions: Tensor, weights: Tensor, obse
     Args:
         completions, weights, observed: as for :func:`expected_posterior_entropy`.
         cells: ``[G, 1, H, W]`` :func:`cell_masks` of ``grid`` if already made (saves making them per step).
+        label: None: the cells are scored by the expected posterior entropy; the image's true label: by the
+            expected cross-entropy of that label (:func:`expected_label_cross_entropy`; a reference that
+            uses the answer, not a method), and the map holds those.
     """
     allowed = None
     if search.skip_seen:
@@ -235,21 +314,20 @@ def search_step(posterior: Posterior, completions: Tensor, weights: Tensor, obse
             allowed = None  # everything seen: any cell is as good, score them all
     N = completions.shape[0]
     if search.screen_completions is None or search.screen_completions >= N:
-        epe = expected_posterior_entropy(posterior, completions, weights, observed, grid, batch_size=batch_size,
-                                         allowed=allowed, local_updates=search.local_updates)
+        epe = _expected_score(posterior, completions, weights, observed, grid, label, batch_size=batch_size,
+                              allowed=allowed, local_updates=search.local_updates)
         return int(epe.argmin()), epe
     # Screening set: the largest weights (stable order on ties), renormalised. No random draw, so the
     # caller's generator is consumed exactly as by the plain method.
     keep = torch.sort(weights, descending=True, stable=True).indices[:search.screen_completions]
-    screen = expected_posterior_entropy(posterior, completions[keep], weights[keep] / weights[keep].sum(), observed,
-                                        grid, batch_size=batch_size, allowed=allowed,
-                                        local_updates=search.local_updates)
+    screen = _expected_score(posterior, completions[keep], weights[keep] / weights[keep].sum(), observed, grid,
+                             label, batch_size=batch_size, allowed=allowed, local_updates=search.local_updates)
     finite = int(torch.isfinite(screen).sum())
     top = torch.topk(screen, min(search.screen_top_k, finite), largest=False).indices  # [k]
     rescore = torch.zeros(len(grid), dtype=torch.bool, device=screen.device)
     rescore[top] = True
-    full = expected_posterior_entropy(posterior, completions, weights, observed, grid, batch_size=batch_size,
-                                      allowed=rescore, local_updates=search.local_updates)
+    full = _expected_score(posterior, completions, weights, observed, grid, label, batch_size=batch_size,
+                           allowed=rescore, local_updates=search.local_updates)
     return int(full.argmin()), torch.where(rescore, full, screen)
 
 
@@ -289,7 +367,7 @@ def first_glimpse(posterior: Posterior, sampler: CompletionSampler, grid: Locati
 def greedy_sequence(image: Tensor, posterior: Posterior, sampler: CompletionSampler, grid: LocationGrid,
                     num_glimpses: int, *, n_completions: int, first_location: Optional[int | FirstGlimpse] = None,
                     keep_maps: bool = False, batch_size: int = 256, search: SearchConfig = SearchConfig(),
-                    generator: Optional[torch.Generator] = None) -> GlimpseSequence:
+                    generator: Optional[torch.Generator] = None, label: Optional[Tensor] = None) -> GlimpseSequence:
     """Greedy sequential BOED for one image (section 4's pipeline, steps 1-3 repeated T times).
 
     At step t the observed mask is the union of the cells chosen so far, applied to the TRUE image;
@@ -305,6 +383,12 @@ def greedy_sequence(image: Tensor, posterior: Posterior, sampler: CompletionSamp
             then kept as row 0); None computes it here.
         keep_maps: also return every step's EPE map (row 0 is NaN if ``first_location`` is a bare int).
         search: the savings to use at each step (:class:`SearchConfig`); the default is the plain method.
+        label: the objective. None (the method): least expected posterior entropy. The image's true label
+            (``dataset[i]["label"]``; :func:`label_cross_entropy`): least expected cross-entropy of that label,
+            which with :class:`~foveal.boed.completion.TrueImage` as the sampler is the hindsight-label
+            reference, the cell after which the posterior is most right about this very image. It uses the
+            answer, which no policy has: a reference, not a method. With ``first_location`` None its first
+            cell is chosen the same way, per image (nothing observed but the cell).
 
     Returns:
         :class:`GlimpseSequence` (unpacks as ``cells, epe_maps``).
@@ -328,7 +412,7 @@ def greedy_sequence(image: Tensor, posterior: Posterior, sampler: CompletionSamp
         else:
             completions, weights = sampler.sample(image * observed, observed, n_completions, generator=generator)
             cell, epe = search_step(posterior, completions, weights, observed.to(completions.device), grid, search,
-                                    batch_size=batch_size, cells=masks.to(completions.device))
+                                    batch_size=batch_size, cells=masks.to(completions.device), label=label)
             if maps is not None:
                 maps[t] = epe.to(maps)
         cells.append(cell)

@@ -1,9 +1,12 @@
-"""The annotator as sequence makers: ``nogs`` and ``hindsight`` in :data:`foveal.sequences.MAKERS`.
+"""The annotator as sequence makers: ``nogs``, ``hindsight`` and ``hindsight-label`` in
+:data:`foveal.sequences.MAKERS`.
 
 Registered when :mod:`foveal.boed` is imported (:mod:`foveal.sequences` sits below the annotator and may not
-name it). Both run :func:`foveal.boed.annotate.annotate` on the target's images in ``out_dir`` (resumable,
-as ever: run again to continue) and return the file it writes; they differ only in where the completions of
-steps 2..T come from (:class:`~foveal.boed.annotate_config.AnnotateConfig` ``completions``). The target
+name it). All run :func:`foveal.boed.annotate.annotate` on the target's images in ``out_dir`` (resumable,
+as ever: run again to continue) and return the file it writes; they differ in where the completions of
+steps 2..T come from (:class:`~foveal.boed.annotate_config.AnnotateConfig` ``completions``) and in what a
+cell is scored by (``objective``: the posterior's entropy, or for ``hindsight-label`` the cross-entropy of
+the image's true label, the first cell included). The target
 gives the images (a contiguous range of positions: the annotator's ``start`` and ``count``), T and the grid
 (one the annotator can name: a stride, or a number of cells per axis); every other annotator setting is a
 keyword argument.
@@ -20,10 +23,10 @@ from foveal.boed.annotate import AnnotateConfig, annotate
 from foveal.retina import LocationGrid
 from foveal.sequences import MAKERS, GlimpseSequences, Target
 
-__all__ = ["nogs_sequences", "hindsight_sequences"]
+__all__ = ["nogs_sequences", "hindsight_sequences", "hindsight_label_sequences"]
 
 _FROM_TARGET = ("dataset", "split", "start", "count", "glimpse_size", "grid", "grid_stride", "num_glimpses",
-                "completions")
+                "completions", "objective")
 
 
 @MAKERS.register("nogs", summary="the near-optimal cells: least expected posterior entropy over completions from an "
@@ -51,12 +54,26 @@ def hindsight_sequences(target: Target, *, posterior: str, bank: str, out_dir: U
                       completions="hindsight")
 
 
+@MAKERS.register("hindsight-label", summary="the cell after which the posterior's cross-entropy of the true label "
+                                            "on the true image is lowest (a reference that reads the answer, not a "
+                                            "method)")
+def hindsight_label_sequences(target: Target, *, posterior: str, bank: str, out_dir: Union[str, Path],
+                              **settings: Any) -> GlimpseSequences:
+    """As :func:`hindsight_sequences`, every cell scored by ``-log q(true label | the true image seen through the
+    cells so far and the candidate)`` instead of the entropy, the first cell too (per image: no task-wide
+    first glimpse). It reads the dataset's labels, information no policy has: a reference for where the
+    posterior becomes *right*, not a method. ``bank`` is required as for the other makers (the folder records
+    it) but never searched."""
+    return _annotated(target, "hindsight-label", out_dir, settings, posterior=posterior, bank=bank,
+                      completions="hindsight", objective="label")
+
+
 def _annotated(target: Target, maker: str, out_dir: Union[str, Path], settings: dict[str, Any],
                **fixed: Any) -> GlimpseSequences:
     taken = sorted(set(settings) & set(_FROM_TARGET))
     if taken:
         raise ValueError(f"{maker}: {taken} are not settings: the target gives the dataset, images, T and grid, "
-                         f"the maker the completions")
+                         f"the maker the completions and objective")
     start, count = int(target.indices[0]) if len(target.indices) else 0, len(target.indices)
     if not count or not torch.equal(target.indices, torch.arange(start, start + count)):
         raise ValueError(f"{maker}: expected the target's images to be a range of positions start, start + 1, ... "

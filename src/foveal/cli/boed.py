@@ -18,6 +18,8 @@ ANNOTATE_EPILOG = """examples:
   foveal annotate --dataset fashion-mnist --split val --count 1000 --posterior runs/post/checkpoints/best \\
       --bank banks/fmnist.npy --glimpse-size 8 --grid-stride 4 --num-glimpses 5 --out runs/nogs-fmnist
   foveal annotate --config annotate.yaml num_glimpses=3     (a YAML of AnnotateConfig fields + overrides)
+  foveal annotate --config annotate.yaml completions=hindsight objective=label screen_completions=null
+      (the hindsight-label reference: each cell scored by the TRUE label's cross-entropy; not a method)
 Run the same command again to resume a killed run: finished chunks are kept.
 
 many processes, one task per chunk of images, through Ray (the driver prepares the folder and writes the result):
@@ -225,7 +227,8 @@ def _annotate(args) -> int:
         finally:
             close()
         if path is None:
-            print(f"prepared: {out} (config.json, first-glimpse.*, pca/); now start the shards on it")
+            made = "config.json" if cfg.objective == "label" else "config.json, first-glimpse.*, pca/"
+            print(f"prepared: {out} ({made}); now start the shards on it")
             return 0
     timing = json.loads(path.with_name(path.name + ".json").read_text())["provenance"]["timing"]
     print(f"sequences: {path}.json (+ .safetensors): {timing['images']} images, {timing['seconds']:.1f} s of "

@@ -17,8 +17,8 @@ centres in [-1, 1] as models take them; :meth:`GlimpseSequences.lookup` a batch'
   imported and exported back byte for byte.
 * :mod:`~foveal.sequences.makers` - the maker interface, ``maker(Target, **settings) -> GlimpseSequences``,
   and :data:`MAKERS`, the registry of makers by the ``method`` they record: ``salient``, ``random``,
-  ``ps-ram`` (a trained policy), and ``nogs`` / ``hindsight`` (the annotator, registered by
-  :mod:`foveal.boed` when it is imported).
+  ``ps-ram`` (a trained policy), and ``nogs`` / ``hindsight`` / ``hindsight-label`` (the annotator,
+  registered by :mod:`foveal.boed` when it is imported).
 * :mod:`~foveal.sequences.handmade` - sequences whose length the hand decides: PS-HGS from part annotations,
   user files of glimpse centres.
 * :mod:`~foveal.sequences.scoring` - sets of sequences scored side by side by a network that did not choose

@@ -9,20 +9,22 @@ glimpses T, the allowed cells) and returns them as a :class:`~foveal.sequences.f
 Every maker has that signature (:class:`SequenceMaker`): the target first, then its own settings as keyword
 arguments. A maker is registered under the ``method`` it records in its files:
 
-=============  ============================================================================  ==================
-name           chooses                                                                       registered in
-=============  ============================================================================  ==================
-``salient``    greedily the cell holding the most unseen saliency (edges or local variance)    here
-``random``     cells uniformly at random, with replacement                                   here
-``ps-ram``     what a trained glimpse model looks at: sampled from its policy (or greedy)    here
-``nogs``       the near-optimal cells: least expected posterior entropy, completions from    :mod:`foveal.boed`
-               an image bank (Harvey et al. 2021; ``foveal annotate``)
-``hindsight``  the cell after which the posterior is surest on the true image itself (a      :mod:`foveal.boed`
-               reference that sees the answer, not a method)
-=============  ============================================================================  ==================
+===================  =============================================================================  ==================
+name                 chooses                                                                        registered in
+===================  =============================================================================  ==================
+``salient``          greedily the cell holding the most unseen saliency (edges or local variance)   here
+``random``           cells uniformly at random, with replacement                                    here
+``ps-ram``           what a trained glimpse model looks at: sampled from its policy (or greedy)     here
+``nogs``             the near-optimal cells: least expected posterior entropy, completions from     :mod:`foveal.boed`
+                     an image bank (Harvey et al. 2021; ``foveal annotate``)
+``hindsight``        the cell after which the posterior is surest on the true image itself (a       :mod:`foveal.boed`
+                     reference that sees the answer, not a method)
+``hindsight-label``  the cell after which the posterior's cross-entropy of the true label on the    :mod:`foveal.boed`
+                     true image is lowest, the first cell too (a reference that reads the label)
+===================  =============================================================================  ==================
 
-The annotator's two makers register themselves when :mod:`foveal.boed` is imported: this package sits below
-the annotator in the layer order (the annotator writes sequences, partial supervision reads them, neither
+The annotator's three makers register themselves when :mod:`foveal.boed` is imported: this package sits
+below the annotator in the layer order (the annotator writes sequences, partial supervision reads them, neither
 may be imported here), and a ``"module:function"`` string naming it would count as an import too
 (``tests/test_layers.py``). Sequences given by hand, whose length the hand decides, are in
 :mod:`foveal.sequences.handmade` (PS-HGS from part annotations, user point files).
