@@ -3,6 +3,8 @@ one process, a node killed mid-run changes nothing, and a chunk that fails is na
 
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -105,23 +107,33 @@ def test_a_node_killed_mid_run_changes_nothing(cluster, inputs, tmp_path):
     cfg, _, reference = inputs
     lines, killed = [], []
     node = cluster.nodes[-1]
+    stop = threading.Event()
 
-    def log(line):  # the driver's progress: kill the second node at the first chunk's end that finds it busy
-        lines.append(line)
-        if line.startswith("finished chunk ") and not killed:
+    def watch():  # kill the second node the first time it is seen running a chunk
+        while not stop.is_set():
             running = _chunks_running_on(node)
             if running:
+                done = len([x for x in list(lines) if x.startswith("finished chunk ")])
                 cluster.kill(node)
-                killed.append((running, len([x for x in lines if x.startswith("finished chunk ")])))
+                killed.append((running, done))
+                return
+            time.sleep(0.002)
 
+    # A watcher thread, not the driver's progress lines: a chunk on this tiny problem takes milliseconds, so
+    # the node was rarely busy at the instant a line was printed (CI once saw it idle at every one of them).
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     try:
-        path = annotate_on_ray(cfg, tmp_path / "out", address=cluster.address, log=log)
+        path = annotate_on_ray(cfg, tmp_path / "out", address=cluster.address, log=lines.append)
+        stop.set()
+        watcher.join()
         assert killed and node.poll() is not None, lines  # it died in the middle of a chunk ...
         running, done = killed[0]
         assert running and done < 18  # ... with chunks left to do
         assert read(path) == reference
         assert len([x for x in lines if x.startswith("finished chunk ")]) == 18  # each chunk reported once
     finally:
+        stop.set()
         cluster.nodes.remove(node)
         cluster.add_node(1)
         cluster.wait_for(2)
