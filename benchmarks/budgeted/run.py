@@ -276,8 +276,25 @@ def target_check(method: dict, goal: float) -> str:
                         f"({best['mean_glimpses']:.2f} glimpses, threshold {best['threshold']:g})")
 
 
+def target_gaps(per_seed: list[dict]) -> dict[str, dict[int, float]]:
+    """Per method and seed, the points of accuracy between the best early exit with at most 4 glimpses on average
+    and the same seed's fixed T = 6 (the learned stop rule against its network's fixed curve); seeds where no
+    threshold stopped within 4 glimpses are absent."""
+    gaps: dict[str, dict[int, float]] = {}
+    for s in per_seed:
+        by_label = {m["label"]: m for m in s["methods"]}
+        for m in s["methods"]:
+            fixed = (by_label.get("RAM + learned stop") if m["label"] == LEARNED_RULE else m) or {}
+            within = [e for e in m["exit"] if e["mean_glimpses"] <= 4]
+            if len(fixed.get("fixed", [])) >= 6 and within:
+                best = max(e["accuracy"] for e in within)
+                gaps.setdefault(m["label"], {})[s["seed"]] = 100 * (best - fixed["fixed"][5]["accuracy"])
+    return gaps
+
+
 def write(report: dict, out: Path) -> None:
     from foveal.evaluation.budget import budget_table, write_budget
+    from foveal.recipes.compare.convergence import mean_interval
 
     out.mkdir(parents=True, exist_ok=True)
     mean = report["mean"]
@@ -323,6 +340,16 @@ def write(report: dict, out: Path) -> None:
                   "question.", ""]
     lines += [f"- {m['label']} (fixed T = 6: {100 * goals[m['label']]:.1f} %): {target_check(m, goals[m['label']])}"
               for m in mean["methods"] if goals.get(m["label"]) is not None]
+    gaps = target_gaps(report["per_seed"])
+    if gaps:
+        lines += ["", "Per seed, the best early exit at <= 4 glimpses on average minus that seed's fixed T = 6 "
+                  "(points of accuracy; mean and 95 % Student-t interval over seeds; a seed with no threshold "
+                  "within 4 glimpses is left out):", ""]
+        for label, per in gaps.items():
+            mean_gap, low, high, k = mean_interval(list(per.values()))
+            interval = f" [{low:+.1f}, {high:+.1f}]" if k > 1 else ""
+            lines.append(f"- {label}: {mean_gap:+.1f}{interval} over {k} seed(s) ("
+                         + ", ".join(f"seed {seed} {gap:+.1f}" for seed, gap in per.items()) + ")")
     lines += ["", "## Learned stop vs the confidence rule at equal mean glimpses (same network)", ""]
     for s in report["per_seed"]:
         lv = s["learned_vs_confidence"]
@@ -335,8 +362,10 @@ def write(report: dict, out: Path) -> None:
                     - s["learned_vs_confidence"]["confidence_rule_at_equal_glimpses"]["accuracy"])
              for s in report["per_seed"] if s["learned_vs_confidence"]]
     if diffs:
-        lines += ["", f"Learned stop minus confidence rule, points of accuracy: mean {statistics.mean(diffs):+.1f} over "
-                  f"{len(diffs)} seed(s) ({', '.join(f'{d:+.1f}' for d in diffs)})."]
+        mean_diff, low, high, k = mean_interval(diffs)
+        interval = f", 95 % interval over seeds [{low:+.1f}, {high:+.1f}]" if k > 1 else ""
+        lines += ["", f"Learned stop minus confidence rule, points of accuracy: mean {mean_diff:+.1f}{interval} over "
+                  f"{k} seed(s) ({', '.join(f'{d:+.1f}' for d in diffs)})."]
     lines += ["", "## Every setting", "", budget_table(mean),
               "Rows `fixed T = t`: every image takes t glimpses. Other rows: early exit, an image stops once its top "
               "class probability reaches the threshold (`confidence`) or its stop head says so (`learned`), up to 6; "
