@@ -1,0 +1,37 @@
+"""benchmarks/ps-nogs/location_cue.py: the locations-only probe reads a label that the cells encode, and only then."""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ps-nogs" / "location_cue.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("location_cue", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_probe_reads_a_label_the_second_cell_encodes_and_not_one_it_does_not():
+    cue = load_script()
+    g = torch.Generator().manual_seed(0)
+    n, T, cells, classes = 400, 3, 20, 4
+    labels = torch.randint(classes, (n,), generator=g)
+    seqs = torch.randint(cells, (n, T), generator=g)
+    seqs[:, 0] = 7  # the same first cell everywhere, as the annotator's sequences have
+    leaked = seqs.clone()
+    leaked[:, 1] = labels * 5 + torch.randint(5, (n,), generator=g)  # five cells per class
+    assert cue.probe(leaked, labels, cells).float().mean() > 0.95
+    assert cue.probe(seqs, labels, cells).float().mean() < 0.4  # chance is 0.25
+
+
+def test_imitation_reports_glimpses_after_the_first():
+    cue = load_script()
+    log_prob = torch.log(torch.tensor([[1e-9, 0.5, 0.5], [1e-9, 0.25, 0.25]]))
+    out = cue.imitation(log_prob)
+    expected = (torch.log(torch.tensor(2.0)) + torch.log(torch.tensor(4.0))) / 2
+    assert abs(out["nll"] - float(expected)) < 1e-3
+    assert abs(out["cells"] - float(torch.exp(expected))) < 0.1
