@@ -14,9 +14,16 @@ measures that, on the 1,000 annotated training images, in two ways that do not i
   locations with every pixel set to zero, so that the locations are all it gets; accuracy after the last glimpse.
   Beside it the same forced rollout on the real images, and the network's own greedy policy on them.
 
+If the label does not travel through the locations, the other way a reference can fail as a teacher is that a
+policy cannot reproduce it: the classifier then trains on glimpses its own policy never delivers. Two measures:
+
+* **Imitation under teacher forcing**: the trained location network's mean negative log-likelihood of glimpses
+  2-6 of each set, forced along the set (the term partial supervision minimises).
+* **Free-running agreement**: how often the network's own greedy cells are the set's cells.
+
     .venv/bin/python benchmarks/ps-nogs/location_cue.py            # writes location-cue.json and .md here
 
-One core, about a minute. Intervals: 95 % bootstrap over the images (probe: over the folds' pooled predictions).
+One core, about two minutes. Intervals: 95 % bootstrap over the images (probe: over the folds' pooled predictions).
 """
 
 from __future__ import annotations
@@ -86,18 +93,26 @@ def probe(cells: torch.Tensor, labels: torch.Tensor, num_cells: int, *, folds: i
 
 @torch.no_grad()
 def rollout(model, images: torch.Tensor, labels: torch.Tensor, T: int, *,
-            forced: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forced to ``forced`` ``[N, T, 2]``, or the model's own greedy policy: correct ``[N]`` after T glimpses and
-    the location network's log-probability ``[N, T]`` of the cells looked at."""
+            forced: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forced to ``forced`` ``[N, T, 2]``, or the model's own greedy policy: correct ``[N]`` after T glimpses,
+    the location network's log-probability ``[N, T]`` of the cells looked at, and those cells' centres
+    ``[N, T, 2]``."""
     model.eval()
     policy = make_policy("greedy", model=model)
-    correct, log_prob = [], []
+    correct, log_prob, where = [], [], []
     for start in range(0, len(images), 250):
         part = slice(start, start + 250)
         ro = model.rollout(images[part], T, policy=policy, forced_locations=None if forced is None else forced[part])
         correct.append(ro.logits[:, -1].argmax(1) == labels[part])
         log_prob.append(ro.log_prob)
-    return torch.cat(correct), torch.cat(log_prob)
+        where.append(ro.locations)
+    return torch.cat(correct), torch.cat(log_prob), torch.cat(where)
+
+
+def agreement(own: torch.Tensor, given: torch.Tensor) -> dict:
+    """How often a free-running policy's cells ``[N, T, 2]`` are the sequence's: at glimpse 1 and over all T (%)."""
+    same = (own - given).abs().amax(-1) < 1e-4  # [N, T]
+    return {"first": round(100 * float(same[:, 0].float().mean()), 1), "all": round(100 * float(same.float().mean()), 1)}
 
 
 def imitation(log_prob: torch.Tensor) -> dict:
@@ -151,12 +166,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             if not (Path(f"{ckpt}.json").exists() and (ckpt.parent.parent / "results.json").exists()):
                 continue  # not kept, or a run still in progress
             model, _ = load_model(ckpt)
-            row = {"method": method, "seed": seed, "trained_on": trained_on,
-                   "own_greedy": interval(rollout(model, images, labels, T)[0]), "forced": {}, "blank": {},
-                   "imitation": {}}
+            own_correct, _, own_cells = rollout(model, images, labels, T)
+            row = {"method": method, "seed": seed, "trained_on": trained_on, "own_greedy": interval(own_correct),
+                   "forced": {}, "blank": {}, "imitation": {}, "agreement": {}}
             for name, seqs in sets.items():
                 forced = seqs.locations().to(images)
-                correct, log_prob = rollout(model, images, labels, T, forced=forced)
+                row["agreement"][name] = agreement(own_cells, forced)
+                correct, log_prob, _ = rollout(model, images, labels, T, forced=forced)
                 row["forced"][name] = interval(correct)
                 row["imitation"][name] = imitation(log_prob)
                 row["blank"][name] = interval(rollout(model, blank, labels, T, forced=forced)[0])
@@ -200,6 +216,13 @@ def markdown(result: dict) -> str:
     for row in result["networks"]:
         lines.append(f"| {row['method']} | {row['seed']} | {row['trained_on'] or '-'} | "
                      + " | ".join(f"{row['imitation'][n]['nll']:.2f} ({row['imitation'][n]['cells']:.0f})"
+                                  for n in names) + " |")
+    lines += ["", "## Does the free-running policy reproduce the sequences? Share of the network's own greedy cells that "
+              "are the set's cells, at glimpse 1 / over all glimpses (%), on the annotated images it was supervised on",
+              "", "| network | seed | trained on | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+    for row in result["networks"]:
+        lines.append(f"| {row['method']} | {row['seed']} | {row['trained_on'] or '-'} | "
+                     + " | ".join(f"{row['agreement'][n]['first']:.0f} / {row['agreement'][n]['all']:.0f}"
                                   for n in names) + " |")
     lines += ["", "## Forced to each set's locations on the real images: accuracy after the last glimpse", "",
               "| network | seed | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
