@@ -194,7 +194,7 @@ def figure(result: dict, out: Path) -> None:
             axes[1].plot(x, [r["same_class"] for r in rows], style, marker="o", label=f"{name}, {t} seen")
     axes[0].axhline(result["random_image_rmse"], color="grey", lw=0.8, label="random bank image")
     axes[1].axhline(10, color="grey", lw=0.8, label="random bank image")
-    for ax, title in zip(axes, ["observed-pixel RMS error (0 = a conditioned generator)", "completions of the true class (%)"]):
+    for ax, title in zip(axes, ["observed-pixel RMS error (0 = an exact completion)", "completions of the true class (%)"]):
         ax.set_xscale("log")
         ax.set_xlabel("bank images")
         ax.set_title(title, fontsize=10)
