@@ -1,5 +1,8 @@
 """Shared test fixtures."""
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -32,3 +35,18 @@ def annotation_inputs(tmp_path_factory):
         net.first_conv.weight.normal_()
     save_checkpoint(root / "posterior", model=net, info={"model": model_spec(net)}, rng=False)
     return root
+
+
+@pytest.fixture(scope="module")
+def benchmark_script():
+    """Import a script under ``benchmarks/`` by its path (``"ps-nogs/report.py"``): the folders are not packages."""
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+
+    def load(relative: str):
+        path = root / relative
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

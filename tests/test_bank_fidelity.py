@@ -1,24 +1,13 @@
 """benchmarks/ps-nogs/bank_fidelity.py: the ESS bisection hits its target, an exact match dominates a low-ESS
 completion, and the log-linear fit reads a known slope."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ps-nogs" / "bank_fidelity.py"
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("bank_fidelity", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_sigma2_gives_the_target_effective_sample_size():
-    bf = load_script()
+def test_sigma2_gives_the_target_effective_sample_size(benchmark_script):
+    bf = benchmark_script("ps-nogs/bank_fidelity.py")
     d = torch.linspace(0, 50, 1000, dtype=torch.float64)
     for target in (0.02, 0.2):
         s2 = bf.sigma2_for(d, target)
@@ -26,8 +15,8 @@ def test_sigma2_gives_the_target_effective_sample_size():
         assert abs(float(1 / w.square().sum()) - target * 1000) < 1.0
 
 
-def test_an_exact_match_of_the_true_class_dominates_a_low_ess_completion():
-    bf = load_script()
+def test_an_exact_match_of_the_true_class_dominates_a_low_ess_completion(benchmark_script):
+    bf = benchmark_script("ps-nogs/bank_fidelity.py")
     distances = torch.cat([torch.zeros(1), torch.full((2000,), 40.0) + torch.rand(2000)])
     labels = torch.cat([torch.tensor([3]), torch.full((2000,), 5)])
     out = bf.completion_fidelity(distances, labels, label=3, seen=100, target=1 / 1000)
@@ -36,8 +25,8 @@ def test_an_exact_match_of_the_true_class_dominates_a_low_ess_completion():
     assert spread["same_class"] < 5 and spread["rmse"] > 0.5  # 500 of the far images count too
 
 
-def test_the_fit_reads_a_slope_per_doubling_and_extrapolates():
-    bf = load_script()
+def test_the_fit_reads_a_slope_per_doubling_and_extrapolates(benchmark_script):
+    bf = benchmark_script("ps-nogs/bank_fidelity.py")
     rows = [{"annotator": name, "glimpses_seen": 1, "bank": n, "rmse": 1 - 0.01 * math.log2(n),
              "same_class": 2 * math.log2(n)} for name in bf.TARGETS for n in (1000, 2000, 4000, 8000)]
     fit = bf.fits(rows, 8000, paper=16000)[0]

@@ -1,22 +1,10 @@
 """benchmarks/ps-nogs/location_cue.py: the locations-only probe reads a label that the cells encode, and only then."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ps-nogs" / "location_cue.py"
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("location_cue", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_probe_reads_a_label_the_second_cell_encodes_and_not_one_it_does_not():
-    cue = load_script()
+def test_the_probe_reads_a_label_the_second_cell_encodes_and_not_one_it_does_not(benchmark_script):
+    cue = benchmark_script("ps-nogs/location_cue.py")
     g = torch.Generator().manual_seed(0)
     n, T, cells, classes = 400, 3, 20, 4
     labels = torch.randint(classes, (n,), generator=g)
@@ -28,8 +16,8 @@ def test_the_probe_reads_a_label_the_second_cell_encodes_and_not_one_it_does_not
     assert cue.probe(seqs, labels, cells).float().mean() < 0.4  # chance is 0.25
 
 
-def test_imitation_reports_glimpses_after_the_first():
-    cue = load_script()
+def test_imitation_reports_glimpses_after_the_first(benchmark_script):
+    cue = benchmark_script("ps-nogs/location_cue.py")
     log_prob = torch.log(torch.tensor([[1e-9, 0.5, 0.5], [1e-9, 0.25, 0.25]]))
     out = cue.imitation(log_prob)
     expected = (torch.log(torch.tensor(2.0)) + torch.log(torch.tensor(4.0))) / 2

@@ -1,25 +1,12 @@
 """benchmarks/ps-nogs/report.py: test accuracy paired with RAM's seed by seed, finished runs only."""
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ps-nogs" / "report.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("ps_nogs_report", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def row(method, seed, greedy, sampled, status="settled"):
     return {"method": method, "share": "-" if method == "RAM" else "25%", "seed": seed, "status": status,
             "test_accuracy": greedy, "test_accuracy_sampled": sampled}
 
 
-def test_differences_are_paired_by_seed_and_skip_unfinished_runs():
-    report = load_script()
+def test_differences_are_paired_by_seed_and_skip_unfinished_runs(benchmark_script):
+    report = benchmark_script("ps-nogs/report.py")
     rows = [row("RAM", 0, 0.70, 0.72), row("RAM", 1, 0.60, 0.62),
             row("PS-X", 0, 0.73, 0.72), row("PS-X", 1, 0.63, 0.66), row("PS-X", 2, 0.99, 0.99, status="running"),
             row("PS-Y", 0, None, None, status="pending")]
