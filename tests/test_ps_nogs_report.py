@@ -1,5 +1,6 @@
 """benchmarks/ps-nogs/report.py: test accuracy paired with RAM's seed by seed, finished runs only."""
 
+
 def row(method, seed, greedy, sampled, status="settled"):
     return {"method": method, "share": "-" if method == "RAM" else "25%", "seed": seed, "status": status,
             "test_accuracy": greedy, "test_accuracy_sampled": sampled}
