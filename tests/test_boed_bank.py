@@ -8,7 +8,7 @@ import torch
 
 from foveal.boed import CompletionSampler, cell_masks
 from foveal.boed.bank import ImageBank
-from foveal.boed.completion import BankSampler, effective_sample_size, residual_resample
+from foveal.boed.completion import BankSampler, effective_sample_size, ess_sigma2, residual_resample
 from foveal.retina import LocationGrid
 
 GRID = LocationGrid.from_stride((8, 8), 4, 4)  # 4 disjoint 4x4 cells
@@ -112,6 +112,15 @@ def test_nothing_observed_gives_uniform_distinct_bank_images_reproducibly():
     b, wb = sampler.sample(truth, empty, 10, generator=torch.Generator().manual_seed(3))
     assert a.shape == (10, 1, 8, 8) and torch.equal(a, b) and torch.allclose(wa, torch.full((10,), 0.1))
     assert len({tuple(x.flatten().tolist()) for x in a}) == 10
+
+
+def test_ess_sigma2_gives_the_target_effective_sample_size():
+    d = torch.linspace(0, 50, 1000, dtype=torch.float64)
+    for target in (0.02, 0.2):
+        s2 = ess_sigma2(d, target)
+        w = torch.softmax(-d / s2, 0)
+        assert abs(float(1 / w.square().sum()) - target * 1000) < 1.0
+    assert ess_sigma2(d, 0.2) > ess_sigma2(d, 0.02)  # a wider spread of weights needs a larger sigma^2
 
 
 def test_target_ess_and_resampling():

@@ -33,7 +33,7 @@ from typing import Optional
 
 import torch
 
-from foveal.boed.completion import effective_sample_size
+from foveal.boed.completion import ess_sigma2
 from foveal.data import build_dataset
 from foveal.sequences import GlimpseSequences
 
@@ -44,18 +44,6 @@ FRACTIONS = (1 / 16, 1 / 4, 1 / 2, 1.0)
 TARGETS = {"today's (ESS 0.02)": 0.02, "strong (ESS 0.2)": 0.2}
 
 
-def sigma2_for(distances: torch.Tensor, target: float) -> float:
-    """sigma^2 whose weights ``softmax(-d / sigma^2)`` over ``distances [P]`` have ESS ``target * P`` (bisection)."""
-    lo, hi = math.log(1e-8), math.log(1e8)
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if effective_sample_size(-distances / math.exp(mid)) < target * distances.shape[0]:
-            lo = mid
-        else:
-            hi = mid
-    return math.exp(hi)
-
-
 def completion_fidelity(distances: torch.Tensor, bank_labels: torch.Tensor, label: int, seen: int, target: float,
                         candidates: int = 1000) -> dict:
     """Weighted observed-pixel RMS error and same-class share (%) of the completions, from every bank image's
@@ -63,7 +51,7 @@ def completion_fidelity(distances: torch.Tensor, bank_labels: torch.Tensor, labe
     ``softmax(-d / sigma^2)`` at ESS ``target * candidates``."""
     near = torch.topk(distances, min(candidates, len(distances)), largest=False).indices
     d = distances[near].double()
-    w = torch.softmax(-d / sigma2_for(d, target), 0)
+    w = torch.softmax(-d / ess_sigma2(d, target), 0)
     return {"rmse": float(torch.sqrt((w * d).sum() / seen)), "same_class": 100 * float(w[bank_labels[near] == label].sum())}
 
 

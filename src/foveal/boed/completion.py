@@ -82,8 +82,8 @@ from foveal.boed.bank import ImageBank
 from foveal.retina import LocationGrid, cell_masks
 from foveal.runtime import resolve_device
 
-__all__ = ["CellPCA", "PCAStore", "BankSampler", "TrueImage", "residual_resample", "effective_sample_size", "shift_offsets",
-           "shift_images"]
+__all__ = ["CellPCA", "PCAStore", "BankSampler", "TrueImage", "residual_resample", "effective_sample_size",
+           "distance_log_weights", "ess_sigma2", "shift_offsets", "shift_images"]
 
 
 @dataclass
@@ -124,6 +124,27 @@ def effective_sample_size(log_weights: Tensor) -> Tensor:
     """``(sum w)^2 / sum w^2`` of unnormalised log-weights ``[P]``."""
     w = torch.softmax(log_weights, 0)
     return 1.0 / w.square().sum()
+
+
+def distance_log_weights(distances: Tensor, sigma2: float) -> Tensor:
+    """``[n]`` log-weights: ``-distances / sigma2`` for ``[n]``, the shift-marginalised logsumexp for ``[n, J]``."""
+    if distances.dim() == 1:
+        return -distances / sigma2
+    return torch.logsumexp(-distances / sigma2, 1) - math.log(distances.shape[1])
+
+
+def ess_sigma2(distances: Tensor, target_ess: float) -> float:
+    """sigma^2 at which the weights of ``distances`` (``[P]``, or ``[P, J]`` with shifts) have effective sample
+    size ``target_ess * P``: bisection on log sigma^2 (ESS grows with sigma^2), to the upper end of the bracket."""
+    target = target_ess * distances.shape[0]
+    lo, hi = math.log(1e-8), math.log(1e8)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if effective_sample_size(distance_log_weights(distances, math.exp(mid))) < target:
+            lo = mid
+        else:
+            hi = mid
+    return math.exp(hi)
 
 
 def residual_resample(weights: Tensor, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -342,13 +363,6 @@ class BankSampler:
             out[start:start + y.shape[0]] = scores[:, column] + constant
         return out.cpu()
 
-    @staticmethod
-    def log_likelihood(distances: Tensor, sigma2: float) -> Tensor:
-        """``[n]`` log-weights: ``-distances / sigma2`` for ``[n]``, the shift-marginalised logsumexp for ``[n, J]``."""
-        if distances.dim() == 1:
-            return -distances / sigma2
-        return torch.logsumexp(-distances / sigma2, 1) - math.log(distances.shape[1])
-
     def sigma2(self, num_cells: int, distances: Tensor) -> float:
         """sigma^2 for an observation of ``num_cells`` cells (schedule, or ESS bisection on ``distances``).
 
@@ -357,15 +371,7 @@ class BankSampler:
         """
         if self.target_ess is None:
             return self.sigma2_schedule[min(max(num_cells, 1), len(self.sigma2_schedule)) - 1]
-        target = self.target_ess * distances.shape[0]
-        lo, hi = math.log(1e-8), math.log(1e8)  # ESS grows with sigma^2: bisect on log sigma^2
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            if effective_sample_size(self.log_likelihood(distances, math.exp(mid))) < target:
-                lo = mid
-            else:
-                hi = mid
-        return math.exp(hi)
+        return ess_sigma2(distances, self.target_ess)
 
     # ---------------------------------------------------------------------------------------- sample
     def proposals(self, image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -390,7 +396,7 @@ class BankSampler:
             # The smallest shift among those tied with the best (up to float32 rounding: 1e-6 per observed pixel).
             tied = distances <= distances.amin(1, keepdim=True) + 1e-6 * float(mask.sum()) * image.shape[0]
             offsets = self._offsets[tied.float().argmax(1)]  # argmax: the first True
-        log_w = self.log_likelihood(distances, self.sigma2(len(cells), distances))
+        log_w = distance_log_weights(distances, self.sigma2(len(cells), distances))
         return indices, torch.softmax(log_w, 0), offsets
 
     def sample(self, image: Tensor, mask: Tensor, n: int, *,
