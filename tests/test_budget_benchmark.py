@@ -1,7 +1,6 @@
 """benchmarks/budgeted/run.py: a seed's numbers are kept and not made again, a changed setting is refused, the PS-NOGS
 study's checkpoints are evaluated when they appear, and seeds with different methods average per method."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -13,13 +12,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "budgeted" / "run.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("budget_run", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run(tmp_path, *extra):
@@ -59,8 +51,8 @@ def test_seeds_are_kept_settings_checked_and_study_models_added(tmp_path):
     assert "RAM-grid, PS-NOGS study (seeds [0])" in (tmp_path / "out" / "report.md").read_text()
 
 
-def test_mean_over_seeds_is_per_method_over_the_seeds_that_have_it():
-    script = load_script()
+def test_mean_over_seeds_is_per_method_over_the_seeds_that_have_it(benchmark_script):
+    script = benchmark_script("budgeted/run.py")
 
     def method(label, accuracy):
         entry = {"accuracy": accuracy, "mean_glimpses": 1.0, "area": 0.1, "glimpse_histogram": [1, 0]}
