@@ -266,7 +266,7 @@ def test_figures_leave_no_pyplot_state(tmp_path: Path, record_path: Path):
 @pytest.fixture
 def drawn(monkeypatch):
     """Keeps every figure the plot functions make (drawn, not cleared) in a list, for reading its artists."""
-    from foveal.evaluation import boed_plots, plots
+    from foveal.evaluation import boed_plots, glimpse_plots, plots
     from foveal.recipes.compare import plots as compare_plots
 
     figures = []
@@ -279,7 +279,7 @@ def drawn(monkeypatch):
         fig.savefig(path, dpi=plots._DPI, format="png")
         return path
 
-    for module in (plots, compare_plots, boed_plots):
+    for module in (plots, glimpse_plots, compare_plots, boed_plots):
         monkeypatch.setattr(module, "save_figure", keep)
     return figures
 

@@ -10,14 +10,8 @@ from foveal.evaluation.records import (
     read_metrics,
     save_glimpse_record,
 )
-from foveal.evaluation.plots import (
-    plot_accuracy_vs,
-    plot_curves,
-    plot_glimpse_examples,
-    plot_glimpse_heatmaps,
-    plot_speedup,
-    plot_training_summary,
-)
+from foveal.evaluation.glimpse_plots import plot_glimpse_examples, plot_glimpse_heatmaps
+from foveal.evaluation.plots import plot_accuracy_vs, plot_curves, plot_speedup, plot_training_summary
 
 __all__ = [
     "GlimpseRecord", "glimpse_coverage", "load_glimpse_record", "read_metrics", "save_glimpse_record",

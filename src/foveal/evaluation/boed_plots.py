@@ -25,7 +25,8 @@ from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
-from foveal.evaluation.plots import display_image, glimpse_style, marker_style, new_figure, save_figure
+from foveal.evaluation.glimpse_plots import glimpse_style
+from foveal.evaluation.plots import display_image, marker_style, new_figure, save_figure
 from foveal.evaluation.records import PathLike
 from foveal.sequences import GlimpseSequences
 

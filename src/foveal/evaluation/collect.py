@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from foveal.evaluation import plots
+from foveal.evaluation import glimpse_plots, plots
 from foveal.evaluation.records import save_glimpse_record
 
 __all__ = ["collect_glimpses", "record_metrics", "save_record", "make_figures"]
@@ -90,8 +90,8 @@ def save_record(record: dict[str, np.ndarray], model, dataset: Dataset, path: Pa
 def make_figures(record_path: Path, run_dir: Path) -> list[Path]:
     """The run's figures, from its saved records only."""
     figures = run_dir / "figures"
-    paths = [plots.plot_glimpse_heatmaps(record_path, figures / "glimpse_heatmaps.png"),
-             plots.plot_glimpse_examples(record_path, figures / "glimpse_examples.png")]
+    paths = [glimpse_plots.plot_glimpse_heatmaps(record_path, figures / "glimpse_heatmaps.png"),
+             glimpse_plots.plot_glimpse_examples(record_path, figures / "glimpse_examples.png")]
     metrics = run_dir / "metrics.csv"
     if metrics.exists():
         paths.append(plots.plot_training_summary(metrics, figures / "training_curves.png"))

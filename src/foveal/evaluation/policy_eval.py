@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from foveal.config import slug
-from foveal.evaluation.plots import plot_glimpse_examples
+from foveal.evaluation.glimpse_plots import plot_glimpse_examples
 from foveal.evaluation.records import load_glimpse_record, save_glimpse_record
 from foveal.policies.basic import greedy_policy
 from foveal.retina import observation_mask

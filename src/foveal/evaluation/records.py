@@ -1,8 +1,9 @@
 """Saved records that figures are made from: glimpse records (``.npz``) and metric logs (``metrics.csv``).
 
 Plots never see a model. An evaluation writes one *glimpse record* per split, where the model
-looked on every evaluated image, and the engine writes ``metrics.csv``; :mod:`foveal.evaluation.plots`
-reads only these, so a figure can be remade, restyled or compared across runs long after training.
+looked on every evaluated image, and the engine writes ``metrics.csv``; :mod:`foveal.evaluation.glimpse_plots`
+and :mod:`foveal.evaluation.plots` read only these, so a figure can be remade, restyled or compared across
+runs long after training.
 
 A glimpse record is an ``.npz`` written with :func:`numpy.savez_compressed` and holding no pickled
 objects (it loads with ``allow_pickle=False``)::

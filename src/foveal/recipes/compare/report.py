@@ -20,7 +20,7 @@ whether the paper's claim holds: :func:`claim_table`) and ``table.csv`` (one row
 standard deviation and number of finished seeds), ``runs.csv`` (one row per run), ``summary.json``,
 and ``figures/``: ``val_accuracy.png`` and ``val_ce.png`` (Fig. 6), ``iterations_ce.png`` and
 ``iterations_accuracy.png`` (Fig. 5), ``heatmaps.png`` (Fig. 4: all methods, first finished seed) and
-``heatmaps_<method>.png`` (:func:`foveal.evaluation.plots.plot_glimpse_heatmaps` of that run), and
+``heatmaps_<method>.png`` (:func:`foveal.evaluation.glimpse_plots.plot_glimpse_heatmaps` of that run), and
 what the location policy did (:func:`policy_curves`): ``policy_entropy.png`` (entropy per glimpse on
 the images trained by REINFORCE; a policy that commits to places falls, one kept spread stays near
 the uniform policy's) and ``sequence_nll.png`` (how well the policy fits the supervision sequences).
@@ -39,7 +39,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from foveal.evaluation import plots
+from foveal.evaluation import glimpse_plots
 from foveal.evaluation.records import read_metrics
 from foveal.files import atomic_write, atomic_write_json
 from foveal.recipes.compare import plots as compare_plots
@@ -347,7 +347,7 @@ def write_report(cfg: CompareConfig, out: Path, skipped: Optional[dict[str, str]
             record = next(iter(sorted((run / "records").glob("glimpses_*.npz"))), None)
             if record is not None and method.name not in records:
                 records[method.name] = record
-                paths[f"heatmaps_{slug(method.name)}"] = plots.plot_glimpse_heatmaps(
+                paths[f"heatmaps_{slug(method.name)}"] = glimpse_plots.plot_glimpse_heatmaps(
                     record, fig_dir / f"heatmaps_{slug(method.name)}.png",
                     title=f"{method.name}, seed {row['seed']}: where it looked at each glimpse")
     paths["val_accuracy"] = compare_plots.plot_method_curves(curves["accuracy"], fig_dir / "val_accuracy.png",
