@@ -7,7 +7,7 @@ import pytest
 
 from foveal.config import builtin_configs, load_config
 from foveal.recipes.compare.config import load_compare_config
-from foveal.recipes.run import build_algorithm_of, build_model, check_run_config
+from foveal.recipes.experiment import build_algorithm_of, build_model, check_run_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

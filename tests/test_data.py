@@ -308,7 +308,7 @@ def test_batched_random_words_are_numpys():
 
 def test_train_rows_keep_a_range_of_the_train_split_with_their_positions():
     from foveal.data.base import Rows
-    from foveal.recipes.run import build_data
+    from foveal.recipes.experiment import build_data
 
     cfg = {"data": {"name": "mnist5k", "train_rows": [3000, None]}}
     data = build_data(cfg, ("train", "val"))

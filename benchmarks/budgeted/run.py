@@ -205,7 +205,7 @@ def snapshot(runs: Path, out: Path, seeds: list[int]) -> None:
 def evaluate(checkpoints: dict, limit, thresholds: list[float], seed: int) -> tuple[list[dict], dict]:
     from foveal.evaluation.budget import budget_evaluation
     from foveal.models import load_model
-    from foveal.recipes.run import build_data
+    from foveal.recipes.experiment import build_data
 
     methods, matched, data = [], {}, None
     for label, checkpoint in checkpoints.items():

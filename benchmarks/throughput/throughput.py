@@ -46,7 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torch.utils.data import DataLoader, default_collate
 
 from foveal.config import apply_overrides, load_config
-from foveal.recipes.run import build_experiment
+from foveal.recipes.experiment import build_experiment
 from foveal.runtime import speed_up_allocator
 from foveal.training import TrainConfig, fit
 from foveal.training.loop import IterationBatches

@@ -88,7 +88,7 @@ def warnings_about(exp) -> list[str]:
     """Warnings about a run that builds but may not be what the user meant: glimpses whose largest scale covers
     under 1 % of the image (8 px on 224 px images see almost nothing), classes a val or test split lacks, grey
     images read as RGB."""
-    from foveal.recipes.run import glimpse_extent
+    from foveal.recipes.experiment import glimpse_extent
 
     lines = []
     train = exp.data["train"]

@@ -16,7 +16,7 @@ from foveal.evaluation.budget import budget_evaluation, write_budget
 from foveal.evaluation.policy_eval import Method, evaluate_methods, example_figures, summarise, write_reports
 from foveal.models import create_model, load_model, model_spec
 from foveal.policies import make_policy
-from foveal.recipes.run import build_data
+from foveal.recipes.experiment import build_data
 from foveal.training import TrainConfig, fit
 from foveal.training.image_classification import ImageClassification
 

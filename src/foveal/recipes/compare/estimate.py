@@ -32,7 +32,7 @@ from foveal.models import create_model, load_model
 from foveal.recipes.compare.config import CompareConfig, method_config, plan_runs
 from foveal.recipes.compare.inputs import ComparisonInputs
 from foveal.recipes.compare.run import train_task
-from foveal.recipes.run import build_experiment
+from foveal.recipes.experiment import build_experiment
 from foveal.training import evaluate
 from foveal.training.salience_pretraining import salience
 

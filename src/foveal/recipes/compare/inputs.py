@@ -27,7 +27,7 @@ import torch
 
 from foveal.models import load_model
 from foveal.recipes.compare.config import BASELINES, SEQUENCE_SOURCES, CompareConfig, RunTask, slug
-from foveal.recipes.run import build_data, build_model
+from foveal.recipes.experiment import build_data, build_model
 from foveal.retina import LocationGrid
 from foveal.sequences import (MAKERS, GlimpseSequences, Target, hgs_sequences, points_sequences, policy_sequences,
                               random_cells, sequence_paths)
