@@ -10,8 +10,8 @@ reads every run folder of ``benchmarks/ps-nogs/compare.yaml`` (``<folder>/runs/<
   ``pending``), iterations run, the paper's convergence iterations (validation cross-entropy within 0.01 nats
   of the run's own best; validation accuracy within 1 point of its own best), best validation accuracy,
   test accuracy greedy and sampled (M = 5), and iterations to reach RAM's converged accuracy;
-* ``report.md``: per-method means with 95 % Student-t intervals over seeds, the ratios to RAM, the test
-  accuracy differences from RAM paired by seed, the per-run
+* ``report.md``: per-method means with 95 % Student-t intervals over seeds, the ratios to RAM, speed-ups and
+  test accuracy differences paired by seed with RAM and with PS-RAM (the matched control), the per-run
   rows, the posterior-quality curves (``posterior-quality.json``, from ``posterior_quality.py``) and
 * ``ps-nogs-val-accuracy.png``: validation accuracy against iterations per method, mean over seeds with the
   band between the lowest and highest seed.
@@ -145,25 +145,32 @@ def summary_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _difference(pairs: list[tuple[float, float]]) -> str:
-    """Mean of ``method - RAM`` over seeds (points), with its 95 % Student-t interval."""
+    """Mean of ``method - reference`` over seeds (points), with its 95 % Student-t interval."""
     if not pairs:
         return "-"
     mean, lo, hi, n = mean_interval([100 * (m - r) for m, r in pairs])
     return f"{mean:+.1f}" + (f" [{lo:+.1f}, {hi:+.1f}]" if n > 1 else "") + f" ({n})"
 
 
-def paired_table(rows: list[dict[str, Any]]) -> list[str]:
-    """Each method's test accuracy minus RAM's on the same seed, greedy and sampled."""
+def paired_table(rows: list[dict[str, Any]], reference: str = "RAM") -> list[str]:
+    """Each method's speed-up over ``reference`` (its iterations to converge by CE over the method's) and test
+    accuracy minus the reference's, greedy and sampled, paired by seed on the seeds both finished. Against a
+    reference other than RAM, only the methods at the reference's share of annotated images."""
     done = [r for r in rows if r["status"] in ("settled", "capped")]
-    ram = {r["seed"]: r for r in done if r["method"] == "RAM"}
-    lines = ["| method | share | test greedy minus RAM's (points) | test sampled minus RAM's (points) |",
-             "|---|---|---|---|"]
-    for name in dict.fromkeys(r["method"] for r in rows if r["method"] != "RAM"):
-        mine = [r for r in done if r["method"] == name and r["seed"] in ram]
+    ref = {r["seed"]: r for r in done if r["method"] == reference}
+    ref_share = next((r["share"] for r in rows if r["method"] == reference), None)
+    lines = [f"| method | share | speed-up over {reference}, CE | test greedy minus {reference}'s (points) | "
+             f"test sampled minus {reference}'s (points) |", "|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["method"] for r in rows if r["method"] not in (reference, "RAM")):
         share = next(r["share"] for r in rows if r["method"] == name)
-        cells = [_difference([(r[key], ram[r["seed"]][key]) for r in mine if r[key] is not None])
+        if reference != "RAM" and share != ref_share:
+            continue
+        mine = [r for r in done if r["method"] == name and r["seed"] in ref]
+        speed = _ratio([ref[r["seed"]]["ce_converged_at"] for r in mine], [r["ce_converged_at"] for r in mine])
+        cells = [_difference([(r[key], ref[r["seed"]][key]) for r in mine
+                              if r[key] is not None and ref[r["seed"]][key] is not None])
                  for key in ("test_accuracy", "test_accuracy_sampled")]
-        lines.append(f"| {name} | {share} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {name} | {share} | {speed} | {cells[0]} | {cells[1]} |")
     return lines
 
 
@@ -262,8 +269,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             *summary_table(rows), "",
             "Speed-ups are RAM's iterations over the method's, paired by seed. \"To RAM's accuracy\": iterations until "
             "validation accuracy first reaches RAM's converged accuracy on the same seed (RAM's best less one point).",
-            "", "Test accuracy paired with RAM's on the same seed (mean difference, 95 % Student-t interval, seeds):", "",
-            *paired_table(rows),
+            "", "Paired with RAM on the same seed (mean, 95 % Student-t interval, seeds):", "",
+            *paired_table(rows), "",
+            "Paired with PS-RAM, the matched control: the same share of annotated images supervised the same way, "
+            "along sequences RAM's own policy makes, so what differs is only the sequences:", "",
+            *paired_table(rows, reference="PS-RAM"),
             "<!-- summary: end -->", "", "![validation accuracy](ps-nogs-val-accuracy.png)", "",
             "## Posterior quality: is the annotator's posterior as accurate as the RAM it teaches?", "",
             *posterior_section(args.out / "posterior-quality.json"), "",
