@@ -11,8 +11,8 @@ reads every run folder of ``benchmarks/ps-nogs/compare.yaml`` (``<folder>/runs/<
   of the run's own best; validation accuracy within 1 point of its own best), best validation accuracy,
   test accuracy greedy and sampled (M = 5), and iterations to reach RAM's converged accuracy;
 * ``report.md``: per-method means with 95 % Student-t intervals over seeds, the ratios to RAM, speed-ups and
-  test accuracy differences paired by seed with RAM and with PS-RAM (the matched control), the per-run
-  rows, the posterior-quality curves (``posterior-quality.json``, from ``posterior_quality.py``) and
+  test accuracy differences paired by seed with RAM, PS-RAM (the matched control) and PS-NOGS, the per-run
+  rows and the posterior-quality curves (``posterior-quality.json``, from ``posterior_quality.py``);
 * ``ps-nogs-val-accuracy.png``: validation accuracy against iterations per method, mean over seeds with the
   band between the lowest and highest seed.
 
@@ -273,7 +273,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             *paired_table(rows), "",
             "Paired with PS-RAM, the matched control: the same share of annotated images supervised the same way, "
             "along sequences RAM's own policy makes, so what differs is only the sequences:", "",
-            *paired_table(rows, reference="PS-RAM"),
+            *paired_table(rows, reference="PS-RAM"), "",
+            "Paired with PS-NOGS, today's annotator: what the others' sequences give over its sequences at the "
+            "same share:", "", *paired_table(rows, reference="PS-NOGS"),
             "<!-- summary: end -->", "", "![validation accuracy](ps-nogs-val-accuracy.png)", "",
             "## Posterior quality: is the annotator's posterior as accurate as the RAM it teaches?", "",
             *posterior_section(args.out / "posterior-quality.json"), "",
