@@ -145,19 +145,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     blank = torch.zeros_like(images)
     T = sets["nogs"].num_glimpses
     grid = sets["nogs"].grid
-    num_cells = len(grid.rows) * len(grid.cols)
     majority = interval(labels == labels.mode().values)
     print(f"{len(indices)} annotated images, {T} glimpses, majority class {majority['mean']:.1f} %", file=sys.stderr)
 
     result: dict = {"images": len(indices), "glimpses": T, "majority_class": majority, "probe": {}, "networks": []}
     for name, seqs in sets.items():
-        r = torch.tensor([list(grid.rows).index(int(v)) for v in seqs.corners[..., 0].flatten()]).view(-1, T)
-        c = torch.tensor([list(grid.cols).index(int(v)) for v in seqs.corners[..., 1].flatten()]).view(-1, T)
-        cells = r * len(grid.cols) + c
+        cells = grid.corner_to_index(seqs.corners.long())  # [N, T], row-major as the policy's cells
         result["probe"][name] = {
             "first_cell_distinct": int(cells[:, 0].unique().numel()),
-            "all_cells": interval(probe(cells, labels, num_cells)),
-            "cells_2_to_T": interval(probe(cells[:, 1:], labels, num_cells)),
+            "all_cells": interval(probe(cells, labels, len(grid))),
+            "cells_2_to_T": interval(probe(cells[:, 1:], labels, len(grid))),
         }
         print(f"probe {name}: {result['probe'][name]}", file=sys.stderr)
 
