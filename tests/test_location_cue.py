@@ -23,3 +23,13 @@ def test_imitation_reports_glimpses_after_the_first(benchmark_script):
     expected = (torch.log(torch.tensor(2.0)) + torch.log(torch.tensor(4.0))) / 2
     assert abs(out["nll"] - float(expected)) < 1e-3
     assert abs(out["cells"] - float(torch.exp(expected))) < 0.1
+
+
+def test_the_report_names_the_networks_left_out_for_want_of_a_checkpoint(benchmark_script):
+    cue = benchmark_script("ps-nogs/location_cue.py")
+    share = {"mean": 50.0, "low": 40.0, "high": 60.0, "n": 10}
+    result = {"images": 10, "glimpses": 6, "majority_class": share, "networks": [],
+              "probe": {"nogs": {"first_cell_distinct": 1, "all_cells": share, "cells_2_to_T": share}},
+              "not_found": ["ps-hindsight seed 1", "ps-hindsight seed 2"]}
+    assert "Left out, their best checkpoint not found: ps-hindsight seed 1, ps-hindsight seed 2." in cue.markdown(result)
+    assert "Left out" not in cue.markdown({**result, "not_found": []})
